@@ -1,0 +1,135 @@
+"""Connecting to PostgreSQL with errors an operator can act on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from pipectl.config import Config, mask_secret_url
+
+# Failures worth retrying: the server went away, a lock could not be had in time, or the
+# transaction lost a serialization race. Everything else is a real SQL error.
+TRANSIENT_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available (lock_timeout)
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now
+        "53300",  # too_many_connections
+        "08000",
+        "08003",
+        "08006",
+        "08001",
+        "08004",  # connection exceptions
+    }
+)
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or refused us; the message says which and where."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection loss, lock timeout, serialization or deadlock: safe to try again."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES
+    return isinstance(exc, asyncpg.ConnectionDoesNotExistError | OSError | asyncio.TimeoutError)
+
+
+def describe_target(dsn: str | None) -> str:
+    """Where we tried to connect, for messages; never shows a password."""
+    return (
+        mask_secret_url(dsn) if dsn else "the server named by the libpq environment (PGHOST, ...)"
+    )
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def connect(
+    config: Config, *, application_name: str | None = None, dsn: str | None = None
+) -> asyncpg.Connection:
+    """One connection, JSON decoded, with a message that names the target on failure."""
+    target = dsn if dsn is not None else config.database.dsn
+    try:
+        conn = await asyncpg.connect(
+            dsn=target,
+            timeout=config.database.connect_timeout.total_seconds(),
+            server_settings={
+                "application_name": application_name or config.database.application_name
+            },
+        )
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to {describe_target(target)}: {_reason(exc)}"
+        ) from exc
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(
+    config: Config, *, min_size: int = 1, max_size: int = 4, application_name: str | None = None
+) -> asyncpg.Pool:
+    target = config.database.dsn
+    try:
+        pool = await asyncpg.create_pool(
+            dsn=target,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=config.database.connect_timeout.total_seconds(),
+            init=_init_connection,
+            server_settings={
+                "application_name": application_name or config.database.application_name
+            },
+        )
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to {describe_target(target)}: {_reason(exc)}"
+        ) from exc
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def connection(
+    config: Config, application_name: str | None = None
+) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(config, application_name=application_name)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is PostgreSQL running and listening there?)"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if isinstance(
+        exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+    ):
+        return f"authentication failed: {exc}"
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return f"no such database: {exc}"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def json_arg(value: Any) -> str:
+    """Encode for a jsonb parameter when the codec is not installed on a connection."""
+    return json.dumps(value, default=str)

@@ -1,0 +1,208 @@
+"""Steps and checks as published by agents, with their shared operator state (pause, silence)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pipectl.model import CheckStatus
+from pipectl.store.base import DB
+
+
+@dataclass(frozen=True)
+class StepDefinition:
+    """What an agent publishes about a step; built from config by the agent."""
+
+    name: str
+    kind: str
+    relation: str | None
+    sql: str | None
+    schedule: str | None
+    depends_on: Sequence[str]
+    description: str
+    definition: dict[str, Any]
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class CheckDefinition:
+    name: str
+    kind: str
+    target: str | None
+    sql: str | None
+    schedule: str | None
+    description: str
+    definition: dict[str, Any]
+    enabled: bool = True
+
+
+async def publish_steps(db: DB, steps: Sequence[StepDefinition], agent_id: UUID | None) -> None:
+    """Upsert definitions; operator state (paused, next run) is kept across publishes."""
+    await db.executemany(
+        """
+        INSERT INTO pipectl.steps AS s
+            (name, kind, relation, sql, schedule, depends_on, description, definition, enabled,
+             published_by, published_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
+        ON CONFLICT (name) DO UPDATE SET
+            kind = EXCLUDED.kind, relation = EXCLUDED.relation, sql = EXCLUDED.sql,
+            schedule = EXCLUDED.schedule, depends_on = EXCLUDED.depends_on,
+            description = EXCLUDED.description, definition = EXCLUDED.definition,
+            enabled = EXCLUDED.enabled, published_by = EXCLUDED.published_by,
+            published_at = now()
+        """,
+        [
+            (
+                s.name,
+                s.kind,
+                s.relation,
+                s.sql,
+                s.schedule,
+                list(s.depends_on),
+                s.description,
+                s.definition,
+                s.enabled,
+                agent_id,
+            )
+            for s in steps
+        ],
+    )
+
+
+async def publish_checks(db: DB, checks: Sequence[CheckDefinition], agent_id: UUID | None) -> None:
+    await db.executemany(
+        """
+        INSERT INTO pipectl.checks AS c
+            (name, kind, target, sql, schedule, description, definition, enabled,
+             published_by, published_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
+        ON CONFLICT (name) DO UPDATE SET
+            kind = EXCLUDED.kind, target = EXCLUDED.target, sql = EXCLUDED.sql,
+            schedule = EXCLUDED.schedule, description = EXCLUDED.description,
+            definition = EXCLUDED.definition, enabled = EXCLUDED.enabled,
+            published_by = EXCLUDED.published_by, published_at = now()
+        """,
+        [
+            (
+                c.name,
+                c.kind,
+                c.target,
+                c.sql,
+                c.schedule,
+                c.description,
+                c.definition,
+                c.enabled,
+                agent_id,
+            )
+            for c in checks
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class StepState:
+    name: str
+    kind: str
+    relation: str | None
+    sql: str | None
+    schedule: str | None
+    depends_on: list[str]
+    description: str
+    enabled: bool
+    paused: bool
+    paused_by: str | None
+    paused_at: datetime | None
+    paused_reason: str | None
+    next_run_at: datetime | None
+    definition: dict[str, Any]
+
+
+async def step_states(db: DB, names: Sequence[str] | None = None) -> list[StepState]:
+    rows = await db.fetch(
+        """
+        SELECT name, kind, relation, sql, schedule, depends_on, description, enabled, paused,
+               paused_by, paused_at, paused_reason, next_run_at, definition
+        FROM pipectl.steps
+        WHERE $1::text[] IS NULL OR name = ANY($1)
+        ORDER BY name
+        """,
+        list(names) if names is not None else None,
+    )
+    return [StepState(**dict(r)) for r in rows]
+
+
+async def set_paused(db: DB, step: str, paused: bool, by: str, reason: str) -> bool:
+    """Persist pause state; False when the step is unknown."""
+    row = await db.fetchrow(
+        """
+        UPDATE pipectl.steps
+        SET paused = $2, paused_by = CASE WHEN $2 THEN $3 END,
+            paused_at = CASE WHEN $2 THEN now() END,
+            paused_reason = CASE WHEN $2 THEN $4 END
+        WHERE name = $1 RETURNING name
+        """,
+        step,
+        paused,
+        by,
+        reason,
+    )
+    return row is not None
+
+
+async def set_next_run(db: DB, step: str, at: datetime | None) -> None:
+    await db.execute("UPDATE pipectl.steps SET next_run_at = $2 WHERE name = $1", step, at)
+
+
+@dataclass(frozen=True)
+class CheckState:
+    name: str
+    kind: str
+    target: str | None
+    sql: str | None
+    schedule: str | None
+    description: str
+    enabled: bool
+    status: CheckStatus
+    status_since: datetime
+    last_value: float | None
+    last_result_at: datetime | None
+    silenced_until: datetime | None
+    silenced_by: str | None
+    silence_reason: str | None
+    definition: dict[str, Any]
+
+    def silenced_at(self, now: datetime) -> bool:
+        return self.silenced_until is not None and self.silenced_until > now
+
+
+async def check_states(db: DB, names: Sequence[str] | None = None) -> list[CheckState]:
+    rows = await db.fetch(
+        """
+        SELECT name, kind, target, sql, schedule, description, enabled, status, status_since,
+               last_value, last_result_at, silenced_until, silenced_by, silence_reason, definition
+        FROM pipectl.checks
+        WHERE $1::text[] IS NULL OR name = ANY($1)
+        ORDER BY name
+        """,
+        list(names) if names is not None else None,
+    )
+    return [CheckState(**{**dict(r), "status": CheckStatus(r["status"])}) for r in rows]
+
+
+async def set_silence(db: DB, check: str, until: datetime | None, by: str, reason: str) -> bool:
+    row = await db.fetchrow(
+        """
+        UPDATE pipectl.checks
+        SET silenced_until = $2, silenced_by = CASE WHEN $2 IS NOT NULL THEN $3 END,
+            silence_reason = CASE WHEN $2 IS NOT NULL THEN $4 END
+        WHERE name = $1 RETURNING name
+        """,
+        check,
+        until,
+        by,
+        reason,
+    )
+    return row is not None

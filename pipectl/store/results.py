@@ -1,0 +1,175 @@
+"""Check results: every observation stored; the check's shown status moves with hysteresis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from pipectl.model import CheckResult, CheckStatus
+from pipectl.store.base import DB
+from pipectl.store.samples import add_samples
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The hysteresis state after one more raw status."""
+
+    status: CheckStatus
+    pending: CheckStatus | None
+    pending_count: int
+
+    def changed_from(self, previous: CheckStatus) -> bool:
+        return self.status != previous
+
+
+def apply_hysteresis(
+    status: CheckStatus,
+    pending: CheckStatus | None,
+    pending_count: int,
+    raw: CheckStatus,
+    needed: int,
+    first: bool = False,
+) -> Transition:
+    """A new status shows only after `needed` consecutive results agree on it.
+
+    The very first result of a check is adopted at once: there is no earlier state to protect
+    from flapping.
+    """
+    if first or raw == status:
+        return Transition(raw, None, 0)
+    count = pending_count + 1 if raw == pending else 1
+    if count >= needed:
+        return Transition(raw, None, 0)
+    return Transition(status, raw, count)
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    id: int
+    raw_status: CheckStatus
+    status: CheckStatus
+    previous: CheckStatus
+    silenced: bool
+
+    @property
+    def changed(self) -> bool:
+        return self.status != self.previous
+
+
+async def record_result(
+    conn: asyncpg.Connection,
+    result: CheckResult,
+    *,
+    hysteresis: int,
+    agent_id: UUID | None,
+    trigger: str = "schedule",
+    trace_id: str | None = None,
+) -> StoredResult:
+    """Store one result, its samples and the check's new state, atomically.
+
+    The check must have been published (pipectl.checks row exists)."""
+    async with conn.transaction():
+        state = await conn.fetchrow(
+            "SELECT status, pending_status, pending_count, last_result_at, silenced_until"
+            " FROM pipectl.checks WHERE name = $1 FOR UPDATE",
+            result.check,
+        )
+        if state is None:
+            raise LookupError(f"check {result.check!r} is not published in pipectl.checks")
+        previous = CheckStatus(state["status"])
+        pending = CheckStatus(state["pending_status"]) if state["pending_status"] else None
+        step = apply_hysteresis(
+            previous,
+            pending,
+            state["pending_count"],
+            result.status,
+            hysteresis,
+            first=state["last_result_at"] is None,
+        )
+        silenced = bool(state["silenced_until"] and state["silenced_until"] > result.observed_at)
+        result_id: int = await conn.fetchval(
+            """
+            INSERT INTO pipectl.check_results
+                (check_name, status, value, threshold, expected_low, expected_high, baseline,
+                 message, silenced, trigger, observed_at, duration_ms, agent_id, trace_id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+            RETURNING id
+            """,
+            result.check,
+            str(result.status),
+            result.value,
+            result.threshold,
+            result.expected_low,
+            result.expected_high,
+            result.baseline,
+            result.message,
+            silenced,
+            trigger,
+            result.observed_at,
+            result.duration_ms,
+            agent_id,
+            trace_id,
+        )
+        await conn.execute(
+            """
+            UPDATE pipectl.checks
+            SET status = $2, pending_status = $3, pending_count = $4, last_value = $5,
+                last_result_at = $6,
+                status_since = CASE WHEN status <> $2 THEN $6 ELSE status_since END
+            WHERE name = $1
+            """,
+            result.check,
+            str(step.status),
+            str(step.pending) if step.pending else None,
+            step.pending_count,
+            result.value,
+            result.observed_at,
+        )
+        if step.changed_from(previous):
+            await conn.execute(
+                "INSERT INTO pipectl.events (kind, subject, message, detail)"
+                " VALUES ('check.status', $1, $2, $3)",
+                result.check,
+                f"{result.check}: {previous} -> {step.status}: {result.message}"
+                + (" (silenced)" if silenced else ""),
+                {
+                    "from": str(previous),
+                    "to": str(step.status),
+                    "value": result.value,
+                    "silenced": silenced,
+                    "result_id": result_id,
+                },
+            )
+        if result.samples:
+            await add_samples(conn, result.samples)
+    return StoredResult(result_id, result.status, step.status, previous, silenced)
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    id: int
+    check: str
+    status: CheckStatus
+    value: float | None
+    expected_low: float | None
+    expected_high: float | None
+    message: str
+    silenced: bool
+    observed_at: datetime
+
+
+async def recent_results(db: DB, check: str, limit: int = 100) -> list[ResultRow]:
+    rows = await db.fetch(
+        """
+        SELECT id, check_name AS check, status, value, expected_low, expected_high, message,
+               silenced, observed_at
+        FROM pipectl.check_results WHERE check_name = $1
+        ORDER BY observed_at DESC LIMIT $2
+        """,
+        check,
+        limit,
+    )
+    return [ResultRow(**{**dict(r), "status": CheckStatus(r["status"])}) for r in rows]

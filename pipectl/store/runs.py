@@ -1,0 +1,171 @@
+"""Runs: one row per execution of a step, from queued to a final status."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from pipectl.model import Run, RunStatus, Trigger
+from pipectl.store.base import DB
+
+_RUN_COLUMNS = """
+    r.id, r.step, r.trigger, r.status, r.queued_at, r.started_at, r.finished_at,
+    r.scheduled_for, r.requested_by, r.request_id, r.attempt, r.agent_id, a.name AS agent_name,
+    r.rows, r.error, r.detail, r.trace_id
+"""
+
+
+def _run(row: asyncpg.Record) -> Run:
+    data = dict(row)
+    data["trigger"] = Trigger(data["trigger"])
+    data["status"] = RunStatus(data["status"])
+    return Run(**data)
+
+
+async def claim_tick(db: DB, step: str, scheduled_for: datetime, agent_id: UUID) -> int | None:
+    """Create the run for one scheduled tick, or None when another agent already did."""
+    run_id: int | None = await db.fetchval(
+        """
+        INSERT INTO pipectl.runs (step, trigger, scheduled_for, agent_id)
+        VALUES ($1, 'schedule', $2, $3)
+        ON CONFLICT (step, scheduled_for) WHERE trigger = 'schedule' AND attempt = 1 DO NOTHING
+        RETURNING id
+        """,
+        step,
+        scheduled_for,
+        agent_id,
+    )
+    return run_id
+
+
+async def create_run(
+    db: DB,
+    step: str,
+    trigger: Trigger,
+    agent_id: UUID | None,
+    *,
+    requested_by: str | None = None,
+    request_id: int | None = None,
+    parent_run_id: int | None = None,
+    attempt: int = 1,
+    scheduled_for: datetime | None = None,
+    status: RunStatus = RunStatus.QUEUED,
+    error: str | None = None,
+) -> int:
+    run_id: int = await db.fetchval(
+        """
+        INSERT INTO pipectl.runs
+            (step, trigger, agent_id, requested_by, request_id, parent_run_id, attempt,
+             scheduled_for, status, error,
+             started_at, finished_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                CASE WHEN $9 IN ('skipped', 'cancelled', 'failed') THEN now() END,
+                CASE WHEN $9 IN ('skipped', 'cancelled', 'failed') THEN now() END)
+        RETURNING id
+        """,
+        step,
+        str(trigger),
+        agent_id,
+        requested_by,
+        request_id,
+        parent_run_id,
+        attempt,
+        scheduled_for,
+        str(status),
+        error,
+    )
+    return run_id
+
+
+async def start_run(db: DB, run_id: int, trace_id: str | None = None) -> None:
+    await db.execute(
+        "UPDATE pipectl.runs SET status = 'running', started_at = now(), trace_id = $2"
+        " WHERE id = $1 AND status = 'queued'",
+        run_id,
+        trace_id,
+    )
+
+
+async def finish_run(
+    db: DB,
+    run_id: int,
+    status: RunStatus,
+    *,
+    rows: int | None = None,
+    error: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> bool:
+    """Record the end of a run. False if it had already ended (a peer declared it lost)."""
+    done = await db.fetchval(
+        """
+        UPDATE pipectl.runs
+        SET status = $2, finished_at = now(), started_at = coalesce(started_at, now()),
+            rows = $3, error = $4, detail = detail || $5
+        WHERE id = $1 AND status IN ('queued', 'running')
+        RETURNING id
+        """,
+        run_id,
+        str(status),
+        rows,
+        error,
+        detail or {},
+    )
+    return done is not None
+
+
+async def fail_unfinished_runs(db: DB, agent_id: UUID, reason: str) -> list[int]:
+    """Close this agent's runs that were cut off (database outage, crash before restart)."""
+    rows = await db.fetch(
+        """
+        UPDATE pipectl.runs
+        SET status = 'failed', finished_at = now(), started_at = coalesce(started_at, now()),
+            error = $2
+        WHERE agent_id = $1 AND status IN ('queued', 'running')
+        RETURNING id
+        """,
+        agent_id,
+        reason,
+    )
+    return [r["id"] for r in rows]
+
+
+async def get_run(db: DB, run_id: int) -> Run | None:
+    row = await db.fetchrow(
+        f"SELECT {_RUN_COLUMNS} FROM pipectl.runs r"
+        " LEFT JOIN pipectl.agents a ON a.id = r.agent_id WHERE r.id = $1",
+        run_id,
+    )
+    return _run(row) if row else None
+
+
+async def recent_runs(
+    db: DB, steps: Sequence[str] | None = None, limit: int = 50, before_id: int | None = None
+) -> list[Run]:
+    """Newest first; `steps` narrows to those steps (index runs_step_time_idx)."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_RUN_COLUMNS} FROM pipectl.runs r
+        LEFT JOIN pipectl.agents a ON a.id = r.agent_id
+        WHERE ($1::text[] IS NULL OR r.step = ANY($1))
+          AND ($3::bigint IS NULL OR r.id < $3)
+        ORDER BY r.queued_at DESC, r.id DESC
+        LIMIT $2
+        """,
+        list(steps) if steps is not None else None,
+        limit,
+        before_id,
+    )
+    return [_run(r) for r in rows]
+
+
+async def last_success(db: DB, step: str) -> datetime | None:
+    finished: datetime | None = await db.fetchval(
+        "SELECT finished_at FROM pipectl.runs WHERE step = $1 AND status = 'succeeded'"
+        " ORDER BY finished_at DESC LIMIT 1",
+        step,
+    )
+    return finished

@@ -121,8 +121,8 @@ def _address(value: Any) -> str:
     if not isinstance(value, str) or ":" not in value:
         raise ValueError("expected HOST:PORT, such as '127.0.0.1:9187'")
     host, _, port = value.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"port in {value!r} must be a number from 1 to 65535")
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"port in {value!r} must be a number from 0 (any free port) to 65535")
     if not host:
         raise ValueError(f"host missing in {value!r}; use 127.0.0.1 for loopback")
     return value

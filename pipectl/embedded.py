@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _spawn(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=cwd,
-            user=user,
+            **_identity(user),
             preexec_fn=functools.partial(_die_with_parent, death_signal),
         )
 
@@ -133,6 +134,17 @@ def _ensure_service_user() -> str | None:
             capture_output=True,
         )
     return PG_SERVICE_USER
+
+
+def _identity(user: str | None) -> dict[str, Any]:
+    """subprocess arguments to run as `user` with its own group only: keeping root's group
+    would make directories' group bits, not their "other" bits, decide access."""
+    if user is None:
+        return {}
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def _allow_traverse(path: Path) -> None:
@@ -201,7 +213,7 @@ class EmbeddedPostgres:
             ],
             capture_output=True,
             text=True,
-            user=user,
+            **_identity(user),
             check=False,
         )
         if result.returncode != 0:

@@ -60,10 +60,10 @@ class Relation:
         if not rest:
             return cls(default_schema, first)
         if not rest.startswith("."):
-            raise IdentifierError(f"unexpected {rest[:20]!r} after {first!r} in {text!r}")
+            raise IdentifierError(f"unexpected {rest[:40]!r} after {first!r} in {text!r}")
         second, used = _parse_part(rest[1:], text)
         if rest[1 + used :]:
-            raise IdentifierError(f"unexpected {rest[1 + used :][:20]!r} in {text!r}")
+            raise IdentifierError(f"unexpected {rest[1 + used :][:40]!r} in {text!r}")
         return cls(first, second)
 
     @property

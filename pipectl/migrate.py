@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 
+from pipectl.identifiers import quote_ident
 from pipectl.sqlfiles import sql_dir
 
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -174,7 +175,7 @@ async def upgrade(conn: asyncpg.Connection, directory: Path | None = None) -> Up
 
 
 async def apply_roles(
-    conn: asyncpg.Connection, directory: Path | None = None
+    conn: asyncpg.Connection, directory: Path | None = None, roles: tuple[str, ...] = ROLES
 ) -> tuple[list[str], list[str]]:
     """Create the three roles where allowed, then grant. Missing privilege is a warning."""
     folder = directory or sql_dir() / "pipectl"
@@ -186,12 +187,11 @@ async def apply_roles(
             "SELECT rolname FROM pg_roles WHERE rolname = ANY($1)", list(ROLES)
         )
     }
-    for role in ROLES:
+    for role in roles:
         if role in existing:
             continue
         try:
-            # Role names are constants above, never user input.
-            await conn.execute(f"CREATE ROLE {role} NOLOGIN")
+            await conn.execute(f"CREATE ROLE {quote_ident(role)} NOLOGIN")
             created.append(role)
             existing.add(role)
         except asyncpg.InsufficientPrivilegeError:
@@ -201,7 +201,7 @@ async def apply_roles(
             )
         except asyncpg.DuplicateObjectError:
             existing.add(role)
-    if set(ROLES) <= existing:
+    if set(roles) <= existing:
         # One statement at a time: a grant the user may not give (role membership, say)
         # must not hold back the others.
         for statement in _statements((folder / "roles.sql").read_text(encoding="utf-8")):

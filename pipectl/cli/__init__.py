@@ -1,0 +1,78 @@
+"""The `pipectl` command: the console with no verb, one-shot verbs for scripts.
+
+Each verb group lives in its own module with a `register(subparsers)` function; handlers take
+the parsed arguments and return the exit code. Expected failures (bad config, unreachable
+database, refused request) become one clear message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import asyncpg
+
+from pipectl import __version__
+from pipectl.cli import agent_cmd, config_cmd, db_cmd
+from pipectl.cli.common import EXIT_FAIL, EXIT_UNKNOWN, CliError, run_handler
+from pipectl.config import ConfigError
+from pipectl.db import DatabaseUnavailable
+from pipectl.embedded import EmbeddedError
+from pipectl.migrate import MigrationError
+
+VERB_MODULES = [config_cmd, db_cmd, agent_cmd]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipectl",
+        description="Ops console and monitoring agent for the APES analytics pipeline. "
+        "With no verb, opens the console.",
+    )
+    parser.add_argument("--version", action="version", version=f"pipectl {__version__}")
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="config file (default: $PIPECTL_CONFIG, "
+        "./pipectl.toml, ~/.config/pipectl/config.toml, /etc/pipectl/config.toml)",
+    )
+    parser.add_argument(
+        "--read-only", action="store_true", help="console: hide and refuse every write action"
+    )
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    for module in VERB_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        from pipectl.cli import console_cmd
+
+        args.handler = console_cmd.open_console
+    try:
+        return run_handler(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_FAIL
+    except (DatabaseUnavailable, EmbeddedError) as exc:
+        print(f"pipectl: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    except (MigrationError, CliError) as exc:
+        print(f"pipectl: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", EXIT_FAIL)
+    except asyncpg.PostgresError as exc:
+        print(f"pipectl: database error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print("pipectl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

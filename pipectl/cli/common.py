@@ -1,0 +1,60 @@
+"""What the verbs share: exit codes, config loading, output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+
+from pipectl.config import LoadedConfig, load_config
+
+EXIT_OK = 0
+EXIT_WARN = 1
+EXIT_FAIL = 2
+EXIT_UNKNOWN = 3  # could not find out (database unreachable): Nagios' UNKNOWN
+
+
+class CliError(Exception):
+    """An expected failure of a verb; printed as `pipectl: <message>`."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+Handler = Callable[[argparse.Namespace], Any]
+
+
+def run_handler(args: argparse.Namespace) -> int:
+    """Call a verb's handler; coroutine handlers get their own event loop."""
+    handler: Handler = args.handler
+    result = handler(args)
+    if inspect.iscoroutine(result):
+        result = asyncio.run(result)
+    return int(result or 0)
+
+
+def load(args: argparse.Namespace, *, require_file: bool = False) -> LoadedConfig:
+    return load_config(getattr(args, "config", None), require_file=require_file)
+
+
+def console(stderr: bool = False) -> Console:
+    """Rich console: colour only on a terminal, and never with NO_COLOR set."""
+    return Console(
+        stderr=stderr,
+        no_color="NO_COLOR" in os.environ,
+        highlight=False,
+        soft_wrap=False,
+    )
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str, sort_keys=False)
+    sys.stdout.write("\n")

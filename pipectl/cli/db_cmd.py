@@ -1,0 +1,95 @@
+"""`pipectl db upgrade|status|apes`: pipectl's own schema, and the APES preset's SQL."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import asyncpg
+from rich.table import Table
+
+from pipectl import migrate
+from pipectl.cli.common import EXIT_FAIL, EXIT_OK, CliError, console, load
+from pipectl.db import connection
+from pipectl.sqlfiles import sql_dir
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("db", help="manage pipectl's schema in the database")
+    verbs = parser.add_subparsers(dest="db_verb", metavar="ACTION", required=True)
+    upgrade = verbs.add_parser(
+        "upgrade", help="apply pending migrations of the pipectl schema, then roles and grants"
+    )
+    upgrade.set_defaults(handler=upgrade_schema)
+    status = verbs.add_parser("status", help="show applied and pending migrations")
+    status.set_defaults(handler=schema_status)
+    apes = verbs.add_parser(
+        "apes",
+        help="load the APES preset SQL: --base creates the upstream tables and views in an "
+        "empty database; --materialized turns the summaries into materialized views",
+    )
+    apes.add_argument("--base", action="store_true", help="run sql/apes/schema.sql")
+    apes.add_argument("--materialized", action="store_true", help="run sql/apes/materialized.sql")
+    apes.set_defaults(handler=load_apes)
+
+
+async def upgrade_schema(args: argparse.Namespace) -> int:
+    config = load(args).config
+    out = console()
+    async with connection(config, "pipectl db upgrade") as conn:
+        report = await migrate.upgrade(conn)
+    for item in report.applied:
+        out.print(f"applied {item.path.name}")
+    if not report.applied:
+        out.print("schema is up to date")
+    for role in report.roles_created:
+        out.print(f"created role {role}")
+    for warning in report.warnings:
+        console(stderr=True).print(f"warning: {warning}")
+    return EXIT_OK
+
+
+async def schema_status(args: argparse.Namespace) -> int:
+    config = load(args).config
+    out = console()
+    async with connection(config, "pipectl db status") as conn:
+        state = await migrate.status(conn)
+    table = Table(box=None, header_style="bold")
+    for column in ("version", "name", "state", "applied at", "by"):
+        table.add_column(column)
+    for applied in state.applied:
+        mark = "applied" + (" (file changed)" if applied.version in state.changed else "")
+        table.add_row(
+            f"{applied.version:04d}",
+            applied.name,
+            mark,
+            applied.applied_at.isoformat(timespec="seconds"),
+            applied.applied_by,
+        )
+    for pending in state.pending:
+        table.add_row(f"{pending.version:04d}", pending.name, "pending", "", "")
+    out.print(table)
+    out.print(f"database at version {state.db_version}, code at {state.code_version}")
+    if state.too_new:
+        console(stderr=True).print(f"error: {migrate.too_new_message(state)}")
+        return EXIT_FAIL
+    return EXIT_OK if not state.pending else 1
+
+
+async def load_apes(args: argparse.Namespace) -> int:
+    if not (args.base or args.materialized):
+        console(stderr=True).print("nothing to do: give --base, --materialized or both")
+        return EXIT_FAIL
+    config = load(args).config
+    folder = sql_dir() / "apes"
+    async with connection(config, "pipectl db apes") as conn:
+        for flag, name in ((args.base, "schema.sql"), (args.materialized, "materialized.sql")):
+            if not flag:
+                continue
+            try:
+                async with conn.transaction():
+                    await conn.execute((folder / name).read_text(encoding="utf-8"))
+            except asyncpg.PostgresError as exc:
+                raise CliError(f"sql/apes/{name} failed, nothing was changed: {exc}") from exc
+            console().print(f"loaded sql/apes/{name}")
+    return EXIT_OK

@@ -1,0 +1,147 @@
+"""Real servers for every test: embedded PostgreSQL 18 and Valkey 9 by default, or the servers
+named by PIPECTL_TEST_DSN / PIPECTL_TEST_REDIS_URL. Each test gets its own database, cloned
+from a template that already holds the APES schema and pipectl's migrations."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis
+
+from pipectl import migrate
+from pipectl.embedded import EmbeddedPostgres, EmbeddedValkey
+from pipectl.sqlfiles import sql_dir
+from tests.helpers import dsn_for
+
+TEST_DSN = os.environ.get("PIPECTL_TEST_DSN")
+TEST_REDIS_URL = os.environ.get("PIPECTL_TEST_REDIS_URL")
+
+
+@pytest.fixture(autouse=True)
+def _pin_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What varies between machines stays out of the tests: zone, config search, colours."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    for var in ("PIPECTL_CONFIG", "PIPECTL_DATABASE_URL", "PIPECTL_REDIS_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+
+
+@dataclass(frozen=True)
+class PgServer:
+    dsn: str
+    embedded: EmbeddedPostgres | None
+    version: int
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    if TEST_DSN:
+        yield PgServer(TEST_DSN, None, _server_version(TEST_DSN))
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), fast=True)
+    server.start()
+    try:
+        yield PgServer(server.dsn(), server, _server_version(server.dsn()))
+    finally:
+        server.stop()
+
+
+def _server_version(dsn: str) -> int:
+    import asyncio
+
+    async def fetch() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return int(await conn.fetchval("SHOW server_version_num")) // 10000
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if TEST_REDIS_URL:
+        yield TEST_REDIS_URL
+        return
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+async def template_database(pg_server: PgServer) -> AsyncIterator[str]:
+    """A database with the APES schema, materialized summaries and pipectl's schema."""
+    name = f"pipectl_tpl_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(pg_server.dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(dsn_for(pg_server.dsn, name))
+    try:
+        folder = sql_dir() / "apes"
+        await conn.execute((folder / "schema.sql").read_text())
+        await migrate.upgrade(conn)
+        await conn.execute((folder / "materialized.sql").read_text())
+    finally:
+        await conn.close()
+    yield name
+    await _drop(pg_server.dsn, name)
+
+
+async def _drop(admin_dsn: str, name: str) -> None:
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def database(pg_server: PgServer, template_database: str) -> AsyncIterator[str]:
+    """DSN of a fresh database for this test (APES + pipectl schema, no rows of activity)."""
+    name = f"pipectl_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server.dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    finally:
+        await admin.close()
+    yield dsn_for(pg_server.dsn, name)
+    await _drop(pg_server.dsn, name)
+
+
+@pytest.fixture
+async def empty_database(pg_server: PgServer) -> AsyncIterator[str]:
+    """DSN of a database with nothing in it (for migration and preset loading tests)."""
+    name = f"pipectl_e_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server.dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield dsn_for(pg_server.dsn, name)
+    await _drop(pg_server.dsn, name)
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -70,7 +70,7 @@ async def test_failed_migration_is_rolled_back(empty_database: str, tmp_path: Pa
     )
     conn = await asyncpg.connect(empty_database)
     try:
-        with pytest.raises(migrate.MigrationError, match="0900_broken.sql failed"):
+        with pytest.raises(migrate.MigrationError, match=r"0900_broken\.sql failed"):
             await migrate.upgrade(conn, folder)
         state = await migrate.status(conn, folder)
         assert [m.version for m in state.pending] == [900]

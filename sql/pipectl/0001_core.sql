@@ -56,6 +56,7 @@ CREATE TABLE pipectl.checks (
     pending_count   integer NOT NULL DEFAULT 0,
     last_value      double precision,
     last_result_at  timestamptz,
+    next_due        timestamptz,
     silenced_until  timestamptz,
     silenced_by     text,
     silence_reason  text,
@@ -113,14 +114,18 @@ CREATE TABLE pipectl.check_results (
 CREATE INDEX check_results_check_time_idx ON pipectl.check_results (check_name, observed_at DESC);
 CREATE INDEX check_results_time_idx ON pipectl.check_results (observed_at DESC);
 
--- Time series for baselines and graphs. `source` keeps backfilled and manually rerun values
--- out of baselines; `anomaly` marks points the detector flagged, which baselines skip too.
+-- Time series for baselines and graphs. `source`: 'live' (measured on schedule), 'seed'
+-- (history reconstructed from a table's own timestamps when a check starts without samples),
+-- 'backfill' (measured while data was being backfilled) and 'manual' (measured by a manual
+-- check or rerun). Baselines use live and seed points only, and skip points the detector
+-- flagged (`anomaly`).
 CREATE TABLE pipectl.samples (
     series          text NOT NULL,
     ts              timestamptz NOT NULL,
     value           double precision NOT NULL,
     labels          jsonb NOT NULL DEFAULT '{}',
-    source          text NOT NULL DEFAULT 'live' CHECK (source IN ('live', 'backfill', 'manual')),
+    source          text NOT NULL DEFAULT 'live'
+                    CHECK (source IN ('live', 'seed', 'backfill', 'manual')),
     anomaly         boolean NOT NULL DEFAULT false,
     PRIMARY KEY (series, ts)
 );

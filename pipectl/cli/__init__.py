@@ -14,12 +14,13 @@ from collections.abc import Sequence
 import asyncpg
 
 from pipectl import __version__
-from pipectl.cli import agent_cmd, config_cmd, db_cmd
 from pipectl.cli.common import EXIT_FAIL, EXIT_UNKNOWN, CliError, run_handler
 from pipectl.config import ConfigError
 from pipectl.db import DatabaseUnavailable
 from pipectl.embedded import EmbeddedError
 from pipectl.migrate import MigrationError
+
+from . import agent_cmd, config_cmd, db_cmd
 
 VERB_MODULES = [config_cmd, db_cmd, agent_cmd]
 
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verb is None:
-        from pipectl.cli import console_cmd
+        from . import console_cmd
 
         args.handler = console_cmd.open_console
     try:

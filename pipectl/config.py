@@ -117,7 +117,7 @@ def _cron(value: Any) -> str:
     return value
 
 
-def _address(value: Any) -> str:
+def parse_address(value: Any) -> str:
     if not isinstance(value, str) or ":" not in value:
         raise ValueError("expected HOST:PORT, such as '127.0.0.1:9187'")
     host, _, port = value.rpartition(":")
@@ -141,7 +141,7 @@ ColumnName = Annotated[str, BeforeValidator(_column)]
 Name = Annotated[str, BeforeValidator(_name)]
 TimeZone = Annotated[str, BeforeValidator(_timezone)]
 Cron = Annotated[str, BeforeValidator(_cron)]
-Address = Annotated[str, BeforeValidator(_address)]
+Address = Annotated[str, BeforeValidator(parse_address)]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 
 

@@ -38,9 +38,29 @@ class DatabaseUnavailable(Exception):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Connection loss, lock timeout, serialization or deadlock: safe to try again."""
+    """Connection loss, lock timeout, serialization or deadlock: safe to try again.
+
+    The whole exception chain counts: a server shutdown inside a transaction surfaces as
+    "the underlying connection is closed" from the transaction's exit, its cause chained."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _transient_one(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _transient_one(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         return getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES
+    if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
+        return True
+    if isinstance(exc, asyncpg.InternalClientError):
+        # A pooled connection the server terminated while idle is left mid-protocol
+        # ("another operation is in progress"); the pool replaces it on release.
+        return True
     return isinstance(exc, asyncpg.ConnectionDoesNotExistError | OSError | asyncio.TimeoutError)
 
 

@@ -12,6 +12,7 @@ import asyncpg
 
 from pipectl.identifiers import quote_ident
 from pipectl.sqlfiles import sql_dir
+from pipectl.store.base import Conn
 
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 ROLES = ("pipectl_viewer", "pipectl_operator", "pipectl_agent")
@@ -99,7 +100,7 @@ def available(directory: Path | None = None) -> list[Migration]:
     return found
 
 
-async def status(conn: asyncpg.Connection, directory: Path | None = None) -> SchemaStatus:
+async def status(conn: Conn, directory: Path | None = None) -> SchemaStatus:
     """What is applied and what is pending, without changing anything."""
     migrations = available(directory)
     code_version = max((m.version for m in migrations), default=0)
@@ -128,7 +129,7 @@ def too_new_message(state: SchemaStatus) -> str:
     )
 
 
-async def ensure_current(conn: asyncpg.Connection) -> None:
+async def ensure_current(conn: Conn) -> None:
     """Refuse to run against a schema that is missing, behind, or ahead of the code."""
     state = await status(conn)
     if state.too_new:
@@ -140,7 +141,7 @@ async def ensure_current(conn: asyncpg.Connection) -> None:
         )
 
 
-async def upgrade(conn: asyncpg.Connection, directory: Path | None = None) -> UpgradeReport:
+async def upgrade(conn: Conn, directory: Path | None = None) -> UpgradeReport:
     """Apply pending migrations, then roles and grants. Safe to run again and concurrently."""
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
@@ -175,7 +176,7 @@ async def upgrade(conn: asyncpg.Connection, directory: Path | None = None) -> Up
 
 
 async def apply_roles(
-    conn: asyncpg.Connection, directory: Path | None = None, roles: tuple[str, ...] = ROLES
+    conn: Conn, directory: Path | None = None, roles: tuple[str, ...] = ROLES
 ) -> tuple[list[str], list[str]]:
     """Create the three roles where allowed, then grant. Missing privilege is a warning."""
     folder = directory or sql_dir() / "pipectl"

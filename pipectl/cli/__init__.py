@@ -45,7 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
     for module in VERB_MODULES:
         module.register(subparsers)
+    _accept_config_anywhere(parser)
     return parser
+
+
+def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:
+    """`pipectl agent --config F` works as well as `pipectl --config F agent`."""
+    for action in parser._subparsers._actions if parser._subparsers else []:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if "--config" not in sub._option_string_actions:
+                    sub.add_argument(
+                        "--config",
+                        "-c",
+                        metavar="FILE",
+                        default=argparse.SUPPRESS,
+                        help="config file (see pipectl --help)",
+                    )
+                _accept_config_anywhere(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
+import asyncpg
+
 from pipectl.model import Agent
 from pipectl.store.base import DB
 
@@ -91,41 +93,55 @@ class LostAgent:
     released_requests: int
 
 
+_REAP = """
+WITH lost AS (
+    SELECT id FROM pipectl.agents
+    WHERE stopped_at IS NULL AND lost_at IS NULL AND id <> $1 AND ({condition})
+    FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE pipectl.agents a SET lost_at = now() FROM lost WHERE a.id = lost.id
+    RETURNING a.id, a.name
+), failed AS (
+    UPDATE pipectl.runs r
+    SET status = 'failed', finished_at = now(), started_at = coalesce(r.started_at, now()),
+        error = 'agent lost: ' || m.name || ' ' || $3
+    FROM marked m
+    WHERE r.agent_id = m.id AND r.status IN ('queued', 'running')
+    RETURNING m.id AS agent_id
+), released AS (
+    UPDATE pipectl.requests q SET claimed_by = NULL, claimed_at = NULL
+    FROM marked m
+    WHERE q.claimed_by = m.id AND q.done_at IS NULL
+    RETURNING m.id AS agent_id
+)
+SELECT m.id, m.name,
+       (SELECT count(*) FROM failed f WHERE f.agent_id = m.id) AS failed_runs,
+       (SELECT count(*) FROM released x WHERE x.agent_id = m.id) AS released_requests
+FROM marked m
+"""
+
+
 async def reap_lost_agents(db: DB, reaper: UUID, lost_after: int) -> list[LostAgent]:
     """Declare agents silent for `lost_after` heartbeats lost: fail their unfinished runs and
     make their unfinished requests claimable again. Two survivors never both reap one peer."""
-    rows = await db.fetch(
-        """
-        WITH lost AS (
-            SELECT id FROM pipectl.agents
-            WHERE stopped_at IS NULL AND lost_at IS NULL AND id <> $1
-              AND last_seen < now() - make_interval(secs => heartbeat_seconds * $2)
-            FOR UPDATE SKIP LOCKED
-        ), marked AS (
-            UPDATE pipectl.agents a SET lost_at = now() FROM lost WHERE a.id = lost.id
-            RETURNING a.id, a.name
-        ), failed AS (
-            UPDATE pipectl.runs r
-            SET status = 'failed', finished_at = now(),
-                started_at = coalesce(r.started_at, now()),
-                error = 'agent lost: ' || m.name || ' stopped sending heartbeats'
-            FROM marked m
-            WHERE r.agent_id = m.id AND r.status IN ('queued', 'running')
-            RETURNING r.agent_id
-        ), released AS (
-            UPDATE pipectl.requests q SET claimed_by = NULL, claimed_at = NULL
-            FROM marked m
-            WHERE q.claimed_by = m.id AND q.done_at IS NULL
-            RETURNING m.id AS agent_id
-        )
-        SELECT m.id, m.name,
-               (SELECT count(*) FROM failed f WHERE f.agent_id = m.id) AS failed_runs,
-               (SELECT count(*) FROM released x WHERE x.agent_id = m.id) AS released_requests
-        FROM marked m
-        """,
-        reaper,
-        float(lost_after),
+    sql = _REAP.format(
+        condition="last_seen < now() - make_interval(secs => heartbeat_seconds * $2)"
     )
+    rows = await db.fetch(sql, reaper, float(lost_after), "stopped sending heartbeats")
+    return await _report(db, reaper, rows)
+
+
+async def reap_dead_predecessors(
+    db: DB, reaper: UUID, host: str, live_pids: set[int]
+) -> list[LostAgent]:
+    """Agents on this host whose process is gone (killed, crashed) are lost right away,
+    without waiting for their heartbeats to time out."""
+    sql = _REAP.format(condition="host = $2 AND NOT (pid = ANY($4::int[]))")
+    rows = await db.fetch(sql, reaper, host, "is no longer running on this host", list(live_pids))
+    return await _report(db, reaper, rows)
+
+
+async def _report(db: DB, reaper: UUID, rows: list[asyncpg.Record]) -> list[LostAgent]:
     lost = [LostAgent(r["id"], r["name"], r["failed_runs"], r["released_requests"]) for r in rows]
     for agent in lost:
         await db.execute(

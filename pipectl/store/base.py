@@ -5,5 +5,8 @@ from __future__ import annotations
 from typing import TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
-DB: TypeAlias = asyncpg.Connection | asyncpg.Pool
+# A plain connection or one borrowed from a pool: both run queries and transactions.
+Conn: TypeAlias = asyncpg.Connection | PoolConnectionProxy
+DB: TypeAlias = asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy

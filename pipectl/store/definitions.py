@@ -206,3 +206,18 @@ async def set_silence(db: DB, check: str, until: datetime | None, by: str, reaso
         reason,
     )
     return row is not None
+
+
+async def claim_check_tick(db: DB, check: str, nominal: datetime, next_due: datetime) -> bool:
+    """Take one check tick for this agent; False when another agent already took it."""
+    row = await db.fetchrow(
+        """
+        UPDATE pipectl.checks SET next_due = $3
+        WHERE name = $1 AND (next_due IS NULL OR next_due <= $2)
+        RETURNING name
+        """,
+        check,
+        nominal,
+        next_due,
+    )
+    return row is not None

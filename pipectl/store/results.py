@@ -6,10 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-import asyncpg
-
 from pipectl.model import CheckResult, CheckStatus
-from pipectl.store.base import DB
+from pipectl.store.base import DB, Conn
 from pipectl.store.samples import add_samples
 
 
@@ -60,7 +58,7 @@ class StoredResult:
 
 
 async def record_result(
-    conn: asyncpg.Connection,
+    conn: Conn,
     result: CheckResult,
     *,
     hysteresis: int,

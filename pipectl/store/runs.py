@@ -117,17 +117,20 @@ async def finish_run(
     return done is not None
 
 
-async def fail_unfinished_runs(db: DB, agent_id: UUID, reason: str) -> list[int]:
-    """Close this agent's runs that were cut off (database outage, crash before restart)."""
+async def close_unfinished_runs(
+    db: DB, agent_id: UUID, status: RunStatus, reason: str
+) -> list[int]:
+    """Close this agent's runs still queued or running (shutdown, or cut off by an outage)."""
     rows = await db.fetch(
         """
         UPDATE pipectl.runs
-        SET status = 'failed', finished_at = now(), started_at = coalesce(started_at, now()),
-            error = $2
+        SET status = $2, finished_at = now(), started_at = coalesce(started_at, now()),
+            error = $3
         WHERE agent_id = $1 AND status IN ('queued', 'running')
         RETURNING id
         """,
         agent_id,
+        str(status),
         reason,
     )
     return [r["id"] for r in rows]
@@ -169,3 +172,36 @@ async def last_success(db: DB, step: str) -> datetime | None:
         step,
     )
     return finished
+
+
+async def has_unfinished(db: DB, step: str) -> bool:
+    busy: bool = await db.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pipectl.runs WHERE step = $1"
+        " AND status IN ('queued', 'running'))",
+        step,
+    )
+    return busy
+
+
+async def tick_exists(db: DB, step: str, scheduled_for: datetime) -> bool:
+    found: bool = await db.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pipectl.runs WHERE step = $1 AND scheduled_for = $2"
+        " AND trigger = 'schedule')",
+        step,
+        scheduled_for,
+    )
+    return found
+
+
+async def latest_outcomes(db: DB, steps: Sequence[str]) -> dict[str, Run]:
+    """The latest decisive run (succeeded, failed or cancelled) of each step."""
+    rows = await db.fetch(
+        f"""
+        SELECT DISTINCT ON (r.step) {_RUN_COLUMNS}
+        FROM pipectl.runs r LEFT JOIN pipectl.agents a ON a.id = r.agent_id
+        WHERE r.step = ANY($1) AND r.status IN ('succeeded', 'failed', 'cancelled')
+        ORDER BY r.step, r.finished_at DESC NULLS LAST, r.id DESC
+        """,
+        list(steps),
+    )
+    return {r["step"]: _run(r) for r in rows}

@@ -1,0 +1,167 @@
+"""The agent process: signals, systemd, metrics endpoint, reconnecting start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.service import Agent
+from agent.systemd import notify, watchdog_interval, watchdog_loop
+from pipectl.config import ConfigError, LoadedConfig, load_config
+from pipectl.db import DatabaseUnavailable, is_transient
+from pipectl.migrate import MigrationError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MetricsServer:
+    """prometheus-client's HTTP server on its own thread; never touches the event loop."""
+
+    address: str
+    httpd: Any = None
+    thread: Any = None
+    port: int | None = None
+
+    def start(self, registry: Any) -> None:
+        from prometheus_client import start_http_server
+
+        host, _, port = self.address.rpartition(":")
+        self.httpd, self.thread = start_http_server(int(port), host.strip("[]"), registry=registry)
+        self.port = int(self.httpd.server_port)
+        log.info("serving metrics on http://%s:%d/metrics", host, self.port)
+
+    def stop(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+
+@dataclass
+class AgentProcess:
+    """Owns one Agent for the life of the process (reload swaps its config, not the agent)."""
+
+    loaded: LoadedConfig
+    config_path: str | None = None
+    metrics_address: str | None = None
+    name: str | None = None
+    agent: Agent | None = None
+    metrics: MetricsServer | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _reload: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    async def serve(self) -> int:
+        """Run until SIGTERM/SIGINT. Exit 0 on a clean stop, 2 on a config problem."""
+        self._install_signals()
+        agent = await self._start_with_retry()
+        if agent is None:
+            return 0 if self._stop.is_set() else 2
+        address = self.metrics_address or agent.config.agent.metrics_address
+        if address:
+            self.metrics = MetricsServer(address)
+            self.metrics.start(agent.metrics.registry)
+        watchdog = watchdog_interval()
+        tasks = [asyncio.create_task(agent.serve(), name="agent")]
+        if watchdog:
+            tasks.append(asyncio.create_task(watchdog_loop(watchdog), name="watchdog"))
+        self.started.set()
+        try:
+            while not self._stop.is_set():
+                reload_wait = asyncio.create_task(self._reload.wait())
+                stop_wait = asyncio.create_task(self._stop.wait())
+                await asyncio.wait([reload_wait, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+                reload_wait.cancel()
+                stop_wait.cancel()
+                if self._reload.is_set() and not self._stop.is_set():
+                    self._reload.clear()
+                    await self._do_reload(agent)
+        finally:
+            await agent.stop()
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if self.metrics is not None:
+                self.metrics.stop()
+        return 0
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        handlers: dict[int, Callable[[], None]] = {
+            signal.SIGTERM: self.request_stop,
+            signal.SIGINT: self.request_stop,
+            signal.SIGHUP: self.request_reload,
+        }
+        for signum, handler in handlers.items():
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, handler)
+
+    async def _start_with_retry(self) -> Agent | None:
+        """A database that is down at boot is waited for; a config problem is not."""
+        delay = 1.0
+        while not self._stop.is_set():
+            agent = Agent(self.loaded, name=self.name)
+            try:
+                await agent.start()
+            except (ConfigError, MigrationError) as exc:
+                for line in str(exc).splitlines():
+                    log.error("cannot start: %s", line)
+                await agent.stop()
+                return None
+            except (DatabaseUnavailable, OSError) as exc:
+                await agent.stop()
+                self._wait_message(exc, delay)
+            except Exception as exc:
+                await agent.stop()
+                if not is_transient(exc):
+                    raise
+                self._wait_message(exc, delay)
+            else:
+                self.agent = agent
+                return agent
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, 30)
+        return None
+
+    def _wait_message(self, exc: BaseException, delay: float) -> None:
+        log.warning("database not available (%s); retrying in %.0fs", exc, delay)
+        notify(f"STATUS=waiting for the database: {exc}"[:200])
+
+    async def _do_reload(self, agent: Agent) -> None:
+        try:
+            loaded = load_config(self.config_path, require_file=True)
+            await agent.reload(loaded)
+        except ConfigError as exc:
+            log.error(
+                "reload rejected, keeping the running configuration: %s",
+                "; ".join(str(p) for p in exc.problems),
+            )
+            return
+        except Exception as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        self.loaded = loaded
+        notify("STATUS=configuration reloaded")
+
+
+async def run_once(loaded: LoadedConfig, name: str | None = None) -> int:
+    """`pipectl agent --once`: every step and check once; 0 ok, 1 warn/skip, 2 failure."""
+    agent = Agent(loaded, name=name)
+    try:
+        await agent.start()
+        return await agent.run_once()
+    finally:
+        await agent.stop()

@@ -1,0 +1,206 @@
+"""Prometheus metrics of one agent, in a registry of its own.
+
+Names follow Prometheus conventions: `pipectl_` prefix, base units (seconds, ratios 0..1),
+counters end in `_total`, labels only ever take configured names (step, check, kind, status,
+source, level). `_created` series are disabled: they double the series count for nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+
+from pipectl import __version__
+from pipectl.model import CheckResult, CheckStatus, RunStatus
+
+log = logging.getLogger(__name__)
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.build_info = Gauge(
+            "pipectl_build_info",
+            "Always 1; labels say which pipectl runs.",
+            ["version"],
+            registry=r,
+        )
+        self.build_info.labels(__version__).set(1)
+        self.step_last_success = Gauge(
+            "pipectl_step_last_success_timestamp_seconds",
+            "Unix time of the step's last successful run.",
+            ["step"],
+            registry=r,
+        )
+        self.step_duration = Histogram(
+            "pipectl_step_run_duration_seconds",
+            "Duration of step runs.",
+            ["step"],
+            buckets=RUN_BUCKETS,
+            registry=r,
+        )
+        self.step_runs = Counter(
+            "pipectl_step_runs_total",
+            "Step runs finished, by final status.",
+            ["step", "status"],
+            registry=r,
+        )
+        self.step_paused = Gauge(
+            "pipectl_step_paused",
+            "1 while an operator has paused the step.",
+            ["step"],
+            registry=r,
+        )
+        self.check_status = Gauge(
+            "pipectl_check_status",
+            "Check status after hysteresis: 0 ok, 1 warn, 2 fail, 3 error, 4 nodata.",
+            ["check", "kind"],
+            registry=r,
+        )
+        self.check_value = Gauge(
+            "pipectl_check_value",
+            "Last observed value of the check.",
+            ["check", "kind"],
+            registry=r,
+        )
+        self.check_silenced = Gauge(
+            "pipectl_check_silenced",
+            "1 while an operator has silenced the check.",
+            ["check"],
+            registry=r,
+        )
+        self.check_runs = Counter(
+            "pipectl_check_runs_total",
+            "Check executions, by raw result status.",
+            ["check", "status"],
+            registry=r,
+        )
+        self.anomaly_score = Gauge(
+            "pipectl_check_anomaly_score",
+            "Robust z-score of the last value against its baseline.",
+            ["check"],
+            registry=r,
+        )
+        self.freshness_age = Gauge(
+            "pipectl_freshness_age_seconds",
+            "Age of the newest row (or last refresh).",
+            ["check"],
+            registry=r,
+        )
+        self.cache_hit_ratio = Gauge(
+            "pipectl_cache_hit_ratio",
+            "Cache hit ratio over the last check interval.",
+            ["check", "source", "level"],
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "pipectl_cache_hits_total",
+            "Cache hits observed between check runs.",
+            ["check", "source", "level"],
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            "pipectl_cache_lookups_total",
+            "Cache lookups observed between check runs.",
+            ["check", "source", "level"],
+            registry=r,
+        )
+        self.quality_ratio = Gauge(
+            "pipectl_quality_ratio",
+            "Scorecard dimension (completeness, accuracy, consistency, timeliness), 0..1.",
+            ["table", "dimension"],
+            registry=r,
+        )
+        self.requests_pending = Gauge(
+            "pipectl_requests_pending",
+            "Requests not finished yet.",
+            registry=r,
+        )
+        self.requests_oldest_age = Gauge(
+            "pipectl_requests_oldest_pending_age_seconds",
+            "Age of the oldest unfinished request (0 when none).",
+            registry=r,
+        )
+        self.requests_done = Counter(
+            "pipectl_requests_total",
+            "Requests executed by this agent, by kind and outcome.",
+            ["kind", "status"],
+            registry=r,
+        )
+        self.agents_alive = Gauge(
+            "pipectl_agents_alive",
+            "Agents with a recent heartbeat.",
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "pipectl_database_up",
+            "1 when the agent reaches PostgreSQL.",
+            registry=r,
+        )
+        self.running_runs = Gauge(
+            "pipectl_step_runs_in_progress",
+            "Step runs executing on this agent.",
+            registry=r,
+        )
+
+    def declare(self, steps: Iterable[str], checks: Iterable[tuple[str, str]]) -> None:
+        """Create series for configured names so dashboards show zeros, not gaps."""
+        for step in steps:
+            self.step_paused.labels(step)
+            for status in RunStatus:
+                if status.finished:
+                    self.step_runs.labels(step, str(status))
+        for check, kind in checks:
+            self.check_status.labels(check, kind).set(CheckStatus.NODATA.metric_code)
+
+    def run_finished(
+        self, step: str, status: RunStatus, duration: float | None, finished_at: float
+    ) -> None:
+        self.step_runs.labels(step, str(status)).inc()
+        if duration is not None and status in (RunStatus.SUCCEEDED, RunStatus.FAILED):
+            self.step_duration.labels(step).observe(duration)
+        if status == RunStatus.SUCCEEDED:
+            self.step_last_success.labels(step).set(finished_at)
+
+    def check_finished(
+        self, kind: str, result: CheckResult, shown: CheckStatus, silenced: bool
+    ) -> None:
+        check = result.check
+        self.check_runs.labels(check, str(result.status)).inc()
+        self.check_status.labels(check, kind).set(shown.metric_code)
+        self.check_silenced.labels(check).set(1 if silenced else 0)
+        if result.value is not None:
+            self.check_value.labels(check, kind).set(result.value)
+        if result.anomaly_score is not None:
+            self.anomaly_score.labels(check).set(result.anomaly_score)
+        if kind == "freshness" and result.value is not None:
+            self.freshness_age.labels(check).set(result.value)
+        if kind == "cache":
+            self._cache(check, result)
+
+    def _cache(self, check: str, result: CheckResult) -> None:
+        """Cache results carry per-level counts in `baseline['levels']` (see checks/cache.py)."""
+        levels = result.baseline.get("levels")
+        if not isinstance(levels, dict):
+            return
+        source = str(result.baseline.get("source", "unknown"))
+        for level, counts in levels.items():
+            if not isinstance(counts, dict):
+                continue
+            hits, lookups = counts.get("hits"), counts.get("lookups")
+            if isinstance(hits, int | float) and isinstance(lookups, int | float) and lookups > 0:
+                self.cache_hits.labels(check, source, str(level)).inc(max(0, hits))
+                self.cache_lookups.labels(check, source, str(level)).inc(max(0, lookups))
+                self.cache_hit_ratio.labels(check, source, str(level)).set(hits / lookups)

@@ -1,0 +1,358 @@
+"""Executes one step run: its own connection, timeouts, a cross-agent lock, retries.
+
+Each attempt is one transaction on a connection of its own:
+  SET LOCAL statement_timeout / lock_timeout / application_name
+  pg_try_advisory_xact_lock(step)   -- held elsewhere? the run is recorded as skipped
+  REFRESH MATERIALIZED VIEW [CONCURRENTLY] ... | the step's SQL
+Transient failures (lost connection, lock timeout, serialization, deadlock) are retried with
+exponential backoff and jitter, each attempt a run row of its own; SQL errors never are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from agent.bookkeeping import Bookkeeper
+from agent.metrics import AgentMetrics
+from agent.schedule import Schedule
+from agent.tracing import trace_id_of, tracer
+from pipectl import store
+from pipectl.config import StepConfig
+from pipectl.db import is_transient
+from pipectl.durations import format_duration
+from pipectl.identifiers import Relation
+from pipectl.model import RunStatus, Trigger
+from pipectl.store.base import Conn
+
+log = logging.getLogger(__name__)
+
+# First key of every pipectl advisory lock (two-int form); the second is hashtext(name).
+LOCK_NAMESPACE = 0x70697065
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """A step with its effective settings (step overrides applied over [defaults])."""
+
+    config: StepConfig
+    statement_timeout: timedelta
+    lock_timeout: timedelta
+    retries: int
+    retry_backoff: timedelta
+    retry_backoff_max: timedelta
+    schedule: Schedule | None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def statement_text(self, concurrently: bool = True) -> str:
+        """The SQL the step runs, as shown to operators."""
+        step = self.config
+        if step.kind == "matview":
+            assert step.relation is not None
+            prefix = (
+                "REFRESH MATERIALIZED VIEW CONCURRENTLY"
+                if concurrently
+                else ("REFRESH MATERIALIZED VIEW")
+            )
+            return f"{prefix} {step.relation.sql}"
+        if step.kind == "sql":
+            assert step.sql is not None
+            return step.sql.strip()
+        return "-- view: nothing to refresh (checks only)"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: int
+    status: RunStatus
+    error: str | None = None
+    rows: int | None = None
+    attempts: int = 1
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    status: RunStatus
+    error: str | None = None
+    rows: int | None = None
+    transient: bool = False
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class StepRunner:
+    def __init__(
+        self,
+        *,
+        runs_pool: asyncpg.Pool,
+        book: Bookkeeper,
+        agent_id: UUID,
+        agent_name: str,
+        metrics: AgentMetrics,
+        max_parallel: int,
+    ) -> None:
+        self.runs_pool = runs_pool
+        self.book = book
+        self.agent_id = agent_id
+        self.agent_name = agent_name
+        self.metrics = metrics
+        self.slots = asyncio.Semaphore(max_parallel)
+        self.in_progress = 0
+        self.cancel_reason = "cancelled: agent shutting down"
+
+    async def run(
+        self,
+        plan: StepPlan,
+        run_id: int,
+        trigger: Trigger,
+        requested_by: str | None = None,
+        request_id: int | None = None,
+    ) -> RunOutcome:
+        """Run (and retry) until success, a final failure, a skip or cancellation."""
+        attempt = 1
+        while True:
+            async with self.slots:
+                result = await self._attempt(plan, run_id, trigger, attempt)
+            if result.status != RunStatus.FAILED or not result.transient or attempt > plan.retries:
+                return RunOutcome(
+                    run_id, result.status, result.error, result.rows, attempt, result.detail
+                )
+            delay = _backoff(plan, attempt)
+            next_id = await self.book(
+                store.create_run,
+                plan.name,
+                Trigger.RETRY,
+                self.agent_id,
+                requested_by=requested_by,
+                request_id=request_id,
+                parent_run_id=run_id,
+                attempt=attempt + 1,
+            )
+            log.info(
+                "step %s: transient failure, retry %d/%d in %.1fs as run %d",
+                plan.name,
+                attempt,
+                plan.retries,
+                delay,
+                next_id,
+                extra={"step": plan.name, "run_id": run_id},
+            )
+            await asyncio.sleep(delay)
+            run_id, attempt = next_id, attempt + 1
+
+    async def _attempt(
+        self, plan: StepPlan, run_id: int, trigger: Trigger, attempt: int
+    ) -> _Attempt:
+        with tracer().start_as_current_span(f"step {plan.name}") as span:
+            span.set_attributes(
+                {
+                    "pipectl.step": plan.name,
+                    "pipectl.step.kind": plan.config.kind,
+                    "pipectl.run_id": run_id,
+                    "pipectl.trigger": str(trigger),
+                    "pipectl.attempt": attempt,
+                    "pipectl.agent": self.agent_name,
+                }
+            )
+            await self.book(store.start_run, run_id, trace_id_of(span))
+            started = time.monotonic()
+            self.in_progress += 1
+            self.metrics.running_runs.set(self.in_progress)
+            try:
+                result = await self._execute(plan, run_id)
+            except asyncio.CancelledError:
+                result = _Attempt(RunStatus.CANCELLED, self.cancel_reason)
+                await asyncio.shield(self._record(plan, run_id, result, started))
+                span.set_attribute("pipectl.outcome", str(result.status))
+                raise
+            except Exception as exc:  # classified and recorded, never lost
+                result = _classify(exc, plan)
+            finally:
+                self.in_progress -= 1
+                self.metrics.running_runs.set(self.in_progress)
+            if result.transient and attempt <= plan.retries:
+                result = _Attempt(
+                    result.status,
+                    f"{result.error} (transient, will retry)",
+                    result.rows,
+                    True,
+                    result.detail,
+                )
+            await self._record(plan, run_id, result, started)
+            span.set_attribute("pipectl.outcome", str(result.status))
+            if result.rows is not None:
+                span.set_attribute("pipectl.rows", result.rows)
+            if result.status == RunStatus.FAILED:
+                from opentelemetry.trace import Status, StatusCode
+
+                span.set_status(Status(StatusCode.ERROR, result.error or "failed"))
+            return result
+
+    async def _record(self, plan: StepPlan, run_id: int, result: _Attempt, started: float) -> None:
+        duration = time.monotonic() - started
+        still_ours = await self.book(
+            store.finish_run,
+            run_id,
+            result.status,
+            rows=result.rows,
+            error=result.error,
+            detail={**result.detail, "duration_s": round(duration, 4)},
+        )
+        if not still_ours:
+            log.warning(
+                "run %d of %s was already closed by another agent (declared lost?)",
+                run_id,
+                plan.name,
+                extra={"step": plan.name, "run_id": run_id},
+            )
+        self.metrics.run_finished(plan.name, result.status, duration, time.time())
+        level = logging.WARNING if result.status == RunStatus.FAILED else logging.INFO
+        log.log(
+            level,
+            "step %s %s in %.3fs%s",
+            plan.name,
+            result.status,
+            duration,
+            f": {result.error}" if result.error else "",
+            extra={"step": plan.name, "run_id": run_id, "status": str(result.status)},
+        )
+
+    async def _execute(self, plan: StepPlan, run_id: int) -> _Attempt:
+        async with self.runs_pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT set_config('statement_timeout', $1, true),"
+                " set_config('lock_timeout', $2, true),"
+                " set_config('application_name', $3, true)",
+                f"{int(plan.statement_timeout.total_seconds() * 1000)}ms",
+                f"{int(plan.lock_timeout.total_seconds() * 1000)}ms",
+                f"pipectl-agent {self.agent_name}: {plan.name}"[:63],
+            )
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1, hashtext($2))", LOCK_NAMESPACE, plan.name
+            ):
+                holder = await lock_holder(conn, plan.name)
+                return _Attempt(
+                    RunStatus.SKIPPED,
+                    f"already running elsewhere{f' ({holder})' if holder else ''}",
+                    detail={"holder": holder},
+                )
+            return await _perform(conn, plan)
+
+
+async def _perform(conn: Conn, plan: StepPlan) -> _Attempt:
+    step = plan.config
+    if step.kind == "matview":
+        assert step.relation is not None
+        return await _refresh(conn, step.relation, plan)
+    if step.kind == "sql":
+        assert step.sql is not None
+        status = await conn.execute(step.sql)
+        return _Attempt(RunStatus.SUCCEEDED, rows=_rows_from_tag(status), detail={"tag": status})
+    assert step.relation is not None
+    await conn.execute(f"SELECT 1 FROM {step.relation.sql} LIMIT 0")
+    return _Attempt(RunStatus.SUCCEEDED, detail={"note": "view: nothing to refresh"})
+
+
+async def _refresh(conn: Conn, relation: Relation, plan: StepPlan) -> _Attempt:
+    shape = await conn.fetchrow(
+        """
+        SELECT c.relkind, c.relispopulated,
+               EXISTS (SELECT 1 FROM pg_index i
+                       WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid
+                         AND i.indpred IS NULL AND i.indexprs IS NULL) AS has_unique
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = $1 AND c.relname = $2
+        """,
+        relation.schema,
+        relation.name,
+    )
+    if shape is None:
+        return _Attempt(RunStatus.FAILED, f"materialized view {relation} does not exist")
+    if shape["relkind"] != b"m":
+        return _Attempt(RunStatus.FAILED, f"{relation} is not a materialized view")
+    concurrently = bool(shape["relispopulated"] and shape["has_unique"])
+    if not concurrently:
+        reason = "not populated yet" if not shape["relispopulated"] else "has no unique index"
+        log.warning(
+            "step %s: %s %s, so it is refreshed without CONCURRENTLY: readers are blocked "
+            "until it finishes",
+            plan.name,
+            relation,
+            reason,
+            extra={"step": plan.name},
+        )
+    await conn.execute(plan.statement_text(concurrently))
+    rows = await conn.fetchval(f"SELECT count(*) FROM {relation.sql}")
+    return _Attempt(RunStatus.SUCCEEDED, rows=rows, detail={"concurrently": concurrently})
+
+
+async def lock_holder(conn: Conn, step: str) -> str | None:
+    """Who holds a step's advisory lock, as far as pg_stat_activity lets us see."""
+    row = await conn.fetchrow(
+        """
+        SELECT a.pid, a.application_name, a.usename, host(a.client_addr) AS client
+        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+          AND l.classid = $1::bigint::oid
+          AND l.objid = (hashtext($2)::bigint & 4294967295)::oid
+        LIMIT 1
+        """,
+        LOCK_NAMESPACE,
+        step,
+    )
+    if row is None:
+        return None
+    who = row["application_name"] or row["usename"] or "unknown session"
+    where = f" from {row['client']}" if row["client"] else ""
+    return f"{who}, backend pid {row['pid']}{where}"
+
+
+def _rows_from_tag(tag: str) -> int | None:
+    """'INSERT 0 5' -> 5, 'DELETE 3' -> 3, 'SELECT 1' -> None (a function call's result)."""
+    parts = tag.split()
+    if (
+        parts
+        and parts[0] in ("INSERT", "UPDATE", "DELETE", "MERGE", "COPY")
+        and parts[-1].isdigit()
+    ):
+        return int(parts[-1])
+    return None
+
+
+def _classify(exc: Exception, plan: StepPlan) -> _Attempt:
+    transient = is_transient(exc)
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        message = (
+            f"cancelled by statement_timeout ({format_duration(plan.statement_timeout)})"
+            if "statement timeout" in str(exc)
+            else f"cancelled: {exc}"
+        )
+    elif isinstance(exc, asyncpg.LockNotAvailableError):
+        message = f"lock not available within lock_timeout ({format_duration(plan.lock_timeout)})"
+    elif isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", "")
+        message = f"{type(exc).__name__} [{sqlstate}]: {exc}"
+    elif transient:
+        message = f"connection lost: {exc or type(exc).__name__}"
+    else:
+        log.exception("step %s: unexpected error", plan.name, extra={"step": plan.name})
+        message = f"unexpected error: {type(exc).__name__}: {exc}"
+    return _Attempt(RunStatus.FAILED, message, transient=transient)
+
+
+def _backoff(plan: StepPlan, attempt: int) -> float:
+    """Exponential with full jitter, capped: spreads retries of many agents apart."""
+    base = plan.retry_backoff.total_seconds() * (2 ** (attempt - 1))
+    capped = min(base, plan.retry_backoff_max.total_seconds())
+    return random.uniform(capped / 2, capped)

@@ -1,0 +1,7 @@
+"""`python -m pipectl` is the `pipectl` command."""
+
+import sys
+
+from pipectl.cli import main
+
+sys.exit(main())

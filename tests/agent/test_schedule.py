@@ -1,0 +1,53 @@
+"""Tick arithmetic: identical nominal times on every agent, cron in its zone, DAG order."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from agent.dag import Dag
+from agent.schedule import cron_schedule, interval_schedule
+from pipectl.config import StepConfig
+
+
+def test_interval_ticks_are_aligned_to_a_fixed_epoch() -> None:
+    schedule = interval_schedule(timedelta(minutes=5), timedelta(minutes=1), timedelta(0))
+    now = datetime(2026, 11, 25, 10, 7, 13, tzinfo=UTC)
+    assert schedule.next_after(now) == datetime(2026, 11, 25, 10, 10, tzinfo=UTC)
+    # A tick instant maps to the next one, not to itself.
+    assert schedule.next_after(datetime(2026, 11, 25, 10, 10, tzinfo=UTC)) == datetime(
+        2026, 11, 25, 10, 15, tzinfo=UTC
+    )
+
+
+def test_cron_ticks_follow_the_time_zone() -> None:
+    schedule = cron_schedule("30 2 * * *", "Europe/Berlin", timedelta(minutes=1), timedelta(0))
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    assert schedule.next_after(now) == datetime(2026, 11, 26, 1, 30, tzinfo=UTC)
+
+
+def test_jitter_is_bounded() -> None:
+    schedule = interval_schedule(timedelta(minutes=1), timedelta(minutes=1), timedelta(seconds=3))
+    delays = [schedule.jitter_delay() for _ in range(200)]
+    assert all(0 <= d <= 3 for d in delays)
+    assert max(delays) > 0
+
+
+def _step(name: str, *deps: str) -> StepConfig:
+    return StepConfig(name=name, kind="sql", sql="SELECT 1", depends_on=list(deps))
+
+
+def test_dag_order_and_downstream_closure() -> None:
+    dag = Dag([_step("c", "b"), _step("a"), _step("b", "a"), _step("d", "a"), _step("e")])
+    assert dag.order() == ["a", "b", "c", "d", "e"]
+    assert dag.with_downstream("a") == ["a", "b", "c", "d"]
+    assert dag.with_downstream("b") == ["b", "c"]
+    assert dag.upstream("c") == ["b"]
+
+
+def test_dag_rejects_cycles() -> None:
+    from agent.dag import CycleError
+
+    with pytest.raises(CycleError, match="a -> b -> a"):
+        Dag([_step("a", "b"), _step("b", "a")])

@@ -14,15 +14,15 @@ from collections.abc import Sequence
 import asyncpg
 
 from pipectl import __version__
-from pipectl.cli.common import EXIT_FAIL, EXIT_UNKNOWN, CliError, run_handler
+from pipectl.cli.common import EXIT_FAIL, EXIT_OK, EXIT_UNKNOWN, CliError, run_handler
 from pipectl.config import ConfigError
 from pipectl.db import DatabaseUnavailable
 from pipectl.embedded import EmbeddedError
 from pipectl.migrate import MigrationError
 
-from . import agent_cmd, config_cmd, db_cmd
+from . import agent_cmd, config_cmd, db_cmd, ops_cmd
 
-VERB_MODULES = [config_cmd, db_cmd, agent_cmd]
+VERB_MODULES = [ops_cmd, config_cmd, db_cmd, agent_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pipectl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `pipectl history | head`: the reader left; nothing more to say.
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":

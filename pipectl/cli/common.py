@@ -9,7 +9,9 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from rich.console import Console
 
@@ -46,15 +48,28 @@ def load(args: argparse.Namespace, *, require_file: bool = False) -> LoadedConfi
 
 
 def console(stderr: bool = False) -> Console:
-    """Rich console: colour only on a terminal, and never with NO_COLOR set."""
+    """Rich console: colour only on a terminal, and never with NO_COLOR set. Piped output
+    gets wide lines instead of the 80 columns rich assumes, so names are not cut."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else max(160, int(os.environ.get("COLUMNS", "0") or 0))
     return Console(
         stderr=stderr,
         no_color="NO_COLOR" in os.environ,
         highlight=False,
         soft_wrap=False,
+        width=width,
     )
 
 
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
 def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, default=str, sort_keys=False)
+    """Stable JSON for scripts: ISO 8601 times, keys in a fixed order."""
+    json.dump(data, sys.stdout, indent=2, default=_json_default)
     sys.stdout.write("\n")

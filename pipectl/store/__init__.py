@@ -54,13 +54,17 @@ from pipectl.store.runs import (
     tick_exists,
 )
 from pipectl.store.samples import add_samples, read_series
+from pipectl.store.views import CheckRow, StatusSnapshot, StepRow, status_snapshot
 
 __all__ = [
     "DB",
     "CheckDefinition",
+    "CheckRow",
     "CheckState",
     "LostAgent",
+    "StatusSnapshot",
     "StepDefinition",
+    "StepRow",
     "StepState",
     "StoredResult",
     "add_event",
@@ -98,6 +102,7 @@ __all__ = [
     "set_paused",
     "set_silence",
     "start_run",
+    "status_snapshot",
     "step_states",
     "stop_agent",
     "tick_exists",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -19,7 +19,7 @@ _RUN_COLUMNS = """
 """
 
 
-def _run(row: asyncpg.Record) -> Run:
+def _run(row: asyncpg.Record | Mapping[str, Any]) -> Run:
     data = dict(row)
     data["trigger"] = Trigger(data["trigger"])
     data["status"] = RunStatus(data["status"])

@@ -1,0 +1,441 @@
+"""Operator verbs: status, history, rerun, pause, resume, silence, unsilence.
+
+The same store functions the console uses; rich tables for people, stable JSON for scripts.
+Write verbs file a request row (PostgreSQL records who asked) and, with --wait, follow it to
+its outcome via LISTEN/NOTIFY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from rich.table import Table
+from rich.text import Text
+
+from pipectl import store
+from pipectl.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_UNKNOWN,
+    CliError,
+    console,
+    load,
+    print_json,
+)
+from pipectl.db import connection
+from pipectl.durations import DurationError, parse_duration
+from pipectl.format import STATUS_STYLE, age, band, due, number, seconds, status_text
+from pipectl.migrate import ensure_current
+from pipectl.model import Outcome, Request, RequestKind, Run
+from pipectl.store.base import Conn
+
+
+def register(subparsers: Any) -> None:
+    status = subparsers.add_parser(
+        "status",
+        help="pipeline health; exit 0 ok, 1 warnings, 2 failures",
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=show_status)
+
+    history = subparsers.add_parser("history", help="recent runs, newest first")
+    history.add_argument("step", nargs="?", help="only this step")
+    history.add_argument("--limit", type=_positive_int, default=20, metavar="N")
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(handler=show_history)
+
+    rerun = subparsers.add_parser("rerun", help="ask the agent to run a step now")
+    rerun.add_argument("step")
+    rerun.add_argument(
+        "--downstream", action="store_true", help="and every step that depends on it, in order"
+    )
+    _request_options(rerun)
+    rerun.set_defaults(handler=request_rerun)
+
+    for verb, text in (("pause", "stop a step's scheduled runs"), ("resume", "undo pause")):
+        parser = subparsers.add_parser(verb, help=text)
+        parser.add_argument("step")
+        _request_options(parser)
+        parser.set_defaults(handler=request_pause, kind=verb)
+
+    silence = subparsers.add_parser(
+        "silence", help="keep a check recording but raising no alert, for a while"
+    )
+    silence.add_argument("check")
+    silence.add_argument(
+        "--for",
+        dest="span",
+        required=True,
+        type=_duration,
+        metavar="DURATION",
+        help="how long, e.g. 30m, 2h, 1d (at most 30d)",
+    )
+    _request_options(silence)
+    silence.set_defaults(handler=request_silence)
+
+    unsilence = subparsers.add_parser("unsilence", help="end a silence now")
+    unsilence.add_argument("check")
+    _request_options(unsilence)
+    unsilence.set_defaults(handler=request_unsilence)
+
+
+def _request_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reason", default="", help="why (kept in the audit trail)")
+    parser.add_argument(
+        "--wait", action="store_true", help="wait for the outcome; exit code follows it"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=600.0,
+        metavar="SECONDS",
+        help="with --wait: give up after this long (default 600)",
+    )
+    parser.add_argument("--json", action="store_true")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _duration(text: str) -> float:
+    try:
+        value = parse_duration(text).total_seconds()
+    except DurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be longer than zero")
+    return value
+
+
+# ------------------------------------------------------------------------------- status
+
+
+async def show_status(args: argparse.Namespace) -> int:
+    config = load(args).config
+    async with connection(config, "pipectl status") as conn:
+        await ensure_current(conn)
+        snapshot = await store.status_snapshot(conn)
+    code = snapshot.worst.exit_code
+    if args.json:
+        print_json(status_json(snapshot))
+        return code
+    out = console()
+    now = snapshot.taken_at
+    steps = Table(title="Steps", title_justify="left", header_style="bold", box=None)
+    for column in ("step", "state", "last run", "took", "rows", "next run", "note"):
+        steps.add_column(column)
+    for step in snapshot.steps:
+        last = step.last_run
+        note = ""
+        if step.paused:
+            note = f"paused by {step.paused_by}" + (
+                f": {step.paused_reason}" if step.paused_reason else ""
+            )
+        elif last and last.error:
+            note = last.error
+        steps.add_row(
+            step.name,
+            Text(status_text(step.state), style=STATUS_STYLE.get(step.state, "")),
+            age(last.finished_at or last.started_at or last.queued_at, now) if last else "-",
+            seconds(last.duration_seconds) if last else "-",
+            number(last.rows) if last and last.rows is not None else "-",
+            due(step.next_run_at, now),
+            Text(note[:80], style="dim"),
+        )
+    out.print(steps if snapshot.steps else "No steps published yet (is an agent configured?)")
+    checks = Table(title="Checks", title_justify="left", header_style="bold", box=None)
+    for column in ("check", "status", "value", "expected", "since", "message"):
+        checks.add_column(column)
+    for check in snapshot.checks:
+        state = str(check.status)
+        if check.silenced(now):
+            state += " (silenced)"
+        checks.add_row(
+            check.name,
+            Text(status_text(state), style=STATUS_STYLE.get(str(check.status), "")),
+            number(check.value),
+            band(check.expected_low, check.expected_high),
+            age(check.status_since, now),
+            Text(check.message[:80], style="dim"),
+        )
+    if snapshot.checks:
+        out.print(checks)
+    agents = ", ".join(f"{a.name} ({age(a.last_seen, now)})" for a in snapshot.agents) or "none"
+    out.print(
+        f"agents alive: {agents}    pending requests: {snapshot.pending_requests}    "
+        f"overall: {status_text(str(snapshot.worst))}"
+    )
+    return code
+
+
+def status_json(snapshot: store.StatusSnapshot) -> dict[str, Any]:
+    now = snapshot.taken_at
+    return {
+        "taken_at": now,
+        "status": str(snapshot.worst),
+        "steps": [
+            {
+                "name": s.name,
+                "status": s.state,
+                "kind": s.kind,
+                "relation": s.relation,
+                "schedule": s.schedule,
+                "depends_on": list(s.depends_on),
+                "paused": s.paused,
+                "paused_by": s.paused_by,
+                "paused_reason": s.paused_reason,
+                "next_run_at": s.next_run_at,
+                "last_success_at": s.last_success_at,
+                "last_run": run_json(s.last_run) if s.last_run else None,
+            }
+            for s in snapshot.steps
+        ],
+        "checks": [
+            {
+                "name": c.name,
+                "kind": c.kind,
+                "status": str(c.status),
+                "value": c.value,
+                "expected_low": c.expected_low,
+                "expected_high": c.expected_high,
+                "message": c.message,
+                "status_since": c.status_since,
+                "last_result_at": c.last_result_at,
+                "silenced": c.silenced(now),
+                "silenced_until": c.silenced_until,
+            }
+            for c in snapshot.checks
+        ],
+        "agents": [
+            {
+                "name": a.name,
+                "host": a.host,
+                "pid": a.pid,
+                "version": a.version,
+                "started_at": a.started_at,
+                "last_seen": a.last_seen,
+            }
+            for a in snapshot.agents
+        ],
+        "pending_requests": snapshot.pending_requests,
+    }
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "step": run.step,
+        "status": str(run.status),
+        "trigger": str(run.trigger),
+        "attempt": run.attempt,
+        "queued_at": run.queued_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "duration_s": run.duration_seconds,
+        "rows": run.rows,
+        "agent": run.agent_name,
+        "requested_by": run.requested_by,
+        "request_id": run.request_id,
+        "scheduled_for": run.scheduled_for,
+        "error": run.error,
+        "trace_id": run.trace_id,
+    }
+
+
+# ------------------------------------------------------------------------------- history
+
+
+async def show_history(args: argparse.Namespace) -> int:
+    config = load(args).config
+    async with connection(config, "pipectl history") as conn:
+        await ensure_current(conn)
+        if args.step and not await store.step_states(conn, [args.step]):
+            raise CliError(await _unknown_step(conn, args.step))
+        runs = await store.recent_runs(conn, [args.step] if args.step else None, args.limit)
+    if args.json:
+        print_json([run_json(r) for r in runs])
+        return EXIT_OK
+    now = datetime.now(UTC)
+    table = Table(header_style="bold", box=None)
+    for column in ("run", "step", "status", "trigger", "started", "took", "rows", "agent", "error"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(
+            str(run.id),
+            run.step,
+            Text(status_text(str(run.status)), style=STATUS_STYLE.get(str(run.status), "")),
+            str(run.trigger) + (f" #{run.attempt}" if run.attempt > 1 else ""),
+            age(run.started_at, now),
+            seconds(run.duration_seconds),
+            number(run.rows) if run.rows is not None else "-",
+            run.agent_name or "-",
+            Text((run.error or "")[:70], style="dim"),
+        )
+    console().print(table if runs else "no runs yet")
+    return EXIT_OK
+
+
+async def _unknown_step(conn: Conn, step: str) -> str:
+    known = [s.name for s in await store.step_states(conn)]
+    listing = ", ".join(known) if known else "none published yet (start an agent)"
+    return f"unknown step {step!r}; steps: {listing}"
+
+
+async def _unknown_check(conn: Conn, check: str) -> str:
+    known = [c.name for c in await store.check_states(conn)]
+    listing = ", ".join(known) if known else "none published yet (start an agent)"
+    return f"unknown check {check!r}; checks: {listing}"
+
+
+# ------------------------------------------------------------------------------- requests
+
+
+async def request_rerun(args: argparse.Namespace) -> int:
+    return await _file_request(
+        args, RequestKind.RERUN, args.step, {"downstream": bool(args.downstream)}
+    )
+
+
+async def request_pause(args: argparse.Namespace) -> int:
+    kind = RequestKind.PAUSE if args.kind == "pause" else RequestKind.RESUME
+    return await _file_request(args, kind, args.step, {})
+
+
+async def request_silence(args: argparse.Namespace) -> int:
+    if args.span > 30 * 86400:
+        raise CliError("silences are limited to 30 days")
+    return await _file_request(args, RequestKind.SILENCE, args.check, {"seconds": args.span})
+
+
+async def request_unsilence(args: argparse.Namespace) -> int:
+    return await _file_request(args, RequestKind.UNSILENCE, args.check, {})
+
+
+async def _file_request(
+    args: argparse.Namespace, kind: RequestKind, target: str, extra: dict[str, Any]
+) -> int:
+    config = load(args).config
+    async with connection(config, f"pipectl {kind}") as conn:
+        await ensure_current(conn)
+        if kind in (RequestKind.RERUN, RequestKind.PAUSE, RequestKind.RESUME):
+            if not await store.step_states(conn, [target]):
+                raise CliError(await _unknown_step(conn, target))
+        elif not await store.check_states(conn, [target]):
+            raise CliError(await _unknown_check(conn, target))
+        try:
+            request = await store.create_request(conn, kind, target, args.reason, extra)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            user = await conn.fetchval("SELECT session_user")
+            raise CliError(
+                f"permission denied: database role {user!r} may not file requests "
+                f"(it needs pipectl_operator): {exc}"
+            ) from exc
+        if not args.wait:
+            return _report_filed(args, request)
+        finished = await wait_for_request(conn, request.id, args.timeout)
+    return _report_outcome(args, request, finished)
+
+
+def _report_filed(args: argparse.Namespace, request: Request) -> int:
+    if args.json:
+        print_json(request_json(request))
+    else:
+        console().print(
+            f"request {request.id} filed: {request.kind} {request.target} "
+            f"(as {request.requested_by}); the agent picks it up at once"
+        )
+    return EXIT_OK
+
+
+def _report_outcome(args: argparse.Namespace, filed: Request, finished: Request | None) -> int:
+    if finished is None or finished.done_at is None:
+        message = (
+            f"request {filed.id} not finished after {args.timeout:g}s; it stays queued and "
+            "runs when an agent takes it (is one running? see pipectl status)"
+        )
+        if args.json:
+            print_json({**request_json(finished or filed), "timed_out": True})
+        else:
+            console(stderr=True).print(message)
+        return EXIT_UNKNOWN
+    if args.json:
+        print_json(request_json(finished))
+    else:
+        style = "green" if finished.outcome == Outcome.SUCCEEDED else "red"
+        took = (finished.done_at - finished.created_at).total_seconds()
+        console().print(
+            Text(f"request {finished.id} {finished.outcome} in {seconds(took)}: ", style=style)
+            + Text(finished.detail or "")
+        )
+    return EXIT_OK if finished.outcome == Outcome.SUCCEEDED else EXIT_FAIL
+
+
+def request_json(request: Request) -> dict[str, Any]:
+    return {
+        "id": request.id,
+        "kind": str(request.kind),
+        "target": request.target,
+        "args": request.args,
+        "reason": request.reason,
+        "requested_by": request.requested_by,
+        "created_at": request.created_at,
+        "state": request.state,
+        "claimed_by": request.claimed_by,
+        "claimed_at": request.claimed_at,
+        "done_at": request.done_at,
+        "outcome": str(request.outcome) if request.outcome else None,
+        "detail": request.detail,
+    }
+
+
+async def wait_for_request(conn: Conn, request_id: int, limit: float) -> Request | None:
+    """Follow a request to its outcome: woken by NOTIFY, with a slow poll as a safety net."""
+    changed = asyncio.Event()
+
+    def on_change(*args: object) -> None:
+        payload = args[-1]
+        if isinstance(payload, str):
+            with contextlib.suppress(ValueError):
+                data = json.loads(payload)
+                if data.get("table") == "requests" and data.get("id") == request_id:
+                    changed.set()
+
+    await conn.add_listener("pipectl_changes", on_change)
+    deadline = time.monotonic() + limit
+    try:
+        while True:
+            request = await store.get_request(conn, request_id)
+            if request is None or request.done_at is not None:
+                return request
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return request
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(remaining, 2.0))
+            changed.clear()
+    finally:
+        await conn.remove_listener("pipectl_changes", on_change)

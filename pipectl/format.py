@@ -1,0 +1,96 @@
+"""Text forms shared by the CLI and the console: marks, colours, ages, numbers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pipectl.durations import humanize_age
+from pipectl.model import CheckStatus
+
+# A mark per status so state reads without colour (NO_COLOR, screen readers, grep).
+STATUS_MARK = {
+    "ok": "✓",
+    "running": "↻",
+    "never": "·",
+    "paused": "⏸",
+    "skipped": "↷",
+    "cancelled": "⊘",
+    "failed": "✗",
+    "warn": "!",
+    "fail": "✗",
+    "error": "⚠",
+    "nodata": "…",
+    "queued": "…",
+    "succeeded": "✓",
+}
+
+STATUS_STYLE = {
+    "ok": "green",
+    "succeeded": "green",
+    "running": "cyan",
+    "queued": "cyan",
+    "never": "dim",
+    "nodata": "dim",
+    "paused": "yellow",
+    "skipped": "yellow",
+    "cancelled": "yellow",
+    "warn": "yellow",
+    "failed": "red",
+    "fail": "red",
+    "error": "magenta",
+}
+
+
+def status_text(status: str) -> str:
+    return f"{STATUS_MARK.get(status, '?')} {status}"
+
+
+def age(moment: datetime | None, now: datetime) -> str:
+    """'42s ago' / 'in 3m' / '-'."""
+    if moment is None:
+        return "-"
+    seconds = (now - moment).total_seconds()
+    if seconds >= 0:
+        return f"{humanize_age(seconds)} ago"
+    return f"in {humanize_age(-seconds)}"
+
+
+def due(moment: datetime | None, now: datetime) -> str:
+    """When something is next due: 'in 3m', or 'overdue 12m' when its time has passed."""
+    if moment is None:
+        return "-"
+    late = (now - moment).total_seconds()
+    return f"overdue {humanize_age(late)}" if late > 1 else f"in {humanize_age(max(0.0, -late))}"
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 1:
+        return f"{value * 1000:.0f}ms"
+    if value < 60:
+        return f"{value:.1f}s"
+    return humanize_age(value)
+
+
+def number(value: float | None) -> str:
+    """Compact numbers for tables: 0.934, 1,204, 3.2e+06."""
+    if value is None:
+        return "-"
+    if value == int(value) and abs(value) < 1e9:
+        return f"{int(value):,}"
+    if abs(value) >= 1e6:
+        return f"{value:.3g}"
+    if abs(value) >= 100:
+        return f"{value:,.1f}"
+    return f"{value:.3g}"
+
+
+def band(low: float | None, high: float | None) -> str:
+    if low is None and high is None:
+        return "-"
+    return f"{number(low)}..{number(high)}"
+
+
+def check_style(status: CheckStatus) -> str:
+    return STATUS_STYLE.get(str(status), "")

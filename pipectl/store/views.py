@@ -1,0 +1,180 @@
+"""Read models for the console and the CLI: immutable snapshots built in few round trips."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+
+from pipectl.model import Agent, CheckStatus, Run, RunStatus
+from pipectl.store.agents import alive_agents
+from pipectl.store.base import DB
+from pipectl.store.runs import _RUN_COLUMNS, _run
+
+
+@dataclass(frozen=True)
+class StepRow:
+    name: str
+    kind: str
+    relation: str | None
+    schedule: str | None
+    depends_on: tuple[str, ...]
+    paused: bool
+    paused_by: str | None
+    paused_reason: str | None
+    next_run_at: datetime | None
+    last_run: Run | None
+    last_success_at: datetime | None
+
+    @property
+    def state(self) -> str:
+        """One word for a step: paused, running, ok, failed, skipped, cancelled or never."""
+        if self.paused:
+            return "paused"
+        if self.last_run is None:
+            return "never"
+        status = self.last_run.status
+        if status in (RunStatus.QUEUED, RunStatus.RUNNING):
+            return "running"
+        return "ok" if status == RunStatus.SUCCEEDED else str(status)
+
+    @property
+    def health(self) -> CheckStatus:
+        """The state judged like a check, for colours and exit codes."""
+        return {
+            "ok": CheckStatus.OK,
+            "running": CheckStatus.OK,
+            "never": CheckStatus.NODATA,
+            "paused": CheckStatus.WARN,
+            "skipped": CheckStatus.WARN,
+            "cancelled": CheckStatus.WARN,
+            "failed": CheckStatus.FAIL,
+        }[self.state]
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    name: str
+    kind: str
+    target: str | None
+    status: CheckStatus
+    status_since: datetime
+    value: float | None
+    expected_low: float | None
+    expected_high: float | None
+    message: str
+    last_result_at: datetime | None
+    silenced_until: datetime | None
+    silenced_by: str | None
+    silence_reason: str | None
+
+    def silenced(self, now: datetime) -> bool:
+        return self.silenced_until is not None and self.silenced_until > now
+
+
+@dataclass(frozen=True)
+class StatusSnapshot:
+    taken_at: datetime
+    steps: tuple[StepRow, ...]
+    checks: tuple[CheckRow, ...]
+    agents: tuple[Agent, ...]
+    pending_requests: int
+    cache: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def worst(self) -> CheckStatus:
+        """Worst of step health and unsilenced check status; no live agent is a warning."""
+        statuses = [s.health for s in self.steps]
+        statuses += [c.status for c in self.checks if not c.silenced(self.taken_at)]
+        if self.steps and not self.agents:
+            statuses.append(CheckStatus.WARN)
+        return max(statuses, key=lambda s: s.severity, default=CheckStatus.OK)
+
+    def check_counts(self) -> dict[CheckStatus, int]:
+        counts = dict.fromkeys(CheckStatus, 0)
+        for check in self.checks:
+            counts[check.status] += 1
+        return counts
+
+
+async def status_snapshot(db: DB) -> StatusSnapshot:
+    """Steps with their latest run, checks with their latest result, agents, requests."""
+    now = datetime.now(UTC)
+    step_rows = await db.fetch(
+        f"""
+        SELECT s.name, s.kind, s.relation, s.schedule, s.depends_on, s.paused, s.paused_by,
+               s.paused_reason, s.next_run_at,
+               (SELECT max(finished_at) FROM pipectl.runs x
+                 WHERE x.step = s.name AND x.status = 'succeeded') AS last_success_at,
+               last.*
+        FROM pipectl.steps s
+        LEFT JOIN LATERAL (
+            SELECT {_RUN_COLUMNS} FROM pipectl.runs r
+            LEFT JOIN pipectl.agents a ON a.id = r.agent_id
+            WHERE r.step = s.name ORDER BY r.queued_at DESC, r.id DESC LIMIT 1
+        ) last ON true
+        WHERE s.enabled
+        ORDER BY s.name
+        """
+    )
+    steps = tuple(_step_row(r) for r in step_rows)
+    check_rows = await db.fetch(
+        """
+        SELECT c.name, c.kind, c.target, c.status, c.status_since, c.last_value AS value,
+               c.last_result_at, c.silenced_until, c.silenced_by, c.silence_reason,
+               r.expected_low, r.expected_high, coalesce(r.message, '') AS message
+        FROM pipectl.checks c
+        LEFT JOIN LATERAL (
+            SELECT expected_low, expected_high, message FROM pipectl.check_results
+            WHERE check_name = c.name ORDER BY observed_at DESC LIMIT 1
+        ) r ON true
+        WHERE c.enabled
+        ORDER BY c.name
+        """
+    )
+    checks = tuple(CheckRow(**{**dict(r), "status": CheckStatus(r["status"])}) for r in check_rows)
+    pending = await db.fetchval("SELECT count(*) FROM pipectl.requests WHERE done_at IS NULL")
+    agents = tuple(await alive_agents(db))
+    return StatusSnapshot(now, steps, checks, agents, int(pending))
+
+
+def _step_row(row: asyncpg.Record) -> StepRow:
+    data = dict(row)
+    last = None
+    if data.get("id") is not None:
+        last = _run({k: data[k] for k in _RUN_KEYS})
+    return StepRow(
+        name=data["name"],
+        kind=data["kind"],
+        relation=data["relation"],
+        schedule=data["schedule"],
+        depends_on=tuple(data["depends_on"] or ()),
+        paused=data["paused"],
+        paused_by=data["paused_by"],
+        paused_reason=data["paused_reason"],
+        next_run_at=data["next_run_at"],
+        last_run=last,
+        last_success_at=data["last_success_at"],
+    )
+
+
+_RUN_KEYS = (
+    "id",
+    "step",
+    "trigger",
+    "status",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "scheduled_for",
+    "requested_by",
+    "request_id",
+    "attempt",
+    "agent_id",
+    "agent_name",
+    "rows",
+    "error",
+    "detail",
+    "trace_id",
+)

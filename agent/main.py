@@ -10,8 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
 from agent.service import Agent
 from agent.systemd import notify, watchdog_interval, watchdog_loop
+from agent.tracing import build_provider, instrument_sql
 from pipectl.config import ConfigError, LoadedConfig, load_config
 from pipectl.db import DatabaseUnavailable, is_transient
 from pipectl.migrate import MigrationError
@@ -55,6 +59,7 @@ class AgentProcess:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _reload: asyncio.Event = field(default_factory=asyncio.Event)
+    _provider: TracerProvider | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -95,7 +100,17 @@ class AgentProcess:
                 await asyncio.gather(*tasks, return_exceptions=True)
             if self.metrics is not None:
                 self.metrics.stop()
+            if self._provider is not None:
+                self._provider.shutdown()
         return 0
+
+    def _tracing(self) -> TracerProvider | None:
+        if self._provider is None:
+            self._provider = build_provider(self.loaded.config.agent.environment)
+            if self._provider is not None:
+                trace.set_tracer_provider(self._provider)
+                instrument_sql(self._provider)
+        return self._provider
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -112,7 +127,7 @@ class AgentProcess:
         """A database that is down at boot is waited for; a config problem is not."""
         delay = 1.0
         while not self._stop.is_set():
-            agent = Agent(self.loaded, name=self.name)
+            agent = Agent(self.loaded, name=self.name, tracer_provider=self._tracing())
             try:
                 await agent.start()
             except (ConfigError, MigrationError) as exc:
@@ -159,9 +174,13 @@ class AgentProcess:
 
 async def run_once(loaded: LoadedConfig, name: str | None = None) -> int:
     """`pipectl agent --once`: every step and check once; 0 ok, 1 warn/skip, 2 failure."""
-    agent = Agent(loaded, name=name)
+    provider = build_provider(loaded.config.agent.environment)
+    instrument_sql(provider)
+    agent = Agent(loaded, name=name, tracer_provider=provider)
     try:
         await agent.start()
         return await agent.run_once()
     finally:
         await agent.stop()
+        if provider is not None:
+            provider.shutdown()

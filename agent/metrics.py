@@ -8,7 +8,7 @@ source, level). `_created` series are disabled: they double the series count for
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -55,6 +55,18 @@ class AgentMetrics:
             "pipectl_step_runs_total",
             "Step runs finished, by final status.",
             ["step", "status"],
+            registry=r,
+        )
+        self.step_failing = Gauge(
+            "pipectl_step_failing",
+            "1 when the step's latest decisive run failed, 0 after a success.",
+            ["step"],
+            registry=r,
+        )
+        self.step_interval = Gauge(
+            "pipectl_step_interval_seconds",
+            "Time between the step's scheduled runs (alerts derive staleness from it).",
+            ["step"],
             registry=r,
         )
         self.step_paused = Gauge(
@@ -155,10 +167,15 @@ class AgentMetrics:
             registry=r,
         )
 
-    def declare(self, steps: Iterable[str], checks: Iterable[tuple[str, str]]) -> None:
-        """Create series for configured names so dashboards show zeros, not gaps."""
-        for step in steps:
+    def declare(self, steps: Mapping[str, float | None], checks: Iterable[tuple[str, str]]) -> None:
+        """Create series for configured names so dashboards show zeros, not gaps.
+
+        `steps` maps each step to its schedule interval in seconds (None: unscheduled)."""
+        for step, interval in steps.items():
             self.step_paused.labels(step)
+            self.step_failing.labels(step)
+            if interval is not None:
+                self.step_interval.labels(step).set(interval)
             for status in RunStatus:
                 if status.finished:
                     self.step_runs.labels(step, str(status))
@@ -173,6 +190,9 @@ class AgentMetrics:
             self.step_duration.labels(step).observe(duration)
         if status == RunStatus.SUCCEEDED:
             self.step_last_success.labels(step).set(finished_at)
+            self.step_failing.labels(step).set(0)
+        elif status == RunStatus.FAILED:
+            self.step_failing.labels(step).set(1)
 
     def check_finished(
         self, kind: str, result: CheckResult, shown: CheckStatus, silenced: bool

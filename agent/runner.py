@@ -20,11 +20,13 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from agent.bookkeeping import Bookkeeper
 from agent.metrics import AgentMetrics
 from agent.schedule import Schedule
-from agent.tracing import trace_id_of, tracer
+from agent.tracing import trace_id_of
 from pipectl import store
 from pipectl.config import StepConfig
 from pipectl.db import is_transient
@@ -101,12 +103,14 @@ class StepRunner:
         agent_name: str,
         metrics: AgentMetrics,
         max_parallel: int,
+        tracer: trace.Tracer,
     ) -> None:
         self.runs_pool = runs_pool
         self.book = book
         self.agent_id = agent_id
         self.agent_name = agent_name
         self.metrics = metrics
+        self.tracer = tracer
         self.slots = asyncio.Semaphore(max_parallel)
         self.in_progress = 0
         self.cancel_reason = "cancelled: agent shutting down"
@@ -154,7 +158,7 @@ class StepRunner:
     async def _attempt(
         self, plan: StepPlan, run_id: int, trigger: Trigger, attempt: int
     ) -> _Attempt:
-        with tracer().start_as_current_span(f"step {plan.name}") as span:
+        with self.tracer.start_as_current_span(f"step {plan.name}") as span:
             span.set_attributes(
                 {
                     "pipectl.step": plan.name,
@@ -194,8 +198,6 @@ class StepRunner:
             if result.rows is not None:
                 span.set_attribute("pipectl.rows", result.rows)
             if result.status == RunStatus.FAILED:
-                from opentelemetry.trace import Status, StatusCode
-
                 span.set_status(Status(StatusCode.ERROR, result.error or "failed"))
             return result
 

@@ -16,11 +16,12 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Coroutine
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import psutil
+from opentelemetry.sdk.trace import TracerProvider
 
 from agent.bookkeeping import Bookkeeper
 from agent.dag import Dag
@@ -28,7 +29,7 @@ from agent.metrics import AgentMetrics
 from agent.runner import RunOutcome, StepPlan, StepRunner
 from agent.schedule import Schedule, cron_schedule, interval_schedule, tick_loop
 from agent.systemd import notify
-from agent.tracing import trace_id_of, tracer
+from agent.tracing import trace_id_of, tracer_for
 from pipectl import __version__, migrate, store
 from pipectl.config import Config, ConfigError, LoadedConfig, Problem
 from pipectl.db import create_pool, is_transient
@@ -134,13 +135,21 @@ async def validate_steps(conn: Conn, loaded: LoadedConfig) -> None:
 class Agent:
     """One agent process. `start()`, then `serve()` until `stop()`; or `run_once()`."""
 
-    def __init__(self, loaded: LoadedConfig, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        name: str | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
         self.loaded = loaded
         self.config = loaded.config
         self.host = socket.gethostname()
         self.name = name or self.config.agent.name or f"{self.host}:{os.getpid()}"
         self.agent_id = uuid.uuid4()
         self.metrics = AgentMetrics()
+        self.tracer_provider = tracer_provider
+        self.tracer = tracer_for(tracer_provider)
         self.plans = build_plans(self.config)
         self.dag = Dag([p.config for p in self.plans.values()])
         self.check_engine: CheckEngine | None = None
@@ -184,6 +193,7 @@ class Agent:
             agent_name=self.name,
             metrics=self.metrics,
             max_parallel=self.config.agent.max_parallel_runs,
+            tracer=self.tracer,
         )
         await store.register_agent(
             self.pool,
@@ -231,7 +241,8 @@ class Agent:
         if self.check_engine is not None:
             await self.book(store.publish_checks, self.check_engine.definitions(), self.agent_id)
         self.metrics.declare(
-            self.plans, [(c.name, c.kind) for c in self.config.checks if c.enabled]
+            {name: _interval(plan) for name, plan in self.plans.items()},
+            [(c.name, c.kind) for c in self.config.checks if c.enabled],
         )
 
     async def serve(self) -> None:
@@ -350,6 +361,8 @@ class Agent:
         except Exception as exc:
             log.warning("could not record the agent's stop: %s", exc)
         await self._close()
+        if self.tracer_provider is not None:
+            self.tracer_provider.force_flush(2000)
         self.stopped.set()
         log.info("agent %s stopped", self.name)
 
@@ -554,7 +567,7 @@ class Agent:
         assert self.pool is not None
         check = self.config.check(name)
         hysteresis = check.hysteresis or self.config.check_defaults.hysteresis
-        with tracer().start_as_current_span(f"check {name}") as span:
+        with self.tracer.start_as_current_span(f"check {name}") as span:
             span.set_attributes(
                 {
                     "pipectl.check": name,
@@ -837,3 +850,11 @@ class Agent:
 
 def _set_event(event: asyncio.Event, *_: object) -> None:
     event.set()
+
+
+def _interval(plan: StepPlan) -> float | None:
+    """Seconds between two consecutive ticks (for cron: the next two)."""
+    if plan.schedule is None:
+        return None
+    first = plan.schedule.next_after(datetime.now(UTC))
+    return (plan.schedule.next_after(first) - first).total_seconds()

@@ -1,0 +1,254 @@
+"""Metrics, alert rules, traces and the systemd unit, checked with the real tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+import pytest
+import yaml
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from agent.main import MetricsServer
+from agent.tracing import build_provider, instrument_sql
+from pipectl import store
+from pipectl.model import RequestKind
+from tests.agent.conftest import running_agent, steps_toml
+from tests.helpers import wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+RULES = REPO / "deploy" / "prometheus" / "pipectl.rules.yml"
+
+
+def tool(name: str) -> str:
+    """A system tool the test needs; CI installs them and sets PIPECTL_REQUIRE_TOOLS=1."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("PIPECTL_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"{name} is required here (PIPECTL_REQUIRE_TOOLS=1) but not installed")
+        pytest.skip(f"{name} not installed (Debian: apt-get install prometheus / systemd)")
+    return path
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+@pytest.fixture
+async def scraped(database: str) -> str:
+    """The /metrics text of an agent that has run a step and refused a request."""
+    async with running_agent(database, steps_toml('every = "1s"')) as agent:
+        server = MetricsServer("127.0.0.1:0")
+        server.start(agent.metrics.registry)
+        try:
+            conn = await asyncpg.connect(database)
+            try:
+                await wait_for(
+                    lambda: conn.fetchval(
+                        "SELECT count(*) FROM pipectl.runs WHERE status = 'succeeded'"
+                    )
+                )
+            finally:
+                await conn.close()
+            await wait_for(lambda: _has(server, "pipectl_agents_alive 1.0"), timeout=10)
+            assert server.port is not None
+            return scrape(server.port)
+        finally:
+            server.stop()
+
+
+async def _has(server: MetricsServer, text: str) -> bool:
+    assert server.port is not None
+    return text in scrape(server.port)
+
+
+def test_metric_names_follow_prometheus_conventions(scraped: str) -> None:
+    families = re.findall(r"^# TYPE (\S+) (\S+)$", scraped, flags=re.MULTILINE)
+    assert families
+    allowed_labels = {
+        "step",
+        "check",
+        "kind",
+        "status",
+        "source",
+        "level",
+        "version",
+        "table",
+        "dimension",
+        "le",
+    }
+    for name, kind in families:
+        assert name.startswith("pipectl_"), name
+        samples = re.findall(rf"^({name}\w*)[{{ ]", scraped, flags=re.MULTILINE)
+        if kind == "counter":
+            assert name.endswith("_total"), name
+            assert all(sample == name for sample in samples), name
+    assert "_created" not in scraped
+    for line in scraped.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        labels = re.findall(r'(\w+)="', line)
+        assert set(labels) <= allowed_labels, line
+    assert 'pipectl_build_info{version="' in scraped
+    assert (
+        'pipectl_step_runs_total{status="succeeded",step="rule_effectiveness_summary"}' in scraped
+    )
+    assert "pipectl_step_run_duration_seconds_bucket" in scraped
+    assert 'pipectl_step_interval_seconds{step="rule_effectiveness_summary"} 1.0' in scraped
+    assert "pipectl_database_up 1.0" in scraped
+
+
+def test_promtool_check_metrics_on_a_live_scrape(scraped: str) -> None:
+    result = subprocess.run(
+        [tool("promtool"), "check", "metrics"], input=scraped, capture_output=True, text=True
+    )
+    assert result.stdout.strip() == ""
+    assert result.stderr.strip() == ""
+    assert result.returncode == 0
+
+
+def test_alert_rules_pass_their_unit_tests() -> None:
+    result = subprocess.run(
+        [tool("promtool"), "test", "rules", "pipectl.rules.test.yml"],
+        cwd=RULES.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_every_alert_has_summary_description_and_runbook() -> None:
+    rules = yaml.safe_load(RULES.read_text())
+    doc = (REPO / "docs" / "operating.md").read_text().lower()
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) >= 10
+    for alert in alerts:
+        notes = alert["annotations"]
+        assert notes["summary"] and notes["description"], alert["alert"]
+        anchor = notes["runbook_url"].split("#", 1)[1]
+        assert anchor == alert["alert"].lower()
+        assert f"### {alert['alert'].lower()}" in doc, f"no runbook for {alert['alert']}"
+
+
+def test_dashboard_uses_only_exported_metrics_and_recording_rules(scraped: str) -> None:
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "pipectl.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    rules = yaml.safe_load(RULES.read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    from agent.metrics import AgentMetrics
+
+    exported = {metric.name for metric in AgentMetrics().registry.collect()} | {
+        m + suffix
+        for m in {m.name for m in AgentMetrics().registry.collect()}
+        for suffix in ("_total", "_bucket", "_count", "_sum")
+    }
+    for expr in exprs:
+        for name in re.findall(r"\b(pipectl[_:][\w:]+)", expr):
+            assert name in exported or name in recorded, f"{name} in {expr!r}"
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    analyze = tool("systemd-analyze")
+    unit = (REPO / "deploy" / "systemd" / "pipectl-agent.service").read_text()
+    pipectl = Path(sys.executable).with_name("pipectl")
+    local = tmp_path / "pipectl-agent.service"
+    local.write_text(unit.replace("/opt/pipectl/bin/pipectl", str(pipectl)))
+    result = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+    for required in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "EnvironmentFile=",
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+    ):
+        assert required in unit
+
+
+# ------------------------------------------------------------------------------ tracing
+
+
+async def test_spans_for_runs_with_sql_children_and_trace_id_on_the_run(database: str) -> None:
+    exporter = InMemorySpanExporter()
+    provider = build_provider("test-env", exporter=exporter)
+    assert provider is not None
+    instrument_sql(provider)
+    try:
+        from agent.service import Agent
+        from tests.helpers import make_loaded
+
+        agent = Agent(
+            make_loaded(database, None, steps_toml()), name="traced", tracer_provider=provider
+        )
+        await agent.start()
+        try:
+            results = await agent.run_chain(["rule_effectiveness_summary"], "manual")  # type: ignore[arg-type]
+        finally:
+            await agent.stop()
+    finally:
+        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+        AsyncPGInstrumentor().uninstrument()
+    spans = exporter.get_finished_spans()
+    run_span = next(s for s in spans if s.name == "step rule_effectiveness_summary")
+    assert run_span.attributes is not None
+    assert run_span.attributes["pipectl.step"] == "rule_effectiveness_summary"
+    assert run_span.attributes["pipectl.outcome"] == "succeeded"
+    assert run_span.attributes["pipectl.trigger"] == "manual"
+    resource = run_span.resource.attributes
+    assert resource["service.name"] == "pipectl-agent"
+    assert resource["deployment.environment.name"] == "test-env"
+    assert "service.version" in resource
+    assert "host.name" in resource
+    children = [
+        s for s in spans if s.parent is not None and s.parent.span_id == run_span.context.span_id
+    ]
+    statements = " ".join(str((s.attributes or {}).get("db.statement", "")) for s in children)
+    assert "REFRESH MATERIALIZED VIEW CONCURRENTLY" in statements
+    run_id = results[0][1]
+    conn = await asyncpg.connect(database)
+    try:
+        stored = await conn.fetchval("SELECT trace_id FROM pipectl.runs WHERE id = $1", run_id)
+    finally:
+        await conn.close()
+    assert stored == f"{run_span.context.trace_id:032x}"
+
+
+def test_otel_sdk_disabled_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert build_provider("x") is None
+
+
+async def test_request_outcomes_are_counted(database: str) -> None:
+    async with running_agent(database, steps_toml()) as agent:
+        conn = await asyncpg.connect(database)
+        try:
+            from pipectl.db import _init_connection
+
+            await _init_connection(conn)
+            request = await store.create_request(conn, RequestKind.RERUN, "nope")
+            await wait_for(
+                lambda: conn.fetchval(
+                    "SELECT done_at IS NOT NULL FROM pipectl.requests WHERE id = $1", request.id
+                )
+            )
+        finally:
+            await conn.close()
+        value = agent.metrics.registry.get_sample_value(
+            "pipectl_requests_total", {"kind": "rerun", "status": "rejected"}
+        )
+    assert value == 1.0

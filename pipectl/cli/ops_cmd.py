@@ -142,7 +142,13 @@ async def show_status(args: argparse.Namespace) -> int:
     code = snapshot.worst.exit_code
     if args.json:
         print_json(status_json(snapshot))
-        return code
+    else:
+        render_status(snapshot)
+    return code
+
+
+def render_status(snapshot: store.StatusSnapshot) -> None:
+    """The human form of `pipectl status` (also printed at the end of a headless demo)."""
     out = console()
     now = snapshot.taken_at
     steps = Table(title="Steps", title_justify="left", header_style="bold", box=None)
@@ -171,12 +177,12 @@ async def show_status(args: argparse.Namespace) -> int:
     for column in ("check", "status", "value", "expected", "since", "message"):
         checks.add_column(column)
     for check in snapshot.checks:
-        state = str(check.status)
+        state = status_text(str(check.status))
         if check.silenced(now):
             state += " (silenced)"
         checks.add_row(
             check.name,
-            Text(status_text(state), style=STATUS_STYLE.get(str(check.status), "")),
+            Text(state, style=STATUS_STYLE.get(str(check.status), "")),
             number(check.value),
             band(check.expected_low, check.expected_high),
             age(check.status_since, now),
@@ -189,7 +195,6 @@ async def show_status(args: argparse.Namespace) -> int:
         f"agents alive: {agents}    pending requests: {snapshot.pending_requests}    "
         f"overall: {status_text(str(snapshot.worst))}"
     )
-    return code
 
 
 def status_json(snapshot: store.StatusSnapshot) -> dict[str, Any]:

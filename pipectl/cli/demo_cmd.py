@@ -1,0 +1,125 @@
+"""`pipectl demo`: embedded servers, the APES simulator, the agent and the console."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from pipectl.cli.common import EXIT_OK, console, print_json
+from pipectl.demo import DemoOptions, run_demo, state_dir_or_default
+from pipectl.embedded import EmbeddedServers
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run everything locally: embedded PostgreSQL and Valkey, a live APES simulator, "
+        "the agent and the console",
+        description="Starts embedded PostgreSQL and Valkey (state kept in --state-dir and "
+        "reused), loads the APES schema, backfills 30 days of history, then runs the "
+        "simulator, the agent and the console. Everything stops when you quit (q or Ctrl-C).",
+    )
+    parser.add_argument("--headless", action="store_true", help="no console; print the status")
+    parser.add_argument(
+        "--duration",
+        type=_seconds,
+        metavar="SECONDS",
+        help="with --headless: run this long, then print the status and exit "
+        "(default: until Ctrl-C)",
+    )
+    parser.add_argument("--fresh", action="store_true", help="start from an empty state")
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the servers keep their data (default: $XDG_STATE_HOME/pipectl/demo)",
+    )
+    parser.add_argument(
+        "--faults", choices=["random"], help="inject a random fault every few minutes (soak)"
+    )
+    parser.add_argument(
+        "--backfill-days", type=int, default=30, metavar="N", help="days of history (default 30)"
+    )
+    parser.add_argument("--seed", type=int, help="make the simulated data repeatable")
+    parser.add_argument("--json", action="store_true", help="with --headless: status as JSON")
+    parser.set_defaults(handler=demo)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+async def demo(args: argparse.Namespace) -> int:
+    options = DemoOptions(
+        state_dir=state_dir_or_default(args.state_dir),
+        fresh=args.fresh,
+        headless=args.headless or not sys.stdout.isatty(),
+        duration=args.duration,
+        faults=args.faults,
+        backfill_days=args.backfill_days,
+        seed=args.seed,
+        read_only=args.read_only,
+    )
+    out = console(stderr=args.json)
+    servers = EmbeddedServers(options.state_dir)
+    if options.fresh:
+        servers.reset()
+    started = time.monotonic()
+    out.print(f"pipectl demo — state in {options.state_dir}")
+    with servers.running():
+        out.print(
+            f"  PostgreSQL {servers.postgres.dsn()} and Valkey {servers.valkey.url} "
+            f"up in {time.monotonic() - started:.1f}s"
+        )
+        opener = None if options.headless else _console_opener(options.read_only)
+
+        async def finish(loaded: Any) -> int:
+            return await _final_status(loaded, args.json)
+
+        return await run_demo(options, servers, out, opener, finish)
+
+
+def _console_opener(read_only: bool) -> Any:
+    async def open_console(loaded: Any) -> None:
+        from console.app import PipectlApp
+
+        await PipectlApp(loaded.config, read_only=read_only).run_async()
+
+    return open_console
+
+
+async def _final_status(loaded: Any, as_json: bool) -> int:
+    """What the demo did, from the database: runs per step and results per check."""
+    from pipectl import store
+    from pipectl.cli.ops_cmd import render_status, status_json
+    from pipectl.db import connection
+
+    async with connection(loaded.config, "pipectl demo") as conn:
+        snapshot = await store.status_snapshot(conn)
+        runs = await conn.fetch(
+            "SELECT step, count(*) FILTER (WHERE status = 'succeeded') AS ok, count(*) AS total"
+            " FROM pipectl.runs GROUP BY step ORDER BY step"
+        )
+        results = await conn.fetchval("SELECT count(*) FROM pipectl.check_results")
+    if as_json:
+        print_json(
+            {
+                **status_json(snapshot),
+                "runs": {r["step"]: {"succeeded": r["ok"], "total": r["total"]} for r in runs},
+                "check_results": results,
+            }
+        )
+        return EXIT_OK
+    render_status(snapshot)
+    out = console()
+    refreshed = ", ".join(f"{r['step']} {r['ok']}/{r['total']}" for r in runs) or "none"
+    out.print(f"steps refreshed (succeeded/runs): {refreshed}")
+    out.print(f"check results recorded: {results}")
+    return EXIT_OK

@@ -1,0 +1,225 @@
+"""`pipectl demo`: the whole product on a machine with nothing but Python.
+
+Embedded PostgreSQL and Valkey in a state directory (reused next time; --fresh resets it),
+the APES schema with materialized summaries, pipectl's schema, 30 days of backfilled history,
+the live simulator, an agent on a demo-speed copy of the APES preset, and the console. With
+--headless it runs for --duration seconds and prints the status instead.
+
+The agent runs in this process: it is the same engine `pipectl agent` runs, its logs go to
+<state>/agent.log so they never cut through the console.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pipectl import migrate
+from pipectl.config import Config, LoadedConfig, load_config
+from pipectl.embedded import EmbeddedServers, default_state_dir
+from pipectl.presets import apes_preset_path
+from pipectl.sqlfiles import sql_dir
+
+log = logging.getLogger(__name__)
+
+DEMO_DATABASE = "apes"
+# Demo speed: the preset's schedules are for production; a demo should move within a minute.
+STEP_EVERY = {"rule_effectiveness_summary": 20, "user_satisfaction_summary": 40}
+CHECK_EVERY = {
+    "freshness": 10,
+    "cache": 15,
+    "volume": 30,
+    "metric": 30,
+    "quality": 60,
+    "schema": 60,
+}
+RANDOM_FAULTS = ("stall", "spike", "drop", "out_of_range", "nulls", "cache_miss_storm", "lock")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    state_dir: Path
+    fresh: bool = False
+    headless: bool = False
+    duration: float | None = None
+    faults: str | None = None
+    backfill_days: int = 30
+    seed: int | None = None
+    read_only: bool = False
+
+
+def demo_config(dsn: str, redis_url: str) -> LoadedConfig:
+    """The APES preset, unchanged but for the demo's servers and faster schedules."""
+    preset = load_config(apes_preset_path(), environ={})
+    config = preset.config
+    steps = [
+        s.model_copy(update={"every": timedelta(seconds=STEP_EVERY.get(s.name, 30))})
+        for s in config.steps
+    ]
+    checks = [
+        c.model_copy(update={"every": timedelta(seconds=CHECK_EVERY.get(c.kind, 30))})
+        for c in config.checks
+    ]
+    updated = config.model_copy(
+        update={
+            "database": config.database.model_copy(update={"dsn": dsn}),
+            "redis": config.redis.model_copy(update={"url": redis_url}),
+            "agent": config.agent.model_copy(
+                update={
+                    "name": "demo-agent",
+                    "metrics_address": "127.0.0.1:0",
+                    "environment": "demo",
+                    "heartbeat": timedelta(seconds=2),
+                }
+            ),
+            "steps": steps,
+            "checks": checks,
+        }
+    )
+    return LoadedConfig(config=Config.model_validate(updated.model_dump()), file=None)
+
+
+async def prepare_database(admin_dsn: str, out: Console) -> str:
+    """Create the demo database once; load the APES schema, pipectl's schema, summaries."""
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DEMO_DATABASE):
+            await admin.execute(f"CREATE DATABASE {DEMO_DATABASE}")
+    finally:
+        await admin.close()
+    dsn = admin_dsn.rsplit("/", 1)[0] + f"/{DEMO_DATABASE}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        folder = sql_dir() / "apes"
+        if await conn.fetchval("SELECT to_regclass('public.rule_performance') IS NULL"):
+            await conn.execute((folder / "schema.sql").read_text(encoding="utf-8"))
+            out.print("  loaded the APES schema (as deployed upstream)")
+        report = await migrate.upgrade(conn)
+        if report.applied:
+            out.print(f"  pipectl schema at version {report.applied[-1].version}")
+        await conn.execute((folder / "materialized.sql").read_text(encoding="utf-8"))
+    finally:
+        await conn.close()
+    return dsn
+
+
+async def backfill(simulator: Any, days: int, out: Console) -> None:
+    progress = Progress(
+        TextColumn("  backfilling {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=out,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task(f"{days} days of APES history", total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        started = time.monotonic()
+        result = await simulator.backfill(days=days, progress=report)
+    rows = getattr(result, "rows", None)
+    if rows:
+        out.print(f"  {rows:,} rows of history in {time.monotonic() - started:.1f}s")
+
+
+async def random_faults(simulator: Any, stop: asyncio.Event, rng: random.Random) -> None:
+    """--faults random: one fault at a time, a few minutes apart, each for a minute or two."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), rng.uniform(60, 180))
+        if stop.is_set():
+            return
+        fault = rng.choice(RANDOM_FAULTS)
+        duration = timedelta(seconds=rng.uniform(45, 120))
+        log.info("demo: injecting %s for %s", fault, duration)
+        try:
+            await simulator.inject(fault, duration=duration)
+        except Exception as exc:
+            log.warning("demo: could not inject %s: %s", fault, exc)
+
+
+def _agent_logging(path: Path) -> None:
+    """Agent logs go to a file: nothing may write through the console's screen."""
+    handler = logging.FileHandler(path)
+    from pipectl.logs import JsonFormatter
+
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+async def run_demo(
+    options: DemoOptions,
+    servers: EmbeddedServers,
+    out: Console,
+    open_console: Callable[[LoadedConfig], Awaitable[None]] | None,
+    finish: Callable[[LoadedConfig], Awaitable[int]] | None = None,
+) -> int:
+    """Everything after the servers are up. Headless, `finish` reports while the agent still
+    runs; its result is the exit code."""
+    from agent.service import Agent
+    from pipectl.simulator import ApesSimulator
+
+    admin_dsn, redis_url = servers.postgres.dsn(), servers.valkey.url
+    dsn = await prepare_database(admin_dsn, out)
+    loaded = demo_config(dsn, redis_url)
+    simulator = ApesSimulator(dsn, redis_url, seed=options.seed)
+    await simulator.setup()
+    await backfill(simulator, options.backfill_days, out)
+    _agent_logging(options.state_dir / "agent.log")
+    stop = asyncio.Event()
+    agent = Agent(loaded, name="demo-agent")
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        tasks.append(asyncio.create_task(simulator.run(stop), name="simulator"))
+        await agent.start()
+        tasks.append(asyncio.create_task(agent.serve(), name="agent"))
+        if options.faults == "random":
+            rng = random.Random(options.seed)
+            tasks.append(asyncio.create_task(random_faults(simulator, stop, rng)))
+        out.print(
+            f"  agent running (logs: {options.state_dir / 'agent.log'}); simulator writing; "
+            f"inject faults with: PIPECTL_DATABASE_URL={dsn} pipectl fault inject stall"
+        )
+        if open_console is not None and not options.headless:
+            await open_console(loaded)
+        else:
+            await _wait(stop, options.duration)
+            if finish is not None:
+                return await finish(loaded)
+    finally:
+        stop.set()
+        await agent.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await simulator.close()
+    return 0
+
+
+async def _wait(stop: asyncio.Event, duration: float | None) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), duration)
+
+
+def state_dir_or_default(path: str | None) -> Path:
+    return Path(path).expanduser() if path else default_state_dir()

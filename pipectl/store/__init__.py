@@ -36,7 +36,14 @@ from pipectl.store.requests import (
     list_requests,
     release_request,
 )
-from pipectl.store.results import StoredResult, recent_results, record_result
+from pipectl.store.results import (
+    BaselineRow,
+    StoredResult,
+    last_baseline,
+    latest_baselines,
+    recent_results,
+    record_result,
+)
 from pipectl.store.retention import prune
 from pipectl.store.runs import (
     claim_tick,
@@ -48,10 +55,11 @@ from pipectl.store.runs import (
     recent_runs,
     start_run,
 )
-from pipectl.store.samples import add_samples, read_series
+from pipectl.store.samples import add_samples, has_seed, read_series, read_windows
 
 __all__ = [
     "DB",
+    "BaselineRow",
     "CheckDefinition",
     "CheckState",
     "LostAgent",
@@ -71,13 +79,17 @@ __all__ = [
     "finish_run",
     "get_request",
     "get_run",
+    "has_seed",
     "heartbeat",
+    "last_baseline",
     "last_success",
+    "latest_baselines",
     "list_requests",
     "prune",
     "publish_checks",
     "publish_steps",
     "read_series",
+    "read_windows",
     "reap_lost_agents",
     "recent_events",
     "recent_results",

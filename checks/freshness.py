@@ -121,8 +121,11 @@ def evaluate(
                 f"last refresh of {observation.step}", observation.refreshed_at, now, check
             )
             parts.append(_Part(status, age, text))
-    worst = max(parts, key=lambda part: part.status.severity)  # ties: the data age
+    # The worse status wins; between equals, the older age.
+    worst = max(parts, key=lambda part: (part.status.severity, part.age or 0.0))
     status = worst.status
+    ages = [part.age for part in parts if part.age is not None]
+    value = worst.age if worst.age is not None else max(ages, default=None)
     others = [p.text for p in parts if p is not worst]
     message = worst.text + (f" ({limits})" if worst.age is not None else "")
     if others:
@@ -137,11 +140,11 @@ def evaluate(
             observation.refreshed_at.isoformat() if observation.refreshed_at else None
         )
         baseline["refresh_age_s"] = parts[1].age
-    samples = (point(check.name, now, worst.age, source),) if worst.age is not None else ()
+    samples = (point(check.name, now, value, source),) if value is not None else ()
     return CheckResult(
         check=check.name,
         status=status,
-        value=worst.age,
+        value=value,
         message=message,
         observed_at=now,
         threshold={

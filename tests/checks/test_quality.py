@@ -56,8 +56,12 @@ kind = "quality"
 table = "public.rule_performance"
 time_column = "created_at"
 window = "24h"
-rule = { type = "references", column = "rule_id", ref_table = "public.rule_metadata", ref_column = "rule_id" }
 fail_over = 1
+[checks.rule]
+type = "references"
+column = "rule_id"
+ref_table = "public.rule_metadata"
+ref_column = "rule_id"
 
 [[checks]]
 name = "applied_rules_shape"
@@ -78,7 +82,9 @@ warn_over = 1
 name = "prompts_are_numbers"
 kind = "quality"
 table = "public.user_feedback"
-rule = { type = "custom", sql = "SELECT count(*) FROM public.user_feedback WHERE original_prompt::int > 0" }
+[checks.rule]
+type = "custom"
+sql = "SELECT count(*) FROM public.user_feedback WHERE original_prompt::int > 0"
 """
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from checks.base import Context, KindSpec, number, point, zone
@@ -222,9 +223,13 @@ async def _previous(ctx: Context[CacheCheck]) -> Reading | None:
 
 
 async def redis_reading(ctx: Context[CacheCheck]) -> Reading:
+    """INFO once; after a server restart the pooled connection is dead, so try once more."""
     assert ctx.redis is not None
     async with asyncio.timeout(ctx.timeout.total_seconds()):
-        info = await ctx.redis.info()
+        try:
+            info = await ctx.redis.info()
+        except RedisConnectionError:
+            info = await ctx.redis.info()
     return Reading(
         str(info.get("run_id")),
         {"redis": Counter(int(info["keyspace_hits"]), int(info["keyspace_misses"]), ctx.now)},

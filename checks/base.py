@@ -89,25 +89,6 @@ def point(
     return Sample(series, ts, float(value), labels or {}, source, anomaly)
 
 
-def result(
-    ctx: Context[Any],
-    name: str,
-    status: CheckStatus,
-    value: float | None,
-    message: str,
-    **extra: Any,
-) -> CheckResult:
-    """A CheckResult observed now; `extra` fills the optional fields."""
-    return CheckResult(
-        check=name,
-        status=status,
-        value=finite(value),
-        message=message,
-        observed_at=ctx.now,
-        **extra,
-    )
-
-
 def worse(a: CheckStatus, b: CheckStatus) -> CheckStatus:
     return a if a.severity >= b.severity else b
 

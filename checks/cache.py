@@ -36,7 +36,7 @@ from checks.sql import Params, Query, col, window_predicate
 from pipectl import store
 from pipectl.config import CacheCheck, Config
 from pipectl.durations import format_duration, humanize_age
-from pipectl.model import CheckResult, CheckStatus, Sample
+from pipectl.model import CheckResult, CheckStatus
 
 LEVELS = ("L1", "L2", "L3", "MISS")
 _STATE_KEY = "counters"
@@ -146,71 +146,54 @@ def evaluate_counters(
     source: str,
     label: str,
 ) -> CheckResult:
-    """Pure: judge each counter's delta; the lowest judged ratio is the check's value."""
+    """Pure: judge each counter's delta; the lowest ratio judged is the check's value."""
     warn_below, fail_below = check.thresholds()
     found, remember = intervals(previous, current, check.min_requests)
     judged = [i for i in found if i.ratio is not None]
-    threshold = {
-        "warn_below": warn_below,
-        "fail_below": fail_below,
-        "min_requests": check.min_requests,
-    }
-    baseline: dict[str, Any] = {
-        **remember.as_json(),
-        "lookups": {i.key: i.lookups for i in found if i.state in ("delta", "quiet")},
-    }
-    samples: list[Sample] = []
-    notes: list[str] = []
-    status = CheckStatus.NODATA
-    worst: Interval | None = None
-    for item in judged:
-        assert item.ratio is not None
-        item_status = ratio_status(item.ratio, warn_below, fail_below)
-        if worst is None or item.ratio < (worst.ratio or 0.0):
-            worst = item
-        if status == CheckStatus.NODATA or item_status.severity > status.severity:
-            status = item_status
-        if len(current.counters) > 1:
-            samples.append(point(f"{check.name}:{item.key}", now, item.ratio, source))
-        notes.append(
-            f"{_name(item.key, label)} {item.ratio:.3f} over {item.lookups} lookups in "
-            f"{humanize_age(item.seconds)}"
-        )
-    for item in found:
-        if item.state == "first":
-            notes.append(f"{_name(item.key, label)}: first reading, ratio from the next run")
-        elif item.state == "reset":
-            notes.append(
-                f"{_name(item.key, label)}: counters reset (server restarted or statistics "
-                "reset), ratio from the next run"
-            )
-        elif item.state == "quiet":
-            notes.append(
-                f"{_name(item.key, label)}: only {item.lookups} lookups in "
-                f"{humanize_age(item.seconds)} (min_requests {check.min_requests})"
-            )
+    worst = min(judged, key=lambda i: i.ratio or 0.0, default=None)
     value = worst.ratio if worst is not None else None
-    if value is not None:
-        samples.insert(0, point(check.name, now, value, source))
-        if status != CheckStatus.OK:
-            limit = fail_below if status == CheckStatus.FAIL else warn_below
-            notes.insert(0, f"hit ratio {value:.3f} below the {status} limit {number(limit)}")
+    status = CheckStatus.NODATA if value is None else ratio_status(value, warn_below, fail_below)
+    notes = [_interval_text(item, label, check.min_requests) for item in found]
+    if value is not None and status != CheckStatus.OK:
+        limit = fail_below if status == CheckStatus.FAIL else warn_below
+        notes.insert(0, f"hit ratio {value:.3f} below the {status} limit {number(limit)}")
+    samples = [point(check.name, now, value, source)] if value is not None else []
+    if len(current.counters) > 1:  # one series per counter, for the console's graphs
+        samples += [point(f"{check.name}:{i.key}", now, i.ratio or 0.0, source) for i in judged]
     return CheckResult(
         check=check.name,
         status=status,
         value=value,
         message="; ".join(notes),
         observed_at=now,
-        threshold=threshold,
+        threshold={
+            "warn_below": warn_below,
+            "fail_below": fail_below,
+            "min_requests": check.min_requests,
+        },
         expected_low=warn_below,
         expected_high=1.0,
-        baseline=baseline,
+        baseline={
+            **remember.as_json(),
+            "lookups": {i.key: i.lookups for i in found if i.state in ("delta", "quiet")},
+        },
         samples=tuple(samples),
     )
 
 
-def _name(key: str, label: str) -> str:
-    return label if key in ("redis", "database") else key
+def _interval_text(item: Interval, label: str, min_requests: int) -> str:
+    name = label if item.key in ("redis", "database") else item.key
+    if item.state == "first":
+        return f"{name}: first reading, ratio from the next run"
+    if item.state == "reset":
+        return (
+            f"{name}: counters reset (server restarted or statistics reset), "
+            "ratio from the next run"
+        )
+    spent = humanize_age(item.seconds)
+    if item.state == "quiet":
+        return f"{name}: only {item.lookups} lookups in {spent} (min_requests {min_requests})"
+    return f"{name} {item.ratio:.3f} over {item.lookups} lookups in {spent}"
 
 
 async def _previous(ctx: Context[CacheCheck]) -> Reading | None:

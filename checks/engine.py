@@ -140,6 +140,15 @@ class CheckEngine:
             )
             return _error(check.name, now, message)
         except asyncpg.PostgresError as exc:
+            if type(exc) is asyncpg.DataError:  # raised by asyncpg encoding a parameter
+                self._validated.discard(check.name)
+                message = (
+                    "a parameter no longer fits its column (did its type change?); "
+                    "the catalog is read again on the next run"
+                )
+                return _error(check.name, now, message)
+            if str(getattr(exc, "sqlstate", "")).startswith("42"):
+                self._validated.discard(check.name)  # names or types changed: look again
             return _error(check.name, now, f"probe failed: {_describe(exc)}")
         except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
             return _error(

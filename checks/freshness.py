@@ -76,51 +76,41 @@ class _Part:
     text: str
 
 
-def _judge_age(
-    what: str, newest: datetime | None, now: datetime, check: FreshnessCheck
-) -> tuple[CheckStatus, float | None, str]:
-    if newest is None:
-        return CheckStatus.NODATA, None, what
-    age = (now - newest).total_seconds()
+def _aged(what: str, at: datetime, now: datetime, check: FreshnessCheck) -> _Part:
+    age = (now - at).total_seconds()
     if age < 0:
-        return CheckStatus.OK, 0.0, f"{what} is {humanize_age(-age)} in the future (clock skew?)"
-    status = (
-        CheckStatus.FAIL
-        if age > check.error_after.total_seconds()
-        else CheckStatus.WARN
-        if age > check.warn_after.total_seconds()
-        else CheckStatus.OK
-    )
-    return status, age, f"{what} {humanize_age(age)} old"
+        return _Part(
+            CheckStatus.OK, 0.0, f"{what} is {humanize_age(-age)} in the future (clock skew?)"
+        )
+    if age > check.error_after.total_seconds():
+        status = CheckStatus.FAIL
+    elif age > check.warn_after.total_seconds():
+        status = CheckStatus.WARN
+    else:
+        status = CheckStatus.OK
+    return _Part(status, age, f"{what} {humanize_age(age)} old")
 
 
 def evaluate(
     check: FreshnessCheck, observation: Observation, now: datetime, source: str
 ) -> CheckResult:
-    """Worse of data age and refresh age against warn_after / error_after."""
+    """Pure: the worse of data age and refresh age against warn_after / error_after."""
     limits = (
         f"warn after {format_duration(check.warn_after)}, "
         f"fail after {format_duration(check.error_after)}"
     )
-    parts: list[_Part] = []
-    data_status, data_age, data_text = _judge_age(
-        f"newest {check.table}.{check.column}", observation.newest, now, check
-    )
     if observation.newest is None:
         empty = CheckStatus.FAIL if check.on_empty == "fail" else CheckStatus.NODATA
-        parts.append(_Part(empty, None, f"{check.table} has no rows"))
+        parts = [_Part(empty, None, f"{check.table} has no rows")]
     else:
-        parts.append(_Part(data_status, data_age, data_text))
+        parts = [_aged(f"newest {check.table}.{check.column}", observation.newest, now, check)]
     if observation.step is not None:
         if observation.refreshed_at is None:
-            parts.append(
-                _Part(CheckStatus.NODATA, None, f"step {observation.step} has not succeeded yet")
-            )
+            text = f"step {observation.step} has not succeeded yet"
+            parts.append(_Part(CheckStatus.NODATA, None, text))
         else:
-            status, age, text = _judge_age(
-                f"last refresh of {observation.step}", observation.refreshed_at, now, check
-            )
-            parts.append(_Part(status, age, text))
+            what = f"last refresh of {observation.step}"
+            parts.append(_aged(what, observation.refreshed_at, now, check))
     # The worse status wins; between equals, the older age.
     worst = max(parts, key=lambda part: (part.status.severity, part.age or 0.0))
     status = worst.status

@@ -129,3 +129,31 @@ def test_the_engine_imports_neither_textual_nor_the_agent_nor_the_console() -> N
         [sys.executable, "-c", script], capture_output=True, text=True, check=False
     )
     assert done.stdout.strip() == "clean", done.stderr
+
+
+async def test_a_column_retyped_after_start_up_is_read_again(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    body = """
+    [[checks]]
+    name = "requests"
+    kind = "volume"
+    table = "public.prompt_improvement_sessions"
+    column = "created_at"
+    """
+    checks = CheckEngine(make_config(database, None, body))
+    await checks.validate(conn)
+    await conn.execute(
+        "ALTER TABLE public.prompt_improvement_sessions"
+        " ALTER COLUMN created_at TYPE timestamp USING created_at AT TIME ZONE 'UTC'"
+    )
+    await conn.execute(
+        "INSERT INTO public.prompt_improvement_sessions (original_prompt, enhanced_prompt,"
+        " applied_rules, response_time_ms, created_at) VALUES ('p', 'q', '[]', 5, $1)",
+        (NOW - timedelta(minutes=5)).replace(tzinfo=None),
+    )
+    stale = await checks.run("requests", conn, redis=None, now=NOW)
+    assert stale.status == CheckStatus.ERROR
+    assert stale.message.endswith("the catalog is read again on the next run")
+    fresh = await checks.run("requests", conn, redis=None, now=NOW)
+    assert fresh.status != CheckStatus.ERROR and fresh.value == 1

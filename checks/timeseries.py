@@ -228,7 +228,7 @@ def series_result(
     return CheckResult(
         check=name,
         status=judged.status,
-        value=finite(value),
+        value=finite(float(value)),
         message=message,
         observed_at=now,
         threshold=judged.threshold,

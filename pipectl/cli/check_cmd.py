@@ -51,9 +51,7 @@ async def run_checks(args: argparse.Namespace) -> int:
     names = _chosen(config, args.names)
     engine = CheckEngine(config, config_file=str(loaded.file))
     async with connection(config, "pipectl check") as conn:
-        await engine.validate(conn, names)
-        for warning in engine.warnings:
-            _note(warning)
+        await engine.validate(conn, names)  # logs what is worth knowing (a missing index)
         recording = await _publish(conn, engine)
         results = await _run_all(conn, engine, config, names, recording)
         scores = await scorecard.compute(conn, config, fresh=results)

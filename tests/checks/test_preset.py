@@ -39,11 +39,15 @@ async def test_every_preset_check_runs_without_error(
         }
     finally:
         await client.aclose()
-    for name, result in results.items():
-        print(name, result.status, result.value, result.message)
     errors = {n: r.message for n, r in results.items() if r.status == CheckStatus.ERROR}
     assert errors == {}
     for result in results.values():
         await store.record_result(conn, result, hysteresis=2, agent_id=None, trigger="schedule")
     assert results["rule_performance_freshness"].status == CheckStatus.OK
     assert results["improvement_score_in_range"].value == 0
+    assert results["user_rating_present"].value == 0.2  # 10 of the 50 ratings are null
+    assert results["negative_feedback_share"].value == 0.25  # 10 of 40 rated are <= 2
+    assert results["app_cache_hit_ratio"].status == CheckStatus.NODATA  # 3 requests in 15m
+    assert results["apes_schema"].message.startswith("recorded the shape: 5 tables")
+    stored = await conn.fetchval("SELECT count(*) FROM pipectl.check_results")
+    assert stored == len(config.checks)

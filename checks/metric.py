@@ -86,14 +86,16 @@ async def load_history(ctx: Context[MetricCheck]) -> History:
     check = ctx.check
     if check.anomaly is None:
         return History([])
-    tz = zone(check.timezone)
-    empty_value = 0.0 if check.aggregate == "count" else None
-
-    async def seed() -> list[tuple[datetime, float]]:
-        rows = await seed_query(check, ctx.now).fetch(ctx.conn, ctx.table(check.table), tz)
-        return timeseries.seeds_from_rows(rows, ctx.now, check.window, empty_value)
-
-    return await timeseries.history(ctx, check.name, check.anomaly, tz, check.window, seed)
+    return await timeseries.history(
+        ctx,
+        check.name,
+        check.anomaly,
+        zone(check.timezone),
+        check.window,
+        ctx.table(check.table),
+        seed_query(check, ctx.now),
+        empty_value=0.0 if check.aggregate == "count" else None,  # avg of nothing: no value
+    )
 
 
 def label(check: MetricCheck) -> str:

@@ -9,7 +9,7 @@ first run instead of after `min_points` days.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from checks import anomaly
 from checks.base import Context, finite, number, point, worse
+from checks.catalog import Table
 from checks.sql import Params, Query, col, window_predicate
 from pipectl import store
 from pipectl.config import AnomalyConfig, Bounds
@@ -33,24 +34,27 @@ class History:
     seeds: tuple[Sample, ...] = ()
 
 
-SeedReader = Callable[[], Awaitable[list[tuple[datetime, float]]]]
-
-
 async def history(
     ctx: Context[Any],
     series: str,
     config: AnomalyConfig,
     tz: ZoneInfo,
     window: timedelta,
-    seed: SeedReader,
+    table: Table,
+    seed: Query,
+    empty_value: float | None,
 ) -> History:
-    """Comparable baseline values; seeds history once when there are too few."""
+    """Comparable baseline values; when there are too few, seed history once with `seed`."""
     ranges = anomaly.windows(ctx.now, config, tz, window)
     samples = await store.read_windows(ctx.conn, series, ranges)
     values = anomaly.comparable(samples, ctx.now, config, tz, window)
     if len(values) >= config.min_points or await store.has_seed(ctx.conn, series):
         return History(values)
-    seeds = tuple(point(series, ts, value, "seed") for ts, value in await seed())
+    rows = await seed.fetch(ctx.conn, table, tz)
+    seeds = tuple(
+        point(series, ts, value, "seed")
+        for ts, value in seeds_from_rows(rows, ctx.now, window, empty_value)
+    )
     return History(anomaly.comparable([*samples, *seeds], ctx.now, config, tz, window), seeds)
 
 

@@ -211,16 +211,19 @@ class AgentMetrics:
             self._cache(check, result)
 
     def _cache(self, check: str, result: CheckResult) -> None:
-        """Cache results carry per-level counts in `baseline['levels']` (see checks/cache.py)."""
+        """Cache results carry per-level counts in `baseline['levels']` (checks/cache.py);
+        with `baseline['deltas']` they are increments since the previous reading."""
         levels = result.baseline.get("levels")
         if not isinstance(levels, dict):
             return
         source = str(result.baseline.get("source", "unknown"))
+        deltas = result.baseline.get("deltas") is True
         for level, counts in levels.items():
             if not isinstance(counts, dict):
                 continue
             hits, lookups = counts.get("hits"), counts.get("lookups")
             if isinstance(hits, int | float) and isinstance(lookups, int | float) and lookups > 0:
-                self.cache_hits.labels(check, source, str(level)).inc(max(0, hits))
-                self.cache_lookups.labels(check, source, str(level)).inc(max(0, lookups))
                 self.cache_hit_ratio.labels(check, source, str(level)).set(hits / lookups)
+                if deltas:  # counts since the previous reading: true counter increments
+                    self.cache_hits.labels(check, source, str(level)).inc(max(0, hits))
+                    self.cache_lookups.labels(check, source, str(level)).inc(max(0, lookups))

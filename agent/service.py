@@ -34,12 +34,13 @@ from pipectl import __version__, migrate, store
 from pipectl.config import Config, ConfigError, LoadedConfig, Problem
 from pipectl.db import create_pool, is_transient
 from pipectl.durations import format_duration
-from pipectl.model import CheckStatus, RunStatus, Trigger
+from pipectl.model import CheckStatus, CheckTrigger, RunStatus, Trigger
 from pipectl.store.base import Conn
 
 if TYPE_CHECKING:
     import redis.asyncio
-    from checks.engine import CheckEngine  # type: ignore[import-untyped,unused-ignore]
+
+    from checks.engine import CheckEngine
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ class Agent:
     async def _prepare_checks(self, conn: Conn) -> None:
         if not self._enabled_checks():
             return
-        from checks.engine import CheckEngine  # type: ignore[import-untyped,unused-ignore]
+        from checks.engine import CheckEngine
 
         engine = CheckEngine(self.config)
         await engine.validate(conn)
@@ -561,7 +562,7 @@ class Agent:
             return
         await self.run_check(name, "schedule")
 
-    async def run_check(self, name: str, trigger: str) -> CheckStatus:
+    async def run_check(self, name: str, trigger: CheckTrigger) -> CheckStatus:
         """Run one check with the shared engine and record its result; returns its status."""
         assert self.check_engine is not None
         assert self.pool is not None

@@ -242,7 +242,7 @@ class AnomalyConfig(Strict):
     """Robust baseline comparison; see checks/anomaly.py for the maths."""
 
     method: Literal["mad", "zscore"] = "mad"
-    threshold: float = Field(default=3.5, gt=0)
+    threshold: float | None = Field(default=None, gt=0)
     seasonality: Literal["none", "hour_of_day", "day_of_week", "hour_of_week"] = "hour_of_day"
     min_points: int = Field(default=14, ge=3)
     history: PositiveDuration = timedelta(days=28)
@@ -250,6 +250,13 @@ class AnomalyConfig(Strict):
     min_abs_change: float = Field(default=0.0, ge=0)
     min_rel_change: float = Field(default=0.0, ge=0)
     severity: Literal["warn", "fail"] = "warn"
+
+    @property
+    def limit(self) -> float:
+        """The score beyond which a point is anomalous: 3.5 for MAD, 3 (sigma) for z-score."""
+        if self.threshold is not None:
+            return self.threshold
+        return 3.5 if self.method == "mad" else 3.0
 
 
 class Bounds(Strict):
@@ -382,11 +389,18 @@ class QualityCheck(CheckBase):
     fail_over: float | None = Field(default=None, ge=0)
     as_share: bool = False
 
+    @model_validator(mode="after")
+    def _window(self) -> QualityCheck:
+        if (self.time_column is None) != (self.window is None):
+            raise ValueError("'time_column' and 'window' go together: give both or neither")
+        return self
+
 
 class SchemaCheck(CheckBase):
     kind: Literal["schema"]
     tables: list[RelationName] = Field(min_length=1)
     on_change: Literal["warn", "fail"] = "warn"
+    accept_after: PositiveDuration = timedelta(days=1)
 
 
 class CacheCheck(CheckBase):
@@ -406,6 +420,10 @@ class CacheCheck(CheckBase):
         if self.source == "app" and self.table is None:
             raise ValueError(
                 "source 'app' needs 'table' (where each request records its cache level)"
+            )
+        if self.source == "app" and (self.column is None or self.time_column is None):
+            raise ValueError(
+                "source 'app' needs 'column' (the cache level) and 'time_column' (when)"
             )
         if self.source != "app" and self.table is not None:
             raise ValueError(f"'table' is only for source 'app', not {self.source!r}")

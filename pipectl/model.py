@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
+
+# Who asked for a check result: the agent's schedule, a request, or `pipectl check`.
+CheckTrigger = Literal["schedule", "manual", "cli"]
 
 
 class RunStatus(StrEnum):

@@ -38,7 +38,14 @@ from pipectl.store.requests import (
     list_requests,
     release_request,
 )
-from pipectl.store.results import StoredResult, recent_results, record_result
+from pipectl.store.results import (
+    BaselineRow,
+    StoredResult,
+    last_baseline,
+    latest_baselines,
+    recent_results,
+    record_result,
+)
 from pipectl.store.retention import prune
 from pipectl.store.runs import (
     claim_tick,
@@ -53,11 +60,12 @@ from pipectl.store.runs import (
     start_run,
     tick_exists,
 )
-from pipectl.store.samples import add_samples, read_series
+from pipectl.store.samples import add_samples, has_seed, read_series, read_windows
 from pipectl.store.views import CheckRow, StatusSnapshot, StepRow, status_snapshot
 
 __all__ = [
     "DB",
+    "BaselineRow",
     "CheckDefinition",
     "CheckRow",
     "CheckState",
@@ -81,15 +89,19 @@ __all__ = [
     "finish_run",
     "get_request",
     "get_run",
+    "has_seed",
     "has_unfinished",
     "heartbeat",
+    "last_baseline",
     "last_success",
+    "latest_baselines",
     "latest_outcomes",
     "list_requests",
     "prune",
     "publish_checks",
     "publish_steps",
     "read_series",
+    "read_windows",
     "reap_dead_predecessors",
     "reap_lost_agents",
     "recent_events",

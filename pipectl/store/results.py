@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from pipectl.model import CheckResult, CheckStatus
@@ -171,3 +174,47 @@ async def recent_results(db: DB, check: str, limit: int = 100) -> list[ResultRow
         limit,
     )
     return [ResultRow(**{**dict(r), "status": CheckStatus(r["status"])}) for r in rows]
+
+
+@dataclass(frozen=True)
+class BaselineRow:
+    """The baseline jsonb a check stored with one of its results."""
+
+    check: str
+    baseline: dict[str, Any]
+    observed_at: datetime
+
+
+async def last_baseline(db: DB, check: str, key: str) -> BaselineRow | None:
+    """The newest stored result of `check` whose baseline holds `key`.
+
+    Checks that compare with their own previous observation (counters for cache ratios, the
+    recorded shape for schema checks) keep that state here, so it survives agent restarts and
+    is shared by every agent.
+    """
+    rows = await latest_baselines(db, [check], key)
+    return rows.get(check)
+
+
+async def latest_baselines(db: DB, checks: Sequence[str], key: str) -> dict[str, BaselineRow]:
+    """For each check, the newest stored result whose baseline holds `key`."""
+    rows = await db.fetch(
+        """
+        SELECT c.name AS check, r.baseline, r.observed_at
+        FROM unnest($1::text[]) AS c(name)
+        JOIN LATERAL (
+            SELECT baseline, observed_at FROM pipectl.check_results
+            WHERE check_name = c.name AND baseline ? $2
+            ORDER BY observed_at DESC LIMIT 1
+        ) r ON true
+        """,
+        list(checks),
+        key,
+    )
+    out: dict[str, BaselineRow] = {}
+    for row in rows:
+        baseline = row["baseline"]
+        if isinstance(baseline, str):  # a connection without pipectl's JSON codec
+            baseline = json.loads(baseline)
+        out[row["check"]] = BaselineRow(row["check"], baseline, row["observed_at"])
+    return out

@@ -1,0 +1,103 @@
+"""What every check kind shares: the run context and the shape of a kind's module.
+
+A kind is one module exporting `KIND`, a `KindSpec`: what it needs from the catalog, the SQL
+it shows, and `run`, which probes (one SQL round trip) and hands the observation to a pure
+evaluation function. The engine adds validation, the transaction with its statement_timeout,
+error handling and timing around it, so a kind only says what is particular to it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from zoneinfo import ZoneInfo
+
+from checks.catalog import Catalog, Need, Table
+from pipectl.config import Config
+from pipectl.identifiers import Relation
+from pipectl.model import CheckResult, CheckStatus, Sample
+from pipectl.store.base import Conn
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+C = TypeVar("C")
+
+SOURCE_BY_TRIGGER = {"schedule": "live", "manual": "manual", "cli": "manual"}
+
+
+@dataclass(frozen=True)
+class Context(Generic[C]):
+    """Everything one run of one check may use."""
+
+    check: C
+    config: Config
+    conn: Conn
+    now: datetime
+    source: str
+    """Sample source for this run: 'live' on schedule, 'manual' for manual and CLI runs."""
+    catalog: Catalog
+    timeout: timedelta
+    redis: Redis | None = None
+
+    def table(self, relation: Relation) -> Table:
+        return self.catalog.table(relation)
+
+
+@dataclass(frozen=True)
+class KindSpec(Generic[C]):
+    """One check kind: the engine's registry maps `kind` to this."""
+
+    kind: str
+    needs: Callable[[C], list[Need]]
+    """Relations and columns to validate against the catalog."""
+    sql: Callable[[C, Config], str]
+    """The probe SQL shown in the console."""
+    target: Callable[[C], str]
+    describe: Callable[[C], str]
+    run: Callable[[Context[C]], Awaitable[CheckResult]]
+    check_values: Callable[[C, Catalog], list[tuple[str, str]]] = field(
+        default=lambda check, catalog: []
+    )
+    """Further (path, message) problems once the catalog is known, e.g. filter values."""
+
+
+def zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def finite(value: float | None) -> float | None:
+    """None for NaN/infinity: jsonb and reports cannot hold them."""
+    if value is None or not math.isfinite(value):
+        return None
+    return value
+
+
+def point(
+    series: str,
+    ts: datetime,
+    value: float,
+    source: str,
+    *,
+    anomaly: bool = False,
+    labels: dict[str, Any] | None = None,
+) -> Sample:
+    return Sample(series, ts, float(value), labels or {}, source, anomaly)
+
+
+def worse(a: CheckStatus, b: CheckStatus) -> CheckStatus:
+    return a if a.severity >= b.severity else b
+
+
+def number(value: float | None) -> str:
+    """A value for messages: short and readable (aggregates, never row content)."""
+    if value is None:
+        return "-"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return f"{int(value)}"
+    if abs(value) >= 100:
+        return f"{value:.1f}"
+    return f"{value:.3g}" if abs(value) < 0.001 else f"{value:.3f}".rstrip("0").rstrip(".")

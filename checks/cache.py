@@ -1,0 +1,434 @@
+"""cache: hit ratios of APES's cache levels and of PostgreSQL's buffer cache.
+
+- **redis**: INFO `keyspace_hits` / `keyspace_misses` of the L2 Redis. They are server-wide
+  counters since the server started, so the ratio is taken over the *delta* since the previous
+  reading. PostgreSQL's buffer counters (**postgres**: `pg_stat_database` for this database,
+  `pg_statio_user_tables` heap blocks for each watched table) are handled the same way.
+  The previous reading is the baseline of the check's last stored result: it survives agent
+  restarts and is shared by every agent. An interval with fewer than `min_requests` lookups is
+  nodata and keeps the older reading, so quiet periods add up instead of never being judged.
+  A counter that went down (server restart, stats reset; Redis `run_id` or PostgreSQL
+  `stats_reset` changed) is reported as "counters reset", never as a negative ratio.
+- **app**: the share of requests answered by each level, from the per-request record
+  (`prompt_improvement_sessions.cache_hit_level`) over `window`. In APES, L1 is the in-process
+  LRU, L2 is Redis and L3 the database-backed precomputed cache; only MISS recomputes, so the
+  judged hit ratio is (L1 + L2 + L3) / (L1 + L2 + L3 + MISS). Rows with any other level are left
+  out of the ratio and counted in the baseline as `other` (the quality check
+  `cache_level_valid` reports them).
+
+Defaults (`CacheCheck.thresholds`): Redis and app warn below 0.80 and fail below 0.50;
+PostgreSQL warn below 0.95 and fail below 0.90.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from checks.base import Context, KindSpec, number, point, zone
+from checks.catalog import STATS_KINDS, TEXT_TYPES, TIME_TYPES, Need
+from checks.sql import Params, Query, col, window_predicate
+from pipectl import store
+from pipectl.config import CacheCheck, Config
+from pipectl.durations import format_duration, humanize_age
+from pipectl.model import CheckResult, CheckStatus
+
+LEVELS = ("L1", "L2", "L3", "MISS")
+_STATE_KEY = "counters"
+
+# ---------------------------------------------------------------------------------------------
+# Counter deltas (redis and postgres)
+
+
+@dataclass(frozen=True)
+class Counter:
+    hits: int
+    misses: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Cumulative counters at one moment; `epoch` changes when the server resets them."""
+
+    epoch: str | None
+    counters: dict[str, Counter]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "counters": {
+                key: {"hits": c.hits, "misses": c.misses, "at": c.at.isoformat()}
+                for key, c in self.counters.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Reading | None:
+        if not data or not isinstance(data.get("counters"), dict):
+            return None
+        return cls(
+            data.get("epoch"),
+            {
+                key: Counter(int(c["hits"]), int(c["misses"]), datetime.fromisoformat(c["at"]))
+                for key, c in data["counters"].items()
+            },
+        )
+
+
+@dataclass(frozen=True)
+class Interval:
+    """What happened to one counter since its previous reading."""
+
+    key: str
+    state: str
+    """'delta', 'first', 'reset' or 'quiet' (fewer lookups than min_requests)."""
+    hits: int = 0
+    misses: int = 0
+    seconds: float = 0.0
+
+    @property
+    def lookups(self) -> int:
+        return self.hits + self.misses
+
+    @property
+    def ratio(self) -> float | None:
+        return self.hits / self.lookups if self.state == "delta" and self.lookups else None
+
+
+def intervals(
+    previous: Reading | None, current: Reading, min_requests: int
+) -> tuple[list[Interval], Reading]:
+    """Per-counter deltas, and the reading to remember for next time.
+
+    A quiet counter keeps its previous reading so that lookups accumulate until there are
+    enough to judge; any other outcome remembers the current one.
+    """
+    found: list[Interval] = []
+    remembered: dict[str, Counter] = {}
+    reset_all = previous is not None and previous.epoch != current.epoch
+    for key, now in current.counters.items():
+        before = previous.counters.get(key) if previous else None
+        if before is None:
+            found.append(Interval(key, "first"))
+        elif reset_all or now.hits < before.hits or now.misses < before.misses:
+            found.append(Interval(key, "reset"))
+        else:
+            hits, misses = now.hits - before.hits, now.misses - before.misses
+            seconds = (now.at - before.at).total_seconds()
+            if hits + misses < max(min_requests, 1):
+                found.append(Interval(key, "quiet", hits, misses, seconds))
+                remembered[key] = before
+                continue
+            found.append(Interval(key, "delta", hits, misses, seconds))
+        remembered[key] = now
+    return found, Reading(current.epoch, remembered)
+
+
+def ratio_status(ratio: float, warn_below: float, fail_below: float) -> CheckStatus:
+    if ratio < fail_below:
+        return CheckStatus.FAIL
+    if ratio < warn_below:
+        return CheckStatus.WARN
+    return CheckStatus.OK
+
+
+def evaluate_counters(
+    check: CacheCheck,
+    previous: Reading | None,
+    current: Reading,
+    now: datetime,
+    source: str,
+    label: str,
+) -> CheckResult:
+    """Pure: judge each counter's delta; the lowest ratio judged is the check's value."""
+    warn_below, fail_below = check.thresholds()
+    found, remember = intervals(previous, current, check.min_requests)
+    judged = [i for i in found if i.ratio is not None]
+    worst = min(judged, key=lambda i: i.ratio or 0.0, default=None)
+    value = worst.ratio if worst is not None else None
+    status = CheckStatus.NODATA if value is None else ratio_status(value, warn_below, fail_below)
+    notes = [_interval_text(item, label, check.min_requests) for item in found]
+    if value is not None and status != CheckStatus.OK:
+        limit = fail_below if status == CheckStatus.FAIL else warn_below
+        notes.insert(0, f"hit ratio {value:.3f} below the {status} limit {number(limit)}")
+    samples = [point(check.name, now, value, source)] if value is not None else []
+    if len(current.counters) > 1:  # one series per counter, for the console's graphs
+        samples += [point(f"{check.name}:{i.key}", now, i.ratio or 0.0, source) for i in judged]
+    return CheckResult(
+        check=check.name,
+        status=status,
+        value=value,
+        message="; ".join(notes),
+        observed_at=now,
+        threshold={
+            "warn_below": warn_below,
+            "fail_below": fail_below,
+            "min_requests": check.min_requests,
+        },
+        expected_low=warn_below,
+        expected_high=1.0,
+        baseline={
+            **remember.as_json(),
+            "lookups": {i.key: i.lookups for i in found if i.state in ("delta", "quiet")},
+            **metric_levels(check.source, {_level(i.key): (i.hits, i.lookups) for i in judged}),
+            "deltas": True,
+        },
+        samples=tuple(samples),
+    )
+
+
+def _level(key: str) -> str:
+    """Counter key -> the `level` label of pipectl_cache_* metrics."""
+    return "all" if key == "redis" else key
+
+
+def metric_levels(source: str, counts: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """What agent/metrics.py exports: {"source": ..., "levels": {level: {hits, lookups}}}."""
+    return {
+        "source": source,
+        "levels": {level: {"hits": h, "lookups": n} for level, (h, n) in counts.items()},
+    }
+
+
+def _interval_text(item: Interval, label: str, min_requests: int) -> str:
+    name = label if item.key in ("redis", "database") else item.key
+    if item.state == "first":
+        return f"{name}: first reading, ratio from the next run"
+    if item.state == "reset":
+        return (
+            f"{name}: counters reset (server restarted or statistics reset), "
+            "ratio from the next run"
+        )
+    spent = humanize_age(item.seconds)
+    if item.state == "quiet":
+        return f"{name}: only {item.lookups} lookups in {spent} (min_requests {min_requests})"
+    return f"{name} {item.ratio:.3f} over {item.lookups} lookups in {spent}"
+
+
+async def _previous(ctx: Context[CacheCheck]) -> Reading | None:
+    row = await store.last_baseline(ctx.conn, ctx.check.name, _STATE_KEY)
+    return Reading.from_json(row.baseline) if row else None
+
+
+# ---------------------------------------------------------------------------------------------
+# redis
+
+
+async def redis_reading(ctx: Context[CacheCheck]) -> Reading:
+    """INFO once; after a server restart the pooled connection is dead, so try once more."""
+    assert ctx.redis is not None
+    async with asyncio.timeout(ctx.timeout.total_seconds()):
+        try:
+            info = await ctx.redis.info()
+        except RedisConnectionError:
+            info = await ctx.redis.info()
+    return Reading(
+        str(info.get("run_id")),
+        {"redis": Counter(int(info["keyspace_hits"]), int(info["keyspace_misses"]), ctx.now)},
+    )
+
+
+async def run_redis(ctx: Context[CacheCheck]) -> CheckResult:
+    check = ctx.check
+    if ctx.redis is None:
+        return CheckResult(
+            check.name,
+            CheckStatus.ERROR,
+            None,
+            "no Redis configured: set [redis] url or PIPECTL_REDIS_URL",
+            ctx.now,
+        )
+    previous = await _previous(ctx)
+    try:
+        current = await redis_reading(ctx)
+    except (RedisError, OSError, TimeoutError) as exc:
+        reason = str(exc) or type(exc).__name__
+        return CheckResult(
+            check.name, CheckStatus.ERROR, None, f"Redis unreachable: {reason}", ctx.now
+        )
+    return evaluate_counters(check, previous, current, ctx.now, ctx.source, "Redis keyspace")
+
+
+# ---------------------------------------------------------------------------------------------
+# postgres
+
+
+def postgres_query(check: CacheCheck) -> Query:
+    params = Params()
+    schemas = params.add([t.schema for t in check.tables])
+    names = params.add([t.name for t in check.tables])
+    return Query(
+        "SELECT 'database' AS key, blks_hit AS hits, blks_read AS misses,"
+        " stats_reset::text AS epoch"
+        " FROM pg_stat_database WHERE datname = current_database()"
+        " UNION ALL"
+        " SELECT s.schemaname || '.' || s.relname, coalesce(s.heap_blks_hit, 0),"
+        " coalesce(s.heap_blks_read, 0), NULL"
+        f" FROM pg_statio_user_tables s JOIN unnest({schemas}::text[], {names}::text[])"
+        " AS w(schema, name) ON s.schemaname = w.schema AND s.relname = w.name",
+        params,
+    )
+
+
+async def run_postgres(ctx: Context[CacheCheck]) -> CheckResult:
+    check = ctx.check
+    rows = await postgres_query(check).fetch(ctx.conn)
+    epoch = next((r["epoch"] for r in rows if r["key"] == "database"), None)
+    current = Reading(
+        epoch, {r["key"]: Counter(int(r["hits"]), int(r["misses"]), ctx.now) for r in rows}
+    )
+    previous = await _previous(ctx)
+    return evaluate_counters(check, previous, current, ctx.now, ctx.source, "database buffers")
+
+
+# ---------------------------------------------------------------------------------------------
+# app
+
+
+@dataclass(frozen=True)
+class LevelCounts:
+    counts: dict[str, int]
+    other: int
+
+    @property
+    def answered(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def hits(self) -> int:
+        return self.answered - self.counts["MISS"]
+
+
+def app_query(check: CacheCheck, now: datetime) -> Query:
+    assert check.table is not None
+    assert check.column is not None
+    assert check.time_column
+    params = Params()
+    span = window_predicate(check.time_column, params, now - check.window, now)
+    level = col(check.column)
+    counts = ", ".join(
+        f"count(*) FILTER (WHERE {level} = '{name}') AS {name.lower()}" for name in LEVELS
+    )
+    return Query(f"SELECT {counts}, count(*) AS total FROM {check.table.sql} WHERE {span}", params)
+
+
+def evaluate_levels(
+    check: CacheCheck, levels: LevelCounts, now: datetime, source: str
+) -> CheckResult:
+    """Pure: (L1 + L2 + L3) / answered over the window, with the share of each level."""
+    warn_below, fail_below = check.thresholds()
+    span = f"the last {format_duration(check.window)}"
+    threshold = {
+        "warn_below": warn_below,
+        "fail_below": fail_below,
+        "min_requests": check.min_requests,
+    }
+    baseline: dict[str, Any] = {**levels.counts, "other": levels.other}
+    total = levels.answered
+    if total == 0 or total < check.min_requests:
+        return CheckResult(
+            check.name,
+            CheckStatus.NODATA,
+            None,
+            f"only {total} requests in {span} (min_requests {check.min_requests})",
+            now,
+            threshold=threshold,
+            baseline=baseline,
+        )
+    ratio = levels.hits / total
+    status = ratio_status(ratio, warn_below, fail_below)
+    shares = {name: count / total for name, count in levels.counts.items()}
+    parts = ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
+    message = f"hit ratio {ratio:.3f} over {total} requests in {span} ({parts})"
+    if status != CheckStatus.OK:
+        limit = fail_below if status == CheckStatus.FAIL else warn_below
+        message += f"; below the {status} limit {number(limit)}"
+    samples = [point(check.name, now, ratio, source)]
+    samples += [
+        point(f"{check.name}:{name}", now, share, source, labels={"level": name})
+        for name, share in shares.items()
+    ]
+    # Window counts overlap from one run to the next: exported as ratios, never as counter
+    # increments ("deltas": False).
+    counts = {"all": (levels.hits, total)} | {n: (c, total) for n, c in levels.counts.items()}
+    return CheckResult(
+        check=check.name,
+        status=status,
+        value=ratio,
+        message=message,
+        observed_at=now,
+        threshold=threshold,
+        expected_low=warn_below,
+        expected_high=1.0,
+        baseline={**baseline, **metric_levels("app", counts), "deltas": False},
+        samples=tuple(samples),
+    )
+
+
+async def run_app(ctx: Context[CacheCheck]) -> CheckResult:
+    check = ctx.check
+    assert check.table is not None
+    row = await app_query(check, ctx.now).fetchrow(ctx.conn, ctx.table(check.table), zone("UTC"))
+    counts = {name: int(row[name.lower()]) for name in LEVELS}
+    levels = LevelCounts(counts, int(row["total"]) - sum(counts.values()))
+    return evaluate_levels(check, levels, ctx.now, ctx.source)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+async def run(ctx: Context[CacheCheck]) -> CheckResult:
+    if ctx.check.source == "redis":
+        return await run_redis(ctx)
+    if ctx.check.source == "postgres":
+        return await run_postgres(ctx)
+    return await run_app(ctx)
+
+
+def needs(check: CacheCheck) -> list[Need]:
+    if check.source == "postgres":
+        return [
+            Need(f"tables[{i}]", table, kinds=STATS_KINDS, relation_path=f"tables[{i}]")
+            for i, table in enumerate(check.tables)
+        ]
+    if check.source == "app":
+        assert check.table is not None
+        assert check.column
+        assert check.time_column
+        return [
+            Need("column", check.table, check.column, TEXT_TYPES, "text (the cache level)"),
+            Need("time_column", check.table, check.time_column, TIME_TYPES, "a timestamp"),
+        ]
+    return []
+
+
+def sql(check: CacheCheck, config: Config) -> str:
+    if check.source == "redis":
+        return "-- Redis: INFO (keyspace_hits, keyspace_misses, run_id)"
+    if check.source == "postgres":
+        return postgres_query(check).sql
+    return app_query(check, datetime.now(UTC)).sql
+
+
+def target(check: CacheCheck) -> str:
+    if check.source == "app":
+        return f"{check.table}.{check.column}"
+    if check.source == "postgres":
+        return ", ".join(["database", *(str(t) for t in check.tables)])
+    return "redis"
+
+
+KIND = KindSpec[CacheCheck](
+    kind="cache",
+    needs=needs,
+    sql=sql,
+    target=target,
+    describe=lambda check: check.description or f"{check.source} cache hit ratio",
+    run=run,
+)

@@ -1,0 +1,224 @@
+"""The one engine behind the agent, the console's "check now" and `pipectl check`.
+
+`validate` checks every name the config gives against the catalog once, at start-up. `run`
+probes one check in a read-only transaction under the check's own statement_timeout and
+evaluates the observation; expected failures (timeout, unreachable Redis, a missing privilege,
+an empty table) come back as `error` / `nodata` results, never as exceptions. Storing the
+result (with hysteresis, silences and samples) is `pipectl.store.record_result`'s job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+import asyncpg
+
+from checks.base import SOURCE_BY_TRIGGER, Context
+from checks.catalog import Catalog, Need, load_catalog, problems_for
+from checks.registry import KINDS
+from pipectl.config import CheckConfig, Config, ConfigError, Problem
+from pipectl.durations import format_duration
+from pipectl.model import CheckResult, CheckStatus
+from pipectl.store import CheckDefinition
+from pipectl.store.base import Conn
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
+
+# SQLSTATE classes whose messages name objects, settings or resources, never row values.
+_SAFE_MESSAGE_CLASSES = frozenset(
+    {"08", "0A", "25", "3D", "3F", "40", "42", "53", "54", "55", "57", "58"}
+)
+
+
+class CheckEngine:
+    """Validates, describes and runs the checks of one config."""
+
+    def __init__(self, config: Config, *, config_file: str | None = None) -> None:
+        self.config = config
+        self._label = config_file or "config"
+        self._catalog = Catalog()
+        self._validated: set[str] = set()
+        self.warnings: list[str] = []
+        """Things worth knowing that do not stop a check (e.g. a probe without an index)."""
+
+    # --- start-up ------------------------------------------------------------------------
+
+    async def validate(self, conn: Conn, names: Sequence[str] | None = None) -> None:
+        """Check every enabled check's (or the named checks') tables and columns against the
+        catalog; raise ConfigError listing every problem, each naming its check."""
+        problems = await self._validate(conn, self._select(names))
+        if problems:
+            raise ConfigError(problems)
+
+    def definitions(self) -> list[CheckDefinition]:
+        """What `pipectl.checks` shows: target, probe SQL, schedule, description, config."""
+        defaults = self.config.check_defaults
+        out: list[CheckDefinition] = []
+        for check in self.config.checks:
+            spec = KINDS[check.kind]
+            out.append(
+                CheckDefinition(
+                    name=check.name,
+                    kind=check.kind,
+                    target=spec.target(check),
+                    sql=spec.sql(check, self.config),
+                    schedule=f"every {format_duration(check.every or defaults.every)}",
+                    description=spec.describe(check),
+                    definition=check.model_dump(mode="json"),
+                    enabled=check.enabled,
+                )
+            )
+        return out
+
+    def hysteresis(self, name: str) -> int:
+        """Consecutive results needed before the check's shown status changes."""
+        check = self.config.check(name)
+        return check.hysteresis or self.config.check_defaults.hysteresis
+
+    # --- running -------------------------------------------------------------------------
+
+    async def run(
+        self,
+        name: str,
+        conn: Conn,
+        *,
+        redis: Redis | None,
+        trigger: Literal["schedule", "manual", "cli"] = "schedule",
+        now: datetime | None = None,
+    ) -> CheckResult:
+        """Probe and evaluate one check. Raises only KeyError for a name not in the config."""
+        try:
+            check = self.config.check(name)
+        except KeyError:
+            raise KeyError(f"unknown check {name!r}") from None
+        when = now or datetime.now(UTC)
+        if when.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        started = time.perf_counter()
+        result = await self._run(check, conn, redis, SOURCE_BY_TRIGGER[trigger], when)
+        return replace(result, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    async def _run(
+        self,
+        check: CheckConfig,
+        conn: Conn,
+        redis: Redis | None,
+        source: str,
+        now: datetime,
+    ) -> CheckResult:
+        timeout = check.timeout or self.config.check_defaults.timeout
+        try:
+            if check.name not in self._validated:
+                problems = await self._validate(conn, [check])
+                if problems:
+                    return _error(
+                        check.name, now, "; ".join(f"{p.path}: {p.message}" for p in problems)
+                    )
+            context: Context[Any] = Context(
+                check=check,
+                config=self.config,
+                conn=conn,
+                now=now,
+                source=source,
+                catalog=self._catalog,
+                timeout=timeout,
+                redis=redis,
+            )
+            async with _probe_transaction(conn, timeout):
+                return await KINDS[check.kind].run(context)
+        except asyncpg.QueryCanceledError:
+            message = (
+                f"probe cancelled: it ran longer than its timeout ({format_duration(timeout)})"
+            )
+            return _error(check.name, now, message)
+        except asyncpg.PostgresError as exc:
+            if type(exc) is asyncpg.DataError:  # raised by asyncpg encoding a parameter
+                self._validated.discard(check.name)
+                message = (
+                    "a parameter no longer fits its column (did its type change?); "
+                    "the catalog is read again on the next run"
+                )
+                return _error(check.name, now, message)
+            if str(getattr(exc, "sqlstate", "")).startswith("42"):
+                self._validated.discard(check.name)  # names or types changed: look again
+            return _error(check.name, now, f"probe failed: {_describe(exc)}")
+        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            return _error(
+                check.name, now, f"database connection problem: {type(exc).__name__}: {exc}"
+            )
+        except Exception as exc:  # a bug: keep the agent going, say where to look
+            log.exception("check %s failed unexpectedly", check.name)
+            return _error(check.name, now, f"internal error ({type(exc).__name__}); see the log")
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _select(self, names: Sequence[str] | None) -> list[CheckConfig]:
+        if names is None:
+            return [c for c in self.config.checks if c.enabled]
+        return [self.config.check(n) for n in names]
+
+    async def _validate(self, conn: Conn, checks: Sequence[CheckConfig]) -> list[Problem]:
+        needs = {check.name: KINDS[check.kind].needs(check) for check in checks}
+        relations = {need.relation for found in needs.values() for need in found}
+        catalog = await load_catalog(conn, relations)
+        self._catalog = self._catalog.merged(catalog)
+        problems: list[Problem] = []
+        for check in checks:
+            found = problems_for(needs[check.name], catalog)
+            if not found:
+                found = KINDS[check.kind].check_values(check, catalog)
+            if found:
+                problems.extend(
+                    Problem(self._label, None, f"checks.{check.name}.{path}", message)
+                    for path, message in found
+                )
+                self._validated.discard(check.name)
+                continue
+            self._validated.add(check.name)
+            self._note_missing_indexes(check.name, needs[check.name], catalog)
+        return problems
+
+    def _note_missing_indexes(self, name: str, needs: list[Need], catalog: Catalog) -> None:
+        for need in needs:
+            if not need.indexed or need.column is None:
+                continue
+            column = catalog.table(need.relation).column(need.column)
+            if not column.indexed:
+                warning = (
+                    f"checks.{name}.{need.path}: {need.relation}.{need.column} has no index, "
+                    "so this probe reads the whole table; consider CREATE INDEX on it"
+                )
+                if warning not in self.warnings:
+                    self.warnings.append(warning)
+                    log.warning("%s", warning)
+
+
+@asynccontextmanager
+async def _probe_transaction(conn: Conn, limit: timedelta) -> AsyncIterator[None]:
+    """Read-only, with a statement_timeout that ends with the transaction."""
+    async with conn.transaction(readonly=True):
+        milliseconds = max(int(limit.total_seconds() * 1000), 1)
+        await conn.execute(f"SET LOCAL statement_timeout = {milliseconds}")
+        yield
+
+
+def _error(name: str, now: datetime, message: str) -> CheckResult:
+    return CheckResult(name, CheckStatus.ERROR, None, message, now)
+
+
+def _describe(exc: asyncpg.PostgresError) -> str:
+    """A database error without row values: data errors are named, not quoted."""
+    state = getattr(exc, "sqlstate", None) or "?????"
+    if state[:2] in _SAFE_MESSAGE_CLASSES:
+        first = (str(exc) or type(exc).__name__).splitlines()[0]
+        return f"{first} (SQLSTATE {state})"
+    return f"{type(exc).__name__} (SQLSTATE {state})"

@@ -1,0 +1,306 @@
+"""quality: count the rows that break one rule, and the rows checked, in one query.
+
+Rules: range, not_null, unique (rows beyond the first of each key), accepted (values from a
+list), references (NOT EXISTS in the referenced table), json_keys (every element of a JSON
+array has `key`; a value that is not an array breaks the rule too) and custom (operator-written
+SQL returning the count of violating rows; it is config, so trusted, and runs like every probe
+in a read-only transaction under statement_timeout). With `time_column` and `window` only
+recent rows are checked, which keeps the probe on an index.
+
+The result's value is the count, or the share with `as_share`; `rows_checked` and
+`violations` go into the result's baseline for the scorecard. No row content is ever read into
+pipectl or quoted in a message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from checks.base import Context, KindSpec, number, point, zone
+from checks.catalog import (
+    COMPARABLE_TYPES,
+    JSON_TYPES,
+    NUMERIC_TYPES,
+    TEXT_TYPES,
+    TIME_TYPES,
+    Catalog,
+    Need,
+    python_value,
+)
+from checks.sql import Params, Query, col
+from checks.sql import window_predicate as window_sql
+from pipectl.config import Config, QualityCheck, QualityRule
+from pipectl.durations import format_duration
+from pipectl.model import CheckResult, CheckStatus
+
+DIMENSIONS = {
+    "not_null": "completeness",
+    "range": "accuracy",
+    "accepted": "accuracy",
+    "references": "consistency",
+    "json_keys": "consistency",
+    "unique": "consistency",
+    "custom": "consistency",
+}
+_ROW = "checked"  # alias of the checked table inside probes
+_REF = "ref"
+
+
+def dimension(rule: QualityRule) -> str:
+    """The scorecard dimension a rule counts towards."""
+    return rule.dimension or DIMENSIONS[rule.type]
+
+
+@dataclass(frozen=True)
+class Observation:
+    rows_checked: int
+    violations: int
+
+
+def _scope(check: QualityCheck, params: Params, now: datetime) -> str:
+    if check.time_column is None or check.window is None:
+        return "TRUE"
+    return window_sql(check.time_column, params, now - check.window, now)
+
+
+def violation_predicate(rule: QualityRule, params: Params) -> str:
+    """True for a row that breaks the rule (count-filter rule types)."""
+    c = f"{_ROW}.{col(rule.column or '')}"
+    if rule.type == "not_null":
+        return f"{c} IS NULL"
+    if rule.type == "range":
+        sides = []
+        if rule.min is not None:
+            sides.append(f"{c} < {params.add(float(rule.min))}::float8")
+        if rule.max is not None:
+            sides.append(f"{c} > {params.add(float(rule.max))}::float8")
+        return " OR ".join(sides)
+    if rule.type == "accepted":
+        values = params.add(list(rule.values), as_column=rule.column)
+        return f"{c} IS NOT NULL AND NOT ({c} = ANY({values}))"
+    if rule.type == "references":
+        assert rule.ref_table is not None
+        assert rule.ref_column is not None
+        return (
+            f"{c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {rule.ref_table.sql} AS {_REF}"
+            f" WHERE {_REF}.{col(rule.ref_column)} = {c})"
+        )
+    if rule.type == "json_keys":
+        doc = f"{c}::jsonb"
+        key = params.add(rule.key)
+        return (
+            f"{c} IS NOT NULL AND (jsonb_typeof({doc}) <> 'array' OR EXISTS ("
+            f"SELECT 1 FROM jsonb_array_elements("
+            f"CASE WHEN jsonb_typeof({doc}) = 'array' THEN {doc} END) AS e(elem)"
+            f" WHERE NOT (jsonb_typeof(e.elem) = 'object' AND e.elem ? {key}::text)))"
+        )
+    raise ValueError(f"rule type {rule.type!r} is not a row predicate")
+
+
+def query(check: QualityCheck, now: datetime) -> Query:
+    params = Params()
+    rule = check.rule
+    source = f"{check.table.sql} AS {_ROW}"
+    if rule.type == "unique":
+        scope = _scope(check, params, now)
+        keys = ", ".join(col(c) for c in rule.columns)
+        present = " AND ".join(f"{col(c)} IS NOT NULL" for c in rule.columns)
+        sql = (
+            f"WITH scope AS (SELECT {keys} FROM {source} WHERE {scope})"
+            " SELECT (SELECT count(*) FROM scope) AS rows_checked,"
+            " (SELECT coalesce(sum(n - 1), 0) FROM"
+            f" (SELECT count(*) AS n FROM scope WHERE {present} GROUP BY {keys}) AS keys)"
+            " AS violations"
+        )
+    elif rule.type == "custom":
+        scope = _scope(check, params, now)
+        custom = (rule.sql or "").strip().rstrip(";").strip()
+        sql = (
+            f"SELECT (SELECT count(*) FROM {source} WHERE {scope}) AS rows_checked,"
+            f" ({custom}\n) AS violations"
+        )
+    else:
+        predicate = violation_predicate(rule, params)
+        scope = _scope(check, params, now)
+        sql = (
+            "SELECT count(*) AS rows_checked,"
+            f" count(*) FILTER (WHERE {predicate}) AS violations"
+            f" FROM {source} WHERE {scope}"
+        )
+    return Query(sql, params)
+
+
+async def probe(ctx: Context[QualityCheck]) -> Observation:
+    check = ctx.check
+    row = await query(check, ctx.now).fetchrow(
+        ctx.conn, ctx.table(check.table), zone(check.timezone)
+    )
+    return Observation(int(row["rows_checked"] or 0), int(row["violations"] or 0))
+
+
+def rule_text(rule: QualityRule) -> str:
+    """What a violation is, for messages (names and config values only, never row content)."""
+    if rule.type == "range":
+        low = number(rule.min) if rule.min is not None else "-inf"
+        high = number(rule.max) if rule.max is not None else "inf"
+        return f"{rule.column} outside {low}..{high}"
+    if rule.type == "not_null":
+        return f"{rule.column} is null"
+    if rule.type == "unique":
+        return f"duplicate ({', '.join(rule.columns)})"
+    if rule.type == "accepted":
+        return f"{rule.column} not an accepted value"
+    if rule.type == "references":
+        return f"{rule.column} missing from {rule.ref_table}.{rule.ref_column}"
+    if rule.type == "json_keys":
+        return f"{rule.column} element without {rule.key!r}"
+    return "custom rule"
+
+
+def evaluate(
+    check: QualityCheck, observation: Observation, now: datetime, source: str
+) -> CheckResult:
+    """Pure: the count (or share) against warn_over / fail_over."""
+    scope = f" in the last {format_duration(check.window)}" if check.window else ""
+    rows, bad = observation.rows_checked, observation.violations
+    counts = {"rows_checked": rows, "violations": bad, "dimension": dimension(check.rule)}
+    threshold = {
+        "warn_over": check.warn_over,
+        "fail_over": check.fail_over,
+        "as_share": check.as_share,
+    }
+    if rows == 0 and (bad == 0 or check.as_share):
+        return CheckResult(
+            check.name,
+            CheckStatus.NODATA,
+            None,
+            f"no rows to check in {check.table}{scope}",
+            now,
+            threshold=threshold,
+            baseline=counts,
+        )
+    value = bad / rows if check.as_share else float(bad)
+    status = CheckStatus.OK
+    if check.fail_over is not None and value > check.fail_over:
+        status = CheckStatus.FAIL
+    elif value > check.warn_over:
+        status = CheckStatus.WARN
+    shown = f"{value:.2%} ({bad} of {rows} rows)" if check.as_share else f"{bad} of {rows} rows"
+    limit = check.fail_over if status == CheckStatus.FAIL else check.warn_over
+    limit_text = f"{limit:.2%}" if check.as_share and limit is not None else number(limit)
+    message = f"{shown}: {rule_text(check.rule)}{scope}"
+    if status != CheckStatus.OK:
+        message += f" (over the {status} limit {limit_text})"
+    return CheckResult(
+        check=check.name,
+        status=status,
+        value=value,
+        message=message,
+        observed_at=now,
+        threshold=threshold,
+        expected_low=0.0,
+        expected_high=check.warn_over,
+        baseline=counts,
+        samples=(point(check.name, now, value, source),),
+    )
+
+
+async def run(ctx: Context[QualityCheck]) -> CheckResult:
+    return evaluate(ctx.check, await probe(ctx), ctx.now, ctx.source)
+
+
+def needs(check: QualityCheck) -> list[Need]:
+    rule = check.rule
+    found = [Need("table", check.table)]
+    if check.time_column is not None:
+        found.append(Need("time_column", check.table, check.time_column, TIME_TYPES, "a timestamp"))
+    column_types: dict[str, tuple[frozenset[str] | None, str]] = {
+        "range": (NUMERIC_TYPES, "a number"),
+        "not_null": (None, ""),
+        "accepted": (COMPARABLE_TYPES, "a number, text, boolean or uuid"),
+        "references": (COMPARABLE_TYPES, "a number, text, boolean or uuid"),
+        "json_keys": (JSON_TYPES, "json or jsonb"),
+    }
+    if rule.column is not None and rule.type in column_types:
+        types, wanted = column_types[rule.type]
+        found.append(Need("rule.column", check.table, rule.column, types, wanted))
+    if rule.type == "unique":
+        for index, name in enumerate(rule.columns):
+            found.append(Need(f"rule.columns[{index}]", check.table, name))
+    if rule.type == "references" and rule.ref_table and rule.ref_column:
+        found.append(
+            Need(
+                "rule.ref_column",
+                rule.ref_table,
+                rule.ref_column,
+                COMPARABLE_TYPES,
+                "a number, text, boolean or uuid",
+                relation_path="rule.ref_table",
+            )
+        )
+    return found
+
+
+def check_values(check: QualityCheck, catalog: Catalog) -> list[tuple[str, str]]:
+    """Accepted values fit the column; referenced columns compare; unique keys are comparable."""
+    rule = check.rule
+    table = catalog.get(check.table)
+    if table is None:
+        return []
+    problems: list[tuple[str, str]] = []
+    if rule.type == "accepted" and rule.column in table.columns:
+        try:
+            python_value(list(rule.values), table.column(rule.column))
+        except ValueError as exc:
+            problems.append(("rule.values", str(exc)))
+    if rule.type == "unique":
+        for index, name in enumerate(rule.columns):
+            column = table.columns.get(name)
+            if column is not None and column.type == "json":
+                problems.append(
+                    (
+                        f"rule.columns[{index}]",
+                        f"column {name!r} is json, which has no equality; use jsonb",
+                    )
+                )
+    if rule.type == "references" and rule.ref_table and rule.ref_column and rule.column:
+        ref = catalog.get(rule.ref_table)
+        mine = table.columns.get(rule.column)
+        theirs = ref.columns.get(rule.ref_column) if ref else None
+        if mine and theirs and not _comparable(mine.type, theirs.type):
+            problems.append(
+                (
+                    "rule.ref_column",
+                    f"{check.table}.{rule.column} ({mine.display}) cannot be compared with "
+                    f"{rule.ref_table}.{rule.ref_column} ({theirs.display})",
+                )
+            )
+    return problems
+
+
+def _comparable(a: str, b: str) -> bool:
+    return (
+        a == b
+        or (a in NUMERIC_TYPES and b in NUMERIC_TYPES)
+        or (a in TEXT_TYPES and b in TEXT_TYPES)
+    )
+
+
+def sql(check: QualityCheck, config: Config) -> str:
+    return query(check, datetime.now(UTC)).sql
+
+
+KIND = KindSpec[QualityCheck](
+    kind="quality",
+    needs=needs,
+    sql=sql,
+    target=lambda check: (
+        f"{check.table}.{check.rule.column or ','.join(check.rule.columns) or '*'}"
+    ),
+    describe=lambda check: (
+        check.description or f"rows of {check.table} where {rule_text(check.rule)}"
+    ),
+    run=run,
+    check_values=check_values,
+)

@@ -1,0 +1,199 @@
+"""`pipectl check [NAME...] [--json]`: run checks now, with the agent's engine, and report.
+
+Results are recorded like the agent's (trigger 'cli', hysteresis applied) when the role may
+write; a read-only role still gets the report. Exit 0 when all are ok (nodata counts as ok),
+1 on any warn, 2 on any fail or error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import redis.asyncio
+from rich.table import Table
+from rich.text import Text
+
+from checks import CheckEngine, scorecard
+from pipectl import store
+from pipectl.cli.common import EXIT_OK, CliError, console, load, print_json
+from pipectl.config import Config
+from pipectl.db import connection
+from pipectl.model import CheckResult, CheckStatus
+from pipectl.store.base import Conn
+
+_STYLES = {
+    CheckStatus.OK: "green",
+    CheckStatus.WARN: "yellow",
+    CheckStatus.FAIL: "bold red",
+    CheckStatus.ERROR: "red",
+    CheckStatus.NODATA: "dim",
+}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="run checks now with the agent's code; exit 0 ok, 1 warn, 2 fail or error",
+    )
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="checks to run (default: every enabled check)"
+    )
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.set_defaults(handler=run_checks)
+
+
+async def run_checks(args: argparse.Namespace) -> int:
+    loaded = load(args, require_file=True)
+    config = loaded.config
+    names = _chosen(config, args.names)
+    engine = CheckEngine(config, config_file=str(loaded.file))
+    async with connection(config, "pipectl check") as conn:
+        await engine.validate(conn, names)  # logs what is worth knowing (a missing index)
+        recording = await _publish(conn, engine)
+        results = await _run_all(conn, engine, config, names, recording)
+        scores = await scorecard.compute(conn, config, fresh=results)
+    if args.json:
+        print_json(
+            {
+                "checks": [_as_json(config, r) for r in results],
+                "scorecard": [row.as_json() for row in scores],
+            }
+        )
+    else:
+        _print_tables(config, results, scores)
+    return max((r.status.exit_code for r in results), default=EXIT_OK)
+
+
+def _chosen(config: Config, asked: Sequence[str]) -> list[str]:
+    known = [c.name for c in config.checks]
+    unknown = [n for n in asked if n not in known]
+    if unknown:
+        listed = ", ".join(known) or "(none configured)"
+        raise CliError(f"unknown check {', '.join(map(repr, unknown))}; valid names: {listed}")
+    return list(dict.fromkeys(asked)) or [c.name for c in config.checks if c.enabled]
+
+
+async def _publish(conn: Conn, engine: CheckEngine) -> bool:
+    """Publish definitions; False when this role may not write (results are then not kept)."""
+    try:
+        await store.publish_checks(conn, engine.definitions(), None)
+    except asyncpg.InsufficientPrivilegeError:
+        _note("this role may not write to the pipectl schema; results are shown, not recorded")
+        return False
+    return True
+
+
+async def _run_all(
+    conn: Conn,
+    engine: CheckEngine,
+    config: Config,
+    names: Sequence[str],
+    recording: bool,
+) -> list[CheckResult]:
+    client = (
+        redis.asyncio.Redis.from_url(
+            config.redis.url,
+            socket_timeout=config.redis.timeout.total_seconds(),
+            socket_connect_timeout=config.redis.timeout.total_seconds(),
+        )
+        if config.redis.url
+        else None
+    )
+    results: list[CheckResult] = []
+    try:
+        for name in names:
+            result = await engine.run(name, conn, redis=client, trigger="cli")
+            results.append(result)
+            if recording:
+                recording = await _record(conn, engine, result)
+    finally:
+        if client is not None:
+            await client.aclose()
+    return results
+
+
+async def _record(conn: Conn, engine: CheckEngine, result: CheckResult) -> bool:
+    try:
+        await store.record_result(
+            conn, result, hysteresis=engine.hysteresis(result.check), agent_id=None, trigger="cli"
+        )
+    except asyncpg.InsufficientPrivilegeError:
+        _note("this role may not record results; the remaining results are shown, not recorded")
+        return False
+    return True
+
+
+def _note(text: str) -> None:
+    print(f"pipectl: note: {text}", file=sys.stderr)
+
+
+def _as_json(config: Config, result: CheckResult) -> dict[str, Any]:
+    return {
+        "name": result.check,
+        "kind": config.check(result.check).kind,
+        "status": str(result.status),
+        "value": result.value,
+        "expected_low": result.expected_low,
+        "expected_high": result.expected_high,
+        "message": result.message,
+        "threshold": result.threshold,
+        "observed_at": result.observed_at.isoformat(),
+    }
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}"
+
+
+def _print_tables(
+    config: Config, results: Sequence[CheckResult], scores: Sequence[scorecard.ScoreRow]
+) -> None:
+    out = console()
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("check", "kind", "status", "value", "expected", "message"):
+        table.add_column(column, overflow="fold" if column == "message" else "ellipsis")
+    for result in results:
+        expected = (
+            f"{_number(result.expected_low)}..{_number(result.expected_high)}"
+            if result.expected_low is not None or result.expected_high is not None
+            else ""
+        )
+        table.add_row(
+            result.check,
+            config.check(result.check).kind,
+            Text(str(result.status), style=_STYLES[result.status]),
+            _number(result.value),
+            expected,
+            result.message,
+        )
+    out.print(table)
+    if not scores:
+        return
+    out.print()
+    card = Table(
+        title=f"data quality scorecard (target {scorecard.TARGET:.1%})",
+        box=None,
+        header_style="bold",
+        title_justify="left",
+        pad_edge=False,
+    )
+    card.add_column("table")
+    for name in scorecard.DIMENSIONS:
+        card.add_column(name, justify="right")
+    for row in scores:
+        cells: list[Text | str] = [row.table]
+        for name in scorecard.DIMENSIONS:
+            ratio = row.ratio(name)
+            if ratio is None:
+                cells.append(Text("-", style="dim"))
+            else:
+                style = "green" if ratio >= row.target else "yellow"
+                cells.append(Text(f"{ratio:.2%}", style=style))
+        card.add_row(*cells)
+    out.print(card)

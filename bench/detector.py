@@ -160,6 +160,12 @@ def detectors(weeks: int) -> dict[str, Flagger]:
         "ours: zscore 3.0, hour_of_week (same baseline)": ours(
             AnomalyConfig(method="zscore", seasonality="hour_of_week", history=history)
         ),
+        "ours: mad 3.5, hour_and_daytype, 4 weeks (preset)": ours(
+            AnomalyConfig(seasonality="hour_and_daytype", history=timedelta(weeks=4), min_points=8)
+        ),
+        "ours: mad 3.5, hour_and_daytype, 8 weeks": ours(
+            AnomalyConfig(seasonality="hour_and_daytype", history=timedelta(weeks=8))
+        ),
         "ours: mad 3.5, hour_of_day (ignores weekends)": ours(
             AnomalyConfig(seasonality="hour_of_day", history=history)
         ),

@@ -8,7 +8,10 @@ Pure functions, no I/O, so the maths is testable with property tests and benchma
   teach the baseline what normal looks like.
 - **Seasonality.** With a seasonality, the baseline holds one value per past period (day or
   week): the median of that period's points within a tolerance of the same phase (same hour
-  of day, same day of week, same hour of week, in the check's time zone). Points measured
+  of day, same day of week, same hour of week, in the check's time zone). `hour_and_daytype`
+  compares with the same hour on the same kind of day only (weekdays with weekdays,
+  weekends with weekends): daily and weekly rhythm with a month of history, where
+  `hour_of_week` would need `min_points` weeks. Points measured
   every minute are strongly correlated; one value per period keeps `min_points` an honest
   count of independent observations. Without seasonality every point counts.
 - **Score.** Robust by default: the modified z-score 0.6745 * (x - median) / MAD, flagged
@@ -45,6 +48,7 @@ _FLAT_ABSOLUTE = 1e-9
 
 _PERIODS = {
     "hour_of_day": timedelta(days=1),
+    "hour_and_daytype": timedelta(days=1),
     "day_of_week": timedelta(weeks=1),
     "hour_of_week": timedelta(weeks=1),
 }
@@ -104,10 +108,15 @@ def _targets(now: datetime, config: AnomalyConfig, tz: ZoneInfo) -> list[datetim
         target = local - step * period  # wall-clock arithmetic: same local hour
         if target < oldest:
             break
-        found.append(target)
+        if config.seasonality != "hour_and_daytype" or _weekend(target) == _weekend(local):
+            found.append(target)
         step += 1
     found.reverse()
     return found
+
+
+def _weekend(moment: datetime) -> bool:
+    return moment.weekday() >= 5
 
 
 def comparable(

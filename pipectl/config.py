@@ -243,9 +243,11 @@ class AnomalyConfig(Strict):
 
     method: Literal["mad", "zscore"] = "mad"
     threshold: float | None = Field(default=None, gt=0)
-    seasonality: Literal["none", "hour_of_day", "day_of_week", "hour_of_week"] = "hour_of_day"
+    seasonality: Literal[
+        "none", "hour_of_day", "hour_and_daytype", "day_of_week", "hour_of_week"
+    ] = "hour_and_daytype"
     min_points: int = Field(default=14, ge=3)
-    history: PositiveDuration = timedelta(days=28)
+    history: PositiveDuration = timedelta(days=56)
     direction: Literal["both", "up", "down"] = "both"
     min_abs_change: float = Field(default=0.0, ge=0)
     min_rel_change: float = Field(default=0.0, ge=0)

@@ -193,3 +193,31 @@ def test_day_of_week_and_hour_of_week_compare_with_earlier_weeks() -> None:
             timedelta(weeks=w) for w in range(6, 0, -1)
         ]
         assert all(high - low == timedelta(hours=2 * slack) for low, high in ranges)
+
+
+def test_hour_and_daytype_compares_weekdays_with_weekdays_only() -> None:
+    """A quiet weekend is normal for a weekend, and a weekday is judged against weekdays."""
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from checks.anomaly import comparable
+    from pipectl.config import AnomalyConfig
+    from pipectl.model import Sample
+
+    config = AnomalyConfig(seasonality="hour_and_daytype", history=timedelta(days=28))
+    start = datetime(2026, 10, 1, 14, tzinfo=UTC)
+    samples = [
+        Sample(
+            "s",
+            start + timedelta(days=d),
+            20.0 if (start + timedelta(days=d)).weekday() >= 5 else 100.0,
+        )
+        for d in range(56)
+    ]
+    saturday = datetime(2026, 11, 21, 14, tzinfo=UTC)
+    wednesday = datetime(2026, 11, 25, 14, tzinfo=UTC)
+    weekend = comparable(samples, saturday, config, ZoneInfo("UTC"), timedelta(hours=1))
+    weekday = comparable(samples, wednesday, config, ZoneInfo("UTC"), timedelta(hours=1))
+    assert weekend and set(weekend) == {20.0}
+    assert weekday and set(weekday) == {100.0}
+    assert len(weekday) == 20  # four weeks of weekdays before the point under test

@@ -98,7 +98,7 @@ def test_definitions_show_target_sql_schedule_and_config(database: str) -> None:
     assert arrivals.sql is not None
     assert 'FROM "public"."rule_performance" WHERE "created_at" > $1' in arrivals.sql
     assert arrivals.definition["window"] == "1h"
-    assert arrivals.definition["anomaly"]["seasonality"] == "hour_of_day"
+    assert arrivals.definition["anomaly"]["seasonality"] == "hour_and_daytype"
     assert found["slow"].schedule == "every 2m"  # check_defaults.every
 
 

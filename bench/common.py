@@ -1,0 +1,110 @@
+"""What the benchmarks share: a database to measure against, percentiles, tables.
+
+By default each benchmark starts embedded PostgreSQL and Valkey in a temporary directory (the
+same servers the demo uses); $PIPECTL_BENCH_DSN and $PIPECTL_BENCH_REDIS_URL point it at
+running servers instead. A fresh database is created either way and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from pipectl import migrate
+from pipectl.embedded import EmbeddedServers
+from pipectl.sqlfiles import sql_dir
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (no interpolation: every figure is a measured value)."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def _with_database(dsn: str, name: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+@dataclass
+class Database:
+    dsn: str
+    redis_url: str
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def create(cls, rows: int = 0) -> AsyncIterator[Database]:
+        """A fresh APES database (schema, materialized summaries, pipectl schema), with
+        `rows` rule applications spread over 30 days."""
+        with contextlib.ExitStack() as stack:
+            admin = os.environ.get("PIPECTL_BENCH_DSN")
+            redis_url = os.environ.get("PIPECTL_BENCH_REDIS_URL")
+            if not admin or not redis_url:
+                state = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                servers = EmbeddedServers(state / "servers")
+                embedded_dsn, embedded_url = stack.enter_context(servers.running())
+                admin = admin or embedded_dsn
+                redis_url = redis_url or embedded_url
+            name = f"pipectl_bench_{uuid.uuid4().hex[:8]}"
+            conn = await asyncpg.connect(admin)
+            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.close()
+            dsn = _with_database(admin, name)
+            try:
+                await prepare(dsn, rows)
+                yield cls(dsn, redis_url)
+            finally:
+                conn = await asyncpg.connect(admin)
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                await conn.close()
+
+
+async def prepare(dsn: str, rows: int) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        folder = sql_dir() / "apes"
+        await conn.execute((folder / "schema.sql").read_text())
+        await migrate.upgrade(conn)
+        if rows:
+            await fill_rule_performance(conn, rows)
+        await conn.execute((folder / "materialized.sql").read_text())
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
+async def fill_rule_performance(conn: asyncpg.Connection, rows: int) -> None:
+    """Rule applications over the last 30 days, inside PostgreSQL (no row through Python)."""
+    await conn.execute(
+        """
+        INSERT INTO rule_performance
+            (rule_id, rule_name, prompt_type, improvement_score, confidence_level,
+             execution_time_ms, created_at)
+        SELECT 'rule_' || (g % 12), 'Rule ' || (g % 12),
+               (ARRAY['code', 'writing', 'analysis', 'chat'])[1 + g % 4],
+               random(), random(), (50 + random() * 450)::int,
+               (now() AT TIME ZONE 'UTC') - (random() * interval '30 days')
+        FROM generate_series(1, $1) AS g
+        """,
+        rows,
+    )

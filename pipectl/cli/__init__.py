@@ -20,9 +20,9 @@ from pipectl.db import DatabaseUnavailable
 from pipectl.embedded import EmbeddedError
 from pipectl.migrate import MigrationError
 
-from . import agent_cmd, config_cmd, db_cmd
+from . import agent_cmd, config_cmd, db_cmd, demo_fault_cmd
 
-VERB_MODULES = [config_cmd, db_cmd, agent_cmd]
+VERB_MODULES = [config_cmd, db_cmd, agent_cmd, demo_fault_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

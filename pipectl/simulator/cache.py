@@ -96,8 +96,7 @@ class CacheCounters:
     gets: int = 0
     hits: int = 0
     misses: int = 0
-    sets: int = 0
-    errors: int = 0
+    sets: int = 0  # SETs and EXPIREs
 
 
 class CacheTraffic:
@@ -196,11 +195,13 @@ class CacheTraffic:
             self.counters.sets += filled
         return hits
 
-    async def background(self, operations: int, storm: bool) -> None:
-        """About `operations` commands of the mixed key families (GETs plus their SETs)."""
+    async def background(self, operations: int, storm: bool) -> int:
+        """About `operations` commands of the mixed key families (GETs plus their SETs);
+        returns the number of GETs sent."""
         gets = round(operations / (1 + (1 - HIT_TARGET) + REFRESH_SHARE))
         if gets <= 0:
-            return
+            return 0
         names = list(PREFIXES)
         shares = [PREFIXES[n].share for n in names]
         await self.get_many(self.rng.choices(names, shares, k=gets), storm)
+        return gets

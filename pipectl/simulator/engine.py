@@ -58,6 +58,7 @@ REQUEST_HIT_TARGET = 0.8  # prompt_improvement: a GET finds the cached improveme
 L1_SHARE = 0.30  # requests answered from the in-process cache (no Redis round trip)
 STORM_L1_SHARE = 0.02
 L3_SHARE_OF_MISSES = 0.35  # misses of Redis answered from the database's stored result
+STORM_L3_SHARE_OF_MISSES = 0.1  # in a storm that store is cold too
 REQUIRED_TABLES = (*FEEDS, "rule_metadata")
 SESSION_DUE_SQL = """
 SELECT id, original_prompt, started_at, session_metadata::text AS metadata
@@ -535,11 +536,12 @@ class ApesSimulator:
                 self._outage("Redis lookups").failed(exc)  # the application falls through
             else:
                 self._outage("Redis lookups").recovered()
+        l3_share = STORM_L3_SHARE_OF_MISSES if storm else L3_SHARE_OF_MISSES
         for index, hit in zip(asks, hits, strict=True):
             if hit:
                 levels[index] = "L2"
             else:
-                levels[index] = "L3" if self._rng.random() < L3_SHARE_OF_MISSES else "MISS"
+                levels[index] = "L3" if self._rng.random() < l3_share else "MISS"
         return levels
 
     async def _sessions(
@@ -621,8 +623,8 @@ class ApesSimulator:
                 effects = self._effects()
                 level = redis_weight(datetime.now(UTC)) if self.rhythm else 1.0
                 mean = REDIS_PEAK_OPS * seconds * self.rate * level * effects.cache_volume
-                await cache.background(poisson(self._rng, mean), effects.miss_storm)
-                outage.recovered()
+                if await cache.background(poisson(self._rng, mean), effects.miss_storm):
+                    outage.recovered()  # only a command that got through says so
                 await asyncio.sleep(max(0.0, TICK_S - (time.monotonic() - began)))
 
         await self._forever(

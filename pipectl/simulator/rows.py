@@ -128,6 +128,7 @@ MAX_RESPONSE_MS = 29_999
 MAX_EXECUTION_MS = 5_000
 UNKNOWN_RULES = (("legacy_clarity_v0", "Legacy Clarity Rule"), ("exp_rule_x", "Experimental X"))
 USER_COUNT = 180
+PLAYBOOK_SIZE = 6  # rules the selector considers for one prompt type
 
 
 def naive_utc(moment: datetime) -> datetime:
@@ -230,7 +231,7 @@ class RowFactory:
             digest = hashlib.sha256(prompt_type.encode()).digest()
             picker = random.Random(int.from_bytes(digest[:8], "big"))
             book = []
-            while len(book) < min(3, len(self.rules)):
+            while len(book) < min(PLAYBOOK_SIZE, len(self.rules)):
                 rule = picker.choices(self.rules, self._rule_weights)[0]
                 if rule not in book:
                     book.append(rule)
@@ -241,10 +242,14 @@ class RowFactory:
         rng = self.rng
         prompt = rng.choice(SAMPLE_PROMPT_SPECS)
         size = min(len(self.rules), rng.choices((1, 2, 3), (0.35, 0.40, 0.25))[0])
+        book = self.playbook(prompt.prompt_type)
+        draw = rng.random()
         chosen: list[RuleSpec] = []
-        if rng.random() < 0.75:
-            chosen = self.playbook(prompt.prompt_type)[:size]
-        while len(chosen) < size:
+        if draw < 0.75:  # the selector's first choices
+            chosen = book[:size]
+        elif draw < 0.95:  # other rules it rates well for this type
+            chosen = rng.sample(book, min(size, len(book)))
+        while len(chosen) < size:  # now and then, anything
             rule = rng.choices(self.rules, self._rule_weights)[0]
             if rule not in chosen:
                 chosen.append(rule)

@@ -134,18 +134,18 @@ async def test_spike_and_drop_change_the_rate(database: str) -> None:
         async with running(sim):
             await _ticks(sim, 2)
             t0 = datetime.now(UTC)
-            await _ticks(sim, 4)
+            await _ticks(sim, 3)
             t1 = datetime.now(UTC)
             await sim.inject("spike")
-            await _ticks(sim, 3)
+            await _ticks(sim, 2)
             t2 = datetime.now(UTC)
             await sim.clear("spike")
             await sim.inject("drop")
-            await _ticks(sim, 3)
+            await _ticks(sim, 2)
             t3 = datetime.now(UTC)
             await sim.clear("drop")
             await sim.inject("spike", factor=10, table="user_feedback")
-            await _ticks(sim, 3)
+            await _ticks(sim, 2)
             t4 = datetime.now(UTC)
             normal = await _rate(conn, t0, t1)
             spiked = await _rate(conn, t1, t2)
@@ -224,19 +224,21 @@ async def test_nulls_appear_and_are_counted_exactly(database: str) -> None:
 
 
 async def test_cache_miss_storm(database: str, redis_url: str, redis_client: redis.Redis) -> None:
-    sim = ApesSimulator(database, redis_url, seed=10, rate=100, rhythm=False)
+    sim = ApesSimulator(database, redis_url, seed=10, rate=60, rhythm=False)
     await sim.setup()
+    # More requests (each one a real lookup), without more background cache traffic.
+    await sim.inject("spike", table="prompt_improvement_sessions", factor=8)
     conn = await asyncpg.connect(database)
     try:
         async with running(sim):
             await _ticks(sim, 2)
             t0, k0 = datetime.now(UTC), keyspace(redis_client)
-            await _ticks(sim, 6)
+            await _ticks(sim, 4)
             t1, k1 = datetime.now(UTC), keyspace(redis_client)
             await sim.inject("cache_miss_storm")
             await _ticks(sim, 1)
             t2, k2 = datetime.now(UTC), keyspace(redis_client)
-            await _ticks(sim, 6)
+            await _ticks(sim, 4)
             t3, k3 = datetime.now(UTC), keyspace(redis_client)
             await sim.clear("cache_miss_storm")
             normal = await _levels(conn, t0, t1)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import asyncpg
 import redis
 
-from pipectl.simulator import ApesSimulator
+from pipectl.simulator import PROMPT_MARKERS, SAMPLE_PROMPTS, ApesSimulator
 from pipectl.simulator.rhythm import FEED_NAMES
 from tests.helpers import wait_for
 from tests.simulator.support import (
@@ -59,6 +59,16 @@ async def test_live_run_writes_every_feed_and_real_cache_traffic(
         bounds = await conn.fetchrow(
             "SELECT min(created_at) AS first, max(created_at) AS last FROM rule_performance"
         )
+        prompts = await conn.fetch(
+            "SELECT original_prompt AS text FROM user_feedback"
+            " UNION SELECT original_prompt FROM prompt_improvement_sessions"
+            " UNION SELECT original_prompt FROM improvement_sessions"
+        )
+        improved = await conn.fetch(
+            "SELECT improved_prompt AS text FROM user_feedback"
+            " UNION SELECT enhanced_prompt FROM prompt_improvement_sessions"
+            " UNION SELECT final_prompt FROM improvement_sessions WHERE final_prompt IS NOT NULL"
+        )
         completed = await conn.fetchval(
             "SELECT count(*) FROM improvement_sessions WHERE status = 'completed'"
             " AND final_prompt IS NOT NULL AND completed_at >= started_at"
@@ -78,6 +88,9 @@ async def test_live_run_writes_every_feed_and_real_cache_traffic(
     # Naive UTC wall-clock values although the database's TimeZone is UTC+14.
     assert utc_wall(started) <= bounds["first"] and bounds["last"] <= utc_wall(stopped)
     assert completed > 0
+    # Every prompt written is one of SAMPLE_PROMPTS, and improved ones still carry a marker.
+    assert {row["text"] for row in prompts} <= set(SAMPLE_PROMPTS)
+    assert all(any(m in row["text"] for m in PROMPT_MARKERS) for row in improved)
     assert (
         stats.rows["rule_performance"]
         == after_stop["rule_performance"] - before["rule_performance"]
@@ -106,3 +119,12 @@ async def test_live_rates_follow_the_rate_knob(database: str) -> None:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+def test_sample_prompts_carry_distinct_markers() -> None:
+    assert len(SAMPLE_PROMPTS) >= 30
+    assert len(set(PROMPT_MARKERS)) == len(PROMPT_MARKERS) == len(SAMPLE_PROMPTS)
+    for text, marker in zip(SAMPLE_PROMPTS, PROMPT_MARKERS, strict=True):
+        assert marker in text
+        # A marker names exactly one prompt, so a hit anywhere else is that prompt's text.
+        assert [t for t in SAMPLE_PROMPTS if marker.lower() in t.lower()] == [text]

@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from pipectl.embedded import EmbeddedPostgres
+from pipectl.embedded import EmbeddedPostgres, EmbeddedValkey
 from pipectl.simulator import ApesSimulator
 from pipectl.sqlfiles import sql_dir
 from tests.helpers import wait_for
@@ -73,3 +73,43 @@ async def test_simulator_survives_a_postgres_restart(
     assert len(failures) == 1  # one line per outage, not one per attempt
     assert any("PostgreSQL (simulator writes) recovered" in m for m in messages)
     assert not [r for r in caplog.records if r.exc_info]  # no tracebacks
+
+
+async def test_simulator_survives_a_redis_restart(
+    database: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pipectl.simulator")
+    valkey = EmbeddedValkey(tmp_path / "valkey")
+    url = valkey.start()
+    try:
+        sim = ApesSimulator(database, url, seed=13, rate=50, rhythm=False)
+        await sim.setup()
+        async with running(sim) as task:
+
+            async def traffic() -> bool:
+                return sim.stats().cache.hits > 200
+
+            await wait_for(traffic, timeout=30)
+            await asyncio.to_thread(valkey.stop)
+            rows = sim.stats().rows.get("prompt_improvement_sessions", 0)
+
+            async def requests_go_on() -> bool:
+                # Without Redis, requests are still served (and recorded) from L1/L3/MISS.
+                return sim.stats().rows.get("prompt_improvement_sessions", 0) > rows + 5
+
+            await wait_for(requests_go_on, timeout=30)
+            assert valkey.start() == url
+            hits = sim.stats().cache.hits
+
+            async def hits_again() -> bool:
+                return sim.stats().cache.hits > hits + 200
+
+            await wait_for(hits_again, timeout=60)
+            assert not task.done()
+        assert task.exception() is None
+    finally:
+        valkey.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "Redis (simulator traffic) failed" in m]) == 1
+    assert any("Redis (simulator traffic) recovered" in m for m in messages)
+    assert not [r for r in caplog.records if r.exc_info]

@@ -61,7 +61,7 @@ L3_SHARE_OF_MISSES = 0.35  # misses of Redis answered from the database's stored
 STORM_L3_SHARE_OF_MISSES = 0.1  # in a storm that store is cold too
 REQUIRED_TABLES = (*FEEDS, "rule_metadata")
 SESSION_DUE_SQL = """
-SELECT id, original_prompt, started_at, session_metadata::text AS metadata
+SELECT id, original_prompt
 FROM public.improvement_sessions
 WHERE status = 'active'
   AND started_at <= $1::timestamp - make_interval(secs => CASE
@@ -86,7 +86,7 @@ class SimulatorError(RuntimeError):
 
 @dataclass(frozen=True)
 class SimulatorStats:
-    """What the live run did so far (counts since the simulator was created)."""
+    """What live runs of this simulator committed so far (the backfill reports its own)."""
 
     ticks: int
     rows: dict[str, int]  # rows inserted per table
@@ -150,6 +150,9 @@ class ApesSimulator:
         self._listening = False
         self._pending: set[asyncio.Task[None]] = set()
         self._outages: dict[str, Outage] = {}
+        # When the faults last changed: a tick never dates rows made under the new faults
+        # before that moment.
+        self._changed_at = datetime.fromtimestamp(0, UTC)
 
     # -- connections and set-up -------------------------------------------------------------
 
@@ -295,6 +298,7 @@ class ApesSimulator:
         started = datetime.now(UTC)
         active = ActiveFault(fault, normalized, started, started + duration if duration else None)
         self._faults[fault] = active
+        self._changed_at = started
         if duration is not None:
             self._timers[fault] = asyncio.create_task(
                 self._expire(active, duration.total_seconds()), name=f"fault {fault} expiry"
@@ -332,6 +336,7 @@ class ApesSimulator:
 
     async def _end(self, name: str, reason: str) -> None:
         active = self._faults.pop(name, None)
+        self._changed_at = datetime.now(UTC)
         self._cancel_timer(name)
         if name == "lock" and self._lock is not None:
             holder, self._lock = self._lock, None
@@ -453,9 +458,11 @@ class ApesSimulator:
         return poisson(self._rng, mean * effects.volume_for(table))
 
     async def _tick(self, conn: asyncpg.Connection, seconds: float) -> None:
-        """One slice of activity: `seconds` worth of rows for every feed."""
+        """One slice of activity: `seconds` worth of rows for every feed (less when the
+        faults changed meanwhile: rows made under them are dated after the change)."""
         now = datetime.now(UTC)
-        start = now - timedelta(seconds=seconds)
+        start = max(now - timedelta(seconds=seconds), self._changed_at)
+        seconds = max(0.0, (now - start).total_seconds())
         effects = self._effects()
         factory = self._rows
 

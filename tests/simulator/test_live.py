@@ -41,7 +41,7 @@ async def test_live_run_writes_every_feed_and_real_cache_traffic(
                     "SELECT count(*) FROM rule_combinations WHERE sample_size > 1"
                 )
                 closed = await conn.fetchval(
-                    "SELECT count(*) FROM improvement_sessions WHERE status <> 'active'"
+                    "SELECT count(*) FROM improvement_sessions WHERE status = 'completed'"
                 )
                 return all(now[t] > before[t] for t in FEED_NAMES) and updated > 0 and closed > 0
 

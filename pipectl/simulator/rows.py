@@ -185,11 +185,7 @@ class Request:
 
     @property
     def improved_text(self) -> str:
-        role = [r for r in self.rules if r.rule_id == "role_based_prompting_rule"]
-        parts = [r.addition for r in role]
-        parts.append(self.prompt.text)
-        parts += [r.addition for r in self.rules if r.addition and r not in role]
-        return " ".join(parts)
+        return improve(self.prompt.text, self.rules)
 
     @property
     def areas(self) -> list[str]:
@@ -238,9 +234,10 @@ class RowFactory:
             self._playbooks[prompt_type] = book
         return book
 
-    def request(self) -> Request:
+    def request(self, prompt: SamplePrompt | None = None) -> Request:
+        """A request for `prompt` (default: any sample prompt) and the rules applied."""
         rng = self.rng
-        prompt = rng.choice(SAMPLE_PROMPT_SPECS)
+        prompt = prompt or rng.choice(SAMPLE_PROMPT_SPECS)
         size = min(len(self.rules), rng.choices((1, 2, 3), (0.35, 0.40, 0.25))[0])
         book = self.playbook(prompt.prompt_type)
         draw = rng.random()
@@ -507,13 +504,11 @@ class RowFactory:
                 "iteration_count": rng.randint(1, 3),
                 "total_improvement_score": None,
             }
-        request = self.request()
         spec = next((p for p in SAMPLE_PROMPT_SPECS if p.text == original_prompt), None)
-        if spec is not None:
-            request = Request(spec, request.rules, request.scores, request.prompt_id)
+        request = self.request(spec)
         return {
             "status": "completed",
-            "final_prompt": request.improved_text,
+            "final_prompt": improve(original_prompt, request.rules),
             "rules_applied": dumps(request.applied_rules),
             "iteration_count": rng.choices((1, 2, 3, 4, 5, 6), (30, 28, 20, 12, 6, 4))[0],
             "total_improvement_score": round(clamp(request.mean_score + 0.05, 0, 1), 4),
@@ -589,6 +584,15 @@ class RowFactory:
             naive_utc(at),
             validated_at,
         )
+
+
+def improve(text: str, rules: Sequence[RuleSpec]) -> str:
+    """The prompt as the rules rewrite it: a role first, the other additions after."""
+    role = [r for r in rules if r.rule_id == "role_based_prompting_rule"]
+    parts = [r.addition for r in role]
+    parts.append(text)
+    parts += [r.addition for r in rules if r.addition and r not in role]
+    return " ".join(parts)
 
 
 def uniform_times(rng: random.Random, count: int, start: datetime, end: datetime) -> list[datetime]:

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,6 +29,7 @@ from pipectl import migrate
 from pipectl.config import Config, LoadedConfig, load_config
 from pipectl.embedded import EmbeddedServers, default_state_dir
 from pipectl.presets import apes_preset_path
+from pipectl.simulator import ApesSimulator
 from pipectl.sqlfiles import sql_dir
 
 log = logging.getLogger(__name__)
@@ -115,14 +115,14 @@ async def prepare_database(admin_dsn: str, out: Console) -> str:
     return dsn
 
 
-async def backfill(simulator: Any, days: int, out: Console) -> None:
+async def backfill(simulator: ApesSimulator, days: int, out: Console) -> None:
     progress = Progress(
         TextColumn("  backfilling {task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=out,
-        transient=False,
+        transient=True,
     )
     with progress:
         task = progress.add_task(f"{days} days of APES history", total=None)
@@ -130,14 +130,14 @@ async def backfill(simulator: Any, days: int, out: Console) -> None:
         def report(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        started = time.monotonic()
         result = await simulator.backfill(days=days, progress=report)
-    rows = getattr(result, "rows", None)
-    if rows:
-        out.print(f"  {rows:,} rows of history in {time.monotonic() - started:.1f}s")
+    if result.skipped:
+        out.print(f"  history already there ({result.reason or 'kept from the last run'})")
+    else:
+        out.print(f"  {result.total_rows:,} rows of {days}-day history in {result.seconds:.1f}s")
 
 
-async def random_faults(simulator: Any, stop: asyncio.Event, rng: random.Random) -> None:
+async def random_faults(simulator: ApesSimulator, stop: asyncio.Event, rng: random.Random) -> None:
     """--faults random: one fault at a time, a few minutes apart, each for a minute or two."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
@@ -176,7 +176,6 @@ async def run_demo(
     """Everything after the servers are up. Headless, `finish` reports while the agent still
     runs; its result is the exit code."""
     from agent.service import Agent
-    from pipectl.simulator import ApesSimulator
 
     admin_dsn, redis_url = servers.postgres.dsn(), servers.valkey.url
     dsn = await prepare_database(admin_dsn, out)

@@ -20,9 +20,9 @@ from pipectl.db import DatabaseUnavailable
 from pipectl.embedded import EmbeddedError
 from pipectl.migrate import MigrationError
 
-from . import agent_cmd, check_cmd, config_cmd, db_cmd, demo_cmd, ops_cmd
+from . import agent_cmd, check_cmd, config_cmd, db_cmd, demo_cmd, demo_fault_cmd, ops_cmd
 
-VERB_MODULES = [ops_cmd, check_cmd, demo_cmd, config_cmd, db_cmd, agent_cmd]
+VERB_MODULES = [ops_cmd, check_cmd, demo_cmd, demo_fault_cmd, config_cmd, db_cmd, agent_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

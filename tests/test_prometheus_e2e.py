@@ -32,8 +32,8 @@ name = "user_feedback_freshness"
 kind = "freshness"
 table = "public.user_feedback"
 column = "created_at"
-warn_after = "2s"
-error_after = "4s"
+warn_after = "5s"
+error_after = "10s"
 every = "1s"
 hysteresis = 1
 """
@@ -105,7 +105,7 @@ async def test_stalled_feed_raises_the_stale_data_alert(
     database: str, redis_url: str, prometheus: Prometheus
 ) -> None:
     port = prometheus.port
-    simulator = ApesSimulator(database, redis_url, seed=3, rate=20, rhythm=False)
+    simulator = ApesSimulator(database, redis_url, seed=3, rate=100, rhythm=False)
     await simulator.setup()
     stop = asyncio.Event()
     feeding = asyncio.create_task(simulator.run(stop))

@@ -196,8 +196,9 @@ async def set_silence(db: DB, check: str, until: datetime | None, by: str, reaso
     row = await db.fetchrow(
         """
         UPDATE pipectl.checks
-        SET silenced_until = $2, silenced_by = CASE WHEN $2 IS NOT NULL THEN $3 END,
-            silence_reason = CASE WHEN $2 IS NOT NULL THEN $4 END
+        SET silenced_until = $2::timestamptz,
+            silenced_by = CASE WHEN $2::timestamptz IS NOT NULL THEN $3 END,
+            silence_reason = CASE WHEN $2::timestamptz IS NOT NULL THEN $4 END
         WHERE name = $1 RETURNING name
         """,
         check,

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
 from pipectl.config import CacheCheck
 from pipectl.model import CheckStatus, Request, Run, Sample
 from pipectl.store.base import DB
@@ -251,20 +253,30 @@ _LEVELS = """
 jsonb_each(CASE WHEN jsonb_typeof(r.baseline->'levels') = 'object' THEN r.baseline->'levels'
                 ELSE '{}'::jsonb END) AS l(level, counts)
 """
+# jsonb numbers cast straight to float8 (a non-number raises DataError: see cache_history).
 _HITS = """
+sum((l.counts->'hits')::float8) AS hits, sum((l.counts->'lookups')::float8) AS lookups
+"""
+# The same, skipping what is not a number: for a handful of rows the guard costs nothing.
+_HITS_GUARDED = """
 sum(CASE WHEN jsonb_typeof(l.counts->'hits') = 'number'
-         THEN (l.counts->>'hits')::float8 END) AS hits,
+         THEN (l.counts->'hits')::float8 END) AS hits,
 sum(CASE WHEN jsonb_typeof(l.counts->'lookups') = 'number'
-         THEN (l.counts->>'lookups')::float8 END) AS lookups
+         THEN (l.counts->'lookups')::float8 END) AS lookups
 """
 
 
 async def cache_latest(db: DB) -> list[CacheSeries]:
     """Each cache check's latest reading with its levels (for the overview's tiles)."""
     infos = await cache_checks(db)
+    latest = await _latest_points(db, [i.name for i in infos])
+    return [_series(info, latest.get(info.name), ()) for info in infos]
+
+
+async def _latest_points(db: DB, names: Sequence[str]) -> dict[str, CachePoint]:
     rows = await db.fetch(
         f"""
-        SELECT c.name, r.observed_at, r.value, l.level, {_HITS}
+        SELECT c.name, r.observed_at, r.value, l.level, {_HITS_GUARDED}
         FROM unnest($1::text[]) AS c(name)
         CROSS JOIN LATERAL (
             SELECT observed_at, value, baseline FROM pipectl.check_results
@@ -274,7 +286,7 @@ async def cache_latest(db: DB) -> list[CacheSeries]:
         GROUP BY c.name, r.observed_at, r.value, l.level
         ORDER BY c.name, l.level
         """,
-        [i.name for i in infos],
+        list(names),
     )
     latest: dict[str, CachePoint] = {}
     for r in rows:
@@ -283,7 +295,7 @@ async def cache_latest(db: DB) -> list[CacheSeries]:
             level = CacheLevel(r["level"], r["hits"] or 0.0, r["lookups"] or 0.0)
             point = CachePoint(point.at, point.ratio, (*point.levels, level))
         latest[r["name"]] = point
-    return [_series(info, latest.get(info.name), ()) for info in infos]
+    return latest
 
 
 async def cache_history(
@@ -293,42 +305,51 @@ async def cache_history(
     level's hits / lookups summed per bucket."""
     infos = await cache_checks(db)
     names = [i.name for i in infos]
+    # No ORDER BY: hash aggregation over the window, sorted here (a week of per-minute
+    # results is 10k rows a check; sorting them by text keys in SQL cost more than the rest).
     totals = await db.fetch(
         """
         SELECT check_name, date_bin($3::interval, observed_at, $1) AS at, avg(value) AS ratio
         FROM pipectl.check_results
         WHERE check_name = ANY($4::text[]) AND observed_at >= $1 AND observed_at < $2
-        GROUP BY 1, 2 ORDER BY 1, 2
+        GROUP BY 1, 2
         """,
         since,
         until,
         bucket,
         names,
     )
-    levels = await db.fetch(
-        f"""
-        SELECT r.check_name, date_bin($3::interval, r.observed_at, $1) AS at, l.level, {_HITS}
-        FROM pipectl.check_results r CROSS JOIN LATERAL {_LEVELS}
-        WHERE r.check_name = ANY($4::text[]) AND r.observed_at >= $1 AND r.observed_at < $2
-        GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-        """,
-        since,
-        until,
-        bucket,
-        names,
-    )
+    try:
+        levels = await db.fetch(
+            f"""
+            SELECT r.check_name, date_bin($3::interval, r.observed_at, $1) AS at, l.level,
+                   {_HITS}
+            FROM pipectl.check_results r CROSS JOIN LATERAL {_LEVELS}
+            WHERE r.check_name = ANY($4::text[]) AND r.observed_at >= $1 AND r.observed_at < $2
+              AND jsonb_typeof(r.baseline->'levels') = 'object'
+            GROUP BY 1, 2, 3
+            """,
+            since,
+            until,
+            bucket,
+            names,
+        )
+    except asyncpg.DataError:
+        # A level whose counts are not numbers: show the ratios without the breakdown rather
+        # than nothing (guarding every value in SQL costs a quarter of the query).
+        levels = []
     by_bucket: dict[tuple[str, datetime], list[CacheLevel]] = {}
-    for r in levels:
+    for r in sorted(levels, key=lambda r: (r["at"], r["level"])):
         by_bucket.setdefault((r["check_name"], r["at"]), []).append(
             CacheLevel(r["level"], r["hits"] or 0.0, r["lookups"] or 0.0)
         )
     points: dict[str, list[CachePoint]] = {name: [] for name in names}
-    for r in totals:
+    for r in sorted(totals, key=lambda r: r["at"]):
         key = (r["check_name"], r["at"])
         points[r["check_name"]].append(
             CachePoint(r["at"], r["ratio"], tuple(by_bucket.get(key, [])))
         )
-    latest = {s.check: s.latest for s in await cache_latest(db)} if names else {}
+    latest = await _latest_points(db, names)
     return [_series(i, latest.get(i.name), tuple(points[i.name])) for i in infos]
 
 
@@ -396,21 +417,23 @@ async def timeline(
          WHERE e.at >= $1 AND e.at < $2
          ORDER BY e.at DESC LIMIT $3)
         UNION ALL
-        (SELECT x.observed_at, CASE WHEN x.value < x.target THEN 'cache.dip'
+        (SELECT x.observed_at, CASE WHEN x.value < t.target THEN 'cache.dip'
                                     ELSE 'cache.recovered' END,
-                x.check_name, CASE WHEN x.value < x.target THEN 'warn' ELSE 'ok' END, '',
+                t.name, CASE WHEN x.value < t.target THEN 'warn' ELSE 'ok' END, '',
                 round((x.value * 100)::numeric, 1) || '% (target ' ||
-                    round((x.target * 100)::numeric, 1) || '%)',
+                    round((t.target * 100)::numeric, 1) || '%)',
                 'result:' || x.id
-         FROM (
-            SELECT r.id, r.observed_at, r.check_name, r.value, t.target,
-                   lag(r.value) OVER (PARTITION BY r.check_name ORDER BY r.observed_at) AS prev
-            FROM unnest($4::text[], $5::float8[]) AS t(name, target)
-            JOIN pipectl.check_results r ON r.check_name = t.name
-            WHERE r.observed_at >= $1 AND r.observed_at < $2 AND r.value IS NOT NULL
+         FROM unnest($4::text[], $5::float8[]) AS t(name, target)
+         -- One check at a time, in index order: lag() needs no sort of the whole window.
+         CROSS JOIN LATERAL (
+            SELECT r.id, r.observed_at, r.value,
+                   lag(r.value) OVER (ORDER BY r.observed_at) AS prev
+            FROM pipectl.check_results r
+            WHERE r.check_name = t.name AND r.observed_at >= $1 AND r.observed_at < $2
+              AND r.value IS NOT NULL
          ) x
-         WHERE (x.value < x.target AND (x.prev IS NULL OR x.prev >= x.target))
-            OR (x.value >= x.target AND x.prev < x.target)
+         WHERE (x.value < t.target AND (x.prev IS NULL OR x.prev >= t.target))
+            OR (x.value >= t.target AND x.prev < t.target)
          ORDER BY x.observed_at DESC LIMIT $3)
         ORDER BY at DESC, ref DESC
         LIMIT $3

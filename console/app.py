@@ -20,7 +20,7 @@ from console import data
 from console.actions import APP, ActionRegistry, bindings
 from console.commands import ActionCommands
 from console.data import RequestDenied, RequestIntent
-from console.live import ChangeRouter, RequestFeedback, Toast
+from console.live import Change, ChangeRouter, RequestFeedback, Toast
 from console.messages import (
     Connection,
     ConnectionChanged,
@@ -128,7 +128,7 @@ class PipectlApp(App[None]):
     # ------------------------------------------------------------------ live changes
 
     def on_database_changed(self, message: DatabaseChanged) -> None:
-        self.changes.changed(message.table)
+        self.changes.changed(Change.of(message.table, message.payload))
         request_id = message.payload.get("id")
         if (
             message.table == "requests"

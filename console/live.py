@@ -17,8 +17,23 @@ from pipectl.store.console import RequestRow
 Severity = Literal["information", "warning", "error"]
 
 
+@dataclass(frozen=True)
+class Change:
+    """What a NOTIFY said changed: a table, and the step or check it concerns (if it says)."""
+
+    table: str
+    subject: str | None = None
+
+    @classmethod
+    def of(cls, table: str, payload: dict[str, object]) -> Change:
+        subject = payload.get("step") or payload.get("check") or payload.get("name")
+        if table == "requests":
+            subject = payload.get("target")
+        return cls(table, subject if isinstance(subject, str) else None)
+
+
 class Refreshable(Protocol):
-    def data_changed(self, tables: set[str]) -> None: ...
+    def data_changed(self, changes: set[Change]) -> None: ...
 
 
 class TimerLike(Protocol):
@@ -26,7 +41,7 @@ class TimerLike(Protocol):
 
 
 class ChangeRouter:
-    """Collects changed tables for `delay` seconds, then tells every screen once.
+    """Collects changes for `delay` seconds, then tells every screen once.
 
     A burst of NOTIFYs (a rerun touching ten rows) becomes a single refetch per screen."""
 
@@ -36,7 +51,7 @@ class ChangeRouter:
         self._set_timer = set_timer
         self.delay = delay
         self.screens: list[Refreshable] = []
-        self._pending: set[str] = set()
+        self._pending: set[Change] = set()
         self._timer: TimerLike | None = None
 
     def register(self, screen: Refreshable) -> None:
@@ -47,18 +62,18 @@ class ChangeRouter:
         if screen in self.screens:
             self.screens.remove(screen)
 
-    def changed(self, table: str) -> None:
-        self._pending.add(table)
+    def changed(self, change: Change) -> None:
+        self._pending.add(change)
         if self._timer is None:
             self._timer = self._set_timer(self.delay, self.flush)
 
     def flush(self) -> None:
-        tables, self._pending, self._timer = self._pending, set(), None
+        changes, self._pending, self._timer = self._pending, set(), None
         for screen in list(self.screens):
-            screen.data_changed(tables)
+            screen.data_changed(changes)
 
     def everything(self) -> None:
-        """After (re)connecting: every screen is stale (empty set means all tables)."""
+        """After (re)connecting: every screen is stale (an empty set means everything)."""
         if self._timer is not None:
             self._timer.stop()
             self._timer = None

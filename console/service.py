@@ -31,6 +31,9 @@ T = TypeVar("T")
 Post = Callable[[Message], object]
 
 APPLICATION_NAME = "pipectl console"
+# Short interactive reads: JIT compilation (triggered by misestimated jsonb plans) costs more
+# than it saves.
+SETTINGS = {"jit": "off"}
 CHANNELS = ("pipectl_changes", "pipectl_requests")
 
 
@@ -123,7 +126,11 @@ class ConsoleService:
         self._lost.clear()
         self._lost_reason = ""
         self._pool = await create_pool(
-            self.config, min_size=1, max_size=2, application_name=APPLICATION_NAME
+            self.config,
+            min_size=1,
+            max_size=2,
+            application_name=APPLICATION_NAME,
+            settings=SETTINGS,
         )
         async with self._pool.acquire() as conn:
             await ensure_current(conn)

@@ -16,6 +16,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input
 
+from console.live import Change
 from console.messages import Loaded, LoadFailed
 from console.service import NotConnected
 from console.widgets.filter import FilterInput
@@ -38,14 +39,13 @@ class ConsoleScreen(Screen[None]):
     """Header, body, footer; which keys work is asked of the action registry."""
 
     SCOPE: ClassVar[str] = ""
-    TAB: ClassVar[str] = ""
 
     @property
     def console(self) -> PipectlApp:
         return cast("PipectlApp", self.app)
 
     def compose(self) -> ComposeResult:
-        yield StatusHeader(self.TAB)
+        yield StatusHeader()
         yield from self.compose_body()
         yield Footer(compact=True)
 
@@ -110,12 +110,17 @@ class DataScreen(ConsoleScreen, Generic[T]):
 
     # ------------------------------------------------------------------ loading
 
-    def data_changed(self, tables: set[str]) -> None:
-        """Tables changed (debounced NOTIFYs): reload now if visible, else when shown."""
-        if tables & self.INTERESTS or not tables:
+    def data_changed(self, changes: set[Change]) -> None:
+        """Something changed (debounced NOTIFYs): reload now if visible, else when shown.
+        An empty set (reconnected) means everything."""
+        if not changes or any(self.wants(change) for change in changes):
             self.stale = True
             if self.is_current:
                 self.reload()
+
+    def wants(self, change: Change) -> bool:
+        """Whether a change can alter what this screen shows (detail screens narrow it)."""
+        return change.table in self.INTERESTS
 
     def reload(self) -> None:
         if not self.console.connection.connected:

@@ -17,6 +17,7 @@ from textual.widgets import Static
 from console import data
 from console.actions import CACHE, bindings
 from console.data import CacheData
+from console.live import Change
 from console.screens.base import DataScreen
 from console.widgets.chart import RatioChart, RatioSeries, sparkline
 from pipectl.durations import format_duration
@@ -105,7 +106,6 @@ class CachePanel(Vertical):
 
 class CacheScreen(DataScreen[CacheData]):
     SCOPE = CACHE
-    TAB = CACHE
     BINDINGS: ClassVar[list[BindingType]] = bindings(CACHE)  # type: ignore[assignment]
     INTERESTS = frozenset({"check_results", "checks"})
 
@@ -121,6 +121,13 @@ class CacheScreen(DataScreen[CacheData]):
         yield Static(id="window")
         yield VerticalScroll(id="panels")
         yield Static("", id="empty")
+
+    def wants(self, change: Change) -> bool:
+        """A result of a cache check, or any change of the checks' definitions or state."""
+        if change.table == "checks":
+            return True
+        shown = {s.check for s in self.snapshot.series} if self.snapshot else set()
+        return change.table == "check_results" and (change.subject in shown or not shown)
 
     async def fetch(self, conn: Conn) -> CacheData:
         return await data.cache(conn, self.console.clock(), self.window)

@@ -18,6 +18,7 @@ from textual.widgets import Sparkline, Static
 from console import data
 from console.actions import CHECK, CHECKS, bindings
 from console.data import ChecksData
+from console.live import Change
 from console.screens.base import TableScreen
 from console.screens.operations import CheckOperations, Selected
 from console.widgets.table import ColumnSpec, TableRow
@@ -39,7 +40,6 @@ def status_cell(status: str, silenced: bool) -> Text:
 
 class ChecksScreen(CheckOperations, TableScreen[ChecksData]):
     SCOPE = CHECKS
-    TAB = CHECKS
     BINDINGS: ClassVar[list[BindingType]] = bindings(CHECKS)  # type: ignore[assignment]
     INTERESTS = frozenset({"checks", "check_results"})
     TABLE_TITLE = "Checks"
@@ -116,7 +116,6 @@ def check_row(check: CheckRow, trend: tuple[float, ...], now: datetime) -> Table
 
 class CheckScreen(CheckOperations, TableScreen[CheckDetail | None]):
     SCOPE = CHECK
-    TAB = CHECKS
     BINDINGS: ClassVar[list[BindingType]] = bindings(CHECK)  # type: ignore[assignment]
     INTERESTS = frozenset({"checks", "check_results"})
     TABLE_TITLE = "Results"
@@ -142,6 +141,9 @@ class CheckScreen(CheckOperations, TableScreen[CheckDetail | None]):
             with Vertical(id="side"):
                 yield Static(id="threshold", classes="panel")
                 yield Static(id="sql", classes="panel")
+
+    def wants(self, change: Change) -> bool:
+        return change.table in self.INTERESTS and change.subject in (self.check, None)
 
     async def fetch(self, conn: Conn) -> CheckDetail | None:
         return await data.check(conn, self.check, self.console.clock())

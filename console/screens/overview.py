@@ -30,7 +30,6 @@ SOURCE_NAMES = {"redis": "Redis", "app": "App cache", "postgres": "PostgreSQL"}
 
 class OverviewScreen(StepOperations, CheckOperations, TableScreen[OverviewData]):
     SCOPE = OVERVIEW
-    TAB = OVERVIEW
     BINDINGS: ClassVar[list[BindingType]] = bindings(OVERVIEW)  # type: ignore[assignment]
     INTERESTS = frozenset({"runs", "steps", "checks", "check_results", "requests"})
     TABLE_TITLE = "Steps"

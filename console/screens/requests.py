@@ -25,7 +25,6 @@ STEP_KINDS = {RequestKind.RERUN, RequestKind.PAUSE, RequestKind.RESUME}
 
 class RequestsScreen(TableScreen[tuple[RequestRow, ...]]):
     SCOPE = REQUESTS
-    TAB = REQUESTS
     BINDINGS: ClassVar[list[BindingType]] = bindings(REQUESTS)  # type: ignore[assignment]
     INTERESTS = frozenset({"requests"})
     TABLE_TITLE = "Requests"

@@ -16,7 +16,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Sparkline, Static
 
 from console import data
-from console.actions import OVERVIEW, STEP, bindings
+from console.actions import STEP, bindings
+from console.live import Change
 from console.screens.base import TableScreen
 from console.screens.operations import Selected, StepOperations
 from console.widgets.table import ColumnSpec, TableRow
@@ -29,7 +30,6 @@ from pipectl.store.console import StepDetail
 
 class StepScreen(StepOperations, TableScreen[StepDetail | None]):
     SCOPE = STEP
-    TAB = OVERVIEW
     BINDINGS: ClassVar[list[BindingType]] = bindings(STEP)  # type: ignore[assignment]
     INTERESTS = frozenset({"runs", "steps"})
     TABLE_TITLE = "Runs"
@@ -58,6 +58,9 @@ class StepScreen(StepOperations, TableScreen[StepDetail | None]):
             with Vertical(id="side"):
                 yield Static(id="error", classes="panel")
                 yield Static(id="sql", classes="panel")
+
+    def wants(self, change: Change) -> bool:
+        return change.table in self.INTERESTS and change.subject in (self.step, None)
 
     async def fetch(self, conn: Conn) -> StepDetail | None:
         return await data.step(conn, self.step)

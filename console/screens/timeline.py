@@ -37,7 +37,6 @@ KIND_MARKS = {
 
 class TimelineScreen(TableScreen[TimelineData]):
     SCOPE = TIMELINE
-    TAB = TIMELINE
     BINDINGS: ClassVar[list[BindingType]] = bindings(TIMELINE)  # type: ignore[assignment]
     INTERESTS = frozenset({"runs", "check_results", "requests", "steps", "checks"})
     TABLE_TITLE = "Timeline"

@@ -22,10 +22,9 @@ if TYPE_CHECKING:
 class ScreenTab(Static):
     """`1 Overview`: shows the key, and switches screen on click."""
 
-    def __init__(self, name: str, key: str, label: str, active: bool) -> None:
+    def __init__(self, name: str, key: str, label: str) -> None:
         super().__init__(Text.assemble((key, "bold"), " ", label), classes="tab")
         self.screen_name = name
-        self.set_class(active, "-active")
 
     async def on_click(self, event: events.Click) -> None:
         event.stop()
@@ -57,23 +56,26 @@ class LinkStatus(Static):
 
 
 class StatusHeader(Horizontal):
-    """Two lines: the screens (number keys), then the link and the READ-ONLY badge."""
+    """Two lines: the screens (number keys, the current one lit), then the link and the
+    READ-ONLY badge."""
 
-    def __init__(self, active: str) -> None:
+    def __init__(self) -> None:
         super().__init__(id="header")
-        self.active = active
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="tabs"):
             yield Static("pipectl", id="brand")
             for name, key, label, _ in SCREENS:
-                yield ScreenTab(name, key, label, name == self.active)
+                yield ScreenTab(name, key, label)
         with Horizontal(id="status-line"):
             yield LinkStatus(id="link")
             yield Static("READ-ONLY", id="badge")
 
     def on_mount(self) -> None:
         app: PipectlApp = self.app  # type: ignore[assignment]
+        # A detail screen lights the tab of the screen it was opened from (its mode).
+        for tab in self.query(ScreenTab):
+            tab.set_class(tab.screen_name == app.current_mode, "-active")
         self.watch(app, "connection", self._show_link)
         self.watch(app, "read_only", self._show_badge)
 

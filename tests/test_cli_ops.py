@@ -203,3 +203,27 @@ async def test_rerun_wait_times_out_without_an_agent(
         capsys, "rerun", "s1", "--wait", "--timeout", "0.5", "--json", "--config", str(config_file)
     )
     assert code == 3 and data["timed_out"] is True and data["state"] == "queued"
+
+
+def test_no_verb_opens_the_console_with_the_config_and_read_only_flag(
+    monkeypatch: pytest.MonkeyPatch, config_file: Path
+) -> None:
+    """`pipectl` runs the console App (its run() stubbed here: a terminal UI cannot run under
+    pytest); a bad config is a message and exit 2, before Textual is even imported."""
+    from console.app import PipectlApp
+
+    opened: list[PipectlApp] = []
+    monkeypatch.setattr(PipectlApp, "run", lambda self: opened.append(self))
+    assert main(["--read-only", "--config", str(config_file)]) == 0
+    assert opened[0].forced_read_only and opened[0].config.database.dsn
+    assert main(["--config", str(config_file)]) == 0
+    assert not opened[1].forced_read_only
+
+
+def test_no_verb_with_a_bad_config_is_a_message(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[database]\ndsnn = 'x'\n")
+    assert main(["--config", str(path)]) == 2
+    assert "dsnn" in capsys.readouterr().err

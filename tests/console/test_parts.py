@@ -12,7 +12,7 @@ from textual.app import App, ComposeResult
 from console.actions import ACTIONS, APP, TABLE_SCREENS, ActionRegistry, bindings
 from console.app import PipectlApp
 from console.data import RequestIntent
-from console.live import ChangeRouter, RequestFeedback
+from console.live import Change, ChangeRouter, RequestFeedback
 from console.screens.cache import CacheScreen
 from console.screens.checks import CheckScreen, ChecksScreen
 from console.screens.dialogs import Dialog
@@ -125,10 +125,10 @@ class FakeTimer:
 
 class Screen:
     def __init__(self) -> None:
-        self.calls: list[set[str]] = []
+        self.calls: list[set[Change]] = []
 
-    def data_changed(self, tables: set[str]) -> None:
-        self.calls.append(tables)
+    def data_changed(self, changes: set[Change]) -> None:
+        self.calls.append(changes)
 
 
 def test_change_router_debounces_a_burst_into_one_refresh() -> None:
@@ -141,11 +141,25 @@ def test_change_router_debounces_a_burst_into_one_refresh() -> None:
     router = ChangeRouter(set_timer)
     screen = Screen()
     router.register(screen)
-    for table in ("runs", "runs", "requests", "runs"):
-        router.changed(table)
+    payloads = [
+        ("runs", {"table": "runs", "id": 1, "step": "a", "status": "running"}),
+        ("runs", {"table": "runs", "id": 1, "step": "a", "status": "succeeded"}),
+        ("requests", {"table": "requests", "id": 3, "target": "a", "state": "claimed"}),
+        ("checks", {"table": "checks", "name": "c"}),
+        ("requests", {"id": 3}),
+    ]
+    for table, payload in payloads:
+        router.changed(Change.of(table, payload))
     assert len(timers) == 1 and screen.calls == []
     timers[0].callback()
-    assert screen.calls == [{"runs", "requests"}]
+    assert screen.calls == [
+        {
+            Change("runs", "a"),
+            Change("requests", "a"),
+            Change("checks", "c"),
+            Change("requests", None),
+        }
+    ]
     router.everything()
     assert screen.calls[-1] == set()
 

@@ -14,6 +14,7 @@ from console.screens.overview import OverviewScreen
 from console.screens.requests import RequestsScreen
 from console.screens.step import StepScreen
 from console.screens.timeline import TimelineScreen
+from console.widgets.header import ScreenTab
 from console.widgets.table import LiveTable
 from console.widgets.tiles import Tile
 from pipectl.store.console import CheckDetail, StepDetail
@@ -247,3 +248,17 @@ async def test_help_lists_the_registry_for_this_screen(incident: str) -> None:
         assert "Silence" not in text, "silence belongs to the checks screens"
         await pilot.press("escape")
         assert isinstance(app.screen, OverviewScreen)
+
+
+async def test_detail_screens_light_the_tab_they_were_opened_from(incident: str) -> None:
+    app = console_app(incident)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot, lambda: table_of(app).row_count == 4)
+        await pilot.press("4")
+        await settle(pilot, lambda: isinstance(app.screen, TimelineScreen) and app.screen.snapshot)
+        await pilot.press("enter")  # the newest entry: a run of rule_effectiveness_summary
+        await settle(pilot, lambda: isinstance(app.screen, StepScreen) and app.screen.snapshot)
+        lit = [t.screen_name for t in app.screen.query(ScreenTab) if t.has_class("-active")]
+        assert lit == ["timeline"]
+        await pilot.click("ScreenTab.tab:last-of-type")  # mouse: the Requests tab
+        assert isinstance(app.screen, RequestsScreen)

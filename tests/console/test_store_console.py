@@ -95,6 +95,24 @@ async def test_cache_levels_and_floors(conn: asyncpg.Connection) -> None:
     assert first.ratio is not None and 0.8 < first.ratio < 0.9
 
 
+async def test_cache_levels_that_are_not_numbers_lose_only_the_breakdown(
+    conn: asyncpg.Connection,
+) -> None:
+    await conn.execute(
+        "INSERT INTO pipectl.check_results (check_name, status, value, baseline, observed_at)"
+        " VALUES ('app_cache_hit_ratio', 'ok', 0.9, $1, $2)",
+        {"levels": {"L1": {"hits": "many", "lookups": 10}}},
+        NOW - timedelta(seconds=5),
+    )
+    latest = {s.check: s.latest for s in await cache_latest(conn)}
+    point = latest["app_cache_hit_ratio"]
+    assert point is not None and point.ratio == 0.9
+    assert point.levels[0].hits == 0.0 and point.levels[0].lookups == 10
+    history = await cache_history(conn, NOW - timedelta(hours=1), NOW, timedelta(minutes=10))
+    app_series = next(s for s in history if s.check == "app_cache_hit_ratio")
+    assert len(app_series.points) == 6 and not any(p.levels for p in app_series.points)
+
+
 async def test_timeline_merges_in_time_order(conn: asyncpg.Connection) -> None:
     targets = {c.name: c.warn_below for c in await cache_checks(conn)}
     entries = await timeline(conn, NOW - timedelta(hours=3), NOW, cache_targets=targets, limit=1000)

@@ -210,7 +210,5 @@ class PipectlApp(App[None]):
         if not self.connection.connected:
             self.service.retry_now()
             return
-        screen = self.screen
-        if isinstance(screen, DataScreen):
-            screen.stale = True
-            screen.reload()
+        if isinstance(self.screen, DataScreen):
+            self.screen.refetch()

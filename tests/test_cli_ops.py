@@ -14,18 +14,7 @@ import pytest
 
 from pipectl.cli import main
 from tests.agent.conftest import running_agent, steps_toml
-from tests.console.seed import AGENT_ID
-
-CHECK_TOML = """
-[[checks]]
-name = "feedback_fresh"
-kind = "freshness"
-table = "public.user_feedback"
-column = "created_at"
-warn_after = "30m"
-error_after = "2h"
-enabled = false
-"""
+from tests.console.seed import AGENT_ID, CHECK_TOML
 
 FAILING_STEP = """
 [[steps]]

@@ -5,7 +5,7 @@ load cycle (fetch in a worker, render the snapshot, refetch on change, on return
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, cast
 
 from rich.text import Text
@@ -122,6 +122,11 @@ class DataScreen(ConsoleScreen, Generic[T]):
         """Whether a change can alter what this screen shows (detail screens narrow it)."""
         return change.table in self.INTERESTS
 
+    def refetch(self) -> None:
+        """Read again now, whatever the last load was (refresh key, new time window)."""
+        self.stale = True
+        self.reload()
+
     def reload(self) -> None:
         if not self.console.connection.connected:
             self.stale = True
@@ -177,6 +182,25 @@ class DataScreen(ConsoleScreen, Generic[T]):
         self.stale = True
         if self.is_current:
             self.reload()
+
+
+class TimeWindow:
+    """The time windows a screen offers (`w` cycles them); 6 hours to begin with."""
+
+    WINDOWS: ClassVar[tuple[timedelta, ...]] = (
+        timedelta(hours=1),
+        timedelta(hours=6),
+        timedelta(days=1),
+        timedelta(days=7),
+    )
+    window_index = 1
+
+    @property
+    def window(self) -> timedelta:
+        return self.WINDOWS[self.window_index]
+
+    def next_window(self) -> None:
+        self.window_index = (self.window_index + 1) % len(self.WINDOWS)
 
 
 class TableScreen(DataScreen[T]):

@@ -3,7 +3,6 @@ target line."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import ClassVar
 
 from rich.text import Text
@@ -18,14 +17,13 @@ from console import data
 from console.actions import CACHE, bindings
 from console.data import CacheData
 from console.live import Change
-from console.screens.base import DataScreen
+from console.screens.base import DataScreen, TimeWindow
 from console.widgets.chart import RatioChart, RatioSeries, sparkline
 from pipectl.durations import format_duration
 from pipectl.format import STATUS_STYLE, number, percent
 from pipectl.store.base import Conn
 from pipectl.store.console import CacheSeries
 
-WINDOWS = (timedelta(hours=1), timedelta(hours=6), timedelta(days=1), timedelta(days=7))
 SOURCE_NAMES = {"redis": "Redis", "app": "App", "postgres": "PostgreSQL"}
 
 
@@ -104,18 +102,10 @@ class CachePanel(Vertical):
         levels.series = series
 
 
-class CacheScreen(DataScreen[CacheData]):
+class CacheScreen(TimeWindow, DataScreen[CacheData]):
     SCOPE = CACHE
     BINDINGS: ClassVar[list[BindingType]] = bindings(CACHE)  # type: ignore[assignment]
     INTERESTS = frozenset({"check_results", "checks"})
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.window_index = 1
-
-    @property
-    def window(self) -> timedelta:
-        return WINDOWS[self.window_index]
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="window")
@@ -170,6 +160,5 @@ class CacheScreen(DataScreen[CacheData]):
         )
 
     def action_window(self) -> None:
-        self.window_index = (self.window_index + 1) % len(WINDOWS)
-        self.stale = True
-        self.reload()
+        self.next_window()
+        self.refetch()

@@ -12,14 +12,13 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import BindingType
-from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Sparkline, Static
+from textual.widgets import Static
 
 from console import data
 from console.actions import CHECK, CHECKS, bindings
 from console.data import ChecksData
-from console.live import Change
 from console.screens.base import TableScreen
+from console.screens.detail import DetailScreen
 from console.screens.operations import CheckOperations, Selected
 from console.widgets.table import ColumnSpec, TableRow
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, band, clock_time, number, spark
@@ -114,8 +113,10 @@ def check_row(check: CheckRow, trend: tuple[float, ...], now: datetime) -> Table
     return TableRow(check.name, cells, sort_values, f"{check.name} {status} {check.kind} {message}")
 
 
-class CheckScreen(CheckOperations, TableScreen[CheckDetail | None]):
+class CheckScreen(CheckOperations, DetailScreen[CheckDetail | None]):
     SCOPE = CHECK
+    NOUN = "Check"
+    SIDE_PANELS = ("threshold", "sql")
     BINDINGS: ClassVar[list[BindingType]] = bindings(CHECK)  # type: ignore[assignment]
     INTERESTS = frozenset({"checks", "check_results"})
     TABLE_TITLE = "Results"
@@ -128,41 +129,21 @@ class CheckScreen(CheckOperations, TableScreen[CheckDetail | None]):
     )
 
     def __init__(self, check: str) -> None:
-        super().__init__()
+        super().__init__(check)
         self.check = check
-
-    def compose_body(self) -> ComposeResult:
-        with VerticalScroll(id="detail"), Horizontal(id="columns"):
-            with Vertical(id="main"):
-                yield Static(id="info")
-                yield Static(id="spark-label")
-                yield Sparkline([], id="values")
-                yield from self.compose_table()
-            with Vertical(id="side"):
-                yield Static(id="threshold", classes="panel")
-                yield Static(id="sql", classes="panel")
-
-    def wants(self, change: Change) -> bool:
-        return change.table in self.INTERESTS and change.subject in (self.check, None)
 
     async def fetch(self, conn: Conn) -> CheckDetail | None:
         return await data.check(conn, self.check, self.console.clock())
 
     def show(self, snapshot: CheckDetail | None) -> None:
-        info = self.query_one("#info", Static)
         if snapshot is None:
-            info.update(Text(f"Check {self.check!r} is not published (any more).", style="bold"))
+            self.show_missing()
             return
-        now = self.console.clock()
-        info.update(check_info(snapshot, now))
+        self.query_one("#info", Static).update(check_info(snapshot, self.console.clock()))
         values = _series_values(snapshot)
-        spark = self.query_one("#values", Sparkline)
-        spark.data = values or [0.0]
-        # One column per point at most: fewer points than columns would leave gaps.
-        spark.styles.max_width = max(1, len(values))
         source = "samples" if snapshot.samples else "results"
-        self.query_one("#spark-label", Static).update(
-            Text.assemble(("value ", "bold"), (f"last {len(values)} {source}", "dim"))
+        self.show_trend(
+            values, Text.assemble(("value ", "bold"), (f"last {len(values)} {source}", "dim"))
         )
         threshold = self.query_one("#threshold", Static)
         threshold.border_title = "Threshold and baseline"
@@ -181,14 +162,8 @@ class CheckScreen(CheckOperations, TableScreen[CheckDetail | None]):
             if latest
             else Text("no result yet", style="dim")
         )
-        sql = self.query_one("#sql", Static)
-        sql.border_title = "SQL"
         state = snapshot.state
-        sql.update(
-            Syntax(state.sql, "sql", word_wrap=True, theme="ansi_dark")
-            if state.sql
-            else Text(f"{state.kind} check of {state.target or '-'}", style="dim")
-        )
+        self.show_sql(state.sql, f"{state.kind} check of {state.target or '-'}")
         self.show_table(snapshot)
 
     def rows(self, snapshot: CheckDetail | None) -> list[TableRow]:

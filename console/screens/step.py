@@ -6,19 +6,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import ClassVar
 
-from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 from textual import on
-from textual.app import ComposeResult
 from textual.binding import BindingType
-from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import DataTable, Sparkline, Static
+from textual.widgets import DataTable, Static
 
 from console import data
 from console.actions import STEP, bindings
-from console.live import Change
-from console.screens.base import TableScreen
+from console.screens.detail import DetailScreen
 from console.screens.operations import Selected, StepOperations
 from console.widgets.table import ColumnSpec, TableRow
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, clock_time, due, number, seconds
@@ -28,8 +24,10 @@ from pipectl.store.base import Conn
 from pipectl.store.console import StepDetail
 
 
-class StepScreen(StepOperations, TableScreen[StepDetail | None]):
+class StepScreen(StepOperations, DetailScreen[StepDetail | None]):
     SCOPE = STEP
+    NOUN = "Step"
+    SIDE_PANELS = ("error", "sql")
     BINDINGS: ClassVar[list[BindingType]] = bindings(STEP)  # type: ignore[assignment]
     INTERESTS = frozenset({"runs", "steps"})
     TABLE_TITLE = "Runs"
@@ -45,52 +43,28 @@ class StepScreen(StepOperations, TableScreen[StepDetail | None]):
     )
 
     def __init__(self, step: str) -> None:
-        super().__init__()
+        super().__init__(step)
         self.step = step
-
-    def compose_body(self) -> ComposeResult:
-        with VerticalScroll(id="detail"), Horizontal(id="columns"):
-            with Vertical(id="main"):
-                yield Static(id="info")
-                yield Static(id="spark-label")
-                yield Sparkline([], id="durations")
-                yield from self.compose_table()
-            with Vertical(id="side"):
-                yield Static(id="error", classes="panel")
-                yield Static(id="sql", classes="panel")
-
-    def wants(self, change: Change) -> bool:
-        return change.table in self.INTERESTS and change.subject in (self.step, None)
 
     async def fetch(self, conn: Conn) -> StepDetail | None:
         return await data.step(conn, self.step)
 
     def show(self, snapshot: StepDetail | None) -> None:
-        info = self.query_one("#info", Static)
         if snapshot is None:
-            info.update(Text(f"Step {self.step!r} is not published (any more).", style="bold"))
+            self.show_missing()
             return
-        now = self.console.clock()
-        info.update(info_table(snapshot, now))
+        self.query_one("#info", Static).update(info_table(snapshot, self.console.clock()))
         finished = [r.duration_seconds for r in reversed(snapshot.runs) if r.duration_seconds]
-        spark = self.query_one("#durations", Sparkline)
-        spark.data = finished or [0.0]
-        # One column per point at most: fewer points than columns would leave gaps.
-        spark.styles.max_width = max(1, len(finished))
-        self.query_one("#spark-label", Static).update(
+        stats = snapshot.durations
+        self.show_trend(
+            finished,
             Text.assemble(
                 ("duration ", "bold"),
                 (f"last {len(finished)} runs · ", "dim"),
-                (f"p50 {seconds(snapshot.durations.p50)}  p95 {seconds(snapshot.durations.p95)}"),
-            )
+                (f"p50 {seconds(stats.p50)}  p95 {seconds(stats.p95)}"),
+            ),
         )
-        sql = self.query_one("#sql", Static)
-        sql.border_title = "SQL"
-        sql.update(
-            Syntax(snapshot.state.sql, "sql", word_wrap=True, theme="ansi_dark")
-            if snapshot.state.sql
-            else Text(f"refreshes {snapshot.state.relation or '-'}", style="dim")
-        )
+        self.show_sql(snapshot.state.sql, f"refreshes {snapshot.state.relation or '-'}")
         self._show_error(self._highlighted_run())
         self.show_table(snapshot)
 

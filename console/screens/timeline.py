@@ -3,7 +3,7 @@ agents and cache dips, merged newest first — where an incident is reconstructe
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import ClassVar
 
 from rich.text import Text
@@ -13,7 +13,7 @@ from textual.binding import BindingType
 from console import data
 from console.actions import TIMELINE, bindings
 from console.data import TimelineData
-from console.screens.base import TableScreen
+from console.screens.base import TableScreen, TimeWindow
 from console.screens.checks import CheckScreen
 from console.screens.step import StepScreen
 from console.widgets.table import ColumnSpec, TableRow
@@ -22,7 +22,6 @@ from pipectl.format import STATUS_MARK, STATUS_STYLE, clock_time
 from pipectl.store.base import Conn
 from pipectl.store.console import TimelineEntry
 
-WINDOWS = (timedelta(hours=1), timedelta(hours=6), timedelta(days=1), timedelta(days=7))
 KIND_MARKS = {
     "step.paused": "⏸",
     "step.resumed": "▶",
@@ -35,7 +34,7 @@ KIND_MARKS = {
 }
 
 
-class TimelineScreen(TableScreen[TimelineData]):
+class TimelineScreen(TimeWindow, TableScreen[TimelineData]):
     SCOPE = TIMELINE
     BINDINGS: ClassVar[list[BindingType]] = bindings(TIMELINE)  # type: ignore[assignment]
     INTERESTS = frozenset({"runs", "check_results", "requests", "steps", "checks"})
@@ -48,14 +47,6 @@ class TimelineScreen(TableScreen[TimelineData]):
         ColumnSpec("message", "message"),
         ColumnSpec("who", "who"),
     )
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.window_index = 1
-
-    @property
-    def window(self) -> timedelta:
-        return WINDOWS[self.window_index]
 
     def compose_body(self) -> ComposeResult:
         yield from self.compose_table()
@@ -74,9 +65,8 @@ class TimelineScreen(TableScreen[TimelineData]):
         return [timeline_row(e, now) for e in snapshot.entries]
 
     def action_window(self) -> None:
-        self.window_index = (self.window_index + 1) % len(WINDOWS)
-        self.stale = True
-        self.reload()
+        self.next_window()
+        self.refetch()
 
     def action_open(self) -> None:
         key = self.selected_key()

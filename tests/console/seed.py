@@ -11,6 +11,19 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 NOW = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
+
+# A check an in-process agent knows by name (so it can silence it) without running it: the
+# checks engine is not part of these tests.
+CHECK_TOML = """
+[[checks]]
+name = "feedback_fresh"
+kind = "freshness"
+table = "public.user_feedback"
+column = "created_at"
+warn_after = "30m"
+error_after = "2h"
+enabled = false
+"""
 AGENT_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
 
 STEPS = [

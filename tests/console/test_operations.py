@@ -13,18 +13,8 @@ from console.screens.dialogs import PauseDialog, RerunDialog, SilenceDialog
 from console.screens.overview import OverviewScreen
 from tests.agent.conftest import running_agent, steps_toml
 from tests.console.conftest import Recorder, console_app, plain, settle
+from tests.console.seed import CHECK_TOML
 from tests.console.test_screens import cell, keys, table_of
-
-CHECK_TOML = """
-[[checks]]
-name = "feedback_fresh"
-kind = "freshness"
-table = "public.user_feedback"
-column = "created_at"
-warn_after = "30m"
-error_after = "2h"
-enabled = false
-"""
 
 
 def shown(app: Any, kind: type[Any]) -> Any:

@@ -165,7 +165,7 @@ class DataScreen(ConsoleScreen, Generic[T]):
         self._loading = False
         self.stale = True
         if not message.disconnected and message.error != self._last_error:
-            self.notify(message.error, title="Could not read", severity="error")
+            self.notify(message.error, title="Could not read", severity="error", markup=False)
         self._last_error = message.error
         self._after_load()
 
@@ -234,7 +234,7 @@ class TableScreen(DataScreen[T]):
     def show_table(self, snapshot: T) -> None:
         rows = [r for r in self.rows(snapshot) if r.matches(self.filter_text)]
         self.table.show(self.ordering.apply(rows))
-        self.table.border_title = self._title(len(rows))
+        self.table.border_title = Text(self._title(len(rows)))  # the filter text is not markup
 
     def table_title(self) -> str:
         return self.TABLE_TITLE

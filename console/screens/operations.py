@@ -77,7 +77,7 @@ class StepOperations(ConsoleScreen):
     def _confirm_rerun(self, message: PlanReady) -> None:
         plan = message.plan
         if plan is None:
-            self.notify(f"unknown step {message.step!r}", severity="error")
+            self.notify(f"unknown step {message.step!r}", severity="error", markup=False)
             return
         names = [s.name for s in plan.steps]
         summary = " → ".join(names)
@@ -110,7 +110,7 @@ class StepOperations(ConsoleScreen):
 
     @on(ActionFailed)
     def _action_failed(self, message: ActionFailed) -> None:
-        self.notify(message.error, title="Action not possible", severity="error")
+        self.notify(message.error, title="Action not possible", severity="error", markup=False)
 
 
 class CheckOperations(ConsoleScreen):

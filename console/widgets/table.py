@@ -103,14 +103,14 @@ class LiveTable(DataTable[Cell]):
         elif shown == wanted[: len(shown)]:
             self._update(rows[: len(shown)])
             for row in rows[len(shown) :]:
-                self.add_row(*row.cells, key=row.key)
+                self.add_row(*_texts(row), key=row.key)
         else:
             self._rebuild(rows)
 
     def _update(self, rows: Sequence[TableRow]) -> None:
         for row in rows:
             current = self.get_row(row.key)
-            for spec, old, new in zip(self.specs, current, row.cells, strict=False):
+            for spec, old, new in zip(self.specs, current, _texts(row), strict=False):
                 if old != new:
                     self.update_cell(row.key, spec.key, new, update_width=spec.width is None)
 
@@ -119,7 +119,13 @@ class LiveTable(DataTable[Cell]):
         scroll_y = self.scroll_y
         self.clear()
         for row in rows:
-            self.add_row(*row.cells, key=row.key)
+            self.add_row(*_texts(row), key=row.key)
         if selected is not None and RowKey(selected) in self.rows:
             self.move_cursor(row=self.get_row_index(selected), scroll=False)
         self.scroll_to(y=scroll_y, animate=False, immediate=True)
+
+
+def _texts(row: TableRow) -> tuple[Text, ...]:
+    """Cells as Text: a plain string is shown as it is, never read as markup (an error
+    message or a user name with brackets in it must not break the table)."""
+    return tuple(cell if isinstance(cell, Text) else Text(cell) for cell in row.cells)

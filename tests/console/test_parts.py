@@ -224,3 +224,14 @@ def test_chart_columns_and_floor() -> None:
     assert [round(c or 0, 6) for c in columns] == [0.9, 0.9, 0.6, 0.6]
     assert floor_of(series) == 0.4
     assert columns_of(series, 0) == []
+
+
+async def test_live_table_shows_brackets_as_text() -> None:
+    app = TableApp()
+    async with app.run_test() as pilot:
+        table = app.query_one(LiveTable)
+        table.show([row("a", "[bold]not markup[/"), row("b", "[red")])
+        await pilot.pause()
+        assert str(table.get_cell("a", "v")) == "[bold]not markup[/"
+        table.show([row("a", "[/]"), row("b", "[red")])
+        assert str(table.get_cell("a", "v")) == "[/]"

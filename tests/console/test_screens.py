@@ -262,3 +262,16 @@ async def test_detail_screens_light_the_tab_they_were_opened_from(incident: str)
         assert lit == ["timeline"]
         await pilot.click("ScreenTab.tab:last-of-type")  # mouse: the Requests tab
         assert isinstance(app.screen, RequestsScreen)
+
+
+async def test_a_filter_with_brackets_is_text(incident: str) -> None:
+    app = console_app(incident)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot, lambda: table_of(app).row_count == 4)
+        await pilot.press("slash", *"[b")
+        assert table_of(app).row_count == 0
+        assert "[b" in plain_title(table_of(app))
+
+
+def plain_title(widget: LiveTable) -> str:
+    return str(widget._border_title)

@@ -71,13 +71,16 @@ async def check(conn: Conn, name: str, now: datetime) -> CheckDetail | None:
 class CacheData:
     since: datetime
     until: datetime
+    bucket: timedelta
     series: tuple[CacheSeries, ...]
 
 
 async def cache(conn: Conn, now: datetime, window: timedelta) -> CacheData:
+    """Ratios in 120 buckets of the window (at least a minute each: checks run each minute)."""
     bucket = max(timedelta(minutes=1), window / 120)
     since = now - window
-    return CacheData(since, now, tuple(await cache_history(conn, since, now, bucket)))
+    series = await cache_history(conn, since, now, bucket)
+    return CacheData(since, now, bucket, tuple(series))
 
 
 @dataclass(frozen=True)

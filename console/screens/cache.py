@@ -9,8 +9,6 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import BindingType
 from textual.containers import Vertical, VerticalScroll
-from textual.reactive import reactive
-from textual.widget import Widget
 from textual.widgets import Static
 
 from console import data
@@ -18,41 +16,13 @@ from console.actions import CACHE, bindings
 from console.data import CacheData
 from console.live import Change
 from console.screens.base import DataScreen, TimeWindow
-from console.widgets.chart import RatioChart, RatioSeries, sparkline
+from console.widgets.chart import LevelLines, RatioChart, RatioSeries
 from pipectl.durations import format_duration
-from pipectl.format import STATUS_STYLE, number, percent
+from pipectl.format import STATUS_STYLE, percent
 from pipectl.store.base import Conn
 from pipectl.store.console import CacheSeries
 
 SOURCE_NAMES = {"redis": "Redis", "app": "App", "postgres": "PostgreSQL"}
-
-
-class LevelLines(Widget):
-    """One line per cache level: its hit ratio over the window and now."""
-
-    series: reactive[CacheSeries | None] = reactive(None)
-
-    def render(self) -> Text:
-        series = self.series
-        if series is None:
-            return Text("")
-        names = sorted({lv.level for p in series.points for lv in p.levels})
-        latest = {lv.level: lv for lv in (series.latest.levels if series.latest else ())}
-        width = max(4, self.size.width - 36)
-        text = Text()
-        for index, name in enumerate(names):
-            history = [
-                next((lv.ratio for lv in p.levels if lv.level == name), None) for p in series.points
-            ]
-            now = latest.get(name)
-            if index:
-                text.append("\n")
-            text.append(f"{name[:8]:>8} ", style="bold")
-            text.append(f"{sparkline(history, width):<{width}} ", style="cyan")
-            text.append(f"{percent(now.ratio if now else None):>6}")
-            lookups = number(now.lookups) if now else "-"
-            text.append(f"  {lookups:>9} lookups", style="dim")
-        return text
 
 
 class CachePanel(Vertical):
@@ -88,18 +58,39 @@ class CachePanel(Vertical):
         )
         for name in ("ok", "warn", "fail", "nodata"):
             self.set_class(name == state, f"-{name}")
-        self.query_one(RatioChart).series = RatioSeries(
-            snapshot.since,
-            snapshot.until,
-            tuple((p.at, p.ratio) for p in series.points),
-            series.warn_below,
-            series.fail_below,
-        )
+        chart = chart_series(series, snapshot)
+        self.query_one(RatioChart).series = chart
         levels = self.query_one(LevelLines)
-        has_levels = any(p.levels for p in series.points)
-        levels.display = has_levels
-        levels.styles.height = len({lv.level for p in series.points for lv in p.levels}) or 1
-        levels.series = series
+        levels.display = bool(chart.levels)
+        levels.styles.height = len(chart.levels) or 1
+        levels.series = chart
+
+
+def chart_series(series: CacheSeries, snapshot: CacheData) -> RatioSeries:
+    """The chart's view of one cache check: its ratios, and each level's ratios and latest."""
+    names = sorted({lv.level for p in series.points for lv in p.levels})
+    latest = {lv.level: lv for lv in (series.latest.levels if series.latest else ())}
+    levels = tuple(
+        (
+            name,
+            tuple(
+                (p.at, next((lv.ratio for lv in p.levels if lv.level == name), None))
+                for p in series.points
+            ),
+            latest[name].ratio if name in latest else None,
+            latest[name].lookups if name in latest else 0.0,
+        )
+        for name in names
+    )
+    return RatioSeries(
+        snapshot.since,
+        snapshot.until,
+        snapshot.bucket,
+        tuple((p.at, p.ratio) for p in series.points),
+        series.warn_below,
+        series.fail_below,
+        levels,
+    )
 
 
 class CacheScreen(TimeWindow, DataScreen[CacheData]):

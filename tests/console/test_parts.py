@@ -21,7 +21,7 @@ from console.screens.requests import RequestsScreen
 from console.screens.schema import SchemaScreen
 from console.screens.step import StepScreen
 from console.screens.timeline import TimelineScreen
-from console.widgets.chart import RatioSeries, columns_of, floor_of
+from console.widgets.chart import RatioSeries, bars, columns_of, floor_of
 from console.widgets.table import ColumnSpec, LiveTable, Ordering, TableRow
 from pipectl.format import band, spark
 from pipectl.graph import downstream, with_downstream
@@ -218,12 +218,21 @@ def test_text_forms() -> None:
 
 def test_chart_columns_and_floor() -> None:
     start = datetime(2025, 1, 1, tzinfo=UTC)
-    points = tuple((start + timedelta(minutes=m), 0.9 if m < 30 else 0.6) for m in range(60))
-    series = RatioSeries(start, start + timedelta(hours=1), points, 0.8, 0.5)
-    columns = columns_of(series, 4)
+    end = start + timedelta(hours=1)
+    minute = timedelta(minutes=1)
+    points = tuple((start + m * minute, 0.9 if m < 30 else 0.6) for m in range(60))
+    series = RatioSeries(start, end, minute, points, 0.8, 0.5)
+    columns = columns_of(start, end, minute, points, 4)
     assert [round(c or 0, 6) for c in columns] == [0.9, 0.9, 0.6, 0.6]
     assert floor_of(series) == 0.4
-    assert columns_of(series, 0) == []
+    assert columns_of(start, end, minute, points, 0) == []
+    # More columns than points: a column between two points shows the one before it; a gap
+    # longer than a bucket stays empty.
+    sparse = ((start, 0.5), (start + 10 * minute, 0.7), (start + 40 * minute, 0.9))
+    wide = columns_of(start, end, 10 * minute, sparse, 12)
+    assert wide[:4] == [0.5, 0.5, 0.7, 0.7]
+    assert wide[4:8] == [None] * 4 and wide[8:10] == [0.9, 0.9] and wide[10:] == [None] * 2
+    assert bars([0.0, 0.5, 0.99, None]) == "▁▅█ "
 
 
 async def test_live_table_shows_brackets_as_text() -> None:

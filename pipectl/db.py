@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -79,16 +79,22 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def connect(
-    config: Config, *, application_name: str | None = None, dsn: str | None = None
+    config: Config,
+    *,
+    application_name: str | None = None,
+    dsn: str | None = None,
+    settings: Mapping[str, str] | None = None,
 ) -> asyncpg.Connection:
-    """One connection, JSON decoded, with a message that names the target on failure."""
+    """One connection, JSON decoded, with a message that names the target on failure.
+    `settings` are session settings (GUCs) sent at connect."""
     target = dsn if dsn is not None else config.database.dsn
     try:
         conn = await asyncpg.connect(
             dsn=target,
             timeout=config.database.connect_timeout.total_seconds(),
             server_settings={
-                "application_name": application_name or config.database.application_name
+                "application_name": application_name or config.database.application_name,
+                **(settings or {}),
             },
         )
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -100,7 +106,12 @@ async def connect(
 
 
 async def create_pool(
-    config: Config, *, min_size: int = 1, max_size: int = 4, application_name: str | None = None
+    config: Config,
+    *,
+    min_size: int = 1,
+    max_size: int = 4,
+    application_name: str | None = None,
+    settings: Mapping[str, str] | None = None,
 ) -> asyncpg.Pool:
     target = config.database.dsn
     try:
@@ -111,7 +122,8 @@ async def create_pool(
             timeout=config.database.connect_timeout.total_seconds(),
             init=_init_connection,
             server_settings={
-                "application_name": application_name or config.database.application_name
+                "application_name": application_name or config.database.application_name,
+                **(settings or {}),
             },
         )
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from pipectl.durations import humanize_age
@@ -22,6 +23,8 @@ STATUS_MARK = {
     "nodata": "…",
     "queued": "…",
     "succeeded": "✓",
+    "claimed": "↻",
+    "rejected": "⊘",
 }
 
 STATUS_STYLE = {
@@ -38,6 +41,8 @@ STATUS_STYLE = {
     "failed": "red",
     "fail": "red",
     "error": "magenta",
+    "claimed": "cyan",
+    "rejected": "yellow",
 }
 
 
@@ -89,8 +94,44 @@ def number(value: float | None) -> str:
 def band(low: float | None, high: float | None) -> str:
     if low is None and high is None:
         return "-"
+    if high is None:
+        return f"≥{number(low)}"
+    if low is None:
+        return f"≤{number(high)}"
     return f"{number(low)}..{number(high)}"
 
 
 def check_style(status: CheckStatus) -> str:
     return STATUS_STYLE.get(str(status), "")
+
+
+SPARK_BARS = "▁▂▃▄▅▆▇█"
+
+
+def spark(values: Sequence[float], width: int, low: float | None = None) -> str:
+    """A one-line bar chart of the last `width` values; `low` pins the bottom (0 for ratios).
+    Equal values draw a flat mid-height line, no values draw nothing."""
+    points = list(values)[-width:] if width > 0 else []
+    if not points:
+        return ""
+    bottom = min(points) if low is None else min(low, min(points))
+    top = max(points)
+    if top == bottom:
+        return SPARK_BARS[len(SPARK_BARS) // 2 - 1] * len(points)
+    scale = (len(SPARK_BARS) - 1) / (top - bottom)
+    return "".join(SPARK_BARS[round((v - bottom) * scale)] for v in points)
+
+
+def percent(ratio: float | None, digits: int = 1) -> str:
+    """0.9312 -> '93.1%'; '-' when unknown."""
+    return "-" if ratio is None else f"{ratio * 100:.{digits}f}%"
+
+
+def clock_time(moment: datetime | None, now: datetime) -> str:
+    """Local wall time: '14:03:07' today, 'Mar 02 14:03' on another day."""
+    if moment is None:
+        return "-"
+    local = moment.astimezone()
+    if local.date() == now.astimezone().date():
+        return local.strftime("%H:%M:%S")
+    return local.strftime("%b %d %H:%M")

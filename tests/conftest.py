@@ -4,7 +4,10 @@ from a template that already holds the APES schema and pipectl's migrations."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -41,17 +44,29 @@ class PgServer:
     version: int
 
 
+@contextlib.contextmanager
+def _private_dir(prefix: str) -> Iterator[Path]:
+    """A directory outside pytest's numbered tmp dirs: a concurrent pytest session prunes
+    those it considers old, which would pull the data out from under a running server."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+def pg_server() -> Iterator[PgServer]:
     if TEST_DSN:
         yield PgServer(TEST_DSN, None, _server_version(TEST_DSN))
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), fast=True)
-    server.start()
-    try:
-        yield PgServer(server.dsn(), server, _server_version(server.dsn()))
-    finally:
-        server.stop()
+    with _private_dir("pipectl-test-pg-") as directory:
+        server = EmbeddedPostgres(directory, fast=True)
+        server.start()
+        try:
+            yield PgServer(server.dsn(), server, _server_version(server.dsn()))
+        finally:
+            server.stop()
 
 
 def _server_version(dsn: str) -> int:
@@ -68,16 +83,17 @@ def _server_version(dsn: str) -> int:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_url() -> Iterator[str]:
     if TEST_REDIS_URL:
         yield TEST_REDIS_URL
         return
-    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"))
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    with _private_dir("pipectl-test-valkey-") as directory:
+        server = EmbeddedValkey(directory)
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 @pytest.fixture

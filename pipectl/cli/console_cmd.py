@@ -1,12 +1,22 @@
-"""`pipectl` with no verb: the console (placeholder until the console lands)."""
+"""`pipectl` with no verb: the console. Textual is imported here, lazily, so the one-shot verbs
+never load it."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 
-from pipectl.cli.common import CliError
+from pipectl.cli.common import EXIT_OK, load
 
 
 def open_console(args: argparse.Namespace) -> int:
-    del args
-    raise CliError("the console is not built yet; use the one-shot verbs (pipectl --help)")
+    """Run the console until the operator quits. An unreachable database is shown inside the
+    console (with reconnects), not raised; a bad config is raised as ConfigError by `load`."""
+    loaded = load(args)
+    # Log records must not scribble over the screen; the console shows what matters itself.
+    logging.getLogger().addHandler(logging.NullHandler())
+    logging.getLogger().setLevel(logging.CRITICAL)
+    from console.app import PipectlApp
+
+    PipectlApp(loaded.config, read_only=bool(args.read_only)).run()
+    return EXIT_OK

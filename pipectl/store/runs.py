@@ -194,13 +194,19 @@ async def tick_exists(db: DB, step: str, scheduled_for: datetime) -> bool:
 
 
 async def latest_outcomes(db: DB, steps: Sequence[str]) -> dict[str, Run]:
-    """The latest decisive run (succeeded, failed or cancelled) of each step."""
+    """The latest decisive run (succeeded, failed or cancelled) of each step: one probe of
+    runs_decisive_idx per step, however long the history."""
     rows = await db.fetch(
         f"""
-        SELECT DISTINCT ON (r.step) {_RUN_COLUMNS}
-        FROM pipectl.runs r LEFT JOIN pipectl.agents a ON a.id = r.agent_id
-        WHERE r.step = ANY($1) AND r.status IN ('succeeded', 'failed', 'cancelled')
-        ORDER BY r.step, r.finished_at DESC NULLS LAST, r.id DESC
+        SELECT {_RUN_COLUMNS}
+        FROM unnest($1::text[]) AS s(step)
+        CROSS JOIN LATERAL (
+            SELECT * FROM pipectl.runs x
+            WHERE x.step = s.step AND x.status IN ('succeeded', 'failed', 'cancelled')
+            ORDER BY x.finished_at DESC NULLS LAST, x.id DESC
+            LIMIT 1
+        ) r
+        LEFT JOIN pipectl.agents a ON a.id = r.agent_id
         """,
         list(steps),
     )

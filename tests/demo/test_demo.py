@@ -56,7 +56,7 @@ def test_headless_demo_refreshes_checks_and_reports(tmp_path: Path) -> None:
     assert steps["rule_effectiveness_summary"]["status"] == "ok"
     checks = {c["name"]: c for c in report["checks"]}
     assert checks["rule_performance_freshness"]["status"] == "ok"
-    assert checks["rule_performance_freshness"]["value"] < 120
+    assert checks["rule_performance_freshness"]["value"] < 900  # warn_after: 15m
     assert report["check_results"] >= 10
     assert [a["name"] for a in report["agents"]] == ["demo-agent"]
     assert "backfilling" in result.stderr or "rows of 3-day history" in result.stderr

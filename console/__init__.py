@@ -1,0 +1,1 @@
+"""The Textual console (`pipectl` with no verb). The only package that imports textual."""

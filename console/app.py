@@ -1,0 +1,214 @@
+"""The console App: screens as modes, one connection service, and message handlers that own
+the app-wide state (link, read-only, requests in flight). Everything else is delegated.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from typing import ClassVar, cast
+
+from textual import work
+from textual.app import App
+from textual.binding import BindingType
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.worker import Worker
+
+from console import data
+from console.actions import APP, ActionRegistry, bindings
+from console.commands import ActionCommands
+from console.data import RequestDenied, RequestIntent
+from console.live import Change, ChangeRouter, RequestFeedback, Toast
+from console.messages import (
+    Connection,
+    ConnectionChanged,
+    DatabaseChanged,
+    RequestFiled,
+    RequestProgress,
+    RequestRefused,
+)
+from console.screens.base import DataScreen
+from console.screens.cache import CacheScreen
+from console.screens.checks import ChecksScreen
+from console.screens.help import HelpScreen, scope_of
+from console.screens.overview import OverviewScreen
+from console.screens.requests import RequestsScreen
+from console.screens.schema import SchemaScreen
+from console.screens.timeline import TimelineScreen
+from console.service import ConsoleService, NotConnected
+from pipectl.config import Config
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class PipectlApp(App[None]):
+    """`pipectl` with no verb. `clock` and `cursor_blink` exist so tests can pin what varies."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "pipectl"
+    MODES: ClassVar[dict[str, Callable[[], Screen[None]]]] = {  # type: ignore[assignment]
+        "overview": OverviewScreen,
+        "checks": ChecksScreen,
+        "cache": CacheScreen,
+        "timeline": TimelineScreen,
+        "requests": RequestsScreen,
+    }
+    BINDINGS: ClassVar[list[BindingType]] = bindings(APP)  # type: ignore[assignment]
+    COMMANDS = App.COMMANDS | {ActionCommands}
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+
+    connection: reactive[Connection] = reactive(Connection)
+    read_only: reactive[bool] = reactive(False)
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        read_only: bool = False,
+        clock: Clock = utc_now,
+        cursor_blink: bool = True,
+        service: ConsoleService | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.forced_read_only = read_only
+        self.clock = clock
+        self.cursor_blink = cursor_blink
+        self.service = service or ConsoleService(config)
+        self.registry = ActionRegistry(read_only=read_only)
+        self.changes = ChangeRouter(self.set_timer)
+        self.feedback = RequestFeedback()
+        self._schema_screen: SchemaScreen | None = None
+        self.set_reactive(PipectlApp.read_only, read_only)
+        self.set_reactive(PipectlApp.connection, Connection(target=self.service.target))
+
+    def on_mount(self) -> None:
+        self.switch_mode("overview")
+        self._supervise()
+
+    @work(exclusive=True, group="connection", exit_on_error=False)
+    async def _supervise(self) -> None:
+        await self.service.supervise(self.post_message)
+
+    # ------------------------------------------------------------------ link and read-only
+
+    def on_connection_changed(self, message: ConnectionChanged) -> None:
+        link = message.connection
+        self.connection = link
+        if link.state == "schema":
+            self._show_schema_problem(link)
+            return
+        if link.connected:
+            if self._schema_screen is not None:
+                self._schema_screen.dismiss(None)
+                self._schema_screen = None
+            self.read_only = self.forced_read_only or not link.can_write
+            self.changes.everything()
+
+    def _show_schema_problem(self, link: Connection) -> None:
+        if self._schema_screen is None:
+            self._schema_screen = SchemaScreen(link.detail, link.target)
+            self.push_screen(self._schema_screen)
+        else:
+            self._schema_screen.show_problem(link.detail)
+
+    def watch_read_only(self, read_only: bool) -> None:
+        self.registry.read_only = read_only
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.registry.permits(action)
+
+    # ------------------------------------------------------------------ live changes
+
+    def on_database_changed(self, message: DatabaseChanged) -> None:
+        self.changes.changed(Change.of(message.table, message.payload))
+        request_id = message.payload.get("id")
+        if (
+            message.table == "requests"
+            and isinstance(request_id, int)
+            and self.feedback.is_mine(request_id)
+        ):
+            self._follow(request_id)
+
+    # ------------------------------------------------------------------ requests
+
+    def file_request(self, intent: RequestIntent) -> None:
+        """File a request in a worker of its own; the outcome arrives as messages."""
+        if self.registry.read_only:
+            self.notify("read-only: requests are not allowed", severity="warning")
+            return
+        self._spawn(functools.partial(self._file, intent), f"file:{intent.kind}:{intent.target}")
+
+    async def _file(self, intent: RequestIntent) -> None:
+        try:
+            request = await self.service.query(functools.partial(data.file_request, intent=intent))
+        except (RequestDenied, NotConnected) as exc:
+            self.post_message(RequestRefused(intent, str(exc)))
+        except Exception as exc:
+            self.post_message(RequestRefused(intent, f"{type(exc).__name__}: {exc}"))
+        else:
+            self.post_message(RequestFiled(intent, request))
+
+    def _spawn(self, job: Callable[[], Awaitable[None]], group: str) -> Worker[None]:
+        """A worker per target (the decorator's group is fixed): a second request for the same
+        target replaces a first one still being written, never one for another target."""
+        work = cast("Callable[[], Coroutine[None, None, None]]", job)
+        return self.run_worker(work, group=group, exclusive=True, exit_on_error=False)
+
+    def on_request_filed(self, message: RequestFiled) -> None:
+        self._toast(self.feedback.filed(message.intent, message.request))
+        self._follow(message.request.id)
+
+    def on_request_refused(self, message: RequestRefused) -> None:
+        self._toast(self.feedback.refused(message.intent, message.error))
+
+    def _follow(self, request_id: int) -> None:
+        self._spawn(functools.partial(self._fetch_request, request_id), f"request:{request_id}")
+
+    async def _fetch_request(self, request_id: int) -> None:
+        fetch = functools.partial(data.request_row, request_id=request_id)
+        try:
+            row = await self.service.query(fetch)
+        except Exception:
+            return  # the NOTIFY of the next state change, or the Requests screen, tells
+        if row is not None:
+            self.post_message(RequestProgress(row))
+
+    def on_request_progress(self, message: RequestProgress) -> None:
+        for toast in self.feedback.progress(message.row):
+            self._toast(toast)
+
+    def _toast(self, toast: Toast) -> None:
+        timeout = 10.0 if toast.severity == "error" else 6.0
+        self.notify(
+            toast.message, title=toast.title, severity=toast.severity, timeout=timeout, markup=False
+        )
+
+    # ------------------------------------------------------------------ app-wide actions
+
+    async def action_show_screen(self, name: str) -> None:
+        """Number keys: go to that screen; pressed again, back to its top level."""
+        if self.current_mode == name:
+            while len(self.screen_stack) > 1:
+                self.pop_screen()
+            return
+        await self.switch_mode(name)
+
+    def action_help(self) -> None:
+        screen = self.screen
+        scope = scope_of(screen)
+        self.push_screen(HelpScreen(self.registry, scope, scope.title()))
+
+    def action_reload(self) -> None:
+        if not self.connection.connected:
+            self.service.retry_now()
+            return
+        if isinstance(self.screen, DataScreen):
+            self.screen.refetch()

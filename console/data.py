@@ -1,0 +1,190 @@
+"""What each screen fetches: async functions of a connection returning immutable snapshots.
+
+They only combine `pipectl.store` read functions (the same ones `pipectl status` and
+`pipectl history` use); windows come from the console's clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from pipectl import store
+from pipectl.graph import with_downstream
+from pipectl.model import Request, RequestKind, Run
+from pipectl.store.base import Conn
+from pipectl.store.console import (
+    CacheSeries,
+    CheckDetail,
+    DurationStats,
+    RequestRow,
+    StepDetail,
+    TimelineEntry,
+    cache_checks,
+    cache_history,
+    cache_latest,
+    check_detail,
+    check_trends,
+    duration_stats,
+    requests_with_agents,
+    step_detail,
+    step_graph,
+    timeline,
+)
+
+
+@dataclass(frozen=True)
+class OverviewData:
+    status: store.StatusSnapshot
+    cache: tuple[CacheSeries, ...]
+
+
+async def overview(conn: Conn) -> OverviewData:
+    """The `pipectl status` read model plus the latest reading of each cache check."""
+    return OverviewData(await store.status_snapshot(conn), tuple(await cache_latest(conn)))
+
+
+@dataclass(frozen=True)
+class ChecksData:
+    status: store.StatusSnapshot
+    trends: dict[str, tuple[float, ...]]
+
+
+async def checks(conn: Conn) -> ChecksData:
+    status = await store.status_snapshot(conn)
+    trends = await check_trends(conn, [c.name for c in status.checks])
+    return ChecksData(status, trends)
+
+
+async def step(conn: Conn, name: str) -> StepDetail | None:
+    return await step_detail(conn, name)
+
+
+async def check(conn: Conn, name: str, now: datetime) -> CheckDetail | None:
+    return await check_detail(conn, name, since=now - timedelta(days=1))
+
+
+@dataclass(frozen=True)
+class CacheData:
+    since: datetime
+    until: datetime
+    bucket: timedelta
+    series: tuple[CacheSeries, ...]
+
+
+async def cache(conn: Conn, now: datetime, window: timedelta) -> CacheData:
+    """Ratios in 120 buckets of the window (at least a minute each: checks run each minute)."""
+    bucket = max(timedelta(minutes=1), window / 120)
+    since = now - window
+    series = await cache_history(conn, since, now, bucket)
+    return CacheData(since, now, bucket, tuple(series))
+
+
+@dataclass(frozen=True)
+class TimelineData:
+    since: datetime
+    until: datetime
+    entries: tuple[TimelineEntry, ...]
+    steps: frozenset[str] = frozenset()
+    checks: frozenset[str] = frozenset()
+
+
+async def timeline_of(conn: Conn, now: datetime, window: timedelta) -> TimelineData:
+    """The merged timeline, and which subjects are steps or checks (to open their detail)."""
+    targets = {c.name: c.warn_below for c in await cache_checks(conn)}
+    since = now - window
+    # A little past the clock, so what happened while the snapshot was taken still shows.
+    until = now + timedelta(minutes=1)
+    entries = await timeline(conn, since, until, cache_targets=targets)
+    steps = frozenset(await step_graph(conn))
+    checks = frozenset(c.name for c in await store.check_states(conn))
+    return TimelineData(since, now, tuple(entries), steps, checks)
+
+
+async def requests(conn: Conn) -> tuple[RequestRow, ...]:
+    return tuple(await requests_with_agents(conn))
+
+
+async def request_row(conn: Conn, request_id: int) -> RequestRow | None:
+    request = await store.get_request(conn, request_id)
+    if request is None:
+        return None
+    agent = None
+    if request.claimed_by is not None:
+        agent = await conn.fetchval(
+            "SELECT name FROM pipectl.agents WHERE id = $1", request.claimed_by
+        )
+    return RequestRow(request, agent)
+
+
+# ------------------------------------------------------------------------------ actions
+
+
+@dataclass(frozen=True)
+class RequestIntent:
+    """What an action asks the agents to do, before it becomes a row."""
+
+    kind: str
+    target: str
+    reason: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    name: str
+    expected: DurationStats
+    last_run: Run | None
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class RerunPlan:
+    """Exactly what a rerun will run, in order, with what each is expected to take."""
+
+    step: str
+    downstream: bool
+    steps: tuple[PlannedStep, ...]
+
+    @property
+    def expected_p50(self) -> float | None:
+        values = [s.expected.p50 for s in self.steps]
+        return None if any(v is None for v in values) else sum(v or 0.0 for v in values)
+
+    @property
+    def expected_p95(self) -> float | None:
+        values = [s.expected.p95 for s in self.steps]
+        return None if any(v is None for v in values) else sum(v or 0.0 for v in values)
+
+
+async def rerun_plan(conn: Conn, name: str, downstream: bool) -> RerunPlan | None:
+    graph = await step_graph(conn)
+    if name not in graph:
+        return None
+    names = with_downstream(graph, name) if downstream else [name]
+    stats = await duration_stats(conn, names)
+    last = await store.latest_outcomes(conn, names)
+    paused = {s.name for s in await store.step_states(conn, names) if s.paused}
+    planned = tuple(PlannedStep(n, stats[n], last.get(n), n in paused) for n in names)
+    return RerunPlan(name, downstream, planned)
+
+
+class RequestDenied(Exception):
+    """PostgreSQL refused the insert: the role may not file requests."""
+
+
+async def file_request(conn: Conn, intent: RequestIntent) -> Request:
+    """Insert the request row (PostgreSQL records who asked, audits it, wakes the agents)."""
+    try:
+        return await store.create_request(
+            conn, RequestKind(intent.kind), intent.target, intent.reason, intent.args
+        )
+    except asyncpg.InsufficientPrivilegeError as exc:
+        user = await conn.fetchval("SELECT session_user")
+        raise RequestDenied(
+            f"permission denied: role {user!r} may not file requests (it needs pipectl_operator)"
+        ) from exc

@@ -1,0 +1,1 @@
+"""Screens of the console: one per number key, detail screens, dialogs."""

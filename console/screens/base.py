@@ -1,0 +1,302 @@
+"""What every console screen shares: header and footer, registry-driven key checks, and the
+load cycle (fetch in a worker, render the snapshot, refetch on change, on return, or slowly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, cast
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Input
+
+from console.live import Change
+from console.messages import Loaded, LoadFailed
+from console.service import NotConnected
+from console.widgets.filter import FilterInput
+from console.widgets.header import StatusHeader
+from console.widgets.table import ColumnSpec, LiveTable, Ordering, TableRow
+from pipectl.store.base import Conn
+
+if TYPE_CHECKING:
+    from console.app import PipectlApp
+
+T = TypeVar("T")
+
+# The slow safety refresh: catches what no NOTIFY announces (agent heartbeats, missed events).
+SAFETY_REFRESH = 20.0
+# Ages ("42s ago") are re-rendered from the snapshot this often, without a query.
+AGE_TICK = 5.0
+
+
+class ConsoleScreen(Screen[None]):
+    """Header, body, footer; which keys work is asked of the action registry."""
+
+    SCOPE: ClassVar[str] = ""
+
+    @property
+    def console(self) -> PipectlApp:
+        return cast("PipectlApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield StatusHeader()
+        yield from self.compose_body()
+        yield Footer(compact=True)
+
+    def compose_body(self) -> ComposeResult:
+        yield from ()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if not self.console.registry.permits(action):
+            return False
+        return self.action_state(action)
+
+    def action_state(self, action: str) -> bool | None:
+        """Whether an action applies to what is selected now: True, False (hidden) or None
+        (shown disabled). Screens override it for context (pause vs resume)."""
+        del action
+        return True
+
+    def action_back(self) -> None:
+        if len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+
+
+class DataScreen(ConsoleScreen, Generic[T]):
+    """A screen that shows one snapshot type. Loads run one at a time: a change arriving
+    mid-load asks for one more load after it, never a parallel one."""
+
+    INTERESTS: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.snapshot: T | None = None
+        self.loaded_at: datetime | None = None
+        self.stale = True
+        self._loading = False
+        self._again = False
+        self._safety: Timer | None = None
+        self._last_error = ""
+
+    async def fetch(self, conn: Conn) -> T:
+        raise NotImplementedError
+
+    def show(self, snapshot: T) -> None:
+        """Render the snapshot (also called on the age tick, with the same snapshot)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ life cycle
+
+    def on_mount(self) -> None:
+        self.console.changes.register(self)
+        self.set_interval(AGE_TICK, self._tick)
+
+    def on_unmount(self) -> None:
+        self.console.changes.unregister(self)
+
+    def on_screen_resume(self) -> None:
+        if self.stale:
+            self.reload()
+
+    def _tick(self) -> None:
+        if self.snapshot is not None and self.is_current:
+            self.show(self.snapshot)
+
+    # ------------------------------------------------------------------ loading
+
+    def data_changed(self, changes: set[Change]) -> None:
+        """Something changed (debounced NOTIFYs): reload now if visible, else when shown.
+        An empty set (reconnected) means everything."""
+        if not changes or any(self.wants(change) for change in changes):
+            self.stale = True
+            if self.is_current:
+                self.reload()
+
+    def wants(self, change: Change) -> bool:
+        """Whether a change can alter what this screen shows (detail screens narrow it)."""
+        return change.table in self.INTERESTS
+
+    def refetch(self) -> None:
+        """Read again now, whatever the last load was (refresh key, new time window)."""
+        self.stale = True
+        self.reload()
+
+    def reload(self) -> None:
+        if not self.console.connection.connected:
+            self.stale = True
+            return
+        if self._loading:
+            self._again = True
+            return
+        self._loading = True
+        self._again = False
+        self.stale = False
+        self._load(self.fetch)
+
+    @work(exclusive=True, group="load", exit_on_error=False)
+    async def _load(self, fetch: Callable[[Conn], Awaitable[T]]) -> None:
+        try:
+            snapshot = await self.console.service.query(fetch)
+        except NotConnected as exc:
+            self.post_message(LoadFailed(str(exc), disconnected=True))
+        except Exception as exc:
+            self.post_message(LoadFailed(f"{type(exc).__name__}: {exc}", disconnected=False))
+        else:
+            self.post_message(Loaded(snapshot))
+
+    def on_loaded(self, message: Loaded[T]) -> None:
+        message.stop()
+        self._loading = False
+        self.snapshot = message.snapshot
+        self.loaded_at = self.console.clock()
+        self._last_error = ""
+        self.show(message.snapshot)
+        self.refresh_bindings()
+        self._after_load()
+
+    def on_load_failed(self, message: LoadFailed) -> None:
+        message.stop()
+        self._loading = False
+        self.stale = True
+        if not message.disconnected and message.error != self._last_error:
+            self.notify(message.error, title="Could not read", severity="error", markup=False)
+        self._last_error = message.error
+        self._after_load()
+
+    def _after_load(self) -> None:
+        """The next load is scheduled only now that this one ended."""
+        if self._again:
+            self.reload()
+            return
+        if self._safety is not None:
+            self._safety.stop()
+        self._safety = self.set_timer(SAFETY_REFRESH, self._safety_refresh)
+
+    def _safety_refresh(self) -> None:
+        self.stale = True
+        if self.is_current:
+            self.reload()
+
+
+class TimeWindow:
+    """The time windows a screen offers (`w` cycles them); 6 hours to begin with."""
+
+    WINDOWS: ClassVar[tuple[timedelta, ...]] = (
+        timedelta(hours=1),
+        timedelta(hours=6),
+        timedelta(days=1),
+        timedelta(days=7),
+    )
+    window_index = 1
+
+    @property
+    def window(self) -> timedelta:
+        return self.WINDOWS[self.window_index]
+
+    def next_window(self) -> None:
+        self.window_index = (self.window_index + 1) % len(self.WINDOWS)
+
+
+class TableScreen(DataScreen[T]):
+    """A DataScreen around one LiveTable, with filter (`/`) and sort (`s`, `S`)."""
+
+    COLUMNS: ClassVar[tuple[ColumnSpec, ...]] = ()
+    BINDINGS: ClassVar[list[Binding | tuple[str, str] | tuple[str, str, str]]] = []
+    TABLE_TITLE: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ordering = Ordering()
+        self.filter_text = ""
+
+    @property
+    def table(self) -> LiveTable:
+        return self.query_one("#table", LiveTable)
+
+    def on_mount(self) -> None:
+        """The table has the keys, not a scroll container around it. (DataScreen's on_mount
+        runs too: Textual calls the handler of every class in the MRO.)"""
+        self.table.focus()
+
+    def compose_table(self) -> ComposeResult:
+        yield LiveTable(self.COLUMNS, id="table")
+        yield FilterInput()
+
+    def rows(self, snapshot: T) -> list[TableRow]:
+        raise NotImplementedError
+
+    def show_table(self, snapshot: T) -> None:
+        rows = [r for r in self.rows(snapshot) if r.matches(self.filter_text)]
+        self.table.show(self.ordering.apply(rows))
+        self.table.border_title = Text(self._title(len(rows)))  # the filter text is not markup
+
+    def table_title(self) -> str:
+        return self.TABLE_TITLE
+
+    def _title(self, count: int) -> str:
+        parts = [f"{self.table_title()} ({count})"]
+        if self.ordering.column is not None:
+            arrow = "↓" if self.ordering.reverse else "↑"
+            parts.append(f"by {self.COLUMNS[self.ordering.column].label} {arrow}")
+        elif self.ordering.reverse:
+            parts.append("reversed")
+        if self.filter_text:
+            parts.append(f"/{self.filter_text}")
+        return " · ".join(parts)
+
+    def selected_key(self) -> str | None:
+        return self.table.selected_key
+
+    # ------------------------------------------------------------------ filter and sort
+
+    def action_filter(self) -> None:
+        box = self.query_one(FilterInput)
+        box.display = True
+        box.cursor_blink = self.console.cursor_blink
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        if self.snapshot is not None:
+            self.show_table(self.snapshot)
+
+    @on(FilterInput.Closed)
+    def _filter_closed(self) -> None:
+        self.query_one(FilterInput).display = bool(self.filter_text)
+        self.table.focus()
+
+    def action_sort(self) -> None:
+        self.ordering = self.ordering.next(self.COLUMNS)
+        self._resort()
+
+    def action_reverse(self) -> None:
+        self.ordering = Ordering(self.ordering.column, not self.ordering.reverse)
+        self._resort()
+
+    def _resort(self) -> None:
+        if self.snapshot is not None:
+            self.show_table(self.snapshot)
+
+    # ------------------------------------------------------------------ selection
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self) -> None:
+        self.refresh_bindings()
+
+    @on(DataTable.RowSelected)
+    async def _selected(self) -> None:
+        await self.run_action("open")
+
+    def action_open(self) -> None:
+        """Open the selected row's detail (screens with details override this)."""
+
+
+def dim(text: str) -> Text:
+    return Text(text, style="dim")

@@ -1,0 +1,64 @@
+"""What the step and check detail screens share: facts on top, a trend, the history table,
+and side panels — stacked on narrow terminals, beside each other on wide ones."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, TypeVar
+
+from rich.syntax import Syntax
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Sparkline, Static
+
+from console.live import Change
+from console.screens.base import TableScreen
+
+T = TypeVar("T")
+
+
+class DetailScreen(TableScreen[T]):
+    """The detail of one subject (a step, a check): reloads only for changes about it."""
+
+    SIDE_PANELS: ClassVar[tuple[str, ...]] = ()
+    NOUN: ClassVar[str] = ""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__()
+        self.subject = subject
+
+    def compose_body(self) -> ComposeResult:
+        with VerticalScroll(id="detail"), Horizontal(id="columns"):
+            with Vertical(id="main"):
+                yield Static(id="info")
+                yield Static(id="spark-label")
+                yield Sparkline([], id="trend")
+                yield from self.compose_table()
+            with Vertical(id="side"):
+                for panel in self.SIDE_PANELS:
+                    yield Static(id=panel, classes="panel")
+
+    def wants(self, change: Change) -> bool:
+        return change.table in self.INTERESTS and change.subject in (self.subject, None)
+
+    def show_missing(self) -> None:
+        self.query_one("#info", Static).update(
+            Text(f"{self.NOUN} {self.subject!r} is not published (any more).", style="bold")
+        )
+
+    def show_trend(self, values: Sequence[float], label: Text) -> None:
+        spark = self.query_one("#trend", Sparkline)
+        spark.data = list(values) or [0.0]
+        # One column per point at most: fewer points than columns would leave gaps.
+        spark.styles.max_width = max(1, len(values))
+        self.query_one("#spark-label", Static).update(label)
+
+    def show_sql(self, sql: str | None, otherwise: str) -> None:
+        panel = self.query_one("#sql", Static)
+        panel.border_title = "SQL"
+        panel.update(
+            Syntax(sql, "sql", word_wrap=True, theme="ansi_dark")
+            if sql
+            else Text(otherwise, style="dim")
+        )

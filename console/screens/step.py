@@ -1,0 +1,176 @@
+"""Step detail: run history with a duration sparkline, the last error in full, the SQL it runs,
+its upstream and downstream steps, and its expected duration (p50 / p95 from history)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar
+
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.binding import BindingType
+from textual.widgets import DataTable, Static
+
+from console import data
+from console.actions import STEP, bindings
+from console.screens.detail import DetailScreen
+from console.screens.operations import Selected, StepOperations
+from console.widgets.table import ColumnSpec, TableRow
+from pipectl.format import STATUS_MARK, STATUS_STYLE, age, clock_time, due, number, seconds
+from pipectl.graph import downstream
+from pipectl.model import Run
+from pipectl.store.base import Conn
+from pipectl.store.console import StepDetail
+
+
+class StepScreen(StepOperations, DetailScreen[StepDetail | None]):
+    SCOPE = STEP
+    NOUN = "Step"
+    SIDE_PANELS = ("error", "sql")
+    BINDINGS: ClassVar[list[BindingType]] = bindings(STEP)  # type: ignore[assignment]
+    INTERESTS = frozenset({"runs", "steps"})
+    TABLE_TITLE = "Runs"
+    COLUMNS = (
+        ColumnSpec("run", "run"),
+        ColumnSpec("status", "status"),
+        ColumnSpec("trigger", "trigger"),
+        ColumnSpec("started", "started"),
+        ColumnSpec("took", "took"),
+        ColumnSpec("rows", "rows"),
+        ColumnSpec("agent", "agent"),
+        ColumnSpec("error", "error"),
+    )
+
+    def __init__(self, step: str) -> None:
+        super().__init__(step)
+        self.step = step
+
+    async def fetch(self, conn: Conn) -> StepDetail | None:
+        return await data.step(conn, self.step)
+
+    def show(self, snapshot: StepDetail | None) -> None:
+        if snapshot is None:
+            self.show_missing()
+            return
+        self.query_one("#info", Static).update(info_table(snapshot, self.console.clock()))
+        finished = [r.duration_seconds for r in reversed(snapshot.runs) if r.duration_seconds]
+        stats = snapshot.durations
+        self.show_trend(
+            finished,
+            Text.assemble(
+                ("duration ", "bold"),
+                (f"last {len(finished)} runs · ", "dim"),
+                (f"p50 {seconds(stats.p50)}  p95 {seconds(stats.p95)}"),
+            ),
+        )
+        self.show_sql(snapshot.state.sql, f"refreshes {snapshot.state.relation or '-'}")
+        self._show_error(self._highlighted_run())
+        self.show_table(snapshot)
+
+    def rows(self, snapshot: StepDetail | None) -> list[TableRow]:
+        if snapshot is None:
+            return []
+        now = self.console.clock()
+        return [run_row(run, now) for run in snapshot.runs]
+
+    # ------------------------------------------------------------------ the error panel
+
+    def _highlighted_run(self) -> Run | None:
+        if self.snapshot is None:
+            return None
+        key = self.table.selected_key if self.is_mounted else None
+        return next((r for r in self.snapshot.runs if str(r.id) == key), None)
+
+    @on(DataTable.RowHighlighted)
+    def _run_highlighted(self) -> None:
+        self._show_error(self._highlighted_run())
+
+    def _show_error(self, highlighted: Run | None) -> None:
+        """The highlighted run's error if it has one, else the step's last failure."""
+        panel = self.query_one("#error", Static)
+        snapshot = self.snapshot
+        run = highlighted if highlighted and highlighted.error else None
+        if run is None and snapshot is not None:
+            run = snapshot.last_failure
+        if run is None:
+            panel.border_title = "Last error"
+            panel.update(Text("no failures in history", style="dim"))
+            return
+        now = self.console.clock()
+        panel.border_title = f"Error · run {run.id} · {age(run.finished_at, now)}"
+        panel.update(Text(run.error or "", style="red"))
+
+    # ------------------------------------------------------------------ actions
+
+    def action_state(self, action: str) -> bool | None:
+        return self.step_action_state(action)
+
+    def selected_step(self) -> Selected | None:
+        snapshot = self.snapshot
+        if snapshot is None:
+            return None
+        return Selected(snapshot.state.name, snapshot.state.paused)
+
+
+def info_table(detail: StepDetail, now: datetime) -> Table:
+    state = detail.state
+    grid = Table.grid(padding=(0, 2), expand=True)
+    grid.add_column(style="dim", no_wrap=True)
+    grid.add_column(ratio=1)
+    grid.add_column(style="dim", no_wrap=True)
+    grid.add_column(ratio=1)
+    last = detail.runs[0] if detail.runs else None
+    status = "paused" if state.paused else (str(last.status) if last else "never")
+    status_cell = Text(f"{STATUS_MARK.get(status, '?')} {status}")
+    status_cell.stylize(STATUS_STYLE.get(status, ""))
+    upstream = ", ".join(state.depends_on) or "-"
+    below = ", ".join(downstream(detail.graph, state.name)) or "-"
+    stats = detail.durations
+    grid.add_row("step", Text(state.name, style="bold"), "kind", f"{state.kind}")
+    grid.add_row("state", status_cell, "relation", state.relation or "-")
+    grid.add_row(
+        "schedule", state.schedule or "on request", "next run", due(state.next_run_at, now)
+    )
+    grid.add_row(
+        "expected",
+        f"p50 {seconds(stats.p50)} · p95 {seconds(stats.p95)} (n={stats.samples})",
+        "upstream",
+        upstream,
+    )
+    paused = "-"
+    if state.paused:
+        paused = f"by {state.paused_by} {age(state.paused_at, now)}" + (
+            f": {state.paused_reason}" if state.paused_reason else ""
+        )
+    grid.add_row("paused", paused, "downstream", below)
+    if state.description:
+        grid.add_row("about", Text(state.description, style="italic"), "", "")
+    return grid
+
+
+def run_row(run: Run, now: datetime) -> TableRow:
+    status = str(run.status)
+    trigger = str(run.trigger) + (f" #{run.attempt}" if run.attempt > 1 else "")
+    error = (run.error or "").splitlines()[0] if run.error else ""
+    cells = (
+        str(run.id),
+        Text(f"{STATUS_MARK.get(status, '?')} {status}", style=STATUS_STYLE.get(status, "")),
+        trigger,
+        clock_time(run.started_at or run.queued_at, now),
+        seconds(run.duration_seconds),
+        number(run.rows) if run.rows is not None else "-",
+        run.agent_name or "-",
+        Text(error[:60], style="dim"),
+    )
+    sort_values = (
+        run.id,
+        status,
+        trigger,
+        (run.started_at or run.queued_at).timestamp(),
+        run.duration_seconds,
+        run.rows,
+        run.agent_name,
+        error,
+    )
+    return TableRow(str(run.id), cells, sort_values, f"{run.id} {status} {trigger} {error}")

@@ -1,0 +1,94 @@
+"""The header every screen shows: where you are, the database link, and the read-only badge."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from rich.text import Text
+from textual import events
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Static
+
+from console.actions import SCREENS
+from console.messages import Connection
+from pipectl.durations import humanize_age
+
+if TYPE_CHECKING:
+    from console.app import PipectlApp
+
+
+class ScreenTab(Static):
+    """`1 Overview`: shows the key, and switches screen on click."""
+
+    def __init__(self, name: str, key: str, label: str) -> None:
+        super().__init__(Text.assemble((key, "bold"), " ", label), classes="tab")
+        self.screen_name = name
+
+    async def on_click(self, event: events.Click) -> None:
+        event.stop()
+        await self.app.run_action(f"show_screen('{self.screen_name}')")
+
+
+class LinkStatus(Static):
+    """● live / ◌ connecting / ✗ lost (retrying) / ✗ schema, with the target and user."""
+
+    def render_link(self, link: Connection) -> None:
+        marks = {"connected": "●", "connecting": "◌", "lost": "✗", "schema": "✗"}
+        words = {
+            "connected": "live",
+            "connecting": "connecting",
+            "lost": "disconnected",
+            "schema": "schema",
+        }
+        text = Text(f"{marks[link.state]} {words[link.state]}", style="bold")
+        who = f"{link.user}@" if link.user else ""
+        text.append(f"  {who}{_short_target(link.target)}", style="dim")
+        if link.state == "lost":
+            retry = f", retrying in {humanize_age(link.retry_in)}" if link.retry_in else ""
+            text.append(f"  {link.detail}{retry}")
+        elif link.state == "schema":
+            text.append(f"  {link.detail}")
+        self.update(text)
+        for state in marks:
+            self.set_class(state == link.state, f"-{state}")
+
+
+class StatusHeader(Horizontal):
+    """Two lines: the screens (number keys, the current one lit), then the link and the
+    READ-ONLY badge."""
+
+    def __init__(self) -> None:
+        super().__init__(id="header")
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="tabs"):
+            yield Static("pipectl", id="brand")
+            for name, key, label, _ in SCREENS:
+                yield ScreenTab(name, key, label)
+        with Horizontal(id="status-line"):
+            yield LinkStatus(id="link")
+            yield Static("READ-ONLY", id="badge")
+
+    def on_mount(self) -> None:
+        app: PipectlApp = self.app  # type: ignore[assignment]
+        # A detail screen lights the tab of the screen it was opened from (its mode).
+        for tab in self.query(ScreenTab):
+            tab.set_class(tab.screen_name == app.current_mode, "-active")
+        self.watch(app, "connection", self._show_link)
+        self.watch(app, "read_only", self._show_badge)
+
+    def _show_link(self, link: Connection) -> None:
+        self.query_one(LinkStatus).render_link(link)
+
+    def _show_badge(self, read_only: bool) -> None:
+        self.query_one("#badge").display = read_only
+
+
+def _short_target(target: str) -> str:
+    """postgresql://user:pw@host:5432/db?x -> host/db (the user is shown separately)."""
+    if "://" not in target:
+        return target
+    parts = urlsplit(target)
+    return f"{parts.hostname or 'localhost'}{parts.path or ''}"

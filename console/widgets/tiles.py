@@ -1,0 +1,47 @@
+"""Small bordered tiles (check counts, cache hit ratios, agents) kept in sync with a snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.containers import Horizontal
+from textual.widgets import Static
+
+STATES = ("ok", "warn", "fail", "error", "nodata")
+
+
+@dataclass(frozen=True)
+class TileData:
+    key: str
+    title: str
+    body: Text
+    state: str = "nodata"
+
+
+class Tile(Static):
+    """One tile; its border colour follows its state (see app.tcss)."""
+
+    def show(self, data: TileData) -> None:
+        self.border_title = data.title
+        self.update(data.body)
+        for state in STATES:
+            self.set_class(state == data.state, f"-{state}")
+
+
+class TileRow(Horizontal):
+    """A row of tiles; `show` adds, updates and removes tiles by key, in order."""
+
+    def show(self, tiles: Sequence[TileData]) -> None:
+        wanted = {f"tile-{t.key}" for t in tiles}
+        for child in list(self.children):
+            if child.id not in wanted:
+                child.remove()
+        existing = {child.id: child for child in self.children}
+        for data in tiles:
+            tile = existing.get(f"tile-{data.key}")
+            if not isinstance(tile, Tile):
+                tile = Tile(id=f"tile-{data.key}", classes="tile")
+                self.mount(tile)
+            tile.show(data)

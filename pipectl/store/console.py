@@ -1,0 +1,467 @@
+"""Read models the console needs beyond `views.status_snapshot`: step and check detail, trends,
+cache ratios over time, the merged incident timeline, requests with agent names.
+
+Each function is one or two index-backed round trips returning frozen data; windows are given
+by the caller (the console's clock), never taken from the server's `now()`, so what is shown
+is reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from pipectl.config import CacheCheck
+from pipectl.model import CheckStatus, Request, Run, Sample
+from pipectl.store.base import DB
+from pipectl.store.definitions import CheckState, StepState, check_states, step_states
+from pipectl.store.requests import list_requests
+from pipectl.store.results import ResultRow, recent_results
+from pipectl.store.runs import _RUN_COLUMNS, _run, recent_runs
+from pipectl.store.samples import read_series
+
+# ------------------------------------------------------------------------------ privileges
+
+
+async def can_file_requests(db: DB) -> bool:
+    """Whether this role may insert requests. PostgreSQL enforces it; the console reflects it."""
+    allowed: bool = await db.fetchval("SELECT has_table_privilege('pipectl.requests', 'INSERT')")
+    return allowed
+
+
+# ------------------------------------------------------------------------------ steps
+
+
+@dataclass(frozen=True)
+class DurationStats:
+    """Expected duration of a step, from its recent successful runs."""
+
+    step: str
+    p50: float | None = None
+    p95: float | None = None
+    samples: int = 0
+
+
+async def duration_stats(
+    db: DB, steps: Sequence[str], sample: int = 100
+) -> dict[str, DurationStats]:
+    """p50 / p95 of the last `sample` successful runs of each step (runs_last_success_idx)."""
+    rows = await db.fetch(
+        """
+        SELECT s.step,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY d.seconds) AS p50,
+               percentile_cont(0.95) WITHIN GROUP (ORDER BY d.seconds) AS p95,
+               count(d.seconds) AS samples
+        FROM unnest($1::text[]) AS s(step)
+        CROSS JOIN LATERAL (
+            SELECT extract(epoch FROM r.finished_at - r.started_at)::float8 AS seconds
+            FROM pipectl.runs r
+            WHERE r.step = s.step AND r.status = 'succeeded' AND r.started_at IS NOT NULL
+            ORDER BY r.finished_at DESC
+            LIMIT $2
+        ) d
+        GROUP BY s.step
+        """,
+        list(steps),
+        sample,
+    )
+    found = {r["step"]: DurationStats(r["step"], r["p50"], r["p95"], r["samples"]) for r in rows}
+    return {step: found.get(step, DurationStats(step)) for step in steps}
+
+
+async def step_graph(db: DB) -> dict[str, tuple[str, ...]]:
+    """Enabled steps and what each depends on, as published by the agents."""
+    rows = await db.fetch("SELECT name, depends_on FROM pipectl.steps WHERE enabled ORDER BY name")
+    return {r["name"]: tuple(r["depends_on"] or ()) for r in rows}
+
+
+@dataclass(frozen=True)
+class StepDetail:
+    state: StepState
+    runs: tuple[Run, ...]
+    durations: DurationStats
+    last_failure: Run | None
+    graph: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+async def step_detail(db: DB, step: str, limit: int = 60) -> StepDetail | None:
+    """One step with its recent runs, expected duration and last failure; None if unknown."""
+    states = await step_states(db, [step])
+    if not states:
+        return None
+    runs = await recent_runs(db, [step], limit)
+    stats = await duration_stats(db, [step])
+    row = await db.fetchrow(
+        f"""
+        SELECT {_RUN_COLUMNS} FROM pipectl.runs r
+        LEFT JOIN pipectl.agents a ON a.id = r.agent_id
+        WHERE r.step = $1 AND r.status = 'failed'
+        ORDER BY r.queued_at DESC, r.id DESC LIMIT 1
+        """,
+        step,
+    )
+    return StepDetail(
+        state=states[0],
+        runs=tuple(runs),
+        durations=stats[step],
+        last_failure=_run(row) if row else None,
+        graph=await step_graph(db),
+    )
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+async def check_trends(
+    db: DB, checks: Sequence[str], points: int = 30
+) -> dict[str, tuple[float, ...]]:
+    """The last `points` values of each check, oldest first (check_results_check_time_idx)."""
+    rows = await db.fetch(
+        """
+        SELECT c.name, ARRAY(
+            SELECT r.value FROM pipectl.check_results r
+            WHERE r.check_name = c.name AND r.value IS NOT NULL
+            ORDER BY r.observed_at DESC LIMIT $2
+        ) AS values
+        FROM unnest($1::text[]) AS c(name)
+        """,
+        list(checks),
+        points,
+    )
+    return {r["name"]: tuple(reversed(r["values"])) for r in rows}
+
+
+@dataclass(frozen=True)
+class ResultExtras:
+    """What the latest result judged against: its threshold and baseline."""
+
+    threshold: dict[str, Any]
+    baseline: dict[str, Any]
+    trigger: str
+    duration_ms: float | None
+
+
+@dataclass(frozen=True)
+class CheckDetail:
+    state: CheckState
+    results: tuple[ResultRow, ...]
+    samples: tuple[Sample, ...]
+    latest: ResultExtras | None
+
+
+async def check_detail(db: DB, check: str, since: datetime, limit: int = 120) -> CheckDetail | None:
+    """One check with its recent results and its own sample series since `since`."""
+    states = await check_states(db, [check])
+    if not states:
+        return None
+    results = await recent_results(db, check, limit)
+    samples = await read_series(db, check, since, limit=2000)
+    row = await db.fetchrow(
+        """
+        SELECT threshold, baseline, trigger, duration_ms FROM pipectl.check_results
+        WHERE check_name = $1 ORDER BY observed_at DESC LIMIT 1
+        """,
+        check,
+    )
+    latest = ResultExtras(**dict(row)) if row else None
+    return CheckDetail(states[0], tuple(results), tuple(samples), latest)
+
+
+# ------------------------------------------------------------------------------ cache
+
+
+@dataclass(frozen=True)
+class CacheLevel:
+    level: str
+    hits: float
+    lookups: float
+
+    @property
+    def ratio(self) -> float | None:
+        return self.hits / self.lookups if self.lookups > 0 else None
+
+
+@dataclass(frozen=True)
+class CachePoint:
+    at: datetime
+    ratio: float | None
+    levels: tuple[CacheLevel, ...] = ()
+
+
+@dataclass(frozen=True)
+class CacheSeries:
+    """One cache check: where it measures, its target, its latest reading and its history."""
+
+    check: str
+    source: str
+    status: CheckStatus
+    warn_below: float
+    fail_below: float
+    latest: CachePoint | None
+    points: tuple[CachePoint, ...] = ()
+
+
+@dataclass(frozen=True)
+class CacheCheckInfo:
+    name: str
+    source: str
+    status: CheckStatus
+    warn_below: float
+    fail_below: float
+
+
+async def cache_checks(db: DB) -> list[CacheCheckInfo]:
+    """Enabled cache checks with their source and floors (the config's defaults when unset)."""
+    rows = await db.fetch(
+        """
+        SELECT c.name, c.status, c.definition, c.target,
+               (SELECT r.baseline->>'source' FROM pipectl.check_results r
+                 WHERE r.check_name = c.name ORDER BY r.observed_at DESC LIMIT 1) AS seen_source
+        FROM pipectl.checks c WHERE c.enabled AND c.kind = 'cache' ORDER BY c.name
+        """
+    )
+    found = []
+    for r in rows:
+        definition = r["definition"] if isinstance(r["definition"], dict) else {}
+        source = str(definition.get("source") or r["seen_source"] or r["target"] or "cache")
+        warn, fail = cache_floors(source, definition)
+        found.append(CacheCheckInfo(r["name"], source, CheckStatus(r["status"]), warn, fail))
+    return found
+
+
+def cache_floors(source: str, definition: dict[str, Any]) -> tuple[float, float]:
+    """Warn and fail floors as the checks engine applies them (CacheCheck.thresholds)."""
+    model = CacheCheck.model_construct(
+        source=source,
+        warn_below=_ratio(definition.get("warn_below")),
+        fail_below=_ratio(definition.get("fail_below")),
+    )
+    return model.thresholds()
+
+
+def _ratio(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+# The per-level counters a cache result may carry: baseline.levels = {level: {hits, lookups}}.
+_LEVELS = """
+jsonb_each(CASE WHEN jsonb_typeof(r.baseline->'levels') = 'object' THEN r.baseline->'levels'
+                ELSE '{}'::jsonb END) AS l(level, counts)
+"""
+# jsonb numbers cast straight to float8 (a non-number raises DataError: see cache_history).
+_HITS = """
+sum((l.counts->'hits')::float8) AS hits, sum((l.counts->'lookups')::float8) AS lookups
+"""
+# The same, skipping what is not a number: for a handful of rows the guard costs nothing.
+_HITS_GUARDED = """
+sum(CASE WHEN jsonb_typeof(l.counts->'hits') = 'number'
+         THEN (l.counts->'hits')::float8 END) AS hits,
+sum(CASE WHEN jsonb_typeof(l.counts->'lookups') = 'number'
+         THEN (l.counts->'lookups')::float8 END) AS lookups
+"""
+
+
+async def cache_latest(db: DB) -> list[CacheSeries]:
+    """Each cache check's latest reading with its levels (for the overview's tiles)."""
+    infos = await cache_checks(db)
+    latest = await _latest_points(db, [i.name for i in infos])
+    return [_series(info, latest.get(info.name), ()) for info in infos]
+
+
+async def _latest_points(db: DB, names: Sequence[str]) -> dict[str, CachePoint]:
+    rows = await db.fetch(
+        f"""
+        SELECT c.name, r.observed_at, r.value, l.level, {_HITS_GUARDED}
+        FROM unnest($1::text[]) AS c(name)
+        CROSS JOIN LATERAL (
+            SELECT observed_at, value, baseline FROM pipectl.check_results
+            WHERE check_name = c.name ORDER BY observed_at DESC LIMIT 1
+        ) r
+        LEFT JOIN LATERAL {_LEVELS} ON true
+        GROUP BY c.name, r.observed_at, r.value, l.level
+        ORDER BY c.name, l.level
+        """,
+        list(names),
+    )
+    latest: dict[str, CachePoint] = {}
+    for r in rows:
+        point = latest.get(r["name"]) or CachePoint(r["observed_at"], r["value"])
+        if r["level"] is not None:
+            level = CacheLevel(r["level"], r["hits"] or 0.0, r["lookups"] or 0.0)
+            point = CachePoint(point.at, point.ratio, (*point.levels, level))
+        latest[r["name"]] = point
+    return latest
+
+
+async def cache_history(
+    db: DB, since: datetime, until: datetime, bucket: timedelta
+) -> list[CacheSeries]:
+    """Hit ratios of every cache check over [since, until), averaged per bucket, with each
+    level's hits / lookups summed per bucket."""
+    infos = await cache_checks(db)
+    names = [i.name for i in infos]
+    # No ORDER BY: hash aggregation over the window, sorted here (a week of per-minute
+    # results is 10k rows a check; sorting them by text keys in SQL cost more than the rest).
+    totals = await db.fetch(
+        """
+        SELECT check_name, date_bin($3::interval, observed_at, $1) AS at, avg(value) AS ratio
+        FROM pipectl.check_results
+        WHERE check_name = ANY($4::text[]) AND observed_at >= $1 AND observed_at < $2
+        GROUP BY 1, 2
+        """,
+        since,
+        until,
+        bucket,
+        names,
+    )
+    try:
+        levels = await db.fetch(
+            f"""
+            SELECT r.check_name, date_bin($3::interval, r.observed_at, $1) AS at, l.level,
+                   {_HITS}
+            FROM pipectl.check_results r CROSS JOIN LATERAL {_LEVELS}
+            WHERE r.check_name = ANY($4::text[]) AND r.observed_at >= $1 AND r.observed_at < $2
+              AND jsonb_typeof(r.baseline->'levels') = 'object'
+            GROUP BY 1, 2, 3
+            """,
+            since,
+            until,
+            bucket,
+            names,
+        )
+    except asyncpg.DataError:
+        # A level whose counts are not numbers: show the ratios without the breakdown rather
+        # than nothing (guarding every value in SQL costs a quarter of the query).
+        levels = []
+    by_bucket: dict[tuple[str, datetime], list[CacheLevel]] = {}
+    for r in sorted(levels, key=lambda r: (r["at"], r["level"])):
+        by_bucket.setdefault((r["check_name"], r["at"]), []).append(
+            CacheLevel(r["level"], r["hits"] or 0.0, r["lookups"] or 0.0)
+        )
+    points: dict[str, list[CachePoint]] = {name: [] for name in names}
+    for r in sorted(totals, key=lambda r: r["at"]):
+        key = (r["check_name"], r["at"])
+        points[r["check_name"]].append(
+            CachePoint(r["at"], r["ratio"], tuple(by_bucket.get(key, [])))
+        )
+    latest = await _latest_points(db, names)
+    return [_series(i, latest.get(i.name), tuple(points[i.name])) for i in infos]
+
+
+def _series(
+    info: CacheCheckInfo, latest: CachePoint | None, points: tuple[CachePoint, ...]
+) -> CacheSeries:
+    return CacheSeries(
+        info.name, info.source, info.status, info.warn_below, info.fail_below, latest, points
+    )
+
+
+# ------------------------------------------------------------------------------ timeline
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One thing that happened: a run, an event (status change, request, agent), a cache dip."""
+
+    at: datetime
+    kind: str
+    subject: str
+    status: str
+    actor: str
+    message: str
+    ref: str
+
+    @property
+    def category(self) -> str:
+        """run, check, request, step, agent or cache: the first word of the kind."""
+        return self.kind.split(".", 1)[0]
+
+
+async def timeline(
+    db: DB,
+    since: datetime,
+    until: datetime,
+    *,
+    cache_targets: dict[str, float] | None = None,
+    limit: int = 500,
+) -> list[TimelineEntry]:
+    """Runs, events (status changes, requests and their outcomes, pauses, silences, agents)
+    and cache dips below their target (and recoveries), newest first."""
+    targets = cache_targets or {}
+    rows = await db.fetch(
+        """
+        (SELECT coalesce(r.finished_at, r.started_at, r.queued_at) AS at, 'run' AS kind,
+                r.step AS subject, r.status,
+                coalesce(r.requested_by, a.name, '') AS actor,
+                concat_ws(' ', r.trigger,
+                    CASE WHEN r.attempt > 1 THEN 'attempt ' || r.attempt END,
+                    CASE WHEN r.rows IS NOT NULL THEN r.rows || ' rows' END,
+                    CASE WHEN r.finished_at IS NOT NULL AND r.started_at IS NOT NULL
+                         THEN 'in ' || round(extract(epoch FROM r.finished_at - r.started_at)
+                                             ::numeric, 2) || 's' END,
+                    CASE WHEN r.error IS NOT NULL THEN '— ' || r.error END) AS message,
+                'run:' || r.id AS ref
+         FROM pipectl.runs r LEFT JOIN pipectl.agents a ON a.id = r.agent_id
+         WHERE r.queued_at >= $1 AND r.queued_at < $2
+         ORDER BY r.queued_at DESC LIMIT $3)
+        UNION ALL
+        (SELECT e.at, e.kind, e.subject,
+                coalesce(e.detail->>'to', e.detail->>'outcome', '') AS status,
+                e.actor, e.message, 'event:' || e.id AS ref
+         FROM pipectl.events e
+         WHERE e.at >= $1 AND e.at < $2
+         ORDER BY e.at DESC LIMIT $3)
+        UNION ALL
+        (SELECT x.observed_at, CASE WHEN x.value < t.target THEN 'cache.dip'
+                                    ELSE 'cache.recovered' END,
+                t.name, CASE WHEN x.value < t.target THEN 'warn' ELSE 'ok' END, '',
+                round((x.value * 100)::numeric, 1) || '% (target ' ||
+                    round((t.target * 100)::numeric, 1) || '%)',
+                'result:' || x.id
+         FROM unnest($4::text[], $5::float8[]) AS t(name, target)
+         -- One check at a time, in index order: lag() needs no sort of the whole window.
+         CROSS JOIN LATERAL (
+            SELECT r.id, r.observed_at, r.value,
+                   lag(r.value) OVER (ORDER BY r.observed_at) AS prev
+            FROM pipectl.check_results r
+            WHERE r.check_name = t.name AND r.observed_at >= $1 AND r.observed_at < $2
+              AND r.value IS NOT NULL
+         ) x
+         WHERE (x.value < t.target AND (x.prev IS NULL OR x.prev >= t.target))
+            OR (x.value >= t.target AND x.prev < t.target)
+         ORDER BY x.observed_at DESC LIMIT $3)
+        ORDER BY at DESC, ref DESC
+        LIMIT $3
+        """,
+        since,
+        until,
+        limit,
+        list(targets),
+        list(targets.values()),
+    )
+    return [TimelineEntry(**dict(r)) for r in rows]
+
+
+# ------------------------------------------------------------------------------ requests
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    request: Request
+    agent: str | None
+
+
+async def requests_with_agents(db: DB, limit: int = 200) -> list[RequestRow]:
+    """Newest requests first, with the name of the agent that claimed each."""
+    requests = await list_requests(db, limit)
+    ids = list({r.claimed_by for r in requests if r.claimed_by is not None})
+    names: dict[UUID, str] = {}
+    if ids:
+        rows = await db.fetch("SELECT id, name FROM pipectl.agents WHERE id = ANY($1)", ids)
+        names = {r["id"]: r["name"] for r in rows}
+    return [RequestRow(r, names.get(r.claimed_by) if r.claimed_by else None) for r in requests]

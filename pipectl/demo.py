@@ -132,7 +132,7 @@ async def backfill(simulator: ApesSimulator, days: int, out: Console) -> None:
 
         result = await simulator.backfill(days=days, progress=report)
     if result.skipped:
-        out.print(f"  history already there ({result.reason or 'kept from the last run'})")
+        out.print(f"  {result.reason or 'history kept from the last run'}")
     else:
         out.print(f"  {result.total_rows:,} rows of {days}-day history in {result.seconds:.1f}s")
 

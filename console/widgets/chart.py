@@ -14,8 +14,8 @@ from textual.widget import Widget
 
 from pipectl.format import SPARK_BARS, number, percent
 
-GUTTER = 6  # left: the scale, or the level's name
-MARGIN = 12  # right: the latest reading
+GUTTER = 12  # left: the scale, or the level's name
+MARGIN = 17  # right: the latest reading, or a level's ratio and lookups ("100% of 1,234,567")
 
 Points = tuple[tuple[datetime, float | None], ...]
 
@@ -98,7 +98,7 @@ class RatioChart(Widget):
         latest_row = min(height - 1, level(latest) // 8) if latest is not None else -1
         lines = []
         for row in range(height - 1, -1, -1):
-            line = Text()
+            line = Text(no_wrap=True, overflow="crop")
             line.append(_gutter(row, height, bottom, target_row, series.warn_below), "dim")
             for value in columns:
                 line.append(*_cell(value, row, level, target_row, series))
@@ -110,11 +110,11 @@ class RatioChart(Widget):
 
 def _gutter(row: int, height: int, bottom: float, target_row: int, target: float) -> str:
     if row == target_row:
-        return f"{target * 100:4.0f}%▸"
+        return f"{target * 100:.0f}%▸".rjust(GUTTER)
     if row == height - 1:
-        return " 100% "
+        return "100% ".rjust(GUTTER)
     if row == 0:
-        return f"{bottom * 100:4.0f}% "
+        return f"{bottom * 100:.0f}% ".rjust(GUTTER)
     return " " * GUTTER
 
 
@@ -150,12 +150,20 @@ class LevelLines(Widget):
         width = max(0, self.size.width - GUTTER - MARGIN)
         lines = []
         for name, points, ratio, lookups in series.levels:
-            line = Text(f"{name[:5]:>5} ", style="bold")
+            line = Text(no_wrap=True, overflow="crop")
+            line.append(f"{level_label(name)} ", style="bold")
             columns = columns_of(series.since, series.until, series.bucket, points, width)
             line.append(bars(columns), "cyan")
-            line.append(f" {percent(ratio, 0):>4} of {number(lookups)}", "dim")
+            line.append(f" {percent(ratio, 0):>4} of {number(lookups)}"[:MARGIN], "dim")
             lines.append(line)
         return Text("\n").join(lines)
+
+
+def level_label(name: str) -> str:
+    """A level's name in the gutter: tables without their public schema, long ones cut."""
+    short = name.removeprefix("public.")
+    width = GUTTER - 1
+    return short.rjust(width) if len(short) <= width else short[: width - 1] + "…"
 
 
 def bars(values: Sequence[float | None]) -> str:

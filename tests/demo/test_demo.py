@@ -83,7 +83,7 @@ def test_second_run_reuses_the_state_and_fresh_resets_it(tmp_path: Path) -> None
     assert "rows of 1-day history" in first.stdout
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "history already there" in again.stdout
+    assert "history already present" in again.stdout
     fresh = subprocess.run(
         [*command, "--fresh"], cwd=REPO, capture_output=True, text=True, timeout=240
     )

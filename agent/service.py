@@ -162,6 +162,7 @@ class Agent:
         self.stopping = asyncio.Event()
         self.stopped = asyncio.Event()
         self.wake_requests = asyncio.Event()
+        self.scorecard_due = asyncio.Event()
         self.runs_changed = asyncio.Condition()
         self.connected_since: float | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}
@@ -252,6 +253,8 @@ class Agent:
         self._spawn_loop("listener", self._listener_loop())
         self._spawn_loop("requests", self._request_loop())
         self._spawn_loop("retention", self._retention_loop())
+        if self.check_engine is not None:
+            self._spawn_loop("scorecard", self._scorecard_loop())
         self._start_schedules()
         notify("READY=1", f"STATUS=serving {len(self.plans)} steps")
         await self.stopping.wait()
@@ -603,6 +606,8 @@ class Agent:
             if result.value is not None:
                 span.set_attribute("pipectl.value", result.value)
         self.metrics.check_finished(check.kind, result, stored.status, stored.silenced)
+        if check.kind in ("quality", "freshness"):
+            self.scorecard_due.set()
         if stored.changed:
             log.info(
                 "check %s: %s -> %s: %s",
@@ -779,6 +784,31 @@ class Agent:
                 lost.name,
                 lost.failed_runs,
             )
+
+    # ---------------------------------------------------------------- scorecard
+
+    async def _scorecard_loop(self) -> None:
+        """Export the quality scorecard (completeness, accuracy, consistency, timeliness per
+        table) from the results the checks stored, whenever a quality or freshness check
+        recorded one; nothing is probed here. At most every 10 s."""
+        from checks import scorecard
+
+        while not self.stopping.is_set():
+            await self.scorecard_due.wait()
+            self.scorecard_due.clear()
+            try:
+                assert self.pool is not None
+                async with self.pool.acquire() as conn:
+                    rows = await scorecard.compute(conn, self.config)
+                for row in rows:
+                    for dimension in scorecard.DIMENSIONS:
+                        ratio = row.ratio(dimension)
+                        if ratio is not None:
+                            self.metrics.quality_ratio.labels(row.table, dimension).set(ratio)
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("scorecard export failed")
+            await asyncio.sleep(10)
 
     # ---------------------------------------------------------------- retention
 

@@ -25,12 +25,11 @@ import asyncpg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipectl import migrate
+from pipectl import apes_sql, migrate
 from pipectl.config import Config, LoadedConfig, load_config
 from pipectl.embedded import EmbeddedServers, default_state_dir
 from pipectl.presets import apes_preset_path
 from pipectl.simulator import ApesSimulator
-from pipectl.sqlfiles import sql_dir
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +101,14 @@ async def prepare_database(admin_dsn: str, out: Console) -> str:
     dsn = admin_dsn.rsplit("/", 1)[0] + f"/{DEMO_DATABASE}"
     conn = await asyncpg.connect(dsn)
     try:
-        folder = sql_dir() / "apes"
         if await conn.fetchval("SELECT to_regclass('public.rule_performance') IS NULL"):
-            await conn.execute((folder / "schema.sql").read_text(encoding="utf-8"))
+            await apes_sql.load_base(conn)
             out.print("  loaded the APES schema (as deployed upstream)")
         report = await migrate.upgrade(conn)
         if report.applied:
             out.print(f"  pipectl schema at version {report.applied[-1].version}")
-        await conn.execute((folder / "materialized.sql").read_text(encoding="utf-8"))
+        await apes_sql.load_materialized(conn)
+        await apes_sql.apply_indexes(conn)
     finally:
         await conn.close()
     return dsn

@@ -205,7 +205,7 @@ async def apply_roles(
     if set(roles) <= existing:
         # One statement at a time: a grant the user may not give (role membership, say)
         # must not hold back the others.
-        for statement in _statements((folder / "roles.sql").read_text(encoding="utf-8")):
+        for statement in statements((folder / "roles.sql").read_text(encoding="utf-8")):
             try:
                 await conn.execute(statement)
             except asyncpg.InsufficientPrivilegeError as exc:
@@ -215,7 +215,7 @@ async def apply_roles(
     return created, warnings
 
 
-def _statements(script: str) -> list[str]:
+def statements(script: str) -> list[str]:
     """Split a plain script (no function bodies) into statements, dropping comments."""
     lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
     return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]

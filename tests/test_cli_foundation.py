@@ -108,3 +108,26 @@ def _pipectl(args: list[str], env: dict[str, str]) -> subprocess.CompletedProces
         env={**os.environ, **env},
         timeout=60,
     )
+
+
+async def test_db_apes_loads_the_preset_sql(empty_database: str) -> None:
+    env = {"PIPECTL_DATABASE_URL": empty_database}
+    assert _pipectl(["db", "apes"], env).returncode == 2  # nothing asked
+    base = _pipectl(["db", "apes", "--base"], env)
+    assert base.returncode == 0, base.stderr
+    again = _pipectl(["db", "apes", "--base"], env)
+    assert again.returncode == 2
+    assert again.stderr.startswith("pipectl: sql/apes/schema.sql failed: relation")
+    assert "Traceback" not in again.stderr
+    assert _pipectl(["db", "upgrade"], env).returncode == 0
+    rest = _pipectl(["db", "apes", "--materialized", "--indexes"], env)
+    assert rest.returncode == 0, rest.stderr
+    conn = await asyncpg.connect(empty_database)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('idx_sessions_created_at') IS NOT NULL")
+        kind = await conn.fetchval(
+            "SELECT relkind FROM pg_class WHERE relname = 'user_satisfaction_summary'"
+        )
+        assert kind == b"m"
+    finally:
+        await conn.close()

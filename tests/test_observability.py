@@ -252,3 +252,35 @@ async def test_request_outcomes_are_counted(database: str) -> None:
             "pipectl_requests_total", {"kind": "rerun", "status": "rejected"}
         )
     assert value == 1.0
+
+
+async def test_scorecard_is_exported_as_metrics(database: str) -> None:
+    body = """
+    [[checks]]
+    name = "scores_in_range"
+    kind = "quality"
+    table = "public.rule_performance"
+    time_column = "created_at"
+    window = "1d"
+    rule = { type = "range", column = "execution_time_ms", min = 0, max = 10000 }
+    every = "1s"
+    """
+    conn = await asyncpg.connect(database)
+    try:
+        await conn.execute(
+            "INSERT INTO rule_performance (rule_id, rule_name, execution_time_ms, created_at)"
+            " SELECT 'clarity_rule', 'x', CASE WHEN g <= 3 THEN -1 ELSE 100 END,"
+            " (now() AT TIME ZONE 'UTC') - interval '1 minute' FROM generate_series(1, 1000) g"
+        )
+    finally:
+        await conn.close()
+    async with running_agent(database, body) as agent:
+
+        async def exported() -> float | None:
+            return agent.metrics.registry.get_sample_value(
+                "pipectl_quality_ratio",
+                {"table": "public.rule_performance", "dimension": "accuracy"},
+            )
+
+        ratio = await wait_for(exported, timeout=40)
+    assert ratio == 0.997  # 3 of 1,000 rows out of range

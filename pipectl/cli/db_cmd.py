@@ -8,10 +8,9 @@ from typing import Any
 import asyncpg
 from rich.table import Table
 
-from pipectl import migrate
+from pipectl import apes_sql, migrate
 from pipectl.cli.common import EXIT_FAIL, EXIT_OK, CliError, console, load
 from pipectl.db import connection
-from pipectl.sqlfiles import sql_dir
 
 
 def register(subparsers: Any) -> None:
@@ -26,10 +25,14 @@ def register(subparsers: Any) -> None:
     apes = verbs.add_parser(
         "apes",
         help="load the APES preset SQL: --base creates the upstream tables and views in an "
-        "empty database; --materialized turns the summaries into materialized views",
+        "empty database; --materialized turns the summaries into materialized views; "
+        "--indexes adds the indexes the preset's checks read (built CONCURRENTLY)",
     )
     apes.add_argument("--base", action="store_true", help="run sql/apes/schema.sql")
     apes.add_argument("--materialized", action="store_true", help="run sql/apes/materialized.sql")
+    apes.add_argument(
+        "--indexes", action="store_true", help="run sql/apes/indexes.sql (CONCURRENTLY)"
+    )
     apes.set_defaults(handler=load_apes)
 
 
@@ -77,19 +80,22 @@ async def schema_status(args: argparse.Namespace) -> int:
 
 
 async def load_apes(args: argparse.Namespace) -> int:
-    if not (args.base or args.materialized):
-        console(stderr=True).print("nothing to do: give --base, --materialized or both")
+    if not (args.base or args.materialized or args.indexes):
+        console(stderr=True).print("nothing to do: give --base, --materialized, --indexes")
         return EXIT_FAIL
     config = load(args).config
-    folder = sql_dir() / "apes"
+    steps = (
+        (args.base, "schema.sql", apes_sql.load_base),
+        (args.materialized, "materialized.sql", apes_sql.load_materialized),
+        (args.indexes, "indexes.sql", apes_sql.apply_indexes),
+    )
     async with connection(config, "pipectl db apes") as conn:
-        for flag, name in ((args.base, "schema.sql"), (args.materialized, "materialized.sql")):
-            if not flag:
+        for wanted, name, apply in steps:
+            if not wanted:
                 continue
             try:
-                async with conn.transaction():
-                    await conn.execute((folder / name).read_text(encoding="utf-8"))
+                await apply(conn)
             except asyncpg.PostgresError as exc:
-                raise CliError(f"sql/apes/{name} failed, nothing was changed: {exc}") from exc
+                raise CliError(f"sql/apes/{name} failed: {exc}") from exc
             console().print(f"loaded sql/apes/{name}")
     return EXIT_OK

@@ -427,3 +427,18 @@ async def test_silence_request_sets_and_clears(database: str, db: asyncpg.Connec
     expected = silence.created_at + timedelta(hours=2)
     assert abs((state.silenced_until - expected).total_seconds()) < 1
     assert Outcome(row["outcome"]) == Outcome.SUCCEEDED
+
+
+async def test_a_tick_missed_beyond_misfire_grace_is_recorded_as_skipped(
+    database: str, db: asyncpg.Connection
+) -> None:
+    """A tick the agent could not serve in time (host asleep, loop blocked) is not run late."""
+    body = steps_toml('every = "1h"\nmisfire_grace = "30s"')
+    async with running_agent(database, body, serve=False) as agent:
+        nominal = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=45)
+        await agent._on_step_tick("rule_effectiveness_summary", nominal, 45.0)
+        await agent._on_step_tick("rule_effectiveness_summary", nominal, 45.0)  # a peer's view
+    (run,) = await runs(db)
+    assert run["status"] == "skipped"
+    assert run["error"] == "missed its tick by 45s (misfire_grace 30s)"
+    assert run["scheduled_for"] == nominal

@@ -74,7 +74,8 @@ def _otlp_exporter() -> SpanExporter | None:
             "pip install 'pipectl[otlp]'; spans are not exported"
         )
         return None
-    return OTLPSpanExporter()
+    exporter: SpanExporter = OTLPSpanExporter()
+    return exporter
 
 
 def instrument_sql(provider: TracerProvider | None) -> None:

@@ -342,15 +342,23 @@ def _classify(exc: Exception, plan: StepPlan) -> _Attempt:
         )
     elif isinstance(exc, asyncpg.LockNotAvailableError):
         message = f"lock not available within lock_timeout ({format_duration(plan.lock_timeout)})"
+    elif transient and _connection_failure(exc):
+        message = f"connection lost: {str(exc) or type(exc).__name__}"
     elif isinstance(exc, asyncpg.PostgresError):
         sqlstate = getattr(exc, "sqlstate", "")
         message = f"{type(exc).__name__} [{sqlstate}]: {exc}"
     elif transient:
-        message = f"connection lost: {exc or type(exc).__name__}"
+        message = f"connection lost: {str(exc) or type(exc).__name__}"
     else:
         log.exception("step %s: unexpected error", plan.name, extra={"step": plan.name})
         message = f"unexpected error: {type(exc).__name__}: {exc}"
     return _Attempt(RunStatus.FAILED, message, transient=transient)
+
+
+def _connection_failure(exc: BaseException) -> bool:
+    """The server went away (connection exception class 08, or shut down: 57P01-57P03)."""
+    sqlstate = str(getattr(exc, "sqlstate", "") or "")
+    return not isinstance(exc, asyncpg.PostgresError) or sqlstate.startswith(("08", "57P0"))
 
 
 def _backoff(plan: StepPlan, attempt: int) -> float:

@@ -120,7 +120,13 @@ async def test_lost_connection_is_shown_and_comes_back(incident: str, recorder: 
 async def test_missing_schema_shows_what_to_run(empty_database: str) -> None:
     app = console_app(empty_database)
     async with app.run_test(size=(100, 30)) as pilot:
-        await settle(pilot, lambda: isinstance(app.screen, SchemaScreen))
+        await settle(
+            pilot,
+            lambda: (
+                isinstance(app.screen, SchemaScreen)
+                and "pipectl db upgrade" in plain(app.screen.query_one("#schema-problem"))
+            ),
+        )
         text = plain(app.screen.query_one("#schema-problem"))
         assert "pipectl db upgrade" in text
         assert "needs" in text  # "the pipectl schema is at version 0, this pipectl needs N"

@@ -163,7 +163,8 @@ class Section:
                 )
             )
         for title, header, rows in self.tables:
-            out += ["", f"**{title}**", "", _md_table(header, rows)]
+            out += ["", f"**{title}**"] if title else []
+            out += ["", _md_table(header, rows)]
         if self.raw:
             out += ["", "```", self.raw.rstrip(), "```"]
         if self.notes:

@@ -128,17 +128,19 @@ async def overhead(db: Database, runs: int) -> tuple[list[float], list[float]]:
 
 async def footprint(
     db: Database, config: Path, seconds: float, simulator_rate: float | None = None
-) -> tuple[float, float, float, int, int]:
+) -> tuple[float, float, float, int, int, int]:
     """(RSS MiB after start-up, RSS MiB after `seconds`, CPU % over `seconds`, check results
-    in the sample, check results since start), optionally while the APES simulator writes
+    in the sample, check results since start, rule_performance rows written in the sample),
+    optionally while the APES simulator writes
     live activity (rows and Redis traffic) at `simulator_rate`."""
     env = {**os.environ, "PIPECTL_DATABASE_URL": db.dsn, "PIPECTL_REDIS_URL": db.redis_url}
-    stop = asyncio.Event()
-    task: asyncio.Task[None] | None = None
+    simulator: subprocess.Popen[bytes] | None = None
     if simulator_rate is not None:
-        simulator = ApesSimulator(db.dsn, db.redis_url, seed=3, rate=simulator_rate, rhythm=False)
-        await simulator.setup()
-        task = asyncio.create_task(simulator.run(stop))
+        simulator = subprocess.Popen(
+            [sys.executable, "-m", "bench.agent", "--simulate", str(simulator_rate)],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
     conn = await asyncpg.connect(db.dsn)
     before = await conn.fetchval("SELECT coalesce(max(id), 0) FROM pipectl.check_results")
     agent = subprocess.Popen(
@@ -150,6 +152,7 @@ async def footprint(
         process = psutil.Process(agent.pid)
         await asyncio.sleep(5)
         last = await conn.fetchval("SELECT coalesce(max(id), 0) FROM pipectl.check_results")
+        rows_before = await conn.fetchval("SELECT count(*) FROM public.rule_performance")
         rss_start = process.memory_info().rss / 2**20
         cpu_before = process.cpu_times()
         await asyncio.sleep(seconds)
@@ -162,17 +165,45 @@ async def footprint(
             "SELECT count(*) FROM pipectl.check_results WHERE id > $1", before
         )
         used = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
-        return rss_start, rss_end, 100 * used / seconds, int(checks), int(since_start)
+        rows = await conn.fetchval("SELECT count(*) FROM public.rule_performance") - rows_before
+        return rss_start, rss_end, 100 * used / seconds, int(checks), int(since_start), int(rows)
     finally:
         agent.terminate()
         agent.wait(20)
         await conn.close()
-        stop.set()
-        if task is not None:
-            await asyncio.wait_for(task, 60)
+        if simulator is not None:
+            _end(simulator)
 
 
-SIMULATOR_RATE = 20.0
+SIMULATOR_RATE = 100.0
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not stopped within 30 s."""
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+async def simulate(rate: float) -> None:
+    """The APES simulator's live activity against $PIPECTL_DATABASE_URL / $PIPECTL_REDIS_URL
+    until SIGTERM (its own process, so that the footprint sample never waits on it)."""
+    import signal
+
+    simulator = ApesSimulator(
+        os.environ["PIPECTL_DATABASE_URL"],
+        os.environ["PIPECTL_REDIS_URL"],
+        seed=3,
+        rate=rate,
+        rhythm=False,
+    )
+    await simulator.setup()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await simulator.run(stop)
 
 
 async def run(requests: int, runs: int, idle: float) -> Section:
@@ -238,7 +269,8 @@ async def run(requests: int, runs: int, idle: float) -> Section:
                 "<= 120 MB",
                 "",
                 f"CPU {loaded[2]:.2f} %; check results: {loaded[3]} in the sample,"
-                f" {loaded[4]} since start",
+                f" {loaded[4]} since start; simulator wrote {loaded[5]} rule_performance rows"
+                " in the sample",
             ),
         ],
         [
@@ -256,11 +288,18 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--idle", type=float, default=60.0, help="seconds per footprint sample")
+    parser.add_argument("--simulate", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.simulate is not None:
+        await simulate(args.simulate)
+        return
     section = await run(args.requests, args.runs, args.idle)
     section.print()
 
 
 if __name__ == "__main__":
-    with shared_servers():
+    if "--simulate" in sys.argv:
         asyncio.run(main())
+    else:
+        with shared_servers():
+            asyncio.run(main())

@@ -115,6 +115,19 @@ def scrape(port: int) -> tuple[float, int]:
     return (time.perf_counter() - started) * 1000, len(body)
 
 
+def render_ms(repeats: int = 20) -> float:
+    """Median time to render the exposition in-process (generate_latest), no HTTP."""
+    from prometheus_client import generate_latest
+
+    registry = populated().registry  # type: ignore[attr-defined]
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        generate_latest(registry)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
 def run(scrapes: int) -> Section:
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
@@ -169,6 +182,13 @@ def run(scrapes: int) -> Section:
                 f"p50 {ms(statistics.median(hot))}, p99 {ms(percentile(hot, 99))}",
             ),
             Figure("exposition size", f"{size / 1024:.0f} KiB, {lines:,} samples", "", "", ""),
+            Figure(
+                "reference: rendering alone (generate_latest, in-process)",
+                ms(render_ms()),
+                "",
+                "",
+                "the share of a scrape that is prometheus-client's text rendering",
+            ),
         ],
         [
             f"{scrapes} scrapes per mode, each interleaved with one of the empty registry;"

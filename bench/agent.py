@@ -12,8 +12,8 @@ with its baseline measured in the same run.
 - bookkeeping overhead: a full pipectl run of a step (run row, advisory lock, timeouts,
   refresh, row count, outcome) against the bare REFRESH statement on its own connection,
   interleaved so both see the same load.
-- footprint: RSS and CPU of the agent process idle (nothing due) and with the APES preset's
-  checks running.
+- footprint: RSS and CPU of the agent process idle (nothing due), with the APES preset's
+  checks running, and with the preset while the APES simulator writes live activity.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -31,7 +32,8 @@ from pathlib import Path
 import asyncpg
 import psutil
 
-from bench.common import Database, percentile, print_table
+from bench.common import Database, Figure, Section, load_average, ms, percentile, shared_servers
+from pipectl.simulator import ApesSimulator
 
 STEP_BODY = """
 [agent]
@@ -124,9 +126,23 @@ async def overhead(db: Database, runs: int) -> tuple[list[float], list[float]]:
     return bare, full
 
 
-def footprint(db: Database, config: Path, seconds: float) -> tuple[float, float, float]:
-    """(RSS MiB after start-up, RSS MiB after `seconds`, CPU % over `seconds`)."""
+async def footprint(
+    db: Database, config: Path, seconds: float, simulator_rate: float | None = None
+) -> tuple[float, float, float, int, int, int]:
+    """(RSS MiB after start-up, RSS MiB after `seconds`, CPU % over `seconds`, check results
+    in the sample, check results since start, rule_performance rows written in the sample),
+    optionally while the APES simulator writes
+    live activity (rows and Redis traffic) at `simulator_rate`."""
     env = {**os.environ, "PIPECTL_DATABASE_URL": db.dsn, "PIPECTL_REDIS_URL": db.redis_url}
+    simulator: subprocess.Popen[bytes] | None = None
+    if simulator_rate is not None:
+        simulator = subprocess.Popen(
+            [sys.executable, "-m", "bench.agent", "--simulate", str(simulator_rate)],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+    conn = await asyncpg.connect(db.dsn)
+    before = await conn.fetchval("SELECT coalesce(max(id), 0) FROM pipectl.check_results")
     agent = subprocess.Popen(
         [sys.executable, "-m", "pipectl", "agent", "--config", str(config)],
         env=env,
@@ -134,25 +150,64 @@ def footprint(db: Database, config: Path, seconds: float) -> tuple[float, float,
     )
     try:
         process = psutil.Process(agent.pid)
-        time.sleep(5)
+        await asyncio.sleep(5)
+        last = await conn.fetchval("SELECT coalesce(max(id), 0) FROM pipectl.check_results")
+        rows_before = await conn.fetchval("SELECT count(*) FROM public.rule_performance")
         rss_start = process.memory_info().rss / 2**20
         cpu_before = process.cpu_times()
-        time.sleep(seconds)
+        await asyncio.sleep(seconds)
         cpu_after = process.cpu_times()
         rss_end = process.memory_info().rss / 2**20
+        checks = await conn.fetchval(
+            "SELECT count(*) FROM pipectl.check_results WHERE id > $1", last
+        )
+        since_start = await conn.fetchval(
+            "SELECT count(*) FROM pipectl.check_results WHERE id > $1", before
+        )
         used = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
-        return rss_start, rss_end, 100 * used / seconds
+        rows = await conn.fetchval("SELECT count(*) FROM public.rule_performance") - rows_before
+        return rss_start, rss_end, 100 * used / seconds, int(checks), int(since_start), int(rows)
     finally:
         agent.terminate()
         agent.wait(20)
+        await conn.close()
+        if simulator is not None:
+            _end(simulator)
 
 
-async def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--idle", type=float, default=30.0, help="seconds per footprint sample")
-    args = parser.parse_args(argv)
+SIMULATOR_RATE = 100.0
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not stopped within 30 s."""
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+async def simulate(rate: float) -> None:
+    """The APES simulator's live activity against $PIPECTL_DATABASE_URL / $PIPECTL_REDIS_URL
+    until SIGTERM (its own process, so that the footprint sample never waits on it)."""
+    import signal
+
+    simulator = ApesSimulator(
+        os.environ["PIPECTL_DATABASE_URL"],
+        os.environ["PIPECTL_REDIS_URL"],
+        seed=3,
+        rate=rate,
+        rhythm=False,
+    )
+    await simulator.setup()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await simulator.run(stop)
+
+
+async def run(requests: int, runs: int, idle: float) -> Section:
+    """Every agent figure on one fresh database (dropped afterwards)."""
     async with Database.create(rows=20_000) as db:
         with tempfile.TemporaryDirectory() as tmp:
             step_config = Path(tmp) / "step.toml"
@@ -163,37 +218,88 @@ async def main(argv: list[str] | None = None) -> None:
                 .read_text()
                 .replace('metrics_address = "127.0.0.1:9187"', 'metrics_address = "127.0.0.1:0"')
             )
-            latencies = await request_latency(db, step_config, args.requests)
-            bare, full = await overhead(db, args.runs)
-            idle = footprint(db, step_config, args.idle)
-            busy = footprint(db, preset, args.idle)
+            # Every step and check every 10 s (the preset says 1-15 min): the sample sees them work.
+            preset.write_text(
+                re.sub(r'^every = "\d+[mh]"$', 'every = "10s"', preset.read_text(), flags=re.M)
+            )
+            latencies = await request_latency(db, step_config, requests)
+            bare, full = await overhead(db, runs)
+            quiet = await footprint(db, step_config, idle)
+            busy = await footprint(db, preset, idle)
+            loaded = await footprint(db, preset, idle, simulator_rate=SIMULATOR_RATE)
     overheads = [f - b for f, b in zip(full, bare, strict=True)]
-    print_table(
-        "agent",
-        ["figure", "value", "target"],
+    return Section(
+        "agent: request-to-start, bookkeeping overhead, footprint",
         [
-            ["request-to-start p50", f"{percentile(latencies, 50):.1f} ms", "<= 50 ms"],
-            ["request-to-start p99", f"{percentile(latencies, 99):.1f} ms", ""],
-            ["bare REFRESH CONCURRENTLY, median", f"{statistics.median(bare):.2f} ms", "baseline"],
-            ["pipectl run of the same step, median", f"{statistics.median(full):.2f} ms", ""],
-            [
+            Figure(
+                "request-to-start p50",
+                ms(percentile(latencies, 50)),
+                "<= 50 ms",
+                "",
+                f"p99 {ms(percentile(latencies, 99))}, n={len(latencies)}",
+            ),
+            Figure("request-to-start p99", ms(percentile(latencies, 99)), "", "", ""),
+            Figure(
                 "bookkeeping overhead per run, median",
-                f"{statistics.median(overheads):.2f} ms",
+                ms(statistics.median(overheads)),
                 "<= 10 ms",
-            ],
-            ["bookkeeping overhead per run, p95", f"{percentile(overheads, 95):.2f} ms", ""],
-            [
-                "RSS idle (after start / after idle)",
-                f"{idle[0]:.0f} / {idle[1]:.0f} MiB",
-                "<= 120 MiB",
-            ],
-            ["CPU idle", f"{idle[2]:.2f} %", "< 1 %"],
-            ["RSS with the APES preset's 22 checks", f"{busy[0]:.0f} / {busy[1]:.0f} MiB", ""],
-            ["CPU with the APES preset's checks", f"{busy[2]:.2f} %", ""],
+                f"{ms(statistics.median(bare))} (bare REFRESH CONCURRENTLY)",
+                f"pipectl run {ms(statistics.median(full))}; p95 overhead"
+                f" {ms(percentile(overheads, 95))}",
+            ),
+            Figure(
+                "RSS idle (after start / after sample)",
+                f"{quiet[0]:.0f} / {quiet[1]:.0f} MiB",
+                "<= 120 MB",
+                "",
+                "one step, nothing due",
+            ),
+            Figure("CPU idle", f"{quiet[2]:.2f} %", "< 1 %", "", ""),
+            Figure(
+                "RSS, APES preset, steps and checks every 10 s",
+                f"{busy[0]:.0f} / {busy[1]:.0f} MiB",
+                "<= 120 MB",
+                "",
+                f"CPU {busy[2]:.2f} %; check results: {busy[3]} in the sample,"
+                f" {busy[4]} since start",
+            ),
+            Figure(
+                f"RSS under the simulator's load (rate x{SIMULATOR_RATE:g})",
+                f"{loaded[0]:.0f} / {loaded[1]:.0f} MiB",
+                "<= 120 MB",
+                "",
+                f"CPU {loaded[2]:.2f} %; check results: {loaded[3]} in the sample,"
+                f" {loaded[4]} since start; simulator wrote {loaded[5]} rule_performance rows"
+                " in the sample",
+            ),
+        ],
+        [
+            f"{requests} requests, {runs} interleaved runs (bare REFRESH and pipectl run"
+            f" alternate), {idle:.0f} s per footprint sample; load average at the end:"
+            f" {load_average()}.",
+            "request-to-start is measured from the request row's created_at to the run row's"
+            " started_at (one clock: the database's).",
         ],
     )
-    print(f"({args.requests} requests, {args.runs} interleaved runs, {args.idle:.0f}s samples)")
+
+
+async def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--idle", type=float, default=60.0, help="seconds per footprint sample")
+    parser.add_argument("--simulate", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.simulate is not None:
+        await simulate(args.simulate)
+        return
+    section = await run(args.requests, args.runs, args.idle)
+    section.print()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if "--simulate" in sys.argv:
+        asyncio.run(main())
+    else:
+        with shared_servers():
+            asyncio.run(main())

@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import statistics
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -108,3 +109,131 @@ async def fill_rule_performance(conn: asyncpg.Connection, rows: int) -> None:
         """,
         rows,
     )
+
+
+# --- figures and reports ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure, with its target and the baseline measured in the same run."""
+
+    name: str
+    value: str
+    target: str = ""
+    baseline: str = ""
+    note: str = ""
+
+
+@dataclass
+class Section:
+    """What one benchmark reports: figures, then free-text notes (method, noise, caveats)."""
+
+    title: str
+    figures: list[Figure]
+    notes: list[str] = field(default_factory=list)
+    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
+    """Extra tables (title, header, rows), e.g. per-query or per-check breakdowns."""
+    raw: str = ""
+    """Verbatim output, for a benchmark that prints its own report."""
+
+    def print(self) -> None:
+        if self.figures:
+            print_table(
+                self.title,
+                ["figure", "value", "target", "baseline (same run)", "note"],
+                [[f.name, f.value, f.target, f.baseline, f.note] for f in self.figures],
+            )
+        else:
+            print(f"\n{self.title}")
+        for title, header, rows in self.tables:
+            print_table(title, header, rows)
+        if self.raw:
+            print(self.raw)
+        for note in self.notes:
+            print(f"  - {note}")
+
+    def markdown(self) -> str:
+        out = [f"## {self.title}", ""]
+        if self.figures:
+            out.append(
+                _md_table(
+                    ["figure", "value", "target", "baseline (same run)", "note"],
+                    [[f.name, f.value, f.target, f.baseline, f.note] for f in self.figures],
+                )
+            )
+        for title, header, rows in self.tables:
+            out += ["", f"**{title}**"] if title else []
+            out += ["", _md_table(header, rows)]
+        if self.raw:
+            out += ["", "```", self.raw.rstrip(), "```"]
+        if self.notes:
+            out.append("")
+            out += [f"- {note}" for note in self.notes]
+        return "\n".join(out) + "\n"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def ms(value: float) -> str:
+    """Milliseconds, with precision that suits the size."""
+    if math.isnan(value):
+        return "-"
+    if value >= 1000:
+        return f"{value / 1000:.2f} s"
+    return f"{value:.1f} ms" if value >= 10 else f"{value:.2f} ms"
+
+
+def spread(values: Sequence[float]) -> str:
+    """Median with p5..p95, for noise statements."""
+    return (
+        f"median {ms(statistics.median(values))} "
+        f"(p5 {ms(percentile(values, 5))}, p95 {ms(percentile(values, 95))}, n={len(values)})"
+    )
+
+
+async def server_version(dsn: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
+@contextlib.contextmanager
+def shared_servers() -> Iterator[tuple[str, str]]:
+    """One embedded PostgreSQL + Valkey for every Database.create() inside (so that figures
+    compared with each other come from the same server), unless $PIPECTL_BENCH_DSN and
+    $PIPECTL_BENCH_REDIS_URL already name servers. Yields (admin DSN, Redis URL)."""
+    admin = os.environ.get("PIPECTL_BENCH_DSN")
+    redis_url = os.environ.get("PIPECTL_BENCH_REDIS_URL")
+    if admin and redis_url:
+        yield admin, redis_url
+        return
+    with tempfile.TemporaryDirectory() as state:
+        servers = EmbeddedServers(Path(state) / "servers")
+        with servers.running() as (embedded_dsn, embedded_url):
+            saved = {k: os.environ.get(k) for k in ("PIPECTL_BENCH_DSN", "PIPECTL_BENCH_REDIS_URL")}
+            os.environ["PIPECTL_BENCH_DSN"] = admin = admin or embedded_dsn
+            os.environ["PIPECTL_BENCH_REDIS_URL"] = redis_url = redis_url or embedded_url
+            try:
+                yield admin, redis_url
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value

@@ -1,0 +1,117 @@
+"""bench/ cannot rot: its cheapest functions run on tiny sizes and report the right shape.
+
+Structure only, never timings (timing targets are figures in bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from bench import console_queries, detector, generate, scrape, verification
+from bench.__main__ import _console, render, summary
+from bench.common import Figure, Section
+
+
+async def _count(dsn: str, sql: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
+
+
+async def test_generator_fills_the_layout_with_the_upstream_indexes(database: str) -> None:
+    indexes = "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'"
+    before = await _count(database, indexes)
+    counts = await generate.generate(database, 2_000, days=3)
+    assert set(counts) == set(generate.TABLES)
+    assert counts["rule_performance"] == 2_000
+    for table, count in counts.items():
+        assert await _count(database, f"SELECT count(*) FROM public.{table}") == count
+    assert await _count(database, indexes) == before
+    late = (
+        "SELECT count(*) FROM public.rule_performance WHERE created_at > now() AT TIME ZONE 'UTC'"
+    )
+    assert await _count(database, late) == 0
+
+    conn = await asyncpg.connect(database)
+    try:
+        now = datetime.now(UTC)
+        await generate.append_rule_performance(conn, 100, now - timedelta(minutes=1), now)
+    finally:
+        await conn.close()
+    assert await _count(database, "SELECT count(*) FROM public.rule_performance") == 2_100
+
+
+async def test_verification_sections(database: str) -> None:
+    await generate.generate(database, 3_000, days=3, tables=("rule_performance",))
+    full = await verification.full_verification(database, 1, None)
+    assert full.figures[0].name.startswith("floor")
+    assert any(f.target == "<= 1.2x floor" for f in full.figures)
+    assert [row[0] for row in full.tables[0][2]] == [
+        c.name for c in verification.pipectl_config().checks
+    ]
+    cycles = await verification.continuous(database, 1, None)
+    assert cycles.figures[0].name.startswith("pipectl incremental")
+    fresh = await verification.freshness_scaling(database, database, 3)
+    assert fresh.figures[-1].target == "<= 1.5"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("soda_core") is None, reason="soda-core not installed")
+async def test_soda_harness_answers_the_same_checks(database: str, tmp_path: object) -> None:
+    await generate.generate(database, 2_000, days=3, tables=("rule_performance",))
+    with verification.soda_harness(database) as (soda, label):
+        assert soda is not None, label
+        found = soda.run()
+    assert set(found.answers) == {"row_count", "freshness", "duplicate", "missing", "invalid"}
+    assert found.answers["row_count"] == 2_000
+
+
+async def test_console_queries_report_every_query(database: str) -> None:
+    counts = await console_queries.fill_history(database, 2_000, 5_000)
+    times, select1 = await console_queries.measure(database, 2)
+    section = console_queries.report(counts, times, select1)
+    names = [row[0] for row in section.tables[0][2]]
+    assert names == list(console_queries.queries(1))
+    assert all(len(values) == 2 for values in times.values())
+
+
+def test_scrape_serves_every_metric() -> None:
+    section = scrape.run(3)
+    assert [f.name for f in section.figures][:2] == [
+        "scrape p95, agent idle",
+        "scrape p95, agent's main thread busy",
+    ]
+    assert section.figures[0].target == "<= 5 ms"
+
+
+def test_detector_scores_are_fractions() -> None:
+    series = detector.synthetic(1, weeks=6, warmup_weeks=2)
+    result = detector.score(series, detector.rolling_zscore(7 * 24)(series))
+    assert 0.0 <= result.precision <= 1.0
+    assert 0.0 <= result.recall <= 1.0
+
+
+def test_report_renders_markdown() -> None:
+    section = Section("x", [Figure("f", "1 ms", "<= 2 ms", "0.5 ms")], ["a note"])
+    text = render("python -m bench all", [("CPU", "c")], [("load", "0")], [section], True)
+    assert "| f | 1 ms | <= 2 ms | 0.5 ms |" in text
+    assert "## Summary" in text
+    assert summary([section]).tables[0][2] == [["x", "f", "1 ms", "<= 2 ms", "0.5 ms"]]
+
+
+def test_console_benchmark_is_optional() -> None:
+    if importlib.util.find_spec("bench.console") is not None:
+        pytest.skip("bench.console exists on this branch")
+    (section,) = _console(generate_sizes(), True)
+    assert "not on this branch" in section.notes[0]
+
+
+def generate_sizes() -> object:
+    from bench.__main__ import QUICK
+
+    return QUICK

@@ -7,9 +7,8 @@ One embedded PostgreSQL + Valkey serve every benchmark (or $PIPECTL_BENCH_DSN an
 $PIPECTL_BENCH_REDIS_URL name running servers). `--quick` uses small sizes and finishes in a
 few minutes; the full run uses the sizes of issue 7 (10M rows, 1M runs and 10M samples).
 A benchmark that fails is reported as failed and the others still run. `bench.console` (the
-console's own benchmark, delivered separately) runs too when it exists: its `run_section(quick)`
-if it has one, otherwise `python -m bench.console` with its output kept verbatim
-($PIPECTL_BENCH_QUICK=1 tells it a quick run was asked for).
+console's launch-to-first-data and per-statement EXPLAIN ANALYZE) runs in its own process and
+its output is kept verbatim.
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
-import importlib.util
 import os
 import platform
 import shlex
@@ -116,33 +113,27 @@ def _backfill(sizes: Sizes, quick: bool) -> list[Section]:
 
 
 def _console(sizes: Sizes, quick: bool) -> list[Section]:
-    """bench.console, when it exists (delivered with the console)."""
-    if importlib.util.find_spec("bench.console") is None:
-        return [Section("console (bench.console)", [], ["bench.console is not on this branch yet"])]
-    module = importlib.import_module("bench.console")
-    runner = getattr(module, "run_section", None)
-    if callable(runner):
-        found = runner(quick)
-        return list(found) if isinstance(found, list) else [found]
-    env = {**os.environ, "PIPECTL_BENCH_QUICK": "1" if quick else "0"}
+    """bench.console (launch to first data on screen, and EXPLAIN ANALYZE of every screen
+    statement), in its own process: it starts the Textual app headless several times."""
+    launches = "2" if quick else "5"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.console"],
+        [sys.executable, "-m", "bench.console", "--launches", launches],
         capture_output=True,
         text=True,
         timeout=3600,
-        env=env,
+        env=os.environ.copy(),
         check=False,
     )
     text = done.stdout + (
         f"\n(exit {done.returncode})\n{done.stderr[-2000:]}" if done.returncode else ""
     )
-    return [Section("console (bench.console)", [], [], raw=text)]
+    return [Section("console: launch to first data, screen statements", [], [], raw=text)]
 
 
 BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "verification": ("checks against Soda Core and the floor; freshness vs size", _verification),
     "console_queries": ("console SQL against a long pipectl history", _console_queries),
-    "console": ("the console's own benchmark (bench.console), when present", _console),
+    "console": ("the console: launch to first data, every screen statement", _console),
     "agent": ("request-to-start, refresh overhead, footprint", _agent),
     "scrape": ("/metrics scrape latency", _scrape),
     "detector": ("anomaly detector precision / recall / F1", _detector),

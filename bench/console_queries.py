@@ -48,12 +48,15 @@ INSERT INTO pipectl.steps (name, kind, relation, schedule, description)
 SELECT 'step_' || lpad(s::text, 2, '0'), 'matview', 'public.summary_' || s, 'every 1m', ''
 FROM generate_series(0, {STEPS - 1}) AS s;
 INSERT INTO pipectl.checks (name, kind, target, sql, schedule, status, last_value,
-                            last_result_at, status_since)
+                            last_result_at, status_since, definition)
 SELECT 'check_' || lpad(c::text, 3, '0'),
        (ARRAY['freshness', 'volume', 'metric', 'quality', 'cache'])[1 + c % 5],
        'public.rule_performance', 'SELECT 1', 'every 1m',
        (ARRAY['ok', 'ok', 'ok', 'ok', 'warn', 'fail', 'nodata'])[1 + c % 7], random(),
-       now(), now() - interval '3 hours'
+       now(), now() - interval '3 hours',
+       CASE WHEN c % 5 = 4
+            THEN jsonb_build_object('source', (ARRAY['redis', 'app', 'postgres'])[1 + c % 3])
+            ELSE '{{}}' END
 FROM generate_series(0, {CHECKS - 1}) AS c;
 """
 
@@ -83,7 +86,11 @@ INSERT INTO pipectl.check_results (check_name, status, value, threshold, expecte
 SELECT 'check_' || lpad((g % {CHECKS})::text, 3, '0'),
        CASE WHEN u < 0.93 THEN 'ok' WHEN u < 0.97 THEN 'warn' WHEN u < 0.99 THEN 'fail'
             ELSE 'nodata' END,
-       100 * random(), '{{"warn_above": 80}}', 10, 80, '{{"rows_checked": 1000}}',
+       100 * random(), '{{"warn_above": 80}}', 10, 80,
+       CASE WHEN (g % {CHECKS}) % 5 = 4  -- cache checks: per-level counts, as checks/cache.py
+            THEN '{{"source": "redis", "deltas": true, "levels": {{"all": {{"hits": 90,
+                  "lookups": 100}}, "L1": {{"hits": 60, "lookups": 100}}}}}}'::jsonb
+            ELSE '{{"rows_checked": 1000}}'::jsonb END,
        'value within 10..80', 'schedule', now() - ($2 - g) * (interval '30 days' / $2),
        random() * 20, '{AGENT}'
 FROM (SELECT g, random() AS u FROM generate_series($1::bigint, $3) AS g) r
@@ -159,27 +166,27 @@ async def fill_history(
 Query = Callable[[asyncpg.Connection], Awaitable[Any]]
 
 
-def queries(middle_run: int) -> dict[str, Query]:
-    """The console's reads, with the arguments its screens use."""
+def queries() -> dict[str, Query]:
+    """Every screen's fetch, exactly as the console calls it (console/data.py), and the CLI's
+    reads (`pipectl status`, `pipectl history`)."""
+    from console import data
+
     now = datetime.now(UTC)
     return {
-        "status_snapshot (status screen)": lambda c: store.status_snapshot(c),
-        "recent_runs, all steps, 50": lambda c: store.recent_runs(c, limit=50),
-        "recent_runs, one step, 50": lambda c: store.recent_runs(c, ["step_07"], limit=50),
-        "recent_runs, page back (before_id)": lambda c: store.recent_runs(
-            c, limit=50, before_id=middle_run
-        ),
-        "recent_results, one check, 100": lambda c: store.recent_results(c, "check_042", 100),
-        "read_series, one check, 24 h": lambda c: store.read_series(
-            c, "check_042", now - timedelta(hours=24)
-        ),
-        "read_series, one check, 30 d": lambda c: store.read_series(
-            c, "check_042", now - timedelta(days=30)
-        ),
-        "recent_events, 200": lambda c: store.recent_events(c),
-        "recent_events, one subject, 200": lambda c: store.recent_events(c, subject="check_042"),
-        "list_requests, 100": lambda c: store.list_requests(c),
-        "list_requests, open only": lambda c: store.list_requests(c, open_only=True),
+        "overview screen (status snapshot, tiles)": lambda c: data.overview(c),
+        "checks screen (states, trends)": lambda c: data.checks(c),
+        "step detail (runs, durations, graph)": lambda c: data.step(c, "step_07"),
+        "check detail (results, 24 h of samples)": lambda c: data.check(c, "check_042", now),
+        "cache screen, 1 h": lambda c: data.cache(c, now, timedelta(hours=1)),
+        "cache screen, 24 h": lambda c: data.cache(c, now, timedelta(days=1)),
+        "cache screen, 7 d": lambda c: data.cache(c, now, timedelta(days=7)),
+        "timeline screen, 6 h": lambda c: data.timeline_of(c, now, timedelta(hours=6)),
+        "timeline screen, 7 d": lambda c: data.timeline_of(c, now, timedelta(days=7)),
+        "requests screen": lambda c: data.requests(c),
+        "rerun dialog, with downstream": lambda c: data.rerun_plan(c, "step_07", True),
+        "pipectl status": lambda c: store.status_snapshot(c),
+        "pipectl history (all steps, 20)": lambda c: store.recent_runs(c, limit=20),
+        "pipectl history STEP (20)": lambda c: store.recent_runs(c, ["step_07"], limit=20),
     }
 
 
@@ -187,8 +194,7 @@ async def measure(dsn: str, repeats: int) -> tuple[dict[str, list[float]], list[
     """Round-robin: every query once per round, SELECT 1 once per round."""
     conn = await pipectl_db.connect(Config(), dsn=dsn)
     try:
-        middle = int(await conn.fetchval("SELECT max(id) / 2 FROM pipectl.runs"))
-        found = queries(middle)
+        found = queries()
         times: dict[str, list[float]] = {name: [] for name in found}
         select1: list[float] = []
         for _ in range(repeats):

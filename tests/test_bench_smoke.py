@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from bench import console_queries, detector, generate, scrape, verification
-from bench.__main__ import _console, render, summary
+from bench.__main__ import render, summary
 from bench.common import Figure, Section
 
 
@@ -76,7 +76,7 @@ async def test_console_queries_report_every_query(database: str) -> None:
     times, select1 = await console_queries.measure(database, 2)
     section = console_queries.report(counts, times, select1)
     names = [row[0] for row in section.tables[0][2]]
-    assert names == list(console_queries.queries(1))
+    assert names == list(console_queries.queries())
     assert all(len(values) == 2 for values in times.values())
 
 
@@ -102,16 +102,3 @@ def test_report_renders_markdown() -> None:
     assert "| f | 1 ms | <= 2 ms | 0.5 ms |" in text
     assert "## Summary" in text
     assert summary([section]).tables[0][2] == [["x", "f", "1 ms", "<= 2 ms", "0.5 ms"]]
-
-
-def test_console_benchmark_is_optional() -> None:
-    if importlib.util.find_spec("bench.console") is not None:
-        pytest.skip("bench.console exists on this branch")
-    (section,) = _console(generate_sizes(), True)
-    assert "not on this branch" in section.notes[0]
-
-
-def generate_sizes() -> object:
-    from bench.__main__ import QUICK
-
-    return QUICK

@@ -14,8 +14,6 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
 from pipectl.config import CacheCheck
 from pipectl.model import CheckStatus, Request, Run, Sample
 from pipectl.store.base import DB
@@ -253,10 +251,6 @@ _LEVELS = """
 jsonb_each(CASE WHEN jsonb_typeof(r.baseline->'levels') = 'object' THEN r.baseline->'levels'
                 ELSE '{}'::jsonb END) AS l(level, counts)
 """
-# jsonb numbers cast straight to float8 (a non-number raises DataError: see cache_history).
-_HITS = """
-sum((l.counts->'hits')::float8) AS hits, sum((l.counts->'lookups')::float8) AS lookups
-"""
 # The same, skipping what is not a number: for a handful of rows the guard costs nothing.
 _HITS_GUARDED = """
 sum(CASE WHEN jsonb_typeof(l.counts->'hits') = 'number'
@@ -302,55 +296,54 @@ async def cache_history(
     db: DB, since: datetime, until: datetime, bucket: timedelta
 ) -> list[CacheSeries]:
     """Hit ratios of every cache check over [since, until), averaged per bucket, with each
-    level's hits / lookups summed per bucket."""
+    level's ratio per bucket.
+
+    Read from the sample series the checks write (`<check>` for the ratio judged,
+    `<check>:<level>` for each level): primary-key range scans, aggregated in PostgreSQL to
+    at most one row per bucket and series, whatever the window."""
     infos = await cache_checks(db)
     names = [i.name for i in infos]
-    # No ORDER BY: hash aggregation over the window, sorted here (a week of per-minute
-    # results is 10k rows a check; sorting them by text keys in SQL cost more than the rest).
-    totals = await db.fetch(
+    latest = await _latest_points(db, names)
+    # The level series worth reading are the ones the latest results name: one primary-key
+    # range scan per series, instead of a time-index scan over every series.
+    series = names + [
+        f"{name}:{level.level}" for name, point in latest.items() for level in point.levels
+    ]
+    rows = await db.fetch(
         """
-        SELECT check_name, date_bin($3::interval, observed_at, $1) AS at, avg(value) AS ratio
-        FROM pipectl.check_results
-        WHERE check_name = ANY($4::text[]) AND observed_at >= $1 AND observed_at < $2
+        SELECT x.series, date_bin($3::interval, s.ts, $1) AS at,
+               avg(s.value) AS ratio, count(*) AS n
+        FROM unnest($4::text[]) AS x(series)
+        CROSS JOIN LATERAL (
+            SELECT ts, value FROM pipectl.samples
+            WHERE series = x.series AND ts >= $1 AND ts < $2
+        ) s
         GROUP BY 1, 2
         """,
         since,
         until,
         bucket,
-        names,
+        series,
     )
-    try:
-        levels = await db.fetch(
-            f"""
-            SELECT r.check_name, date_bin($3::interval, r.observed_at, $1) AS at, l.level,
-                   {_HITS}
-            FROM pipectl.check_results r CROSS JOIN LATERAL {_LEVELS}
-            WHERE r.check_name = ANY($4::text[]) AND r.observed_at >= $1 AND r.observed_at < $2
-              AND jsonb_typeof(r.baseline->'levels') = 'object'
-            GROUP BY 1, 2, 3
-            """,
-            since,
-            until,
-            bucket,
-            names,
+    totals: dict[str, dict[datetime, float]] = {name: {} for name in names}
+    levels: dict[tuple[str, datetime], list[CacheLevel]] = {}
+    for r in sorted(rows, key=lambda r: (r["at"], r["series"])):
+        # Check names never hold ':' (pipectl.identifiers), so the first one splits.
+        name, _, level_name = r["series"].partition(":")
+        if not level_name:
+            totals[name][r["at"]] = r["ratio"]
+        else:
+            # A bucket's level ratio as hits / lookups of its samples' mean.
+            level = CacheLevel(level_name, r["ratio"] * r["n"], float(r["n"]))
+            levels.setdefault((name, r["at"]), []).append(level)
+    points = {
+        name: tuple(
+            CachePoint(at, ratio, tuple(levels.get((name, at), ())))
+            for at, ratio in sorted(by_time.items())
         )
-    except asyncpg.DataError:
-        # A level whose counts are not numbers: show the ratios without the breakdown rather
-        # than nothing (guarding every value in SQL costs a quarter of the query).
-        levels = []
-    by_bucket: dict[tuple[str, datetime], list[CacheLevel]] = {}
-    for r in sorted(levels, key=lambda r: (r["at"], r["level"])):
-        by_bucket.setdefault((r["check_name"], r["at"]), []).append(
-            CacheLevel(r["level"], r["hits"] or 0.0, r["lookups"] or 0.0)
-        )
-    points: dict[str, list[CachePoint]] = {name: [] for name in names}
-    for r in sorted(totals, key=lambda r: r["at"]):
-        key = (r["check_name"], r["at"])
-        points[r["check_name"]].append(
-            CachePoint(r["at"], r["ratio"], tuple(by_bucket.get(key, [])))
-        )
-    latest = await _latest_points(db, names)
-    return [_series(i, latest.get(i.name), tuple(points[i.name])) for i in infos]
+        for name, by_time in totals.items()
+    }
+    return [_series(i, latest.get(i.name), points[i.name]) for i in infos]
 
 
 def _series(

@@ -145,22 +145,18 @@ async def get_run(db: DB, run_id: int) -> Run | None:
     return _run(row) if row else None
 
 
-async def recent_runs(
-    db: DB, steps: Sequence[str] | None = None, limit: int = 50, before_id: int | None = None
-) -> list[Run]:
+async def recent_runs(db: DB, steps: Sequence[str] | None = None, limit: int = 50) -> list[Run]:
     """Newest first; `steps` narrows to those steps (index runs_step_time_idx)."""
     rows = await db.fetch(
         f"""
         SELECT {_RUN_COLUMNS} FROM pipectl.runs r
         LEFT JOIN pipectl.agents a ON a.id = r.agent_id
         WHERE ($1::text[] IS NULL OR r.step = ANY($1))
-          AND ($3::bigint IS NULL OR r.id < $3)
         ORDER BY r.queued_at DESC, r.id DESC
         LIMIT $2
         """,
         list(steps) if steps is not None else None,
         limit,
-        before_id,
     )
     return [_run(r) for r in rows]
 

@@ -195,12 +195,20 @@ async def _seed(conn: asyncpg.Connection) -> None:
         " '00000000-0000-4000-8000-000000000001')",
         [(n, s, v, lo, hi, m, json.dumps(b), at) for n, s, v, lo, hi, m, b, at in results],
     )
+    # Sample series as the checks engine writes them: `<check>` for the value judged and,
+    # for cache checks, `<check>:<level>` per level.
+    samples = [
+        ("request_latency_p95", NOW - timedelta(minutes=m), 150 + (m * 17) % 90)
+        for m in range(120, 0, -1)
+    ]
+    for name, state, ratio, _lo, _hi, _m, baseline, at in results:
+        if baseline.get("source") and ratio is not None:
+            samples.append((name, at, ratio))
+            for level, counts in baseline["levels"].items():
+                samples.append((f"{name}:{level}", at, counts["hits"] / counts["lookups"]))
+        del state
     await conn.executemany(
-        "INSERT INTO pipectl.samples (series, ts, value) VALUES ($1, $2, $3)",
-        [
-            ("request_latency_p95", NOW - timedelta(minutes=m), 150 + (m * 17) % 90)
-            for m in range(120, 0, -1)
-        ],
+        "INSERT INTO pipectl.samples (series, ts, value) VALUES ($1, $2, $3)", samples
     )
     events = [
         (NOW - timedelta(hours=2), "agent.started", "apes-db-1", "apes-db-1",

@@ -91,7 +91,10 @@ async def test_cache_levels_and_floors(conn: asyncpg.Connection) -> None:
     app_series = next(s for s in history if s.check == "app_cache_hit_ratio")
     assert len(app_series.points) == 6
     first = app_series.points[0]
-    assert first.levels[0].lookups == 2000  # ten results of 200 lookups in each bucket
+    # Per level, from the `<check>:<level>` sample series: ten samples in each bucket.
+    assert [lv.level for lv in first.levels] == ["L1", "L2", "L3"]
+    assert first.levels[1].lookups == 10
+    assert 0.8 < first.levels[1].hits / first.levels[1].lookups < 0.9
     assert first.ratio is not None and 0.8 < first.ratio < 0.9
 
 
@@ -108,9 +111,10 @@ async def test_cache_levels_that_are_not_numbers_lose_only_the_breakdown(
     point = latest["app_cache_hit_ratio"]
     assert point is not None and point.ratio == 0.9
     assert point.levels[0].hits == 0.0 and point.levels[0].lookups == 10
+    # History reads the sample series, which a malformed result baseline does not touch.
     history = await cache_history(conn, NOW - timedelta(hours=1), NOW, timedelta(minutes=10))
     app_series = next(s for s in history if s.check == "app_cache_hit_ratio")
-    assert len(app_series.points) == 6 and not any(p.levels for p in app_series.points)
+    assert len(app_series.points) == 6 and all(p.levels for p in app_series.points)
 
 
 async def test_timeline_merges_in_time_order(conn: asyncpg.Connection) -> None:

@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -19,15 +22,20 @@ from agent.tracing import build_provider, instrument_sql
 from pipectl.config import ConfigError, LoadedConfig, load_config
 from pipectl.db import DatabaseUnavailable, is_transient
 from pipectl.migrate import MigrationError
+from pipectl.webconfig import BasicAuth, WebConfig, load_web_config
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class MetricsServer:
-    """prometheus-client's HTTP server on its own thread; never touches the event loop."""
+    """prometheus-client's exposition on its own thread; never touches the event loop.
+
+    Plain HTTP is prometheus-client's start_http_server; with a web config (TLS, basic
+    auth) the same WSGI app is wrapped and served with its TLS context."""
 
     address: str
+    web: WebConfig | None = None
     httpd: Any = None
     thread: Any = None
     port: int | None = None
@@ -36,14 +44,45 @@ class MetricsServer:
         from prometheus_client import start_http_server
 
         host, _, port = self.address.rpartition(":")
-        self.httpd, self.thread = start_http_server(int(port), host.strip("[]"), registry=registry)
+        host = host.strip("[]")
+        if self.web is None:
+            self.httpd, self.thread = start_http_server(int(port), host, registry=registry)
+        else:
+            self.httpd, self.thread = _serve(host, int(port), registry, self.web)
         self.port = int(self.httpd.server_port)
-        log.info("serving metrics on http://%s:%d/metrics", host, self.port)
+        scheme = "https" if self.web is not None and self.web.tls else "http"
+        auth = " with basic auth" if self.web is not None and self.web.users else ""
+        log.info("serving metrics on %s://%s:%d/metrics%s", scheme, host, self.port, auth)
 
     def stop(self) -> None:
         if self.httpd is not None:
             self.httpd.shutdown()
             self.httpd.server_close()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr: a scrape every few seconds is not news."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def _serve(host: str, port: int, registry: Any, web: WebConfig) -> tuple[Any, threading.Thread]:
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    app: Any = make_wsgi_app(registry)
+    if web.users:
+        app = BasicAuth(app, web.users)
+    httpd = make_server(host, port, app, Server, handler_class=_QuietHandler)
+    if web.tls:
+        httpd.socket = web.ssl_context().wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    return httpd, thread
 
 
 @dataclass
@@ -75,7 +114,15 @@ class AgentProcess:
             return 0 if self._stop.is_set() else 2
         address = self.metrics_address or agent.config.agent.metrics_address
         if address:
-            self.metrics = MetricsServer(address)
+            web_file = agent.config.agent.metrics_web_config
+            try:
+                web = load_web_config(web_file) if web_file else None
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    log.error("cannot start: %s", problem)
+                await agent.stop()
+                return 2
+            self.metrics = MetricsServer(address, web)
             self.metrics.start(agent.metrics.registry)
         watchdog = watchdog_interval()
         tasks = [asyncio.create_task(agent.serve(), name="agent")]

@@ -8,7 +8,10 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+import asyncpg
+
 from pipectl import store
+from pipectl.db import describe_error
 from pipectl.model import Outcome, Request, RequestKind, RunStatus, Trigger
 
 if TYPE_CHECKING:
@@ -44,27 +47,40 @@ class RequestHandler:
         except asyncio.CancelledError:
             await asyncio.shield(self._cancelled(request))
             raise
+        except asyncpg.PostgresError as exc:
+            log.warning("request %d failed: %s", request.id, describe_error(exc))
+            outcome, detail = Outcome.FAILED, describe_error(exc)
         except Exception as exc:
             log.exception("request %d failed unexpectedly", request.id)
             outcome, detail = Outcome.FAILED, f"{type(exc).__name__}: {exc}"
         book = self.agent.book
         assert book is not None
-        recorded = await book(store.finish_request, request.id, outcome, detail)
+        recorded = await book(
+            store.finish_request, request.id, outcome, detail, claimed_by=request.claimed_by
+        )
         if not recorded:
-            log.warning("request %d was already finished elsewhere", request.id)
+            log.warning("request %d was already finished or handed to another agent", request.id)
         self.agent.metrics.requests_done.labels(str(request.kind), str(outcome)).inc()
         log.info("request %d %s: %s", request.id, outcome, detail, extra={"request_id": request.id})
 
     async def _cancelled(self, request: Request) -> None:
-        """Shutting down: a request not started yet goes back to the queue; one under way is
-        recorded as cancelled (its runs are recorded as cancelled too)."""
+        """Stopped mid-way (shutdown, or declared lost). A request that changed nothing that
+        cannot be done again goes back to the queue for the next agent; a rerun that made
+        runs is recorded as cancelled (its runs are recorded as cancelled too). Claims that
+        moved to another agent in the meantime are left alone."""
         book = self.agent.book
         assert book is not None
+        assert request.claimed_by is not None
+        if request.kind != RequestKind.RERUN or not await book(store.request_has_runs, request.id):
+            if await book(store.release_request, request.id, request.claimed_by):
+                log.info("request %d handed back: not started", request.id)
+            return
         await book(
             store.finish_request,
             request.id,
             Outcome.CANCELLED,
             "agent stopped while executing the request",
+            claimed_by=request.claimed_by,
         )
 
     async def _dispatch(self, request: Request) -> tuple[Outcome, str]:
@@ -165,9 +181,8 @@ class RequestHandler:
 
 def _silence_until(request: Request) -> datetime:
     seconds = request.args.get("seconds")
-    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not seconds > 0:
         raise Rejected("silence needs 'seconds' > 0")
-    span = timedelta(seconds=seconds)
-    if span > MAX_SILENCE:
+    if seconds > MAX_SILENCE.total_seconds():  # before timedelta(), which overflows on 1e300
         raise Rejected("silences are limited to 30 days")
-    return request.created_at.astimezone(UTC) + span
+    return request.created_at.astimezone(UTC) + timedelta(seconds=seconds)

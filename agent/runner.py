@@ -29,7 +29,7 @@ from agent.schedule import Schedule
 from agent.tracing import trace_id_of
 from pipectl import store
 from pipectl.config import StepConfig
-from pipectl.db import is_transient
+from pipectl.db import describe_error, is_transient
 from pipectl.durations import format_duration
 from pipectl.identifiers import Relation
 from pipectl.model import RunStatus, Trigger
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # First key of every pipectl advisory lock (two-int form); the second is hashtext(name).
 LOCK_NAMESPACE = 0x70697065
+# How long a run other than a scheduled tick waits for its step's lock (see _step_lock).
+MANUAL_LOCK_WAIT = 2.5
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,7 @@ class StepRunner:
             self.in_progress += 1
             self.metrics.running_runs.set(self.in_progress)
             try:
-                result = await self._execute(plan, run_id)
+                result = await self._execute(plan, run_id, trigger)
             except asyncio.CancelledError:
                 result = _Attempt(RunStatus.CANCELLED, self.cancel_reason)
                 await asyncio.shield(self._record(plan, run_id, result, started))
@@ -230,19 +232,23 @@ class StepRunner:
             extra={"step": plan.name, "run_id": run_id, "status": str(result.status)},
         )
 
-    async def _execute(self, plan: StepPlan, run_id: int) -> _Attempt:
+    async def _execute(self, plan: StepPlan, run_id: int, trigger: Trigger) -> _Attempt:
         async with self.runs_pool.acquire() as conn, conn.transaction():
+            # client_connection_check_interval (PostgreSQL 14+): a killed agent's refresh
+            # would otherwise go on to its end on the server, holding the step's lock
+            # against the peer taking over; the server checks every second that the client
+            # is still there and aborts the statement if not.
             await conn.execute(
                 "SELECT set_config('statement_timeout', $1, true),"
                 " set_config('lock_timeout', $2, true),"
-                " set_config('application_name', $3, true)",
+                " set_config('application_name', $3, true),"
+                " CASE WHEN current_setting('server_version_num')::int >= 140000"
+                " THEN set_config('client_connection_check_interval', '1s', true) END",
                 f"{int(plan.statement_timeout.total_seconds() * 1000)}ms",
                 f"{int(plan.lock_timeout.total_seconds() * 1000)}ms",
                 f"pipectl-agent {self.agent_name}: {plan.name}"[:63],
             )
-            if not await conn.fetchval(
-                "SELECT pg_try_advisory_xact_lock($1, hashtext($2))", LOCK_NAMESPACE, plan.name
-            ):
+            if not await _step_lock(conn, plan.name, trigger):
                 holder = await lock_holder(conn, plan.name)
                 return _Attempt(
                     RunStatus.SKIPPED,
@@ -250,6 +256,22 @@ class StepRunner:
                     detail={"holder": holder},
                 )
             return await _perform(conn, plan)
+
+
+async def _step_lock(conn: Conn, step: str, trigger: Trigger) -> bool:
+    """The step's cross-agent lock. A scheduled tick that finds it taken is skipped at once
+    (someone is refreshing); any other run waits MANUAL_LOCK_WAIT for it first, so that the
+    statement of an agent killed a moment ago (which the server aborts within its
+    client_connection_check_interval) does not turn an operator's rerun into a skip."""
+    deadline = time.monotonic() + (0 if trigger == Trigger.SCHEDULE else MANUAL_LOCK_WAIT)
+    while True:
+        if await conn.fetchval(
+            "SELECT pg_try_advisory_xact_lock($1, hashtext($2))", LOCK_NAMESPACE, step
+        ):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.25)
 
 
 async def _perform(conn: Conn, plan: StepPlan) -> _Attempt:
@@ -345,8 +367,7 @@ def _classify(exc: Exception, plan: StepPlan) -> _Attempt:
     elif transient and _connection_failure(exc):
         message = f"connection lost: {str(exc) or type(exc).__name__}"
     elif isinstance(exc, asyncpg.PostgresError):
-        sqlstate = getattr(exc, "sqlstate", "")
-        message = f"{type(exc).__name__} [{sqlstate}]: {exc}"
+        message = describe_error(exc)
     elif transient:
         message = f"connection lost: {str(exc) or type(exc).__name__}"
     else:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -34,12 +35,13 @@ from pipectl import __version__, migrate, store
 from pipectl.config import Config, ConfigError, LoadedConfig, Problem
 from pipectl.db import create_pool, is_transient
 from pipectl.durations import format_duration
-from pipectl.model import CheckStatus, CheckTrigger, RunStatus, Trigger
+from pipectl.model import CheckStatus, CheckTrigger, Request, RunStatus, Trigger
 from pipectl.store.base import Conn
 
 if TYPE_CHECKING:
     import redis.asyncio
 
+    from agent.requests import RequestHandler
     from checks.engine import CheckEngine
 
 log = logging.getLogger(__name__)
@@ -169,6 +171,8 @@ class Agent:
         self._work: set[asyncio.Task[Any]] = set()
         self._next_runs: dict[str, datetime] = {}
         self._listener: asyncpg.Connection | None = None
+        self._executing: set[int] = set()
+        self._malformed = _Throttled("ignored a malformed notification on %s (%d bytes): %s")
 
     # ---------------------------------------------------------------- life cycle
 
@@ -249,35 +253,42 @@ class Agent:
 
     async def serve(self) -> None:
         """Run until stop(): schedules, requests, checks, heartbeats, retention."""
-        self._spawn_loop("heartbeat", self._heartbeat_loop())
-        self._spawn_loop("listener", self._listener_loop())
-        self._spawn_loop("requests", self._request_loop())
-        self._spawn_loop("retention", self._retention_loop())
+        self._spawn_loop("heartbeat", self._heartbeat_loop)
+        self._spawn_loop("listener", self._listener_loop)
+        self._spawn_loop("requests", self._request_loop)
+        self._spawn_loop("retention", self._retention_loop)
         if self.check_engine is not None:
-            self._spawn_loop("scorecard", self._scorecard_loop())
+            self._spawn_loop("scorecard", self._scorecard_loop)
         self._start_schedules()
         notify("READY=1", f"STATUS=serving {len(self.plans)} steps")
         await self.stopping.wait()
 
-    def _spawn_loop(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(self._guarded(name, coro), name=name)
+    def _spawn_loop(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = asyncio.create_task(self._guarded(name, loop), name=name)
         self._loops[name] = task
 
-    async def _guarded(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
-        """A loop that crashes on a bug is logged; the agent carries on without it."""
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("agent loop %s crashed", name)
+    async def _guarded(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """A loop that crashes on a bug is logged and started again after a pause: an agent
+        that heartbeats but no longer claims requests would look alive and do nothing."""
+        delay = 1.0
+        while not self.stopping.is_set():
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("agent loop %s crashed; restarting it in %.0fs", name, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     def _start_schedules(self) -> None:
         for plan in self.plans.values():
             if plan.schedule is not None:
                 self._spawn_loop(
                     f"step:{plan.name}",
-                    tick_loop(
+                    functools.partial(
+                        tick_loop,
                         plan.schedule,
                         functools.partial(self._step_tick, plan.name),
                         on_next=functools.partial(self._note_next_run, plan.name),
@@ -292,7 +303,9 @@ class Agent:
             schedule = interval_schedule(every, every, timedelta(0))
             self._spawn_loop(
                 f"check:{check.name}",
-                tick_loop(schedule, functools.partial(self._check_tick, check.name, every)),
+                functools.partial(
+                    tick_loop, schedule, functools.partial(self._check_tick, check.name, every)
+                ),
             )
 
     def _step_tick(self, step: str, nominal: datetime, lateness: float) -> None:
@@ -361,6 +374,12 @@ class Agent:
                 )
                 if closed:
                     log.info("closed %d unfinished runs as cancelled", len(closed))
+                # Requests claimed but never started (their tasks were cancelled before they
+                # ran) go back to the queue: a stopped agent is never reaped, so nobody else
+                # would release them.
+                released = await asyncio.wait_for(store.release_claims(self.pool, self.agent_id), 2)
+                if released:
+                    log.info("handed %d unstarted requests back to the queue", released)
                 await asyncio.wait_for(store.stop_agent(self.pool, self.agent_id), 2)
         except Exception as exc:
             log.warning("could not record the agent's stop: %s", exc)
@@ -656,32 +675,66 @@ class Agent:
                 with contextlib.suppress(Exception):
                     await conn.close(timeout=1)
 
-    def _on_request_notify(self, *_: object) -> None:
-        self.wake_requests.set()
+    def _on_request_notify(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
+        """The trigger sends the new request's id. Anyone who can connect may NOTIFY any
+        channel, so anything else is ignored (the periodic sweep never depends on it)."""
+        if isinstance(payload, str) and payload.isascii() and payload.isdigit():
+            self.wake_requests.set()
+        else:
+            self._malformed.note(channel, payload, "expected a request id")
 
-    def _on_change_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        if isinstance(payload, str) and '"runs"' in payload:
+    def _on_change_notify(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
+        try:
+            data = json.loads(payload) if isinstance(payload, str) else None
+        except (ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("table"), str):
+            self._malformed.note(channel, payload, "expected a JSON object naming a table")
+            return
+        if data["table"] == "runs":
             self._dispatch(self._notify_runs_changed())
 
     async def _request_loop(self) -> None:
-        """Claim open requests when woken (NOTIFY) and on a slow sweep (missed notifications)."""
+        """Claim open requests when woken (NOTIFY) and on a slow sweep (missed notifications).
+
+        At most twice `max_parallel_runs` requests are held at a time: a burst is shared
+        among the agents instead of queued inside the first one that woke up."""
         from agent.requests import RequestHandler
 
         handler = RequestHandler(self)
         sweep = max(1.0, self.config.agent.heartbeat.total_seconds())
+        capacity = 2 * self.config.agent.max_parallel_runs
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake_requests.wait(), sweep)
             self.wake_requests.clear()
+            room = capacity - len(self._executing)
+            if room <= 0:
+                continue
             try:
-                claimed = await store.claim_requests(self.pool, self.agent_id)  # type: ignore[arg-type]
+                claimed = await store.claim_requests(
+                    self.pool,  # type: ignore[arg-type]
+                    self.agent_id,
+                    limit=room,
+                    executing=list(self._executing),
+                )
             except Exception as exc:
                 if not is_transient(exc):
                     log.exception("claiming requests failed")
                 await asyncio.sleep(1)
                 continue
             for request in claimed:
-                self._dispatch(handler.execute(request))
+                self._executing.add(request.id)
+                self._dispatch(self._execute_request(handler, request))
+            if len(claimed) == room:
+                self.wake_requests.set()  # more may be waiting: look again once there is room
+
+    async def _execute_request(self, handler: RequestHandler, request: Request) -> None:
+        try:
+            await handler.execute(request)
+        finally:
+            self._executing.discard(request.id)
+            self.wake_requests.set()
 
     # ---------------------------------------------------------------- heartbeats
 
@@ -772,13 +825,17 @@ class Agent:
         """A crashed or killed agent on this host is lost now, not three heartbeats later."""
         assert self.pool is not None
         rows = await self.pool.fetch(
-            "SELECT pid FROM pipectl.agents WHERE host = $1 AND stopped_at IS NULL"
+            "SELECT id, pid FROM pipectl.agents WHERE host = $1 AND stopped_at IS NULL"
             " AND lost_at IS NULL AND id <> $2",
             self.host,
             self.agent_id,
         )
-        live = {r["pid"] for r in rows if psutil.pid_exists(r["pid"])} | {os.getpid()}
-        for lost in await store.reap_dead_predecessors(self.pool, self.agent_id, self.host, live):
+        dead = [
+            r["id"] for r in rows if r["pid"] != os.getpid() and not psutil.pid_exists(r["pid"])
+        ]
+        if not dead:
+            return
+        for lost in await store.reap_dead_predecessors(self.pool, self.agent_id, dead):
             log.warning(
                 "previous agent %s on this host is gone: %d runs marked failed",
                 lost.name,
@@ -877,6 +934,28 @@ class Agent:
         log.info(
             "configuration reloaded: %d steps, %d checks", len(plans), len(self._enabled_checks())
         )
+
+
+class _Throttled:
+    """A warning that input from outside can repeat at will: logged at most once a minute
+    per channel, with the number of repeats it stood for. The payload is never quoted."""
+
+    def __init__(self, message: str, every: float = 60.0) -> None:
+        self.message = message
+        self.every = every
+        self.last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def note(self, channel: str, payload: object, what: str) -> None:
+        now = time.monotonic()
+        if now - self.last.get(channel, -self.every) < self.every:
+            self.suppressed[channel] = self.suppressed.get(channel, 0) + 1
+            return
+        size = len(payload.encode(errors="replace")) if isinstance(payload, str) else 0
+        repeats = self.suppressed.pop(channel, 0)
+        extra = f" (and {repeats} more since the last report)" if repeats else ""
+        log.warning(self.message + extra, channel, size, what, extra={"channel": channel})
+        self.last[channel] = now
 
 
 def _set_event(event: asyncio.Event, *_: object) -> None:

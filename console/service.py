@@ -189,7 +189,9 @@ class ConsoleService:
     def _on_notify(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
         data: dict[str, Any] = {}
         if isinstance(payload, str):
-            with contextlib.suppress(ValueError):
+            # Anyone may NOTIFY: a payload that is not JSON, or nested past the parser's
+            # recursion limit, only means "something changed".
+            with contextlib.suppress(ValueError, RecursionError):
                 decoded = json.loads(payload)
                 if isinstance(decoded, dict):
                     data = decoded

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 import typing
 import zoneinfo
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
@@ -117,6 +118,61 @@ def _cron(value: Any) -> str:
     return value
 
 
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_SSL_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+
+
+def _dsn(value: Any) -> str:
+    """A postgresql:// URL asyncpg can use, checked here so that a typo is a located config
+    error rather than a driver traceback. Messages never repeat the password."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a postgresql:// URL, got {_toml_type(value)}")
+    if "://" not in value:
+        raise ValueError(
+            "expected a URL such as postgresql://user@host:5432/dbname "
+            "(libpq key=value strings are not supported)"
+        )
+    try:
+        parts = urlsplit(value)
+        query = parse_qs(parts.query, keep_blank_values=True)
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"the scheme must be postgresql://, not {parts.scheme}://")
+    hosts = parts.netloc.rsplit("@", 1)[-1]
+    for spec in hosts.split(","):
+        port = spec.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in spec else ""
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"port {port!r} is not a number from 1 to 65535")
+    for mode in query.get("sslmode", []):
+        if mode not in _SSLMODES:
+            raise ValueError(f"sslmode {mode!r} is not one of {', '.join(_SSLMODES)}")
+    for key in _SSL_FILES:
+        for path in query.get(key, []):
+            if path and not Path(path).expanduser().is_file():
+                raise ValueError(f"{key} file {path!r} does not exist or is not a file")
+    return value
+
+
+def _redis_url(value: Any) -> str:
+    """A URL redis-py accepts (redis://, rediss:// or unix://), checked at load time."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a redis:// URL, got {_toml_type(value)}")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(
+            "expected a URL such as redis://host:6379/0 (rediss:// for TLS, unix:// for a "
+            f"socket), not {parts.scheme + '://' if parts.scheme else 'a bare name'}"
+        )
+    if port == 0:
+        raise ValueError("port 0 is not a Redis port")
+    return value
+
+
 def parse_address(value: Any) -> str:
     if not isinstance(value, str) or ":" not in value:
         raise ValueError("expected HOST:PORT, such as '127.0.0.1:9187'")
@@ -142,6 +198,8 @@ Name = Annotated[str, BeforeValidator(_name)]
 TimeZone = Annotated[str, BeforeValidator(_timezone)]
 Cron = Annotated[str, BeforeValidator(_cron)]
 Address = Annotated[str, BeforeValidator(parse_address)]
+DatabaseUrl = Annotated[str, BeforeValidator(_dsn)]
+RedisUrl = Annotated[str, BeforeValidator(_redis_url)]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -156,13 +214,13 @@ class Strict(BaseModel):
 
 
 class DatabaseConfig(Strict):
-    dsn: str | None = None
+    dsn: DatabaseUrl | None = None
     connect_timeout: PositiveDuration = timedelta(seconds=10)
     application_name: str = "pipectl"
 
 
 class RedisConfig(Strict):
-    url: str | None = None
+    url: RedisUrl | None = None
     timeout: PositiveDuration = timedelta(seconds=2)
 
 
@@ -171,6 +229,7 @@ class AgentConfig(Strict):
     heartbeat: PositiveDuration = timedelta(seconds=5)
     lost_after: int = Field(default=3, ge=2, le=100)
     metrics_address: Address | None = "127.0.0.1:9187"
+    metrics_web_config: str | None = None
     timezone: TimeZone = "UTC"
     max_parallel_runs: int = Field(default=4, ge=1, le=64)
     log_format: Literal["auto", "json", "text"] = "auto"
@@ -580,21 +639,72 @@ def parse_config_text(
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([_toml_problem(filename, exc)]) from None
+        raise ConfigError([_toml_problem(filename, exc, text)]) from None
+    except ValueError:
+        # tomllib lets int() refuse numbers of more than sys.get_int_max_str_digits() digits.
+        raise ConfigError(
+            [
+                Problem(
+                    filename,
+                    _line_matching(text, _HUGE_NUMBER),
+                    "",
+                    "invalid TOML: a number with thousands of digits",
+                )
+            ]
+        ) from None
+    except RecursionError:
+        raise ConfigError(
+            [
+                Problem(
+                    filename,
+                    _deepest_line(text),
+                    "",
+                    "invalid TOML: arrays or inline tables nested too deeply",
+                )
+            ]
+        ) from None
     lines = locate_keys(text)
     return _finish(raw, filename, lines, env, searched)
 
 
-def _toml_problem(filename: str, exc: tomllib.TOMLDecodeError) -> Problem:
+_HUGE_NUMBER = re.compile(r"[0-9_]{1000,}")
+
+
+def _line_matching(text: str, pattern: re.Pattern[str]) -> int | None:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if pattern.search(line):
+            return number
+    return None
+
+
+def _deepest_line(text: str) -> int | None:
+    """The line where bracket nesting is deepest (strings are not told apart: a hint only)."""
+    depth = deepest = 0
+    where: int | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        for char in line:
+            if char in "[{":
+                depth += 1
+                if depth > deepest:
+                    deepest, where = depth, number
+            elif char in "]}":
+                depth -= 1
+    return where
+
+
+def _toml_problem(filename: str, exc: tomllib.TOMLDecodeError, text: str) -> Problem:
     message = str(exc)
     line: int | None = None
-    # tomllib ends its messages with "(at line N, column M)".
+    # tomllib ends its messages with "(at line N, column M)" or "(at end of document)".
     marker = "(at line "
     if marker in message:
         head, _, tail = message.rpartition(marker)
         digits = tail.split(",")[0].rstrip(")")
         line = int(digits) if digits.isdigit() else None
         message = head.strip()
+    elif message.endswith("(at end of document)"):
+        message = message.removesuffix("(at end of document)").strip() + " at the end of the file"
+        line = max(1, text.count("\n") + (0 if text.endswith("\n") else 1))
     return Problem(filename, line, "", f"invalid TOML: {message}")
 
 
@@ -615,6 +725,13 @@ def _finish(
         problems.extend(_pydantic_problems(exc, overrides, label, lines))
         config = None
     problems.extend(_semantic_problems(overrides, label, lines))
+    # A value taken from the environment is located there, not on a line of the file.
+    problems = [
+        Problem(origins[p.path], None, p.path, p.message)
+        if origins.get(p.path, "").startswith("env ")
+        else p
+        for p in problems
+    ]
     if problems:
         unique = list(dict.fromkeys(problems))
         unique.sort(key=lambda p: (p.line or 0, p.path))
@@ -645,7 +762,8 @@ def _env_overrides(
             table[key] = value
             data[section] = table
             origins[f"{section}.{key}"] = f"env {var}"
-    if "dsn" not in (data.get("database") or {}) and any(
+    database = data.get("database")
+    if not (isinstance(database, dict) and "dsn" in database) and any(
         env.get(v) for v in ("PGHOST", "PGDATABASE", "PGUSER", "PGPORT", "PGSERVICE")
     ):
         origins["database.dsn"] = "libpq environment (PGHOST, PGUSER, ...)"
@@ -820,7 +938,7 @@ def _semantic_problems(
     yield from _duplicates("steps", raw.get("steps"), label, lines)
     yield from _duplicates("checks", raw.get("checks"), label, lines)
     step_names = {s.get("name") for s in steps if isinstance(s.get("name"), str)}
-    for index, step in enumerate(raw.get("steps") or []):
+    for index, step in enumerate(_items(raw, "steps")):
         if not isinstance(step, dict):
             continue
         deps = step.get("depends_on")
@@ -846,7 +964,7 @@ def _semantic_problems(
                     "a step cannot depend on itself",
                 )
     yield from _cycles(raw, label, lines)
-    for index, check in enumerate(raw.get("checks") or []):
+    for index, check in enumerate(_items(raw, "checks")):
         if not isinstance(check, dict):
             continue
         step = check.get("step")
@@ -854,6 +972,12 @@ def _semantic_problems(
             path = ("checks", index, "step")
             yield Problem(label, line_of(lines, path), _dotted(path, raw), f"unknown step {step!r}")
     del checks
+
+
+def _items(raw: Mapping[str, Any], section: str) -> list[Any]:
+    """A section meant to be an array of tables; anything else was reported by pydantic."""
+    items = raw.get(section)
+    return items if isinstance(items, list) else []
 
 
 def _duplicates(
@@ -942,7 +1066,10 @@ def find_cycle(graph: Mapping[str, list[str]]) -> list[str] | None:
 def mask_secret_url(value: str) -> str:
     """Hide the password in a URL or a libpq key=value string."""
     if "://" in value:
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+        except ValueError:  # not a URL Python can split (a bad IPv6 host, say): mask by shape
+            return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1****@", value)
         if parts.password is None:
             return value
         netloc = parts.netloc.rsplit("@", 1)

@@ -71,10 +71,29 @@ def describe_target(dsn: str | None) -> str:
     )
 
 
+# What decode_json returns for JSON nested deeper than Python's parser can follow.
+UNREADABLE_JSON = "(unreadable: JSON nested too deeply)"
+_MAX_INT_DIGITS = 4000  # below sys.get_int_max_str_digits(), which int() enforces
+
+
+def _parse_int(digits: str) -> int | float:
+    return int(digits) if len(digits.lstrip("-")) <= _MAX_INT_DIGITS else float(digits)
+
+
+def decode_json(text: str) -> Any:
+    """json/jsonb values as read from the database. Anyone who may insert a request chooses
+    its arguments, so no value may break a read of many rows: numbers of thousands of digits
+    become floats (inf), and nesting too deep for Python becomes UNREADABLE_JSON."""
+    try:
+        return json.loads(text, parse_int=_parse_int)
+    except RecursionError:
+        return UNREADABLE_JSON
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for type_name in ("json", "jsonb"):
         await conn.set_type_codec(
-            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            type_name, encoder=json.dumps, decoder=decode_json, schema="pg_catalog"
         )
 
 
@@ -97,7 +116,13 @@ async def connect(
                 **(settings or {}),
             },
         )
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (
+        TimeoutError,
+        OSError,
+        ValueError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+    ) as exc:
         raise DatabaseUnavailable(
             f"cannot connect to {describe_target(target)}: {_reason(exc)}"
         ) from exc
@@ -126,7 +151,13 @@ async def create_pool(
                 **(settings or {}),
             },
         )
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (
+        TimeoutError,
+        OSError,
+        ValueError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+    ) as exc:
         raise DatabaseUnavailable(
             f"cannot connect to {describe_target(target)}: {_reason(exc)}"
         ) from exc
@@ -160,6 +191,29 @@ def _reason(exc: BaseException) -> str:
         return f"no such database: {exc}"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0]
+
+
+# SQLSTATE classes whose primary message names objects, never row values: connection,
+# feature, integrity (the values are in DETAIL, which is never shown), transaction state,
+# authorization, schema and syntax, resources, limits, object state, intervention, system.
+# Data exceptions (22) quote the offending value; raised exceptions (P0) say whatever a
+# function put in them: those are named, not quoted.
+SAFE_MESSAGE_CLASSES = frozenset(
+    {"08", "0A", "23", "25", "3D", "3F", "40", "42", "53", "54", "55", "57", "58"}
+)
+
+
+def describe_error(exc: asyncpg.PostgresError) -> str:
+    """A server error in one line that quotes no row values: `Name [SQLSTATE]: message`
+    for classes whose message is safe to show, `Name [SQLSTATE]` for the others."""
+    state = str(getattr(exc, "sqlstate", None) or "?????")
+    head = f"{type(exc).__name__} [{state}]"
+    if state[:2] not in SAFE_MESSAGE_CLASSES:
+        return head
+    message = getattr(exc, "message", None) or (exc.args[0] if exc.args else "")
+    lines = str(message).strip().splitlines()
+    first = lines[0] if lines else ""
+    return f"{head}: {first}" if first else head
 
 
 def json_arg(value: Any) -> str:

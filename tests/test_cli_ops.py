@@ -123,7 +123,7 @@ async def test_write_verbs_wait_for_the_agent_and_exit_by_outcome(
 
             code, data, _ = await cli(capsys, "rerun", "broken_rollup", "--wait", "--json", *config)
             assert code == 2
-            assert data["outcome"] == "failed" and "division by zero" in data["detail"]
+            assert data["outcome"] == "failed" and "DivisionByZeroError [22012]" in data["detail"]
 
             code, _, err = await cli(capsys, "rerun", "nope", "--wait", *config)
             assert code == 2 and "unknown step 'nope'" in err

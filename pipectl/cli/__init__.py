@@ -16,7 +16,7 @@ import asyncpg
 from pipectl import __version__
 from pipectl.cli.common import EXIT_FAIL, EXIT_OK, EXIT_UNKNOWN, CliError, run_handler
 from pipectl.config import ConfigError
-from pipectl.db import DatabaseUnavailable
+from pipectl.db import DatabaseUnavailable, describe_error
 from pipectl.embedded import EmbeddedError
 from pipectl.migrate import MigrationError
 
@@ -85,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pipectl: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_FAIL)
     except asyncpg.PostgresError as exc:
-        print(f"pipectl: database error: {exc}", file=sys.stderr)
+        # Never str(exc): asyncpg appends the DETAIL, which quotes the rows involved.
+        print(f"pipectl: database error: {describe_error(exc)}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         print("pipectl: interrupted", file=sys.stderr)

@@ -34,6 +34,28 @@ class CliError(Exception):
 Handler = Callable[[argparse.Namespace], Any]
 
 
+def text_argument(limit: int) -> Callable[[str], str]:
+    """An argparse type for text that goes to the database: valid UTF-8 (bytes the terminal
+    could not decode reach Python as surrogates, which no database accepts) and at most
+    `limit` characters, refused with a message instead of a database error."""
+
+    def parse(text: str) -> str:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise argparse.ArgumentTypeError("not valid UTF-8 text") from None
+        if len(text) > limit:
+            raise argparse.ArgumentTypeError(f"too long ({len(text)} characters; at most {limit})")
+        return text
+
+    return parse
+
+
+# Limits of the requests table (target 1..200, reason up to 2000 characters).
+NAME_ARGUMENT = text_argument(200)
+REASON_ARGUMENT = text_argument(2000)
+
+
 def run_handler(args: argparse.Namespace) -> int:
     """Call a verb's handler; coroutine handlers get their own event loop."""
     handler: Handler = args.handler

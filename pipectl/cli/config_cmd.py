@@ -9,6 +9,7 @@ from rich.table import Table
 
 from pipectl.cli.common import EXIT_OK, console, load
 from pipectl.config import effective_items
+from pipectl.webconfig import load_web_config
 
 
 def register(subparsers: Any) -> None:
@@ -27,6 +28,8 @@ def register(subparsers: Any) -> None:
 def check_config(args: argparse.Namespace) -> int:
     loaded = load(args, require_file=True)
     config = loaded.config
+    if config.agent.metrics_web_config:
+        load_web_config(config.agent.metrics_web_config)  # its problems are ConfigErrors too
     console().print(f"{loaded.file}: ok ({len(config.steps)} steps, {len(config.checks)} checks)")
     return EXIT_OK
 

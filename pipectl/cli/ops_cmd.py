@@ -24,6 +24,8 @@ from pipectl.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
     EXIT_UNKNOWN,
+    NAME_ARGUMENT,
+    REASON_ARGUMENT,
     CliError,
     console,
     load,
@@ -46,13 +48,13 @@ def register(subparsers: Any) -> None:
     status.set_defaults(handler=show_status)
 
     history = subparsers.add_parser("history", help="recent runs, newest first")
-    history.add_argument("step", nargs="?", help="only this step")
+    history.add_argument("step", nargs="?", type=NAME_ARGUMENT, help="only this step")
     history.add_argument("--limit", type=_positive_int, default=20, metavar="N")
     history.add_argument("--json", action="store_true")
     history.set_defaults(handler=show_history)
 
     rerun = subparsers.add_parser("rerun", help="ask the agent to run a step now")
-    rerun.add_argument("step")
+    rerun.add_argument("step", type=NAME_ARGUMENT)
     rerun.add_argument(
         "--downstream", action="store_true", help="and every step that depends on it, in order"
     )
@@ -61,14 +63,14 @@ def register(subparsers: Any) -> None:
 
     for verb, text in (("pause", "stop a step's scheduled runs"), ("resume", "undo pause")):
         parser = subparsers.add_parser(verb, help=text)
-        parser.add_argument("step")
+        parser.add_argument("step", type=NAME_ARGUMENT)
         _request_options(parser)
         parser.set_defaults(handler=request_pause, kind=verb)
 
     silence = subparsers.add_parser(
         "silence", help="keep a check recording but raising no alert, for a while"
     )
-    silence.add_argument("check")
+    silence.add_argument("check", type=NAME_ARGUMENT)
     silence.add_argument(
         "--for",
         dest="span",
@@ -81,13 +83,15 @@ def register(subparsers: Any) -> None:
     silence.set_defaults(handler=request_silence)
 
     unsilence = subparsers.add_parser("unsilence", help="end a silence now")
-    unsilence.add_argument("check")
+    unsilence.add_argument("check", type=NAME_ARGUMENT)
     _request_options(unsilence)
     unsilence.set_defaults(handler=request_unsilence)
 
 
 def _request_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reason", default="", help="why (kept in the audit trail)")
+    parser.add_argument(
+        "--reason", default="", type=REASON_ARGUMENT, help="why (kept in the audit trail)"
+    )
     parser.add_argument(
         "--wait", action="store_true", help="wait for the outcome; exit code follows it"
     )
@@ -424,9 +428,15 @@ async def wait_for_request(conn: Conn, request_id: int, limit: float) -> Request
     def on_change(*args: object) -> None:
         payload = args[-1]
         if isinstance(payload, str):
-            with contextlib.suppress(ValueError):
+            # Anyone may NOTIFY this channel: a payload that is not our JSON object is noise,
+            # and the slow poll below does not depend on notifications anyway.
+            with contextlib.suppress(ValueError, RecursionError):
                 data = json.loads(payload)
-                if data.get("table") == "requests" and data.get("id") == request_id:
+                if (
+                    isinstance(data, dict)
+                    and data.get("table") == "requests"
+                    and data.get("id") == request_id
+                ):
                     changed.set()
 
     await conn.add_listener("pipectl_changes", on_change)

@@ -36,7 +36,9 @@ from pipectl.store.requests import (
     finish_request,
     get_request,
     list_requests,
+    release_claims,
     release_request,
+    request_has_runs,
 )
 from pipectl.store.results import (
     BaselineRow,
@@ -109,7 +111,9 @@ __all__ = [
     "recent_runs",
     "record_result",
     "register_agent",
+    "release_claims",
     "release_request",
+    "request_has_runs",
     "set_next_run",
     "set_paused",
     "set_silence",

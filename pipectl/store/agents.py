@@ -131,13 +131,12 @@ async def reap_lost_agents(db: DB, reaper: UUID, lost_after: int) -> list[LostAg
     return await _report(db, reaper, rows)
 
 
-async def reap_dead_predecessors(
-    db: DB, reaper: UUID, host: str, live_pids: set[int]
-) -> list[LostAgent]:
-    """Agents on this host whose process is gone (killed, crashed) are lost right away,
-    without waiting for their heartbeats to time out."""
-    sql = _REAP.format(condition="host = $2 AND NOT (pid = ANY($4::int[]))")
-    rows = await db.fetch(sql, reaper, host, "is no longer running on this host", list(live_pids))
+async def reap_dead_predecessors(db: DB, reaper: UUID, agent_ids: list[UUID]) -> list[LostAgent]:
+    """Agents of this host whose process is gone (killed, crashed) are lost right away,
+    without waiting for their heartbeats to time out. The caller names them by id after
+    checking their pids: an agent registering meanwhile is never among them."""
+    sql = _REAP.format(condition="id = ANY($2::uuid[])")
+    rows = await db.fetch(sql, reaper, agent_ids, "is no longer running on this host")
     return await _report(db, reaper, rows)
 
 

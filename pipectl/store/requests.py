@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 from uuid import UUID
 
@@ -37,15 +38,28 @@ async def create_request(
     return _request(row)
 
 
-async def claim_requests(db: DB, agent_id: UUID, limit: int = 20) -> list[Request]:
-    """Claim the oldest open requests; concurrent agents never claim the same row."""
+async def claim_requests(
+    db: DB, agent_id: UUID, limit: int = 20, executing: Collection[int] = ()
+) -> list[Request]:
+    """Claim the oldest open requests; concurrent agents never claim the same row.
+
+    Requests for one target run in the order they were filed: one waits until every
+    earlier request for its target is done (a pause then a resume, taken by two agents at
+    once, would otherwise end in either state). Requests this agent claimed but is not
+    executing (`executing` lists those it is) are taken again: a claim whose reply was lost
+    with the connection would otherwise stay claimed by a live agent, and never run."""
     rows = await db.fetch(
         f"""
         UPDATE pipectl.requests q
         SET claimed_by = $1, claimed_at = now(), attempts = attempts + 1
         WHERE q.id IN (
-            SELECT id FROM pipectl.requests
-            WHERE done_at IS NULL AND claimed_at IS NULL
+            SELECT id FROM pipectl.requests r
+            WHERE done_at IS NULL
+              AND (claimed_at IS NULL OR (claimed_by = $1 AND NOT id = ANY($3::bigint[])))
+              AND NOT EXISTS (
+                  SELECT 1 FROM pipectl.requests e
+                  WHERE e.done_at IS NULL AND e.target = r.target AND e.id < r.id
+              )
             ORDER BY id
             LIMIT $2
             FOR UPDATE SKIP LOCKED
@@ -54,28 +68,58 @@ async def claim_requests(db: DB, agent_id: UUID, limit: int = 20) -> list[Reques
         """,
         agent_id,
         limit,
+        list(executing),
     )
     return sorted((_request(r) for r in rows), key=lambda r: r.id)
 
 
-async def finish_request(db: DB, request_id: int, outcome: Outcome, detail: str) -> bool:
+async def finish_request(
+    db: DB, request_id: int, outcome: Outcome, detail: str, claimed_by: UUID | None = None
+) -> bool:
+    """Record the outcome, once. With `claimed_by`, only while that agent still holds the
+    claim: an agent declared lost must not overwrite what its successor does."""
     done = await db.fetchval(
         "UPDATE pipectl.requests SET done_at = now(), outcome = $2, detail = $3"
-        " WHERE id = $1 AND done_at IS NULL RETURNING id",
+        " WHERE id = $1 AND done_at IS NULL AND ($4::uuid IS NULL OR claimed_by = $4)"
+        " RETURNING id",
         request_id,
         str(outcome),
         detail,
+        claimed_by,
     )
     return done is not None
 
 
-async def release_request(db: DB, request_id: int) -> None:
-    """Hand a claimed request back (shutdown before it started): another agent takes it."""
-    await db.execute(
+async def release_request(db: DB, request_id: int, claimed_by: UUID) -> bool:
+    """Hand a claimed request back (stopped before it did anything): another agent takes it.
+    Only the agent holding the claim can release it."""
+    released = await db.fetchval(
         "UPDATE pipectl.requests SET claimed_by = NULL, claimed_at = NULL"
-        " WHERE id = $1 AND done_at IS NULL",
+        " WHERE id = $1 AND done_at IS NULL AND claimed_by = $2 RETURNING id",
         request_id,
+        claimed_by,
     )
+    return released is not None
+
+
+async def release_claims(db: DB, agent_id: UUID) -> int:
+    """Give back every unfinished request an agent still holds (it is stopping, its work
+    was cancelled): the next agent executes them instead of nobody."""
+    status = await db.execute(
+        "UPDATE pipectl.requests SET claimed_by = NULL, claimed_at = NULL"
+        " WHERE claimed_by = $1 AND done_at IS NULL",
+        agent_id,
+    )
+    return int(status.split()[-1])
+
+
+async def request_has_runs(db: DB, request_id: int) -> bool:
+    """Whether executing a request has created any run (a rerun that did so cannot simply
+    be handed to another agent: its runs would be made twice)."""
+    found: bool = await db.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pipectl.runs WHERE request_id = $1)", request_id
+    )
+    return found
 
 
 async def get_request(db: DB, request_id: int) -> Request | None:

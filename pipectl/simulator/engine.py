@@ -691,6 +691,7 @@ class ApesSimulator:
 _PG_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
     ConnectionError,

@@ -41,7 +41,11 @@ def is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", "") or ""
         return state.startswith(("08", "57P"))
-    return isinstance(exc, asyncpg.InterfaceError | OSError | TimeoutError)
+    # InternalClientError: a session the server ended mid-protocol is left "with another
+    # operation in progress"; only a new connection helps.
+    return isinstance(
+        exc, asyncpg.InterfaceError | asyncpg.InternalClientError | OSError | TimeoutError
+    )
 
 
 class Outage:

@@ -316,6 +316,9 @@ async def test_two_agents_the_one_holding_work_killed(
         f"(heartbeat {lost['heartbeat_seconds']}s), rerun started {lost['restarted_after']:.2f}s "
         "after"
     )
+    # The survivor keeps the summaries fresh too (the killed agent may have held their
+    # ticks when it died, so this is what the final audit's consistency check relies on).
+    await audit_alive(dsn, datetime.now(UTC), steps=STEPS)
     survivor.signal(signal.SIGTERM)
     assert survivor.wait(15) == 0
     assert await wait_request_done(dsn, request.id) == "cancelled"

@@ -27,6 +27,21 @@ TEST_DSN = os.environ.get("PIPECTL_TEST_DSN")
 TEST_REDIS_URL = os.environ.get("PIPECTL_TEST_REDIS_URL")
 
 
+# Every fixture that reaches the session's servers (the embedded ones, or those named by
+# PIPECTL_TEST_DSN / PIPECTL_TEST_REDIS_URL) depends on one of these.
+_SERVER_FIXTURES = frozenset({"pg_server", "redis_url"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that use the session's servers, so that a second pass against other
+    servers (.ci/run's PostgreSQL 15 / Redis 7 pass) can select exactly those with
+    `-m shared_servers`: the others start servers of their own or none, and would only
+    repeat the first pass."""
+    for item in items:
+        if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shared_servers)
+
+
 @pytest.fixture(autouse=True)
 def _pin_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """What varies between machines stays out of the tests: zone, config search, colours."""

@@ -15,7 +15,11 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
+from agent.exposition import Exposition
+from agent.metrics import AgentMetrics
 from agent.service import Agent
 from agent.systemd import notify, watchdog_interval, watchdog_loop
 from agent.tracing import build_provider, instrument_sql
@@ -29,26 +33,31 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class MetricsServer:
-    """prometheus-client's exposition on its own thread; never touches the event loop.
+    """The /metrics endpoint on threads of its own; never touches the event loop.
 
-    Plain HTTP is prometheus-client's start_http_server; with a web config (TLS, basic
-    auth) the same WSGI app is wrapped and served with its TLS context."""
+    Served from agent.exposition's stored bodies when given AgentMetrics (rendered after
+    changes, not per scrape); a bare registry is rendered per scrape as prometheus-client
+    does. Same WSGI server for plain HTTP and with a web config (TLS, basic auth)."""
 
     address: str
     web: WebConfig | None = None
     httpd: Any = None
     thread: Any = None
     port: int | None = None
+    exposition: Exposition | None = None
 
-    def start(self, registry: Any) -> None:
-        from prometheus_client import start_http_server
-
+    def start(self, metrics: AgentMetrics | CollectorRegistry) -> None:
         host, _, port = self.address.rpartition(":")
         host = host.strip("[]")
-        if self.web is None:
-            self.httpd, self.thread = start_http_server(int(port), host, registry=registry)
+        app: Any
+        if isinstance(metrics, AgentMetrics):
+            self.exposition = app = Exposition(metrics.registry, metrics.changes)
+            self.exposition.start()
         else:
-            self.httpd, self.thread = _serve(host, int(port), registry, self.web)
+            app = make_wsgi_app(metrics)
+        if self.web is not None and self.web.users:
+            app = BasicAuth(app, self.web.users)
+        self.httpd, self.thread = _serve(host, int(port), app, self.web)
         self.port = int(self.httpd.server_port)
         scheme = "https" if self.web is not None and self.web.tls else "http"
         auth = " with basic auth" if self.web is not None and self.web.users else ""
@@ -58,6 +67,8 @@ class MetricsServer:
         if self.httpd is not None:
             self.httpd.shutdown()
             self.httpd.server_close()
+        if self.exposition is not None:
+            self.exposition.stop()
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -67,18 +78,12 @@ class _QuietHandler(WSGIRequestHandler):
         return
 
 
-def _serve(host: str, port: int, registry: Any, web: WebConfig) -> tuple[Any, threading.Thread]:
-    from prometheus_client import make_wsgi_app
-    from prometheus_client.exposition import ThreadingWSGIServer
-
+def _serve(host: str, port: int, app: Any, web: WebConfig | None) -> tuple[Any, threading.Thread]:
     class Server(ThreadingWSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
-    app: Any = make_wsgi_app(registry)
-    if web.users:
-        app = BasicAuth(app, web.users)
     httpd = make_server(host, port, app, Server, handler_class=_QuietHandler)
-    if web.tls:
+    if web is not None and web.tls:
         httpd.socket = web.ssl_context().wrap_socket(httpd.socket, server_side=True)
     thread = threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True)
     thread.start()
@@ -123,7 +128,7 @@ class AgentProcess:
                 await agent.stop()
                 return 2
             self.metrics = MetricsServer(address, web)
-            self.metrics.start(agent.metrics.registry)
+            self.metrics.start(agent.metrics)
         watchdog = watchdog_interval()
         tasks = [asyncio.create_task(agent.serve(), name="agent")]
         if watchdog:

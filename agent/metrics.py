@@ -3,12 +3,17 @@
 Names follow Prometheus conventions: `pipectl_` prefix, base units (seconds, ratios 0..1),
 counters end in `_total`, labels only ever take configured names (step, check, kind, status,
 source, level). `_created` series are disabled: they double the series count for nothing.
+
+Every update goes through a method here, which tells the exposition (agent/exposition.py)
+that the stored /metrics body is out of date; gauges set to the value they already hold do
+not, so a heartbeat that changes nothing costs no rendering.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,6 +23,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from agent.exposition import Changes
 from pipectl import __version__
 from pipectl.model import CheckResult, CheckStatus, RunStatus
 
@@ -30,6 +36,8 @@ RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.changes = Changes()
+        self._gauges: dict[tuple[int, tuple[str, ...]], float] = {}
         r = self.registry
         self.build_info = Gauge(
             "pipectl_build_info",
@@ -175,38 +183,51 @@ class AgentMetrics:
             self.step_paused.labels(step)
             self.step_failing.labels(step)
             if interval is not None:
-                self.step_interval.labels(step).set(interval)
+                self._gauge(self.step_interval, interval, step)
             for status in RunStatus:
                 if status.finished:
                     self.step_runs.labels(step, str(status))
         for check, kind in checks:
-            self.check_status.labels(check, kind).set(CheckStatus.NODATA.metric_code)
+            self._gauge(self.check_status, CheckStatus.NODATA.metric_code, check, kind)
+        self.changes.bump()
+
+    def _gauge(self, gauge: Gauge, value: float, *labels: str) -> None:
+        """Set a gauge (a labelled child when labels are given); a change only if it is one."""
+        key = (id(gauge), labels)
+        if self._gauges.get(key) == value:
+            return
+        self._gauges[key] = value
+        target: Any = gauge.labels(*labels) if labels else gauge
+        target.set(value)
+        self.changes.bump()
 
     def run_finished(
         self, step: str, status: RunStatus, duration: float | None, finished_at: float
     ) -> None:
         self.step_runs.labels(step, str(status)).inc()
+        self.changes.bump()
         if duration is not None and status in (RunStatus.SUCCEEDED, RunStatus.FAILED):
             self.step_duration.labels(step).observe(duration)
         if status == RunStatus.SUCCEEDED:
-            self.step_last_success.labels(step).set(finished_at)
-            self.step_failing.labels(step).set(0)
+            self._gauge(self.step_last_success, finished_at, step)
+            self._gauge(self.step_failing, 0, step)
         elif status == RunStatus.FAILED:
-            self.step_failing.labels(step).set(1)
+            self._gauge(self.step_failing, 1, step)
 
     def check_finished(
         self, kind: str, result: CheckResult, shown: CheckStatus, silenced: bool
     ) -> None:
         check = result.check
         self.check_runs.labels(check, str(result.status)).inc()
-        self.check_status.labels(check, kind).set(shown.metric_code)
-        self.check_silenced.labels(check).set(1 if silenced else 0)
+        self.changes.bump()
+        self._gauge(self.check_status, shown.metric_code, check, kind)
+        self._gauge(self.check_silenced, 1 if silenced else 0, check)
         if result.value is not None:
-            self.check_value.labels(check, kind).set(result.value)
+            self._gauge(self.check_value, result.value, check, kind)
         if result.anomaly_score is not None:
-            self.anomaly_score.labels(check).set(result.anomaly_score)
+            self._gauge(self.anomaly_score, result.anomaly_score, check)
         if kind == "freshness" and result.value is not None:
-            self.freshness_age.labels(check).set(result.value)
+            self._gauge(self.freshness_age, result.value, check)
         if kind == "cache":
             self._cache(check, result)
 
@@ -223,7 +244,28 @@ class AgentMetrics:
                 continue
             hits, lookups = counts.get("hits"), counts.get("lookups")
             if isinstance(hits, int | float) and isinstance(lookups, int | float) and lookups > 0:
-                self.cache_hit_ratio.labels(check, source, str(level)).set(hits / lookups)
+                self._gauge(self.cache_hit_ratio, hits / lookups, check, source, str(level))
                 if deltas:  # counts since the previous reading: true counter increments
                     self.cache_hits.labels(check, source, str(level)).inc(max(0, hits))
                     self.cache_lookups.labels(check, source, str(level)).inc(max(0, lookups))
+
+    def step_paused_is(self, step: str, paused: bool) -> None:
+        self._gauge(self.step_paused, 1 if paused else 0, step)
+
+    def database_reachable(self, up: bool) -> None:
+        self._gauge(self.database_up, 1 if up else 0)
+
+    def heartbeat_counts(self, pending: int, oldest_age: float, alive: int) -> None:
+        self._gauge(self.requests_pending, pending)
+        self._gauge(self.requests_oldest_age, oldest_age)
+        self._gauge(self.agents_alive, alive)
+
+    def runs_in_progress(self, count: int) -> None:
+        self._gauge(self.running_runs, count)
+
+    def quality(self, table: str, dimension: str, ratio: float) -> None:
+        self._gauge(self.quality_ratio, ratio, table, dimension)
+
+    def request_finished(self, kind: str, outcome: str) -> None:
+        self.requests_done.labels(kind, outcome).inc()
+        self.changes.bump()

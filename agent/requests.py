@@ -60,7 +60,7 @@ class RequestHandler:
         )
         if not recorded:
             log.warning("request %d was already finished or handed to another agent", request.id)
-        self.agent.metrics.requests_done.labels(str(request.kind), str(outcome)).inc()
+        self.agent.metrics.request_finished(str(request.kind), str(outcome))
         log.info("request %d %s: %s", request.id, outcome, detail, extra={"request_id": request.id})
 
     async def _cancelled(self, request: Request) -> None:
@@ -143,7 +143,7 @@ class RequestHandler:
         book = self.agent.book
         assert book is not None
         await book(store.set_paused, step, pause, request.requested_by, request.reason)
-        self.agent.metrics.step_paused.labels(step).set(1 if pause else 0)
+        self.agent.metrics.step_paused_is(step, pause)
         verb = "paused" if pause else "resumed"
         await book(
             store.add_event,

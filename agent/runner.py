@@ -174,7 +174,7 @@ class StepRunner:
             await self.book(store.start_run, run_id, trace_id_of(span))
             started = time.monotonic()
             self.in_progress += 1
-            self.metrics.running_runs.set(self.in_progress)
+            self.metrics.runs_in_progress(self.in_progress)
             try:
                 result = await self._execute(plan, run_id, trigger)
             except asyncio.CancelledError:
@@ -186,7 +186,7 @@ class StepRunner:
                 result = _classify(exc, plan)
             finally:
                 self.in_progress -= 1
-                self.metrics.running_runs.set(self.in_progress)
+                self.metrics.runs_in_progress(self.in_progress)
             if result.transient and attempt <= plan.retries:
                 result = _Attempt(
                     result.status,

@@ -213,7 +213,7 @@ class Agent:
         self.connected_since = time.monotonic()
         await self._reap_dead_predecessors()
         await self._publish()
-        self.metrics.database_up.set(1)
+        self.metrics.database_reachable(True)
         log.info(
             "agent %s started: %d steps, %d checks",
             self.name,
@@ -454,10 +454,10 @@ class Agent:
         states = await self.book(store.step_states, [step])
         if states and states[0].paused:
             state = states[0]
-            self.metrics.step_paused.labels(step).set(1)
+            self.metrics.step_paused_is(step, True)
             why = f": {state.paused_reason}" if state.paused_reason else ""
             return f"paused by {state.paused_by}{why}"
-        self.metrics.step_paused.labels(step).set(0)
+        self.metrics.step_paused_is(step, False)
         return None
 
     async def _upstream_gate(self, step: str, nominal: datetime | None) -> str | None:
@@ -747,14 +747,14 @@ class Agent:
                 if self.connected_since is None:
                     self.connected_since = time.monotonic()
                     log.info("database reachable again")
-                self.metrics.database_up.set(1)
+                self.metrics.database_reachable(True)
             except Exception as exc:
                 if not is_transient(exc):
                     log.exception("heartbeat failed")
                 elif self.connected_since is not None:
                     log.warning("database unreachable: %s", exc)
                 self.connected_since = None
-                self.metrics.database_up.set(0)
+                self.metrics.database_reachable(False)
                 notify("STATUS=database unreachable, retrying")
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
@@ -787,9 +787,7 @@ class Agent:
             """
         )
         assert counts is not None
-        self.metrics.requests_pending.set(counts["pending"])
-        self.metrics.requests_oldest_age.set(float(counts["oldest"]))
-        self.metrics.agents_alive.set(counts["alive"])
+        self.metrics.heartbeat_counts(counts["pending"], float(counts["oldest"]), counts["alive"])
 
     def _healthy_long_enough(self) -> bool:
         """After an outage every agent's heartbeat is stale; give peers the same grace to
@@ -861,7 +859,7 @@ class Agent:
                     for dimension in scorecard.DIMENSIONS:
                         ratio = row.ratio(dimension)
                         if ratio is not None:
-                            self.metrics.quality_ratio.labels(row.table, dimension).set(ratio)
+                            self.metrics.quality(row.table, dimension, ratio)
             except Exception as exc:
                 if not is_transient(exc):
                     log.exception("scorecard export failed")

@@ -48,7 +48,7 @@ async def scraped(database: str) -> str:
     """The /metrics text of an agent that has run a step and refused a request."""
     async with running_agent(database, steps_toml('every = "1s"')) as agent:
         server = MetricsServer("127.0.0.1:0")
-        server.start(agent.metrics.registry)
+        server.start(agent.metrics)
         try:
             conn = await asyncpg.connect(database)
             try:

@@ -112,7 +112,7 @@ async def test_stalled_feed_raises_the_stale_data_alert(
     try:
         async with running_agent(database, BODY) as agent:
             metrics = MetricsServer("127.0.0.1:0")
-            metrics.start(agent.metrics.registry)
+            metrics.start(agent.metrics)
             try:
                 assert metrics.port is not None
                 prometheus.start(metrics.port)

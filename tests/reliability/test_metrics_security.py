@@ -84,7 +84,7 @@ def serve() -> Iterator[Callable[[Path], str]]:
     def start(web_file: Path) -> str:
         metrics = AgentMetrics()
         server = MetricsServer("127.0.0.1:0", load_web_config(web_file))
-        server.start(metrics.registry)
+        server.start(metrics)
         servers.append(server)
         return f"https://127.0.0.1:{server.port}/metrics"
 

@@ -12,6 +12,7 @@ there and then, so a scrape never returns a value older than the update before i
 from __future__ import annotations
 
 import gzip
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +21,8 @@ from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import choose_encoder, gzip_accepted
+
+log = logging.getLogger(__name__)
 
 Encoder = Callable[[CollectorRegistry], bytes]
 # (content type, gzipped): the variants Prometheus and people ask for.
@@ -115,7 +118,10 @@ class Exposition:
                 return
             self.changes.event.clear()
             started = time.monotonic()
-            self._render_known_variants()
+            try:
+                self._render_known_variants()
+            except Exception:  # scrapes render for themselves meanwhile; try again later
+                log.exception("pre-rendering the metrics failed")
             if self._stopping.wait(max(0.0, self.min_interval - (time.monotonic() - started))):
                 return
 

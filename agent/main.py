@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ from pipectl.migrate import MigrationError
 from pipectl.webconfig import BasicAuth, WebConfig, load_web_config
 
 log = logging.getLogger(__name__)
+
+# Seconds a metrics client may take to shake hands or send its request.
+CONNECTION_TIMEOUT = 10.0
 
 
 @dataclass
@@ -57,7 +61,12 @@ class MetricsServer:
             app = make_wsgi_app(metrics)
         if self.web is not None and self.web.users:
             app = BasicAuth(app, self.web.users)
-        self.httpd, self.thread = _serve(host, int(port), app, self.web)
+        try:
+            self.httpd, self.thread = _serve(host, int(port), app, self.web)
+        except BaseException:
+            if self.exposition is not None:
+                self.exposition.stop()
+            raise
         self.port = int(self.httpd.server_port)
         scheme = "https" if self.web is not None and self.web.tls else "http"
         auth = " with basic auth" if self.web is not None and self.web.users else ""
@@ -67,24 +76,46 @@ class MetricsServer:
         if self.httpd is not None:
             self.httpd.shutdown()
             self.httpd.server_close()
+            self.httpd = None
         if self.exposition is not None:
             self.exposition.stop()
+            self.exposition = None
 
 
 class _QuietHandler(WSGIRequestHandler):
     """No access log on stderr: a scrape every few seconds is not news."""
+
+    timeout = CONNECTION_TIMEOUT  # a client that connects and says nothing frees its thread
 
     def log_message(self, format: str, *args: Any) -> None:
         return
 
 
 def _serve(host: str, port: int, app: Any, web: WebConfig | None) -> tuple[Any, threading.Thread]:
+    tls = web.ssl_context() if web is not None and web.tls else None
+
     class Server(ThreadingWSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
+        def finish_request(self, request: Any, client_address: Any) -> None:
+            """TLS handshakes happen here, on the connection's own thread and under its
+            timeout: done in accept() (a wrapped listening socket), one client that never
+            sends a ClientHello would stall every scrape and the agent's shutdown."""
+            if tls is None:
+                super().finish_request(request, client_address)
+                return
+            request.settimeout(CONNECTION_TIMEOUT)
+            try:
+                secure = tls.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError) as exc:
+                log.debug("TLS handshake with %s failed: %s", client_address, exc)
+                return
+            try:
+                super().finish_request(secure, client_address)
+            finally:
+                secure.close()
+
     httpd = make_server(host, port, app, Server, handler_class=_QuietHandler)
-    if web is not None and web.tls:
-        httpd.socket = web.ssl_context().wrap_socket(httpd.socket, server_side=True)
     thread = threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True)
     thread.start()
     return httpd, thread
@@ -121,14 +152,20 @@ class AgentProcess:
         if address:
             web_file = agent.config.agent.metrics_web_config
             try:
-                web = load_web_config(web_file) if web_file else None
+                web = load_web_config(self.loaded.resolve(web_file)) if web_file else None
             except ConfigError as exc:
                 for problem in exc.problems:
                     log.error("cannot start: %s", problem)
                 await agent.stop()
                 return 2
             self.metrics = MetricsServer(address, web)
-            self.metrics.start(agent.metrics)
+            try:
+                self.metrics.start(agent.metrics)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("cannot start: cannot serve metrics on %s: %s", address, exc)
+                self.metrics = None
+                await agent.stop()
+                return 2
         watchdog = watchdog_interval()
         tasks = [asyncio.create_task(agent.serve(), name="agent")]
         if watchdog:

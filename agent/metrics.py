@@ -5,8 +5,9 @@ counters end in `_total`, labels only ever take configured names (step, check, k
 source, level). `_created` series are disabled: they double the series count for nothing.
 
 Every update goes through a method here, which tells the exposition (agent/exposition.py)
-that the stored /metrics body is out of date; gauges set to the value they already hold do
-not, so a heartbeat that changes nothing costs no rendering.
+that the stored /metrics body is out of date once all of its updates are made (a body
+rendered in between must not pass for current); gauges set to the value they already hold
+are no change, so a heartbeat that changes nothing costs no rendering.
 """
 
 from __future__ import annotations
@@ -191,21 +192,25 @@ class AgentMetrics:
             self._gauge(self.check_status, CheckStatus.NODATA.metric_code, check, kind)
         self.changes.bump()
 
-    def _gauge(self, gauge: Gauge, value: float, *labels: str) -> None:
-        """Set a gauge (a labelled child when labels are given); a change only if it is one."""
+    def _gauge(self, gauge: Gauge, value: float, *labels: str) -> bool:
+        """Set a gauge (a labelled child when labels are given); whether its value changed.
+        The caller bumps `changes` after its last update."""
         key = (id(gauge), labels)
         if self._gauges.get(key) == value:
-            return
+            return False
         self._gauges[key] = value
         target: Any = gauge.labels(*labels) if labels else gauge
         target.set(value)
-        self.changes.bump()
+        return True
+
+    def _changed_if(self, *changed: bool) -> None:
+        if any(changed):
+            self.changes.bump()
 
     def run_finished(
         self, step: str, status: RunStatus, duration: float | None, finished_at: float
     ) -> None:
         self.step_runs.labels(step, str(status)).inc()
-        self.changes.bump()
         if duration is not None and status in (RunStatus.SUCCEEDED, RunStatus.FAILED):
             self.step_duration.labels(step).observe(duration)
         if status == RunStatus.SUCCEEDED:
@@ -213,13 +218,13 @@ class AgentMetrics:
             self._gauge(self.step_failing, 0, step)
         elif status == RunStatus.FAILED:
             self._gauge(self.step_failing, 1, step)
+        self.changes.bump()
 
     def check_finished(
         self, kind: str, result: CheckResult, shown: CheckStatus, silenced: bool
     ) -> None:
         check = result.check
         self.check_runs.labels(check, str(result.status)).inc()
-        self.changes.bump()
         self._gauge(self.check_status, shown.metric_code, check, kind)
         self._gauge(self.check_silenced, 1 if silenced else 0, check)
         if result.value is not None:
@@ -230,6 +235,7 @@ class AgentMetrics:
             self._gauge(self.freshness_age, result.value, check)
         if kind == "cache":
             self._cache(check, result)
+        self.changes.bump()
 
     def _cache(self, check: str, result: CheckResult) -> None:
         """Cache results carry per-level counts in `baseline['levels']` (checks/cache.py);
@@ -250,21 +256,23 @@ class AgentMetrics:
                     self.cache_lookups.labels(check, source, str(level)).inc(max(0, lookups))
 
     def step_paused_is(self, step: str, paused: bool) -> None:
-        self._gauge(self.step_paused, 1 if paused else 0, step)
+        self._changed_if(self._gauge(self.step_paused, 1 if paused else 0, step))
 
     def database_reachable(self, up: bool) -> None:
-        self._gauge(self.database_up, 1 if up else 0)
+        self._changed_if(self._gauge(self.database_up, 1 if up else 0))
 
     def heartbeat_counts(self, pending: int, oldest_age: float, alive: int) -> None:
-        self._gauge(self.requests_pending, pending)
-        self._gauge(self.requests_oldest_age, oldest_age)
-        self._gauge(self.agents_alive, alive)
+        self._changed_if(
+            self._gauge(self.requests_pending, pending),
+            self._gauge(self.requests_oldest_age, oldest_age),
+            self._gauge(self.agents_alive, alive),
+        )
 
     def runs_in_progress(self, count: int) -> None:
-        self._gauge(self.running_runs, count)
+        self._changed_if(self._gauge(self.running_runs, count))
 
     def quality(self, table: str, dimension: str, ratio: float) -> None:
-        self._gauge(self.quality_ratio, ratio, table, dimension)
+        self._changed_if(self._gauge(self.quality_ratio, ratio, table, dimension))
 
     def request_finished(self, kind: str, outcome: str) -> None:
         self.requests_done.labels(kind, outcome).inc()

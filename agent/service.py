@@ -201,15 +201,7 @@ class Agent:
             max_parallel=self.config.agent.max_parallel_runs,
             tracer=self.tracer,
         )
-        await store.register_agent(
-            self.pool,
-            agent_id=self.agent_id,
-            name=self.name,
-            host=self.host,
-            pid=os.getpid(),
-            version=__version__,
-            heartbeat_seconds=self.config.agent.heartbeat.total_seconds(),
-        )
+        await self._register()
         self.connected_since = time.monotonic()
         await self._reap_dead_predecessors()
         await self._publish()
@@ -272,12 +264,15 @@ class Agent:
         that heartbeats but no longer claims requests would look alive and do nothing."""
         delay = 1.0
         while not self.stopping.is_set():
+            started = time.monotonic()
             try:
                 await loop()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if time.monotonic() - started > 300:  # it had been running fine: start over
+                    delay = 1.0
                 log.exception("agent loop %s crashed; restarting it in %.0fs", name, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
@@ -374,12 +369,17 @@ class Agent:
                 )
                 if closed:
                     log.info("closed %d unfinished runs as cancelled", len(closed))
-                # Requests claimed but never started (their tasks were cancelled before they
-                # ran) go back to the queue: a stopped agent is never reaped, so nobody else
-                # would release them.
-                released = await asyncio.wait_for(store.release_claims(self.pool, self.agent_id), 2)
-                if released:
-                    log.info("handed %d unstarted requests back to the queue", released)
+                # Requests whose tasks were cancelled before they could settle them: a
+                # stopped agent is never reaped, so nobody else would.
+                released, cancelled = await asyncio.wait_for(
+                    store.release_claims(self.pool, self.agent_id), 2
+                )
+                if released or cancelled:
+                    log.info(
+                        "requests left at shutdown: %d handed back to the queue, %d cancelled",
+                        released,
+                        cancelled,
+                    )
                 await asyncio.wait_for(store.stop_agent(self.pool, self.agent_id), 2)
         except Exception as exc:
             log.warning("could not record the agent's stop: %s", exc)
@@ -808,6 +808,10 @@ class Agent:
         self.agent_id = uuid.uuid4()
         if self.runner is not None:
             self.runner.agent_id = self.agent_id
+        await self._register()
+
+    async def _register(self) -> None:
+        """Record this agent (under its current id) in pipectl.agents."""
         assert self.pool is not None
         await store.register_agent(
             self.pool,

@@ -122,6 +122,18 @@ _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 _SSL_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
 
 
+def _bad_port(url: str, netloc: str, port: str) -> str:
+    """The message for a port that is not one. A password holding '/', '?' or '#' unencoded
+    ends the authority early, so its start is what looks like the port: quoted only when the
+    user info was read (or the URL has none)."""
+    if "@" in netloc or "@" not in url:
+        return f"port {port!r} is not a number from 1 to 65535"
+    return (
+        "the port is not a number from 1 to 65535; if the password holds '/', '?' or '#',"
+        " percent-encode them (%2F, %3F, %23)"
+    )
+
+
 def _dsn(value: Any) -> str:
     """A postgresql:// URL asyncpg can use, checked here so that a typo is a located config
     error rather than a driver traceback. Messages never repeat the password."""
@@ -143,7 +155,7 @@ def _dsn(value: Any) -> str:
     for spec in hosts.split(","):
         port = spec.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in spec else ""
         if port and not (port.isdigit() and 0 < int(port) < 65536):
-            raise ValueError(f"port {port!r} is not a number from 1 to 65535")
+            raise ValueError(_bad_port(value, parts.netloc, port))
     for mode in query.get("sslmode", []):
         if mode not in _SSLMODES:
             raise ValueError(f"sslmode {mode!r} is not one of {', '.join(_SSLMODES)}")
@@ -160,9 +172,13 @@ def _redis_url(value: Any) -> str:
         raise ValueError(f"expected a redis:// URL, got {_toml_type(value)}")
     try:
         parts = urlsplit(value)
-        port = parts.port
     except ValueError as exc:
         raise ValueError(f"not a valid URL: {exc}") from None
+    try:
+        port = parts.port
+    except ValueError:
+        text = parts.netloc.rsplit("@", 1)[-1].rpartition(":")[2]
+        raise ValueError(_bad_port(value, parts.netloc, text)) from None
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ValueError(
             "expected a URL such as redis://host:6379/0 (rediss:// for TLS, unix:// for a "
@@ -573,6 +589,14 @@ class LoadedConfig:
     @property
     def database_dsn(self) -> str | None:
         return self.config.database.dsn
+
+    def resolve(self, path: str) -> Path:
+        """A path named in the config: relative ones are relative to the config file's
+        folder (an agent under systemd runs in /), not to the working directory."""
+        named = Path(path).expanduser()
+        if named.is_absolute() or self.file is None:
+            return named
+        return self.file.parent / named
 
     @property
     def redis_url(self) -> str | None:
@@ -1069,7 +1093,7 @@ def mask_secret_url(value: str) -> str:
         try:
             parts = urlsplit(value)
         except ValueError:  # not a URL Python can split (a bad IPv6 host, say): mask by shape
-            return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1****@", value)
+            return re.sub(r"(://[^:/@]*:).*@", r"\1****@", value)  # up to the last @
         if parts.password is None:
             return value
         netloc = parts.netloc.rsplit("@", 1)

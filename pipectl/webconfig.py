@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import ssl
 import threading
 from collections.abc import Callable, Iterable
@@ -217,6 +218,12 @@ def _bcrypt_usable(hashed: str) -> bool:
     return True
 
 
+def _rounds(hashed: bytes) -> int:
+    """The cost factor of a bcrypt hash ($2b$12$...)."""
+    parts = hashed.split(b"$")
+    return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else 10
+
+
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -232,8 +239,10 @@ class BasicAuth:
         self.app = app
         self.users = users
         self._bcrypt = bcrypt
-        self._dummy = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=10))
-        self._key = hashlib.sha256(repr(sorted(users.items())).encode()).digest()
+        # The dummy costs what the configured hashes cost, or timing would tell names apart.
+        rounds = max((_rounds(h) for h in users.values()), default=10)
+        self._dummy = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=rounds))
+        self._key = os.urandom(32)
         self._verified: set[bytes] = set()
         self._lock = threading.Lock()
 
@@ -265,7 +274,11 @@ class BasicAuth:
             if digest in self._verified:
                 return True
         hashed = self.users.get(user)
-        ok = self._bcrypt.checkpw(password.encode(), hashed or self._dummy) and hashed is not None
+        try:
+            matches = self._bcrypt.checkpw(password.encode(), hashed or self._dummy)
+        except ValueError:  # bcrypt 5 refuses passwords over 72 bytes: no hash matches them
+            return False
+        ok = matches and hashed is not None
         if ok:
             with self._lock:
                 if len(self._verified) > 1000:

@@ -29,7 +29,8 @@ def check_config(args: argparse.Namespace) -> int:
     loaded = load(args, require_file=True)
     config = loaded.config
     if config.agent.metrics_web_config:
-        load_web_config(config.agent.metrics_web_config)  # its problems are ConfigErrors too
+        # its problems are ConfigErrors too
+        load_web_config(loaded.resolve(config.agent.metrics_web_config))
     console().print(f"{loaded.file}: ok ({len(config.steps)} steps, {len(config.checks)} checks)")
     return EXIT_OK
 

@@ -102,15 +102,37 @@ async def release_request(db: DB, request_id: int, claimed_by: UUID) -> bool:
     return released is not None
 
 
-async def release_claims(db: DB, agent_id: UUID) -> int:
-    """Give back every unfinished request an agent still holds (it is stopping, its work
-    was cancelled): the next agent executes them instead of nobody."""
-    status = await db.execute(
-        "UPDATE pipectl.requests SET claimed_by = NULL, claimed_at = NULL"
-        " WHERE claimed_by = $1 AND done_at IS NULL",
+async def release_claims(db: DB, agent_id: UUID) -> tuple[int, int]:
+    """Settle every unfinished request a stopping agent still holds (its work was cancelled
+    past the shutdown deadline), as RequestHandler._cancelled would have: one that made no
+    run goes back to the queue for the next agent; a rerun that made runs is recorded as
+    cancelled, since executing it again would repeat the runs that completed. Returns
+    (handed back, cancelled)."""
+    rows = await db.fetch(
+        """
+        WITH held AS (
+            SELECT q.id, EXISTS (SELECT 1 FROM pipectl.runs r WHERE r.request_id = q.id)
+                   AS made_runs
+            FROM pipectl.requests q
+            WHERE q.claimed_by = $1 AND q.done_at IS NULL
+            FOR UPDATE
+        ), released AS (
+            UPDATE pipectl.requests q SET claimed_by = NULL, claimed_at = NULL
+            FROM held WHERE q.id = held.id AND NOT held.made_runs
+            RETURNING 'released' AS what
+        ), cancelled AS (
+            UPDATE pipectl.requests q
+            SET done_at = now(), outcome = 'cancelled',
+                detail = 'agent stopped while executing the request'
+            FROM held WHERE q.id = held.id AND held.made_runs
+            RETURNING 'cancelled' AS what
+        )
+        SELECT what FROM released UNION ALL SELECT what FROM cancelled
+        """,
         agent_id,
     )
-    return int(status.split()[-1])
+    released = sum(1 for r in rows if r["what"] == "released")
+    return released, len(rows) - released
 
 
 async def request_has_runs(db: DB, request_id: int) -> bool:

@@ -54,6 +54,18 @@ def test_a_scrape_right_after_an_update_sees_it(
     assert b'pipectl_step_last_success_timestamp_seconds{step="rollup"} 1.7e+09' in body
 
 
+def test_an_update_that_changes_no_gauge_is_still_a_change(
+    served: tuple[AgentMetrics, MetricsServer],
+) -> None:
+    """A second identical run changes only a counter and the histogram: the body follows."""
+    metrics, server = served
+    for expected in (b"1.0", b"2.0"):
+        metrics.run_finished("rollup", RunStatus.SUCCEEDED, 0.3, 1_700_000_000.0)
+        _, body = get(server)
+        assert b'pipectl_step_run_duration_seconds_count{step="rollup"} ' + expected in body
+        assert b'pipectl_step_runs_total{status="succeeded",step="rollup"} ' + expected in body
+
+
 def test_unchanged_metrics_are_not_rendered_again(
     served: tuple[AgentMetrics, MetricsServer],
 ) -> None:

@@ -7,9 +7,11 @@ import asyncio
 import base64
 import json
 import signal
+import socket
 import ssl
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -120,6 +122,37 @@ def test_https_with_basic_auth(
         _get(url.replace("https://", "http://"), user="prometheus")  # plain HTTP refused
 
 
+def test_a_client_that_never_shakes_hands_stalls_nobody(
+    tmp_path: Path, authority: tuple[Authority, Pair, Pair]
+) -> None:
+    """TLS handshakes run on each connection's thread: a silent client (or a slow one)
+    neither blocks other scrapes nor the server's shutdown."""
+    ca, pair, _ = authority
+    server = MetricsServer("127.0.0.1:0", load_web_config(_web_config(tmp_path, pair)))
+    server.start(AgentMetrics())
+    url = f"https://127.0.0.1:{server.port}/metrics"
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5):  # says nothing
+            started = time.monotonic()
+            assert _get(url, user="prometheus", cafile=ca.ca.cert)[0] == 200
+            assert time.monotonic() - started < 5
+            started = time.monotonic()
+            server.stop()
+            assert time.monotonic() - started < 5
+    finally:
+        server.stop()
+
+
+def test_an_overlong_password_is_refused_not_an_error(
+    tmp_path: Path, authority: tuple[Authority, Pair, Pair], serve: Callable[[Path], str]
+) -> None:
+    ca, server, _ = authority
+    url = serve(_web_config(tmp_path, server))
+    for user in ("prometheus", "nobody"):  # bcrypt 5 raises for passwords over 72 bytes
+        status, challenge = _get(url, user=user, password="x" * 100, cafile=ca.ca.cert)
+        assert (status, challenge) == (401, 'Basic realm="pipectl metrics", charset="UTF-8"')
+
+
 def test_mutual_tls(
     tmp_path: Path, authority: tuple[Authority, Pair, Pair], serve: Callable[[Path], str]
 ) -> None:
@@ -199,3 +232,40 @@ async def test_the_agent_serves_https_from_its_config_and_config_check_reads_it(
     )
     assert done.returncode == 2
     assert done.stderr.startswith(f"{tmp_path / 'missing.yml'}: cannot read the web config")
+
+
+async def test_a_metrics_port_in_use_is_a_message_and_exit_2(database: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        config = tmp_path / "agent.toml"
+        config.write_text(f'[agent]\nmetrics_address = "{address}"\nlog_format = "json"\n')
+        process = AgentProcess(config, database, tmp_path / "agent.log")
+        try:
+            assert await asyncio.to_thread(process.wait, 60) == 2
+        finally:
+            process.kill()
+    log = process.log()
+    assert f"cannot start: cannot serve metrics on {address}" in log
+    assert "Traceback" not in log
+
+
+def test_a_relative_web_config_is_found_next_to_the_config(
+    tmp_path: Path, authority: tuple[Authority, Pair, Pair]
+) -> None:
+    _, server, _ = authority
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    _web_config(folder, server)  # etc/web.yml
+    config = folder / "pipectl.toml"
+    config.write_text('[agent]\nmetrics_web_config = "web.yml"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "pipectl", "--config", str(config), "config", "check"],
+        cwd=tmp_path,  # not the config's folder
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{config}: ok" in done.stdout

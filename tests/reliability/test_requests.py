@@ -14,7 +14,7 @@ import pytest
 
 from pipectl import store
 from pipectl.embedded import EmbeddedPostgres
-from pipectl.model import RequestKind
+from pipectl.model import RequestKind, Trigger
 from tests.agent.conftest import AgentProcess, running_agent
 from tests.helpers import wait_for
 from tests.reliability.audit import audit_alive, audit_final
@@ -219,6 +219,35 @@ async def test_claims_of_a_stopping_agent_go_back_to_the_queue(database: str) ->
         assert await wait_request_done(database, request.id) == "succeeded"
     report = await audit_final(database, SUMMARIES)
     assert report.outcomes == {"succeeded": 1}
+
+
+async def test_a_stopping_agent_cancels_a_held_rerun_that_made_runs(database: str) -> None:
+    """A rerun whose task was cancelled past the shutdown deadline after it made runs is
+    recorded as cancelled, not handed back: another agent would repeat the runs."""
+    request = await file_request(database, RequestKind.RERUN, "rule_effectiveness_summary")
+    async with (
+        running_agent(database, IN_PROCESS + SUMMARY_STEPS, serve=False) as idle,
+        connected(database) as conn,
+    ):
+        claimed = await store.claim_requests(conn, idle.agent_id)
+        assert [r.id for r in claimed] == [request.id]
+        await store.create_run(
+            conn,
+            "rule_effectiveness_summary",
+            Trigger.MANUAL,
+            idle.agent_id,
+            request_id=request.id,
+        )
+    async with connected(database) as conn:
+        row = await conn.fetchrow(
+            "SELECT claimed_by, outcome, detail FROM pipectl.requests WHERE id = $1", request.id
+        )
+        run = await conn.fetchval(
+            "SELECT status FROM pipectl.runs WHERE request_id = $1", request.id
+        )
+    assert row["outcome"] == "cancelled"
+    assert row["detail"] == "agent stopped while executing the request"
+    assert run == "cancelled"  # the unfinished run was closed by the same stop
 
 
 async def test_a_claim_whose_reply_was_lost_is_taken_again(database: str) -> None:

@@ -151,6 +151,10 @@ def test_bad_tls_settings_in_the_dsn_are_located_messages(
         "postgresql://u:Secret-1@[::1/db",
         "host=127.0.0.1 user=u password=Secret-1",
         "redis://u:Secret-1@127.0.0.1/db",
+        # Unencoded '/', '#' or '?' end the authority early: the password would be the port.
+        "postgresql://u:Secret-1/x@127.0.0.1:5432/db",
+        "postgresql://u:Secret-1#x@127.0.0.1/db",
+        "postgresql://u:Secret-1?x@127.0.0.1/db",
     ],
 )
 def test_malformed_dsns_are_messages_without_the_password(tmp_path: Path, dsn: str) -> None:
@@ -159,6 +163,17 @@ def test_malformed_dsns_are_messages_without_the_password(tmp_path: Path, dsn: s
     shown = _pipectl(config, "status")
     assert shown.startswith(f"{config}:2: database.dsn: "), shown
     assert "Secret-1" not in shown
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:Secret-1/x@127.0.0.1:6379/0", "redis://u:Secret-1#x@127.0.0.1/0"]
+)
+def test_malformed_redis_urls_are_messages_without_the_password(tmp_path: Path, url: str) -> None:
+    config = tmp_path / "pipectl.toml"
+    config.write_text(f'[redis]\nurl = "{url}"\n')
+    shown = _pipectl(config, "status")
+    assert shown.startswith(f"{config}:2: redis.url: "), shown
+    assert "Secret-1" not in shown and "percent-encode" in shown
 
 
 def _system_postgres_bin() -> Path:

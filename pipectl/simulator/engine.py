@@ -53,6 +53,7 @@ log = logging.getLogger("pipectl.simulator")
 WRITER_APPLICATION = "pipectl-simulator"
 TICK_S = 0.5
 MAX_TICK_S = 2.0  # after a pause, do not make up for lost time in one burst
+WRITER_STOP_TIMEOUT_S = 10.0  # how long a stop waits for the writer's tick to end
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_HIT_TARGET = 0.8  # prompt_improvement: a GET finds the cached improvement
 L1_SHARE = 0.30  # requests answered from the in-process cache (no Redis round trip)
@@ -149,6 +150,9 @@ class ApesSimulator:
         self._cache: CacheTraffic | None = None
         self._listening = False
         self._pending: set[asyncio.Task[None]] = set()
+        # Set when run() is asked to stop: the writer finishes its tick (rows written and
+        # tallied together) instead of being cancelled between a COPY and its tally.
+        self._stopping = asyncio.Event()
         self._outages: dict[str, Outage] = {}
         # When the faults last changed: a tick never dates rows made under the new faults
         # before that moment.
@@ -387,10 +391,13 @@ class ApesSimulator:
         loops = [self._writer_loop(), self._control_loop()]
         if self._cache is not None:
             loops.append(self._cache_loop(self._cache))
+        self._stopping.clear()
         tasks = [asyncio.create_task(loop) for loop in loops]
         try:
             await stop.wait()
         finally:
+            self._stopping.set()
+            await asyncio.wait(tasks[:1], timeout=WRITER_STOP_TIMEOUT_S)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -410,10 +417,10 @@ class ApesSimulator:
         expected: tuple[type[BaseException], ...],
     ) -> None:
         """Run `session` again and again: expected failures back off quietly, others are
-        logged with their traceback; only cancellation ends the loop."""
+        logged with their traceback; a stop (or cancellation) ends the loop."""
         backoff = Backoff()
         outage = Outage(what, log)
-        while True:
+        while not self._stopping.is_set():
             try:
                 await session(outage)
             except asyncio.CancelledError:
@@ -424,6 +431,8 @@ class ApesSimulator:
                 log.exception("%s: unexpected error; carrying on", what)
             else:
                 backoff.reset()
+            if self._stopping.is_set():
+                return
             await backoff.sleep()
 
     # writer ---------------------------------------------------------------------------------
@@ -443,12 +452,14 @@ class ApesSimulator:
             if outage.recovered():
                 self._tally.reconnects += 1
             last = time.monotonic()
-            while True:
+            while not self._stopping.is_set():
                 began = time.monotonic()
                 seconds = min(began - last, MAX_TICK_S)
                 last = began
                 await self._tick(conn, seconds)
-                await asyncio.sleep(max(0.0, TICK_S - (time.monotonic() - began)))
+                pause = max(0.0, TICK_S - (time.monotonic() - began))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), pause)
         finally:
             await _close(conn)
 

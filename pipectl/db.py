@@ -90,6 +90,16 @@ def decode_json(text: str) -> Any:
         return UNREADABLE_JSON
 
 
+# What a failed connection attempt raises (ValueError: a DSN asyncpg cannot parse).
+_CONNECT_ERRORS = (
+    TimeoutError,
+    OSError,
+    ValueError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for type_name in ("json", "jsonb"):
         await conn.set_type_codec(
@@ -116,13 +126,7 @@ async def connect(
                 **(settings or {}),
             },
         )
-    except (
-        TimeoutError,
-        OSError,
-        ValueError,
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-    ) as exc:
+    except _CONNECT_ERRORS as exc:
         raise DatabaseUnavailable(
             f"cannot connect to {describe_target(target)}: {_reason(exc)}"
         ) from exc
@@ -151,13 +155,7 @@ async def create_pool(
                 **(settings or {}),
             },
         )
-    except (
-        TimeoutError,
-        OSError,
-        ValueError,
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-    ) as exc:
+    except _CONNECT_ERRORS as exc:
         raise DatabaseUnavailable(
             f"cannot connect to {describe_target(target)}: {_reason(exc)}"
         ) from exc

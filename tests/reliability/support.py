@@ -42,6 +42,21 @@ relation = "public.slow_summary"
 
 STEPS = ("rule_effectiveness_summary", "user_satisfaction_summary")
 
+FRESHNESS_CHECK = """
+[[checks]]
+name = "rule_performance_freshness"
+kind = "freshness"
+table = "public.rule_performance"
+column = "created_at"
+warn_after = "15m"
+error_after = "1h"
+"""
+
+
+def freshness_check(every: str) -> str:
+    """The freshness check of rule_performance, run every `every`."""
+    return FRESHNESS_CHECK + f'every = "{every}"\n'
+
 
 async def create_slow_summary(dsn: str, seconds: float) -> None:
     """A materialized summary whose refresh takes `seconds` (a one-row CTE sleeps once)."""

@@ -15,7 +15,7 @@ import pytest
 
 from pipectl.embedded import EmbeddedPostgres
 from tests.agent.conftest import REPO
-from tests.reliability.support import connected
+from tests.reliability.support import FRESHNESS_CHECK, connected
 
 pytestmark = pytest.mark.slow
 
@@ -89,15 +89,7 @@ kind = "matview"
 relation = "public.rule_effectiveness_summary"
 """
 
-CHECK = """
-[[checks]]
-name = "rule_performance_freshness"
-kind = "freshness"
-table = "public.rule_performance"
-column = "created_at"
-warn_after = "15m"
-error_after = "1h"
-"""
+CHECK = FRESHNESS_CHECK
 
 
 async def test_hostile_names_on_the_command_line_execute_nothing(

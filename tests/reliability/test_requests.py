@@ -25,6 +25,7 @@ from tests.reliability.support import (
     connected,
     fetchval,
     file_request,
+    freshness_check,
     wait_request_done,
     wait_run_status,
 )
@@ -150,20 +151,7 @@ async def test_malformed_notifications_and_request_rows_are_ignored_or_rejected(
                 ("check", "\u202enothing", "{}"),
             ]
         ]
-    body = (
-        IN_PROCESS
-        + SUMMARY_STEPS
-        + """
-[[checks]]
-name = "rule_performance_freshness"
-kind = "freshness"
-table = "public.rule_performance"
-column = "created_at"
-warn_after = "15m"
-error_after = "1h"
-every = "1h"
-"""
-    )
+    body = IN_PROCESS + SUMMARY_STEPS + freshness_check("1h")
     async with running_agent(database, body) as agent:
 
         async def listening() -> bool:

@@ -18,7 +18,13 @@ from pipectl.model import RequestKind
 from tests.agent.conftest import REPO, running_agent
 from tests.reliability.audit import audit_alive, audit_final
 from tests.reliability.conftest import SUMMARIES, as_user
-from tests.reliability.support import STEPS, SUMMARY_STEPS, connected, wait_request_done
+from tests.reliability.support import (
+    STEPS,
+    SUMMARY_STEPS,
+    connected,
+    freshness_check,
+    wait_request_done,
+)
 
 SUMMARY = "public.rule_effectiveness_summary"
 
@@ -135,20 +141,7 @@ async def test_an_agent_running_as_the_agent_role_does_its_whole_job_audited(
     agent_role = await login_role("pipectl_agent")
     operator_role = await login_role("pipectl_operator")
     operator = as_user(database, operator_role)
-    body = (
-        '[agent]\nheartbeat = "500ms"\n'
-        + SUMMARY_STEPS
-        + """
-[[checks]]
-name = "rule_performance_freshness"
-kind = "freshness"
-table = "public.rule_performance"
-column = "created_at"
-warn_after = "15m"
-error_after = "1h"
-every = "1s"
-"""
-    )
+    body = '[agent]\nheartbeat = "500ms"\n' + SUMMARY_STEPS + freshness_check("1s")
     wanted = [
         (RequestKind.RERUN, "rule_effectiveness_summary", {"downstream": True}, "backfill done"),
         (RequestKind.PAUSE, "user_satisfaction_summary", {}, "vacuum tonight"),

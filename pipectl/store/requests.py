@@ -47,7 +47,11 @@ async def claim_requests(
     earlier request for its target is done (a pause then a resume, taken by two agents at
     once, would otherwise end in either state). Requests this agent claimed but is not
     executing (`executing` lists those it is) are taken again: a claim whose reply was lost
-    with the connection would otherwise stay claimed by a live agent, and never run."""
+    with the connection would otherwise stay claimed by a live agent, and never run.
+
+    An agent that peers declared lost claims nothing under that identity: its requests were
+    handed back, and one it is still executing must not start a second time before it
+    notices and rejoins under a new id."""
     rows = await db.fetch(
         f"""
         UPDATE pipectl.requests q
@@ -55,7 +59,11 @@ async def claim_requests(
         WHERE q.id IN (
             SELECT id FROM pipectl.requests r
             WHERE done_at IS NULL
-              AND (claimed_at IS NULL OR (claimed_by = $1 AND NOT id = ANY($3::bigint[])))
+              AND (claimed_at IS NULL OR claimed_by = $1)
+              AND NOT id = ANY($3::bigint[])
+              AND NOT EXISTS (
+                  SELECT 1 FROM pipectl.agents a WHERE a.id = $1 AND a.lost_at IS NOT NULL
+              )
               AND NOT EXISTS (
                   SELECT 1 FROM pipectl.requests e
                   WHERE e.done_at IS NULL AND e.target = r.target AND e.id < r.id

@@ -300,6 +300,35 @@ async def test_an_agent_cut_off_and_declared_lost_does_not_overwrite_its_success
     assert runs[1]["agent_id"] != cut_off
 
 
+async def test_an_agent_declared_lost_claims_nothing_under_that_identity(database: str) -> None:
+    """Between being declared lost and noticing it, an agent's request loop may look for work
+    again: it must neither take back the request it is still executing (it would run twice)
+    nor claim anything else under the identity its peers have written off."""
+    request = await file_request(database, RequestKind.RERUN, "rule_effectiveness_summary")
+    cut_off, survivor = uuid.uuid4(), uuid.uuid4()
+    async with connected(database) as conn:
+        for agent_id, name in ((cut_off, "cut-off"), (survivor, "survivor")):
+            await store.register_agent(
+                conn,
+                agent_id=agent_id,
+                name=name,
+                host="test",
+                pid=1,
+                version="test",
+                heartbeat_seconds=0.5,
+            )
+        assert [r.id for r in await store.claim_requests(conn, cut_off)] == [request.id]
+        await conn.execute(
+            "UPDATE pipectl.agents SET last_seen = now() - interval '1 hour' WHERE id = $1",
+            cut_off,
+        )
+        reaped = await store.reap_lost_agents(conn, survivor, 3)
+        assert [r.agent_id for r in reaped] == [cut_off]
+        assert await store.claim_requests(conn, cut_off, executing=[request.id]) == []
+        assert await store.claim_requests(conn, cut_off) == []
+        assert [r.id for r in await store.claim_requests(conn, survivor)] == [request.id]
+
+
 async def test_a_loop_that_crashes_on_a_bug_is_restarted(
     database: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -4,7 +4,8 @@
 
 Fills the pipectl schema inside PostgreSQL (generate_series; triggers off while loading) with
 30 days of runs (20 steps), 2 check results per run (100 checks), 90 days of samples (one
-series per check), 1 event per run and 1 request per 10 runs, then times the store functions
+series per check), 1 event per run, 1 request per 10 runs, and what pipectl derives as it
+writes (the hourly sample rollup, cache dips as events), then times the store functions
 the console and the CLI call (pipectl/store: status_snapshot, recent_runs, recent_results,
 read_series, recent_events, list_requests), round-robin so every query sees the same load,
 with `SELECT 1` on the same connection as the baseline. Each query runs `repeats` times on one
@@ -126,6 +127,29 @@ SELECT 'rerun', 'step_' || lpad((g % {STEPS})::text, 2, '0'), 'bench', 'operator
 FROM generate_series($1::bigint, $3) AS g
 """
 
+# What pipectl keeps as history is written (triggers on samples, pipectl/store/results.py), for
+# history loaded here with triggers off: the hourly sample rollup, and a cache.dip or
+# cache.recovered event for each cache result that crosses its target (expected_low).
+SAMPLE_ROLLUP = """
+INSERT INTO pipectl.samples_hourly (series, hour, n, total)
+SELECT series, date_trunc('hour', ts, 'UTC'), count(*), sum(value)
+FROM pipectl.samples GROUP BY 1, 2;
+"""
+CACHE_CROSSINGS = """
+INSERT INTO pipectl.events (at, kind, subject, actor, message, detail)
+SELECT observed_at, CASE WHEN value < expected_low THEN 'cache.dip' ELSE 'cache.recovered' END,
+       check_name, '', round(value::numeric, 1) || ' (target ' || expected_low || ')',
+       jsonb_build_object('to', CASE WHEN value < expected_low THEN 'warn' ELSE 'ok' END)
+FROM (
+    SELECT r.check_name, r.observed_at, r.value, r.expected_low,
+           lag(r.value) OVER (PARTITION BY r.check_name ORDER BY r.observed_at) AS prev
+    FROM pipectl.check_results r JOIN pipectl.checks c ON c.name = r.check_name
+    WHERE c.kind = 'cache' AND r.value IS NOT NULL
+) x
+WHERE (value < expected_low AND (prev IS NULL OR prev >= expected_low))
+   OR (value >= expected_low AND prev < expected_low);
+"""
+
 CHUNK = 500_000
 
 
@@ -153,10 +177,12 @@ async def fill_history(
                 done += high - low + 1
                 if progress:
                     progress(done, total)
+        await conn.execute(SAMPLE_ROLLUP + CACHE_CROSSINGS)
         await conn.execute("RESET session_replication_role")
         await conn.execute(
             "VACUUM (ANALYZE) pipectl.runs, pipectl.check_results, pipectl.samples,"
-            " pipectl.events, pipectl.requests, pipectl.steps, pipectl.checks, pipectl.agents"
+            " pipectl.samples_hourly, pipectl.events, pipectl.requests, pipectl.steps,"
+            " pipectl.checks, pipectl.agents"
         )
     finally:
         await conn.close()

@@ -6,6 +6,7 @@ They only combine `pipectl.store` read functions (the same ones `pipectl status`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,13 +18,13 @@ from pipectl.graph import with_downstream
 from pipectl.model import Request, RequestKind, Run
 from pipectl.store.base import Conn
 from pipectl.store.console import (
+    HOUR,
     CacheSeries,
     CheckDetail,
     DurationStats,
     RequestRow,
     StepDetail,
     TimelineEntry,
-    cache_checks,
     cache_history,
     cache_latest,
     check_detail,
@@ -76,8 +77,11 @@ class CacheData:
 
 
 async def cache(conn: Conn, now: datetime, window: timedelta) -> CacheData:
-    """Ratios in 120 buckets of the window (at least a minute each: checks run each minute)."""
+    """Ratios in up to 120 buckets of the window: at least a minute each (checks run each
+    minute), and whole hours once past an hour, so long windows read the hourly rollup."""
     bucket = max(timedelta(minutes=1), window / 120)
+    if bucket > HOUR:
+        bucket = HOUR * math.ceil(bucket / HOUR)
     since = now - window
     series = await cache_history(conn, since, now, bucket)
     return CacheData(since, now, bucket, tuple(series))
@@ -94,11 +98,10 @@ class TimelineData:
 
 async def timeline_of(conn: Conn, now: datetime, window: timedelta) -> TimelineData:
     """The merged timeline, and which subjects are steps or checks (to open their detail)."""
-    targets = {c.name: c.warn_below for c in await cache_checks(conn)}
     since = now - window
     # A little past the clock, so what happened while the snapshot was taken still shows.
     until = now + timedelta(minutes=1)
-    entries = await timeline(conn, since, until, cache_targets=targets)
+    entries = await timeline(conn, since, until)
     steps = frozenset(await step_graph(conn))
     checks = frozenset(c.name for c in await store.check_states(conn))
     return TimelineData(since, now, tuple(entries), steps, checks)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -300,7 +300,9 @@ async def cache_history(
 
     Read from the sample series the checks write (`<check>` for the ratio judged,
     `<check>:<level>` for each level): primary-key range scans, aggregated in PostgreSQL to
-    at most one row per bucket and series, whatever the window."""
+    at most one row per bucket and series, whatever the window. Buckets of whole hours read
+    the hourly rollup (pipectl.samples_hourly) for the hours inside the window and raw
+    samples only for the partial hours at its ends; they are aligned on the hour."""
     infos = await cache_checks(db)
     names = [i.name for i in infos]
     latest = await _latest_points(db, names)
@@ -309,22 +311,25 @@ async def cache_history(
     series = names + [
         f"{name}:{level.level}" for name, point in latest.items() for level in point.levels
     ]
-    rows = await db.fetch(
-        """
-        SELECT x.series, date_bin($3::interval, s.ts, $1) AS at,
-               avg(s.value) AS ratio, count(*) AS n
-        FROM unnest($4::text[]) AS x(series)
-        CROSS JOIN LATERAL (
-            SELECT ts, value FROM pipectl.samples
-            WHERE series = x.series AND ts >= $1 AND ts < $2
-        ) s
-        GROUP BY 1, 2
-        """,
-        since,
-        until,
-        bucket,
-        series,
-    )
+    if _whole_hours(bucket):
+        rows = await _hourly_buckets(db, series, since, until, bucket)
+    else:
+        rows = await db.fetch(
+            """
+            SELECT x.series, date_bin($3::interval, s.ts, $1) AS at,
+                   avg(s.value) AS ratio, count(*) AS n
+            FROM unnest($4::text[]) AS x(series)
+            CROSS JOIN LATERAL (
+                SELECT ts, value FROM pipectl.samples
+                WHERE series = x.series AND ts >= $1 AND ts < $2
+            ) s
+            GROUP BY 1, 2
+            """,
+            since,
+            until,
+            bucket,
+            series,
+        )
     totals: dict[str, dict[datetime, float]] = {name: {} for name in names}
     levels: dict[tuple[str, datetime], list[CacheLevel]] = {}
     for r in sorted(rows, key=lambda r: (r["at"], r["series"])):
@@ -354,6 +359,55 @@ def _series(
     )
 
 
+HOUR = timedelta(hours=1)
+
+
+def _whole_hours(bucket: timedelta) -> bool:
+    return bucket >= HOUR and bucket % HOUR == timedelta(0)
+
+
+def _hour_floor(at: datetime) -> datetime:
+    at = at.astimezone(UTC)
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+async def _hourly_buckets(
+    db: DB, series: list[str], since: datetime, until: datetime, bucket: timedelta
+) -> list[Any]:
+    """Mean and count per series and bucket from the hourly rollup for the whole hours in
+    [since, until) and from raw samples for the partial hours at either end. Buckets start on
+    the hour; the first one is reported at `since`, where the window begins."""
+    first_whole = _hour_floor(since) + (HOUR if _hour_floor(since) < since else timedelta(0))
+    last_whole = _hour_floor(until)
+    if first_whole >= last_whole:  # no whole hour inside: all raw
+        first_whole = last_whole = until
+    return await db.fetch(
+        """
+        SELECT x.series, greatest(date_bin($3::interval, p.ts, $4), $1) AS at,
+               sum(p.total) / sum(p.n) AS ratio, sum(p.n) AS n
+        FROM unnest($7::text[]) AS x(series)
+        CROSS JOIN LATERAL (
+            SELECT hour AS ts, n, total FROM pipectl.samples_hourly
+            WHERE series = x.series AND hour >= $5 AND hour < $6
+            UNION ALL
+            SELECT ts, 1, value FROM pipectl.samples
+            WHERE series = x.series AND ts >= $1 AND ts < $5
+            UNION ALL
+            SELECT ts, 1, value FROM pipectl.samples
+            WHERE series = x.series AND ts >= $6 AND ts < $2
+        ) p
+        GROUP BY 1, 2
+        """,
+        since,
+        until,
+        bucket,
+        _hour_floor(since),
+        first_whole,
+        last_whole,
+        series,
+    )
+
+
 # ------------------------------------------------------------------------------ timeline
 
 
@@ -376,16 +430,11 @@ class TimelineEntry:
 
 
 async def timeline(
-    db: DB,
-    since: datetime,
-    until: datetime,
-    *,
-    cache_targets: dict[str, float] | None = None,
-    limit: int = 500,
+    db: DB, since: datetime, until: datetime, *, limit: int = 500
 ) -> list[TimelineEntry]:
-    """Runs, events (status changes, requests and their outcomes, pauses, silences, agents)
-    and cache dips below their target (and recoveries), newest first."""
-    targets = cache_targets or {}
+    """Runs and events (status changes, requests and their outcomes, pauses, silences,
+    agents, cache dips below their target and recoveries), newest first: two index scans
+    that stop after `limit` rows each, whatever the window."""
     rows = await db.fetch(
         """
         (SELECT coalesce(r.finished_at, r.started_at, r.queued_at) AS at, 'run' AS kind,
@@ -409,33 +458,12 @@ async def timeline(
          FROM pipectl.events e
          WHERE e.at >= $1 AND e.at < $2
          ORDER BY e.at DESC LIMIT $3)
-        UNION ALL
-        (SELECT x.observed_at, CASE WHEN x.value < t.target THEN 'cache.dip'
-                                    ELSE 'cache.recovered' END,
-                t.name, CASE WHEN x.value < t.target THEN 'warn' ELSE 'ok' END, '',
-                round((x.value * 100)::numeric, 1) || '% (target ' ||
-                    round((t.target * 100)::numeric, 1) || '%)',
-                'result:' || x.id
-         FROM unnest($4::text[], $5::float8[]) AS t(name, target)
-         -- One check at a time, in index order: lag() needs no sort of the whole window.
-         CROSS JOIN LATERAL (
-            SELECT r.id, r.observed_at, r.value,
-                   lag(r.value) OVER (ORDER BY r.observed_at) AS prev
-            FROM pipectl.check_results r
-            WHERE r.check_name = t.name AND r.observed_at >= $1 AND r.observed_at < $2
-              AND r.value IS NOT NULL
-         ) x
-         WHERE (x.value < t.target AND (x.prev IS NULL OR x.prev >= t.target))
-            OR (x.value >= t.target AND x.prev < t.target)
-         ORDER BY x.observed_at DESC LIMIT $3)
         ORDER BY at DESC, ref DESC
         LIMIT $3
         """,
         since,
         until,
         limit,
-        list(targets),
-        list(targets.values()),
     )
     return [TimelineEntry(**dict(r)) for r in rows]
 

@@ -74,8 +74,8 @@ async def record_result(
     The check must have been published (pipectl.checks row exists)."""
     async with conn.transaction():
         state = await conn.fetchrow(
-            "SELECT status, pending_status, pending_count, last_result_at, silenced_until"
-            " FROM pipectl.checks WHERE name = $1 FOR UPDATE",
+            "SELECT kind, status, pending_status, pending_count, last_result_at,"
+            " silenced_until FROM pipectl.checks WHERE name = $1 FOR UPDATE",
             result.check,
         )
         if state is None:
@@ -91,6 +91,7 @@ async def record_result(
             first=state["last_result_at"] is None,
         )
         silenced = bool(state["silenced_until"] and state["silenced_until"] > result.observed_at)
+        crossing = await _cache_crossing(conn, result) if state["kind"] == "cache" else None
         result_id: int = await conn.fetchval(
             """
             INSERT INTO pipectl.check_results
@@ -144,9 +145,52 @@ async def record_result(
                     "result_id": result_id,
                 },
             )
+        if crossing is not None:
+            await _record_crossing(conn, result, result_id, crossing)
         if result.samples:
             await add_samples(conn, result.samples)
     return StoredResult(result_id, result.status, step.status, previous, silenced)
+
+
+async def _cache_crossing(conn: Conn, result: CheckResult) -> str | None:
+    """'cache.dip' when a hit ratio falls below its target (the warn floor, carried as
+    expected_low) after a value at or above it, or as the check's first value;
+    'cache.recovered' on the way back. Stored as events so that the timeline reads a week of
+    dips from the events index instead of every cache result."""
+    target = result.expected_low
+    if result.value is None or target is None:
+        return None
+    previous: float | None = await conn.fetchval(
+        "SELECT value FROM pipectl.check_results"
+        " WHERE check_name = $1 AND value IS NOT NULL AND observed_at < $2"
+        " ORDER BY observed_at DESC LIMIT 1",
+        result.check,
+        result.observed_at,
+    )
+    if result.value < target and (previous is None or previous >= target):
+        return "cache.dip"
+    if result.value >= target and previous is not None and previous < target:
+        return "cache.recovered"
+    return None
+
+
+async def _record_crossing(conn: Conn, result: CheckResult, result_id: int, kind: str) -> None:
+    value, target = result.value or 0.0, result.expected_low or 0.0  # both set: a crossing
+    dipped = kind == "cache.dip"
+    await conn.execute(
+        "INSERT INTO pipectl.events (at, kind, subject, actor, message, detail)"
+        " VALUES ($1, $2, $3, '', $4, $5)",
+        result.observed_at,
+        kind,
+        result.check,
+        f"{value * 100:.1f}% (target {target * 100:.1f}%)",
+        {
+            "to": "warn" if dipped else "ok",
+            "value": value,
+            "target": target,
+            "result_id": result_id,
+        },
+    )
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -98,6 +99,33 @@ def _ratio(check: str, minute: int) -> float:
     if check == "postgres_buffer_hit_ratio":
         return 0.985 + wave / 2
     return 0.62 + wave if 25 <= minute <= 40 or minute <= 8 else 0.84 + wave
+
+
+def _cache_crossings(
+    results: list[
+        tuple[str, str, float | None, float | None, float | None, str, dict[str, Any], datetime]
+    ],
+) -> list[tuple[datetime, str, str, str, str, dict[str, Any]]]:
+    """The cache.dip / cache.recovered events the store records with results that cross the
+    target (expected_low), for results inserted here directly."""
+    crossings = []
+    previous: dict[str, float] = {}
+    for name, _state, value, target, _high, _msg, baseline, at in sorted(
+        results, key=lambda r: r[7]
+    ):
+        if not baseline.get("source") or value is None or target is None:
+            continue
+        before = previous.get(name)
+        previous[name] = value
+        if value < target and (before is None or before >= target):
+            kind, to = "cache.dip", "warn"
+        elif value >= target and before is not None and before < target:
+            kind, to = "cache.recovered", "ok"
+        else:
+            continue
+        message = f"{value * 100:.1f}% (target {target * 100:.1f}%)"
+        crossings.append((at, kind, name, "", message, {"to": to, "value": value}))
+    return crossings
 
 
 async def seed(conn: asyncpg.Connection) -> None:
@@ -210,6 +238,12 @@ async def _seed(conn: asyncpg.Connection) -> None:
     await conn.executemany(
         "INSERT INTO pipectl.samples (series, ts, value) VALUES ($1, $2, $3)", samples
     )
+    # What the rollup triggers (off here) would have kept.
+    await conn.execute(
+        "INSERT INTO pipectl.samples_hourly (series, hour, n, total)"
+        " SELECT series, date_trunc('hour', ts, 'UTC'), count(*), sum(value)"
+        " FROM pipectl.samples GROUP BY 1, 2"
+    )
     events = [
         (NOW - timedelta(hours=2), "agent.started", "apes-db-1", "apes-db-1",
          "agent apes-db-1 started on db1", {}),
@@ -226,6 +260,7 @@ async def _seed(conn: asyncpg.Connection) -> None:
          "session_cleanup failed (run 96): canceling statement due to statement timeout",
          {"request_id": 1, "kind": "rerun", "outcome": "failed"}),
     ]  # fmt: skip
+    events += _cache_crossings(results)
     await conn.executemany(
         "INSERT INTO pipectl.events (at, kind, subject, actor, message, detail)"
         " VALUES ($1,$2,$3,$4,$5,$6)",

@@ -118,8 +118,7 @@ async def test_cache_levels_that_are_not_numbers_lose_only_the_breakdown(
 
 
 async def test_timeline_merges_in_time_order(conn: asyncpg.Connection) -> None:
-    targets = {c.name: c.warn_below for c in await cache_checks(conn)}
-    entries = await timeline(conn, NOW - timedelta(hours=3), NOW, cache_targets=targets, limit=1000)
+    entries = await timeline(conn, NOW - timedelta(hours=3), NOW, limit=1000)
     times = [e.at for e in entries]
     assert times == sorted(times, reverse=True)
     categories = {e.category for e in entries}
@@ -131,7 +130,7 @@ async def test_timeline_merges_in_time_order(conn: asyncpg.Connection) -> None:
     assert "(target 80.0%)" in dips[0].message
     failed = next(e for e in entries if e.kind == "run" and e.status == "failed")
     assert "statement timeout" in failed.message
-    short = await timeline(conn, NOW - timedelta(hours=3), NOW, cache_targets=targets, limit=7)
+    short = await timeline(conn, NOW - timedelta(hours=3), NOW, limit=7)
     assert short == entries[:7]
 
 

@@ -161,8 +161,8 @@ async def schema_text_hits(dsn: str, needles: list[str]) -> list[str]:
             table = f"pipectl.{quote_ident(column['table_name'])}"
             name = quote_ident(column["column_name"])
             found = await conn.fetch(
-                f"SELECT DISTINCT n FROM {table}, unnest($1::text[]) AS n"
-                f" WHERE strpos(lower({name}::text), n) > 0",
+                f"SELECT DISTINCT needle.n FROM {table} AS t, unnest($1::text[]) AS needle(n)"
+                f" WHERE strpos(lower(t.{name}::text), needle.n) > 0",
                 lowered,
             )
             hits += [f"{column['table_name']}.{column['column_name']}: {r['n']}" for r in found]

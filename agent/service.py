@@ -35,17 +35,21 @@ from pipectl import __version__, migrate, store
 from pipectl.config import Config, ConfigError, LoadedConfig, Problem
 from pipectl.db import create_pool, is_transient
 from pipectl.durations import format_duration
-from pipectl.model import CheckStatus, CheckTrigger, Request, RunStatus, Trigger
+from pipectl.model import CheckResult, CheckStatus, CheckTrigger, Request, RunStatus, Trigger
 from pipectl.store.base import Conn
 
 if TYPE_CHECKING:
     import redis.asyncio
+    from opentelemetry.trace import Span
 
     from agent.requests import RequestHandler
     from checks.engine import CheckEngine
 
 log = logging.getLogger(__name__)
 
+# How long the first of several checks ticking at one instant waits for the others to share
+# its probe: their tick loops wake within milliseconds of each other.
+SHARED_PROBE_WAIT = 0.05
 REQUEST_CHANNEL = "pipectl_requests"
 CHANGES_CHANNEL = "pipectl_changes"
 
@@ -172,6 +176,7 @@ class Agent:
         self._next_runs: dict[str, datetime] = {}
         self._listener: asyncpg.Connection | None = None
         self._executing: set[int] = set()
+        self._check_batches: dict[tuple[Any, datetime, timedelta], list[str]] = {}
         self._malformed = _Throttled("ignored a malformed notification on %s (%d bytes): %s")
 
     # ---------------------------------------------------------------- life cycle
@@ -580,52 +585,103 @@ class Agent:
 
     async def _on_check_tick(self, name: str, nominal: datetime, every: timedelta) -> None:
         assert self.book is not None
-        if not await self.book(store.claim_check_tick, name, nominal, nominal + every):
+        assert self.check_engine is not None
+        key = self.check_engine.fusion_key(name)
+        if key is None:
+            if await self.book(store.claim_check_tick, name, nominal, nominal + every):
+                await self.run_check(name, "schedule")
             return
-        await self.run_check(name, "schedule")
+        # Checks that read the same rows tick at the same nominal instant (interval ticks are
+        # anchored to one epoch): the first to arrive waits a moment for the others, claims
+        # their ticks together (so that one agent gets them all) and runs them on one scan.
+        # One that arrives late starts a batch of its own; a tick is still claimed only once.
+        batch_key = (key, nominal, every)
+        batch = self._check_batches.get(batch_key)
+        if batch is not None:
+            batch.append(name)
+            return
+        batch = self._check_batches[batch_key] = [name]
+        try:
+            await asyncio.sleep(SHARED_PROBE_WAIT)
+        finally:
+            del self._check_batches[batch_key]
+        claimed = await self.book(store.claim_check_ticks, batch, nominal, nominal + every)
+        if claimed:
+            await self.run_checks([n for n in batch if n in claimed], "schedule")
 
     async def run_check(self, name: str, trigger: CheckTrigger) -> CheckStatus:
         """Run one check with the shared engine and record its result; returns its status."""
+        return (await self.run_checks([name], trigger))[name]
+
+    async def run_checks(self, names: list[str], trigger: CheckTrigger) -> dict[str, CheckStatus]:
+        """Run checks of one instant with the shared engine (those reading the same rows share
+        one scan) and record each result under its own span; returns their statuses."""
         assert self.check_engine is not None
         assert self.pool is not None
-        check = self.config.check(name)
-        hysteresis = check.hysteresis or self.config.check_defaults.hysteresis
-        with self.tracer.start_as_current_span(f"check {name}") as span:
-            span.set_attributes(
-                {
-                    "pipectl.check": name,
-                    "pipectl.check.kind": check.kind,
-                    "pipectl.trigger": trigger,
-                }
-            )
-            while True:
+        if not names:
+            return {}
+        engine = self.check_engine
+        title = f"check {names[0]}" if len(names) == 1 else f"checks: {len(names)} sharing a probe"
+        results: dict[str, CheckResult] = {}
+        stored: dict[str, store.StoredResult] = {}
+        with self.tracer.start_as_current_span(title) as outer:
+            outer.set_attribute("pipectl.trigger", trigger)
+            lone = outer if len(names) == 1 else None
+            # Retried after a lost connection: only the checks whose results are not stored
+            # yet run again, so no tick is recorded twice.
+            while pending := [n for n in names if n not in stored]:
                 try:
                     async with self.pool.acquire() as conn:
-                        result = await self.check_engine.run(
-                            name,
-                            conn,
-                            redis=self.redis,
-                            trigger=trigger,
+                        found = await engine.run_many(
+                            pending, conn, redis=self.redis, trigger=trigger
                         )
-                        stored = await store.record_result(
-                            conn,
-                            result,
-                            hysteresis=hysteresis,
-                            agent_id=self.agent_id,
-                            trigger=trigger,
-                            trace_id=trace_id_of(span),
-                        )
-                    break
+                        for name, result in found.items():
+                            stored[name] = await self._record_check(conn, result, trigger, lone)
+                            results[name] = result
                 except Exception as exc:
                     if not is_transient(exc) or self.stopping.is_set():
                         raise
-                    log.warning("check %s: database unavailable, retrying: %s", name, exc)
+                    log.warning("checks %s: database unavailable, retrying: %s", pending, exc)
                     await asyncio.sleep(2)
-            span.set_attribute("pipectl.outcome", str(result.status))
+        for name in names:
+            self._after_check(name, results[name], stored[name])
+        return {name: CheckStatus(results[name].status) for name in names}
+
+    async def _record_check(
+        self, conn: Conn, result: CheckResult, trigger: CheckTrigger, span: Span | None
+    ) -> store.StoredResult:
+        """Store one result under `span` (a lone check's own span, around its probe too), or
+        under a new span of its own, a child of the span of the probe it shared."""
+        check = self.config.check(result.check)
+        hysteresis = check.hysteresis or self.config.check_defaults.hysteresis
+        with contextlib.ExitStack() as stack:
+            if span is None:
+                span = stack.enter_context(
+                    self.tracer.start_as_current_span(f"check {result.check}")
+                )
+            span.set_attributes(
+                {
+                    "pipectl.check": result.check,
+                    "pipectl.check.kind": check.kind,
+                    "pipectl.trigger": trigger,
+                    "pipectl.outcome": str(result.status),
+                }
+            )
             if result.value is not None:
                 span.set_attribute("pipectl.value", result.value)
-        self.metrics.check_finished(check.kind, result, stored.status, stored.silenced)
-        if check.kind in ("quality", "freshness"):
+            return await store.record_result(
+                conn,
+                result,
+                hysteresis=hysteresis,
+                agent_id=self.agent_id,
+                trigger=trigger,
+                trace_id=trace_id_of(span),
+            )
+
+    def _after_check(self, name: str, result: CheckResult, stored: store.StoredResult) -> None:
+        kind = self.config.check(name).kind
+        self.metrics.check_finished(kind, result, stored.status, stored.silenced)
+        if kind in ("quality", "freshness"):
             self.scorecard_due.set()
         if stored.changed:
             log.info(
@@ -636,7 +692,6 @@ class Agent:
                 result.message,
                 extra={"check": name},
             )
-        return CheckStatus(result.status)
 
     # ---------------------------------------------------------------- requests
 
@@ -907,9 +962,8 @@ class Agent:
             elif status == RunStatus.SKIPPED:
                 worst = max(worst, 1)
         if self.check_engine is not None:
-            for name in self._enabled_checks():
-                checked = await self.run_check(name, "manual")
-                worst = max(worst, checked.exit_code)
+            checked = await self.run_checks(self._enabled_checks(), "manual")
+            worst = max([worst, *(status.exit_code for status in checked.values())])
         return worst
 
     # ---------------------------------------------------------------- reload

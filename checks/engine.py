@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 
+from checks import quality
 from checks.base import SOURCE_BY_TRIGGER, Context
 from checks.catalog import Catalog, Need, load_catalog, problems_for
 from checks.registry import KINDS
-from pipectl.config import CheckConfig, Config, ConfigError, Problem
+from pipectl.config import CheckConfig, Config, ConfigError, Problem, QualityCheck
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus
 from pipectl.store import CheckDefinition
@@ -106,6 +107,80 @@ class CheckEngine:
         started = time.perf_counter()
         result = await self._run(check, conn, redis, SOURCE_BY_TRIGGER[trigger], when)
         return replace(result, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    def fusion_key(self, name: str) -> tuple[str, str | None, timedelta | None, str] | None:
+        """Checks of one instant with equal keys can share one probe (run_many)."""
+        check = self.config.check(name)
+        return quality.fusion_key(check) if isinstance(check, QualityCheck) else None
+
+    async def run_many(
+        self,
+        names: Sequence[str],
+        conn: Conn,
+        *,
+        redis: Redis | None,
+        trigger: Literal["schedule", "manual", "cli"] = "schedule",
+        now: datetime | None = None,
+    ) -> dict[str, CheckResult]:
+        """Probe and evaluate several checks at one instant. Quality checks that read the same
+        rows (same table and window) share one scan; the rest run one by one, as `run`. A
+        shared probe that fails on anything but its timeout is retried check by check, so
+        each error is reported by the check that causes it."""
+        when = now or datetime.now(UTC)
+        if when.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        checks = {name: self.config.check(name) for name in names}  # KeyError: unknown
+        results: dict[str, CheckResult] = {}
+        for group in _shared_probe_groups(list(checks.values())):
+            results.update(await self._run_shared(group, conn, SOURCE_BY_TRIGGER[trigger], when))
+        for name in checks:
+            if name not in results:
+                results[name] = await self.run(name, conn, redis=redis, trigger=trigger, now=when)
+        return {name: results[name] for name in checks}
+
+    async def _run_shared(
+        self, group: list[QualityCheck], conn: Conn, source: str, now: datetime
+    ) -> dict[str, CheckResult]:
+        members = []
+        for check in group:
+            if check.name in self._validated or not await self._validate(conn, [check]):
+                members.append(check)
+        if len(members) < 2:
+            return {}  # run() reports the problems of the others
+        timeout = max(c.timeout or self.config.check_defaults.timeout for c in members)
+        context: Context[QualityCheck] = Context(
+            check=members[0],
+            config=self.config,
+            conn=conn,
+            now=now,
+            source=source,
+            catalog=self._catalog,
+            timeout=timeout,
+        )
+        started = time.perf_counter()
+        try:
+            async with _probe_transaction(conn, timeout):
+                observations = await quality.fused_probe(context, members)
+        except asyncpg.QueryCanceledError:
+            message = (
+                f"probe cancelled: the probe shared by {len(members)} checks ran longer than"
+                f" its timeout ({format_duration(timeout)})"
+            )
+            return {c.name: _error(c.name, now, message) for c in members}
+        except (asyncpg.PostgresError, ValueError) as exc:
+            log.info(
+                "shared probe of %s failed (%s); running them one by one",
+                ", ".join(c.name for c in members),
+                _describe(exc) if isinstance(exc, asyncpg.PostgresError) else exc,
+            )
+            return {}
+        elapsed = round((time.perf_counter() - started) * 1000, 3)
+        results = {}
+        for check, observation in zip(members, observations, strict=True):
+            result = quality.evaluate(check, observation, now, source)
+            shared = {**result.baseline, "probe_shared_by": len(members)}
+            results[check.name] = replace(result, duration_ms=elapsed, baseline=shared)
+        return results
 
     async def _run(
         self,
@@ -200,6 +275,21 @@ class CheckEngine:
                 if warning not in self.warnings:
                     self.warnings.append(warning)
                     log.warning("%s", warning)
+
+
+def _shared_probe_groups(checks: list[CheckConfig]) -> list[list[QualityCheck]]:
+    """Quality checks grouped by the rows they read; a group holds at most one unique rule
+    (its scan is grouped by that key), and only groups of two or more are worth sharing."""
+    groups: dict[tuple[Any, ...], list[QualityCheck]] = {}
+    for check in checks:
+        if not isinstance(check, QualityCheck) or (key := quality.fusion_key(check)) is None:
+            continue
+        members = groups.setdefault(key, [])
+        has_unique = any(c.rule.type == "unique" for c in members)
+        if check.rule.type == "unique" and has_unique:
+            continue  # a second key would need a second grouping: it runs alone
+        members.append(check)
+    return [members for members in groups.values() if len(members) > 1]
 
 
 @asynccontextmanager

@@ -14,8 +14,9 @@ pipectl or quoted in a message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from checks.base import Context, KindSpec, number, point, zone
 from checks.catalog import (
@@ -137,6 +138,69 @@ async def probe(ctx: Context[QualityCheck]) -> Observation:
         ctx.conn, ctx.table(check.table), zone(check.timezone)
     )
     return Observation(int(row["rows_checked"] or 0), int(row["violations"] or 0))
+
+
+# Rules a shared probe can answer: row predicates, and one unique key per probe (the scan is
+# then grouped by that key, and every other count is summed over the groups).
+FUSABLE = frozenset({"not_null", "range", "accepted", "references", "json_keys", "unique"})
+
+
+def fusion_key(check: QualityCheck) -> tuple[str, str | None, timedelta | None, str] | None:
+    """Checks with equal keys read exactly the same rows, so one probe can answer them all."""
+    if check.rule.type not in FUSABLE:
+        return None
+    return (check.table.sql, check.time_column, check.window, check.timezone)
+
+
+def fused_query(checks: Sequence[QualityCheck], now: datetime) -> Query:
+    """One scan answering several checks of one scope (equal `fusion_key`, at most one unique
+    rule): `rows_checked`, then `v0`, `v1`, ... the violations of each check in order."""
+    params = Params()
+    first = checks[0]
+    source = f"{first.table.sql} AS {_ROW}"
+    scope = _scope(first, params, now)
+    unique = [c.rule for c in checks if c.rule.type == "unique"]
+    if len(unique) > 1:
+        raise ValueError("a shared probe groups by at most one unique key")
+    counts = {
+        i: violation_predicate(c.rule, params)
+        for i, c in enumerate(checks)
+        if c.rule.type != "unique"
+    }
+    if not unique:
+        columns = ", ".join(f"count(*) FILTER (WHERE {p}) AS v{i}" for i, p in counts.items())
+        return Query(
+            f"SELECT count(*) AS rows_checked, {columns} FROM {source} WHERE {scope}", params
+        )
+    keys = ", ".join(col(c) for c in unique[0].columns)
+    present = " AND ".join(f"g.{col(c)} IS NOT NULL" for c in unique[0].columns)
+    inner = ", ".join(
+        [keys, "count(*) AS _pipectl_rows"]
+        + [f"count(*) FILTER (WHERE {p}) AS _pipectl_v{i}" for i, p in counts.items()]
+    )
+    outer = [
+        f"coalesce(sum(g._pipectl_rows - 1) FILTER (WHERE {present}), 0) AS v{i}"
+        if c.rule.type == "unique"
+        else f"coalesce(sum(g._pipectl_v{i}), 0) AS v{i}"
+        for i, c in enumerate(checks)
+    ]
+    sql = (
+        f"SELECT coalesce(sum(g._pipectl_rows), 0) AS rows_checked, {', '.join(outer)}"
+        f" FROM (SELECT {inner} FROM {source} WHERE {scope} GROUP BY {keys}) AS g"
+    )
+    return Query(sql, params)
+
+
+async def fused_probe(
+    ctx: Context[QualityCheck], checks: Sequence[QualityCheck]
+) -> list[Observation]:
+    """Observations of `checks` (sharing ctx.check's scope) from one scan, in order."""
+    check = ctx.check
+    row = await fused_query(checks, ctx.now).fetchrow(
+        ctx.conn, ctx.table(check.table), zone(check.timezone)
+    )
+    rows = int(row["rows_checked"] or 0)
+    return [Observation(rows, int(row[f"v{i}"] or 0)) for i in range(len(checks))]
 
 
 def rule_text(rule: QualityRule) -> str:

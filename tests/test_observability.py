@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import yaml
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agent.main import MetricsServer
@@ -284,3 +285,85 @@ async def test_scorecard_is_exported_as_metrics(database: str) -> None:
 
         ratio = await wait_for(exported, timeout=40)
     assert ratio == 0.997  # 3 of 1,000 rows out of range
+
+
+SHARED_CHECKS = """
+[[checks]]
+name = "rp_fresh"
+kind = "freshness"
+table = "public.rule_performance"
+column = "created_at"
+warn_after = "15m"
+error_after = "1h"
+every = "1h"
+
+[[checks]]
+name = "rp_confidence_present"
+kind = "quality"
+table = "public.rule_performance"
+rule = { type = "not_null", column = "confidence_level" }
+every = "1h"
+
+[[checks]]
+name = "rp_exec_in_range"
+kind = "quality"
+table = "public.rule_performance"
+rule = { type = "range", column = "execution_time_ms", min = 0, max = 600000 }
+every = "1h"
+"""
+
+
+async def test_spans_per_check_alone_and_sharing_a_probe(database: str) -> None:
+    """A lone check's span holds its probe's SQL; checks sharing a probe each get a span, as
+    children of the probe's span, and each result row carries the trace id."""
+    exporter = InMemorySpanExporter()
+    provider = build_provider("test-env", exporter=exporter)
+    assert provider is not None
+    instrument_sql(provider)
+    try:
+        from agent.service import Agent
+        from tests.helpers import make_loaded
+
+        agent = Agent(make_loaded(database, None, SHARED_CHECKS), tracer_provider=provider)
+        await agent.start()
+        try:
+            await agent.run_check("rp_fresh", "manual")
+            await agent.run_checks(["rp_confidence_present", "rp_exec_in_range"], "manual")
+        finally:
+            await agent.stop()
+    finally:
+        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+        AsyncPGInstrumentor().uninstrument()
+    spans = exporter.get_finished_spans()
+
+    def children(parent: ReadableSpan) -> list[ReadableSpan]:
+        span_id = parent.context.span_id
+        return [s for s in spans if s.parent is not None and s.parent.span_id == span_id]
+
+    def statements(parent: ReadableSpan) -> str:
+        return " ".join(str((s.attributes or {}).get("db.statement", "")) for s in children(parent))
+
+    lone = next(s for s in spans if s.name == "check rp_fresh")
+    assert lone.attributes is not None
+    assert lone.attributes["pipectl.check.kind"] == "freshness"
+    assert lone.attributes["pipectl.outcome"] in ("ok", "warn", "fail", "nodata")
+    assert "max(" in statements(lone)
+    shared = next(s for s in spans if s.name == "checks: 2 sharing a probe")
+    assert "execution_time_ms" in statements(shared) and "confidence_level" in statements(shared)
+    names = sorted(s.name for s in children(shared) if s.name.startswith("check "))
+    assert names == ["check rp_confidence_present", "check rp_exec_in_range"]
+    conn = await asyncpg.connect(database)
+    try:
+        rows = await conn.fetch(
+            "SELECT check_name, trace_id, baseline->>'probe_shared_by' AS shared"
+            " FROM pipectl.check_results ORDER BY check_name"
+        )
+    finally:
+        await conn.close()
+    found = {r["check_name"]: (r["trace_id"], r["shared"]) for r in rows}
+    assert found == {
+        "rp_confidence_present": (f"{shared.context.trace_id:032x}", "2"),
+        "rp_exec_in_range": (f"{shared.context.trace_id:032x}", "2"),
+        "rp_fresh": (f"{lone.context.trace_id:032x}", None),
+    }

@@ -105,8 +105,9 @@ async def _run_all(
     )
     results: list[CheckResult] = []
     try:
-        for name in names:
-            result = await engine.run(name, conn, redis=client, trigger="cli")
+        # As the agent does: checks that read the same rows share one scan.
+        found = await engine.run_many(names, conn, redis=client, trigger="cli")
+        for result in found.values():
             results.append(result)
             if recording:
                 recording = await _record(conn, engine, result)

@@ -209,6 +209,24 @@ async def set_silence(db: DB, check: str, until: datetime | None, by: str, reaso
     return row is not None
 
 
+async def claim_check_ticks(
+    db: DB, checks: Sequence[str], nominal: datetime, next_due: datetime
+) -> set[str]:
+    """Take one tick of several checks at once; returns those this agent got. Agents racing
+    for the same set lock the rows in the same order, so one of them gets them all."""
+    rows = await db.fetch(
+        """
+        UPDATE pipectl.checks SET next_due = $3
+        WHERE name = ANY($1::text[]) AND (next_due IS NULL OR next_due <= $2)
+        RETURNING name
+        """,
+        sorted(checks),
+        nominal,
+        next_due,
+    )
+    return {r["name"] for r in rows}
+
+
 async def claim_check_tick(db: DB, check: str, nominal: datetime, next_due: datetime) -> bool:
     """Take one check tick for this agent; False when another agent already took it."""
     row = await db.fetchrow(

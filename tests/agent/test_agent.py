@@ -442,3 +442,60 @@ async def test_a_tick_missed_beyond_misfire_grace_is_recorded_as_skipped(
     assert run["status"] == "skipped"
     assert run["error"] == "missed its tick by 45s (misfire_grace 30s)"
     assert run["scheduled_for"] == nominal
+
+
+SHARED_TICKS = """
+[[checks]]
+name = "rp_confidence_present"
+kind = "quality"
+table = "public.rule_performance"
+rule = { type = "not_null", column = "confidence_level" }
+every = "1s"
+
+[[checks]]
+name = "rp_exec_in_range"
+kind = "quality"
+table = "public.rule_performance"
+rule = { type = "range", column = "execution_time_ms", min = 0, max = 600000 }
+every = "1s"
+
+[[checks]]
+name = "rp_ids_unique"
+kind = "quality"
+table = "public.rule_performance"
+rule = { type = "unique", columns = ["prompt_id", "rule_id"] }
+every = "1s"
+"""
+
+
+async def test_checks_ticking_together_on_one_table_share_one_probe(
+    db: asyncpg.Connection, database: str
+) -> None:
+    """Two agents, three quality checks of one table on one schedule: each tick is claimed
+    once per check and the checks of one tick run on one scan, whichever agent holds them."""
+    async with (
+        running_agent(database, SHARED_TICKS, name="a"),
+        running_agent(database, SHARED_TICKS, name="b"),
+    ):
+        await wait_for(
+            lambda: db.fetchval(
+                "SELECT count(DISTINCT observed_at) >= 3 FROM pipectl.check_results"
+                " WHERE trigger = 'schedule'"
+            ),
+            timeout=20,
+        )
+    rows = await db.fetch(
+        "SELECT check_name, date_trunc('second', observed_at) AS tick,"
+        " baseline->>'probe_shared_by' AS shared FROM pipectl.check_results"
+    )
+    ticks: dict[object, list[tuple[str, str | None]]] = {}
+    for r in rows:
+        ticks.setdefault(r["tick"], []).append((r["check_name"], r["shared"]))
+    for tick, found in ticks.items():
+        names = [name for name, _ in found]
+        assert len(names) == len(set(names)), f"a check ran twice at {tick}: {found}"
+    # The first check of a tick claims all three at once, so a tick runs whole on one scan
+    # (3 of 3 ticks in every run here); one whose check woke past the 50 ms wait would run
+    # apart, still once, so only one whole tick is required.
+    whole = [t for t, found in ticks.items() if [s for _, s in found] == ["3", "3", "3"]]
+    assert whole, ticks

@@ -4,7 +4,7 @@
 
 One generated APES database (bench.generate, rule_performance only) is verified by pipectl's
 check engine (as `pipectl check` runs it: a fresh engine, catalog validation, each probe in its
-read-only transaction, the quality checks of one scope sharing one scan, results recorded) and
+read-only transaction, the row checks of one scope sharing one scan, results recorded) and
 by Soda Core 4 (`verify_contract_locally` with
 one contract holding the same five checks): freshness of created_at, row count, missing
 confidence_level, execution_time_ms outside 0..600000, duplicate (prompt_id, rule_id).
@@ -132,7 +132,7 @@ async def verify(
     conn: asyncpg.Connection, config: Config, *, now: datetime | None = None, publish: bool = True
 ) -> Verification:
     """Validate, run and record the checks on `conn` (publishing first), as `pipectl check`
-    and an agent tick do: the quality checks of one table and window share one scan."""
+    and an agent tick do: the row checks of one table and window share one scan."""
     started = time.perf_counter()
     per_check: dict[str, float] = {}
     answers: dict[str, float | None] = {}
@@ -393,7 +393,7 @@ async def full_verification(dsn: str, repeats: int, soda: Soda | None) -> Sectio
             ms(statistics.median(grouped)),
             "",
             ms(statistics.median(v.per_check_ms["rp_no_duplicates"] for v in ours)),
-            "hand-written; baseline: pipectl's shared probe for all three quality checks",
+            "hand-written; baseline: pipectl's duplicate probe",
         ),
     ]
     per_check = [
@@ -403,10 +403,10 @@ async def full_verification(dsn: str, repeats: int, soda: Soda | None) -> Sectio
     notes = [
         f"{rows:,} rows, table {size}; warm cache (a warm-up pass first); {repeats} rounds"
         " interleaved floor / pipectl / Soda.",
-        "pipectl: freshness is an index lookup, row count an index-only count, and the three"
-        " quality checks (missing, range, duplicates) share one scan grouped by the duplicate"
-        f" key ({rows:,} keys), so they show the same time below. Total: those probes plus"
-        " connecting, publishing, validating and recording.",
+        "pipectl: freshness is an index lookup, row count an index-only count, the missing and"
+        " range checks share one scan (so they show the same time below), and the duplicate"
+        f" check groups all {rows:,} keys on its own. Total: those probes plus connecting,"
+        " publishing, validating and recording.",
     ]
     if theirs:
         notes.append(
@@ -513,8 +513,8 @@ async def continuous(dsn: str, cycles: int, soda: Soda | None) -> Section:
         f" cycle; appending took {spread(appends)} (not counted).",
         "pipectl's cycle: one open connection (as the agent has), an engine built for this"
         " cycle's window (previous cycle, now] and validated against the catalog (one round"
-        " trip the agent would not repeat), then the checks run (the three quality checks on"
-        " one shared scan of the new rows) and recorded. A windowed duplicate check only sees"
+        " trip the agent would not repeat), then the checks run (missing and range on one"
+        " shared scan of the new rows) and recorded. A windowed duplicate check only sees"
         " duplicates among the new rows.",
     ]
     if soda_error:

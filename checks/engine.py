@@ -167,12 +167,16 @@ class CheckEngine:
                 f" its timeout ({format_duration(timeout)})"
             )
             return {c.name: _error(c.name, now, message) for c in members}
-        except (asyncpg.PostgresError, ValueError) as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            # One by one, each check reports what concerns it (or the connection problem).
             log.info(
                 "shared probe of %s failed (%s); running them one by one",
                 ", ".join(c.name for c in members),
                 _describe(exc) if isinstance(exc, asyncpg.PostgresError) else exc,
             )
+            return {}
+        except Exception:  # a bug: say where, and let each check run on its own
+            log.exception("shared probe of %s failed unexpectedly", [c.name for c in members])
             return {}
         elapsed = round((time.perf_counter() - started) * 1000, 3)
         results = {}
@@ -278,17 +282,11 @@ class CheckEngine:
 
 
 def _shared_probe_groups(checks: list[CheckConfig]) -> list[list[QualityCheck]]:
-    """Quality checks grouped by the rows they read; a group holds at most one unique rule
-    (its scan is grouped by that key), and only groups of two or more are worth sharing."""
+    """Quality checks grouped by the rows they read; only groups of two or more share."""
     groups: dict[tuple[Any, ...], list[QualityCheck]] = {}
     for check in checks:
-        if not isinstance(check, QualityCheck) or (key := quality.fusion_key(check)) is None:
-            continue
-        members = groups.setdefault(key, [])
-        has_unique = any(c.rule.type == "unique" for c in members)
-        if check.rule.type == "unique" and has_unique:
-            continue  # a second key would need a second grouping: it runs alone
-        members.append(check)
+        if isinstance(check, QualityCheck) and (key := quality.fusion_key(check)) is not None:
+            groups.setdefault(key, []).append(check)
     return [members for members in groups.values() if len(members) > 1]
 
 

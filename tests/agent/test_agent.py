@@ -460,11 +460,15 @@ rule = { type = "range", column = "execution_time_ms", min = 0, max = 600000 }
 every = "1s"
 
 [[checks]]
-name = "rp_ids_unique"
+name = "rp_rule_ids_known"
 kind = "quality"
 table = "public.rule_performance"
-rule = { type = "unique", columns = ["prompt_id", "rule_id"] }
 every = "1s"
+[checks.rule]
+type = "references"
+column = "rule_id"
+ref_table = "public.rule_metadata"
+ref_column = "rule_id"
 """
 
 

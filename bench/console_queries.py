@@ -217,8 +217,12 @@ def queries() -> dict[str, Query]:
 
 
 async def measure(dsn: str, repeats: int) -> tuple[dict[str, list[float]], list[float]]:
-    """Round-robin: every query once per round, SELECT 1 once per round."""
+    """Round-robin: every query once per round, SELECT 1 once per round. The heap is settled
+    first, as the console does when it starts (console.app.settle_heap)."""
+    from console.app import settle_heap
+
     conn = await pipectl_db.connect(Config(), dsn=dsn)
+    settle_heap()
     try:
         found = queries()
         times: dict[str, list[float]] = {name: [] for name in found}

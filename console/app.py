@@ -5,6 +5,7 @@ the app-wide state (link, read-only, requests in flight). Everything else is del
 from __future__ import annotations
 
 import functools
+import gc
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import ClassVar, cast
@@ -89,6 +90,7 @@ class PipectlApp(App[None]):
         self.set_reactive(PipectlApp.connection, Connection(target=self.service.target))
 
     def on_mount(self) -> None:
+        settle_heap()
         self.switch_mode("overview")
         self._supervise()
 
@@ -212,3 +214,14 @@ class PipectlApp(App[None]):
             return
         if isinstance(self.screen, DataScreen):
             self.screen.refetch()
+
+
+def settle_heap() -> None:
+    """Exempt what is loaded at start (Textual, Rich, asyncpg, these modules: 55,000 objects
+    after import alone, living as long as the app) from Python's full collections, which the
+    snapshots each screen allocates trigger now and then. In bench.console_queries one landed
+    in about 5 % of the 7-day cache screen's fetches, taking them from 12 ms to 40-80 ms (p95
+    63-67 ms); with the heap settled that screen's p95 is 11.7 ms. Garbage is collected first,
+    so only live objects are frozen."""
+    gc.collect()
+    gc.freeze()

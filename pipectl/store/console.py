@@ -384,7 +384,7 @@ async def _hourly_buckets(
     return await db.fetch(
         """
         SELECT x.series, greatest(date_bin($3::interval, p.ts, $4), $1) AS at,
-               sum(p.total) / sum(p.n) AS ratio, sum(p.n) AS n
+               sum(p.total) / sum(p.n) AS ratio, sum(p.n)::float8 AS n
         FROM unnest($7::text[]) AS x(series)
         CROSS JOIN LATERAL (
             SELECT hour AS ts, n, total FROM pipectl.samples_hourly

@@ -76,6 +76,14 @@ async def test_hourly_buckets_match_the_raw_samples(conn: asyncpg.Connection) ->
         for i in range(12 * 24 * 8)
     ]
     await store.add_samples(conn, points)
+    # A level series too: the latest result names the levels whose series the screen reads.
+    await store.add_samples(conn, [Sample("app_hits:L1", p.ts, p.value / 2) for p in points])
+    await conn.execute(
+        "INSERT INTO pipectl.check_results (check_name, status, value, baseline, observed_at)"
+        " VALUES ('app_hits', 'ok', 0.9, $1, $2)",
+        {"levels": {"L1": {"hits": 5, "lookups": 10}}},
+        START + timedelta(days=8),
+    )
     since = START + timedelta(days=1, minutes=23)
     until = since + timedelta(days=7)
     bucket = timedelta(hours=2)
@@ -90,6 +98,9 @@ async def test_hourly_buckets_match_the_raw_samples(conn: asyncpg.Connection) ->
     for point in series.points:
         values = expected[point.at]
         assert point.ratio == pytest.approx(sum(values) / len(values))
+        (level,) = point.levels
+        assert level.lookups == len(values)
+        assert level.hits / level.lookups == pytest.approx(sum(values) / len(values) / 2)
 
 
 def _cache_result(at: datetime, value: float | None) -> CheckResult:

@@ -3,6 +3,8 @@ live updates in place, navigation, filter and sort."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import asyncpg
 
 from console.data import CacheData, ChecksData, OverviewData, TimelineData
@@ -275,3 +277,30 @@ async def test_a_filter_with_brackets_is_text(incident: str) -> None:
 
 def plain_title(widget: LiveTable) -> str:
     return str(widget._border_title)
+
+
+async def test_the_cache_screen_over_seven_days_reads_hourly_buckets(incident: str) -> None:
+    """`w` cycles the window; a week comes in whole-hour buckets from the rollup, levels
+    included."""
+    app = console_app(incident)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot, lambda: table_of(app).row_count == 4)
+        await pilot.press("3")
+        await settle(pilot, lambda: isinstance(app.screen, CacheScreen) and app.screen.snapshot)
+        for _ in range(2):  # 6 h -> 24 h -> 7 d
+            await pilot.press("w")
+        await settle(
+            pilot,
+            lambda: (
+                isinstance(app.screen.snapshot, CacheData)
+                and app.screen.snapshot.until - app.screen.snapshot.since == timedelta(days=7)
+            ),
+        )
+        snapshot = app.screen.snapshot
+        assert isinstance(snapshot, CacheData)
+        assert snapshot.bucket == timedelta(hours=2)
+        app_cache = next(s for s in snapshot.series if s.check == "app_cache_hit_ratio")
+        assert app_cache.points, "an hour of samples shows in the last buckets"
+        assert all(p.levels for p in app_cache.points)
+        assert {lv.level for p in app_cache.points for lv in p.levels} == {"L1", "L2", "L3"}
+        assert sum(p.levels[0].lookups for p in app_cache.points) == 60, "one L1 sample a minute"

@@ -53,7 +53,10 @@ def test_headless_demo_refreshes_checks_and_reports(tmp_path: Path) -> None:
     steps = {s["name"]: s for s in report["steps"]}
     assert set(steps) == {"rule_effectiveness_summary", "user_satisfaction_summary"}
     assert report["runs"]["rule_effectiveness_summary"]["succeeded"] >= 1
-    assert steps["rule_effectiveness_summary"]["status"] == "ok"
+    # The report is taken while the agent runs: a refresh may be in progress at that instant
+    # (CI saw it once); what must hold is that the step is healthy and has succeeded.
+    assert steps["rule_effectiveness_summary"]["status"] in ("ok", "running")
+    assert steps["rule_effectiveness_summary"]["last_success_at"] is not None
     checks = {c["name"]: c for c in report["checks"]}
     assert checks["rule_performance_freshness"]["status"] == "ok"
     assert checks["rule_performance_freshness"]["value"] < 900  # warn_after: 15m

@@ -50,7 +50,16 @@ async def test_two_agents_run_each_tick_once_and_never_overlap(
         spans = sorted((r["started_at"], r["finished_at"]) for r in rows if r["started_at"])
         for (_, end), (start, _) in itertools.pairwise(spans):
             assert start >= end, f"{step}: two runs overlapped"
-        assert all(r["status"] == "succeeded" for r in rows), [dict(r) for r in rows]
+        # A tick that started as the agents were stopping is cancelled by the stop, rightly.
+        stopped = [
+            r
+            for r in rows
+            if r["status"] == "cancelled"
+            and r["error"] == "cancelled: agent shutting down"
+            and r["scheduled_for"] >= ended - timedelta(seconds=2)
+        ]
+        unexpected = [dict(r) for r in rows if r["status"] != "succeeded" and r not in stopped]
+        assert not unexpected, unexpected
     agents = await db.fetch("SELECT DISTINCT agent_id FROM pipectl.runs")
     assert len(agents) == 2, "both agents should have taken some ticks"
 

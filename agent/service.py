@@ -588,7 +588,7 @@ class Agent:
         assert self.check_engine is not None
         key = self.check_engine.fusion_key(name)
         if key is None:
-            if await self.book(store.claim_check_tick, name, nominal, nominal + every):
+            if await self.book(store.claim_check_ticks, [name], nominal, nominal + every):
                 await self.run_check(name, "schedule")
             return
         # Checks that read the same rows tick at the same nominal instant (interval ticks are

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import asyncpg
 
 from checks import quality
-from checks.base import SOURCE_BY_TRIGGER, Context
+from checks.base import SOURCE_BY_TRIGGER, C, Context
 from checks.catalog import Catalog, Need, load_catalog, problems_for
 from checks.registry import KINDS
 from pipectl.config import CheckConfig, Config, ConfigError, Problem, QualityCheck
@@ -147,16 +147,8 @@ class CheckEngine:
                 members.append(check)
         if len(members) < 2:
             return {}  # run() reports the problems of the others
-        timeout = max(c.timeout or self.config.check_defaults.timeout for c in members)
-        context: Context[QualityCheck] = Context(
-            check=members[0],
-            config=self.config,
-            conn=conn,
-            now=now,
-            source=source,
-            catalog=self._catalog,
-            timeout=timeout,
-        )
+        timeout = max(self._timeout(c) for c in members)
+        context = self._context(members[0], conn, now, source, timeout)
         started = time.perf_counter()
         try:
             async with _probe_transaction(conn, timeout):
@@ -194,7 +186,7 @@ class CheckEngine:
         source: str,
         now: datetime,
     ) -> CheckResult:
-        timeout = check.timeout or self.config.check_defaults.timeout
+        timeout = self._timeout(check)
         try:
             if check.name not in self._validated:
                 problems = await self._validate(conn, [check])
@@ -202,16 +194,7 @@ class CheckEngine:
                     return _error(
                         check.name, now, "; ".join(f"{p.path}: {p.message}" for p in problems)
                     )
-            context: Context[Any] = Context(
-                check=check,
-                config=self.config,
-                conn=conn,
-                now=now,
-                source=source,
-                catalog=self._catalog,
-                timeout=timeout,
-                redis=redis,
-            )
+            context = self._context(check, conn, now, source, timeout, redis)
             async with _probe_transaction(conn, timeout):
                 return await KINDS[check.kind].run(context)
         except asyncpg.QueryCanceledError:
@@ -239,6 +222,29 @@ class CheckEngine:
             return _error(check.name, now, f"internal error ({type(exc).__name__}); see the log")
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _timeout(self, check: CheckConfig) -> timedelta:
+        return check.timeout or self.config.check_defaults.timeout
+
+    def _context(
+        self,
+        check: C,
+        conn: Conn,
+        now: datetime,
+        source: str,
+        timeout: timedelta,
+        redis: Redis | None = None,
+    ) -> Context[C]:
+        return Context(
+            check=check,
+            config=self.config,
+            conn=conn,
+            now=now,
+            source=source,
+            catalog=self._catalog,
+            timeout=timeout,
+            redis=redis,
+        )
 
     def _select(self, names: Sequence[str] | None) -> list[CheckConfig]:
         if names is None:

@@ -225,18 +225,3 @@ async def claim_check_ticks(
         next_due,
     )
     return {r["name"] for r in rows}
-
-
-async def claim_check_tick(db: DB, check: str, nominal: datetime, next_due: datetime) -> bool:
-    """Take one check tick for this agent; False when another agent already took it."""
-    row = await db.fetchrow(
-        """
-        UPDATE pipectl.checks SET next_due = $3
-        WHERE name = $1 AND (next_due IS NULL OR next_due <= $2)
-        RETURNING name
-        """,
-        check,
-        nominal,
-        next_due,
-    )
-    return row is not None

@@ -47,6 +47,8 @@ async def test_live_run_writes_every_feed_and_real_cache_traffic(
 
             await wait_for(every_feed_written, timeout=60)
             await wait_for(lambda: _async(sim.stats().cache.gets > 2000), timeout=60)
+            # Enough sessions that the level shares below are not down to chance.
+            await wait_for(lambda: _async(sum(sim.stats().cache_levels.values()) >= 40), 60)
             redis_after = keyspace(redis_client)
             assert not task.done()
         stopped = datetime.now(UTC)
@@ -83,7 +85,9 @@ async def test_live_run_writes_every_feed_and_real_cache_traffic(
     assert 0.8 <= ratio <= 0.97, ratio
     stats = sim.stats()
     assert stats.cache.sets > 0 and stats.cache.hits / stats.cache.gets > 0.8
-    assert set(levels) <= {"L1", "L2", "L3", "MISS"} and levels["L2"] > levels["MISS"]
+    # MISS is ~8 % of sessions: a short run under load may record none, which is not a defect.
+    assert set(levels) <= {"L1", "L2", "L3", "MISS"}
+    assert levels.get("L2", 0) > levels.get("MISS", 0)
     assert levels == stats.cache_levels  # the recorded levels are the ones the lookups saw
     # Naive UTC wall-clock values although the database's TimeZone is UTC+14.
     assert utc_wall(started) <= bounds["first"] and bounds["last"] <= utc_wall(stopped)

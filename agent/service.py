@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -163,6 +163,7 @@ class Agent:
         self.redis: redis.asyncio.Redis | None = None
         self.pool: asyncpg.Pool | None = None
         self.runs_pool: asyncpg.Pool | None = None
+        self.checks_pool: asyncpg.Pool | None = None
         self.book: Bookkeeper | None = None
         self.runner: StepRunner | None = None
         self.stopping = asyncio.Event()
@@ -191,6 +192,13 @@ class Agent:
             min_size=0,
             max_size=self.config.agent.max_parallel_runs,
             application_name=f"pipectl-agent {self.name}"[:63],
+        )
+        # Probes get a pool of their own: slow ones must not hold up heartbeats.
+        self.checks_pool = await create_pool(
+            self.config,
+            min_size=0,
+            max_size=self.config.agent.max_parallel_checks,
+            application_name=f"pipectl-agent {self.name} checks"[:63],
         )
         self.book = Bookkeeper(self.pool)
         async with self.pool.acquire() as conn:
@@ -398,7 +406,7 @@ class Agent:
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._listener.close(), 2)
-        for pool in (self.runs_pool, self.pool):
+        for pool in (self.runs_pool, self.checks_pool, self.pool):
             if pool is not None:
                 try:
                     await asyncio.wait_for(pool.close(), 3)
@@ -614,38 +622,66 @@ class Agent:
         return (await self.run_checks([name], trigger))[name]
 
     async def run_checks(self, names: list[str], trigger: CheckTrigger) -> dict[str, CheckStatus]:
-        """Run checks of one instant with the shared engine (those reading the same rows share
-        one scan) and record each result under its own span; returns their statuses."""
+        """Run checks of one instant with the shared engine and record each result under its
+        own span; returns their statuses. Checks that read the same rows share one scan; the
+        other probes run at the same time, on the checks' own pool (so that slow probes never
+        hold up heartbeats and bookkeeping). Every probe unit is waited for; then the first
+        exception, if any, is raised."""
         assert self.check_engine is not None
-        assert self.pool is not None
         if not names:
             return {}
-        engine = self.check_engine
-        title = f"check {names[0]}" if len(names) == 1 else f"checks: {len(names)} sharing a probe"
-        results: dict[str, CheckResult] = {}
-        stored: dict[str, store.StoredResult] = {}
-        with self.tracer.start_as_current_span(title) as outer:
+        units = self.check_engine.probe_units(names)
+        with self.tracer.start_as_current_span(_checks_title(names, units)) as outer:
             outer.set_attribute("pipectl.trigger", trigger)
-            lone = outer if len(names) == 1 else None
-            # Retried after a lost connection: only the checks whose results are not stored
-            # yet run again, so no tick is recorded twice.
-            while pending := [n for n in names if n not in stored]:
-                try:
-                    async with self.pool.acquire() as conn:
-                        found = await engine.run_many(
-                            pending, conn, redis=self.redis, trigger=trigger
-                        )
-                        for name, result in found.items():
-                            stored[name] = await self._record_check(conn, result, trigger, lone)
-                            results[name] = result
-                except Exception as exc:
-                    if not is_transient(exc) or self.stopping.is_set():
-                        raise
-                    log.warning("checks %s: database unavailable, retrying: %s", pending, exc)
-                    await asyncio.sleep(2)
+            if len(units) == 1:
+                done = await self._run_unit(units[0], trigger, outer)
+            else:
+                outcomes = await asyncio.gather(
+                    *(self._run_unit_in_span(unit, trigger) for unit in units),
+                    return_exceptions=True,
+                )
+                done = {}
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                    done.update(outcome)
         for name in names:
-            self._after_check(name, results[name], stored[name])
-        return {name: CheckStatus(results[name].status) for name in names}
+            result, stored = done[name]
+            self._after_check(name, result, stored)
+        return {name: CheckStatus(done[name][0].status) for name in names}
+
+    async def _run_unit_in_span(
+        self, unit: list[str], trigger: CheckTrigger
+    ) -> dict[str, tuple[CheckResult, store.StoredResult]]:
+        with self.tracer.start_as_current_span(_checks_title(unit, [unit])) as span:
+            span.set_attribute("pipectl.trigger", trigger)
+            return await self._run_unit(unit, trigger, span)
+
+    async def _run_unit(
+        self, unit: list[str], trigger: CheckTrigger, span: Span
+    ) -> dict[str, tuple[CheckResult, store.StoredResult]]:
+        """Probe one unit (a lone check, or checks sharing a probe) on one connection and
+        store its results. Retried after a lost connection: only the checks whose results
+        are not stored yet run again, so no tick is recorded twice."""
+        assert self.check_engine is not None
+        assert self.checks_pool is not None
+        lone = span if len(unit) == 1 else None
+        done: dict[str, tuple[CheckResult, store.StoredResult]] = {}
+        while pending := [n for n in unit if n not in done]:
+            try:
+                async with self.checks_pool.acquire() as conn:
+                    found = await self.check_engine.run_many(
+                        pending, conn, redis=self.redis, trigger=trigger
+                    )
+                    for name, result in found.items():
+                        stored = await self._record_check(conn, result, trigger, lone)
+                        done[name] = (result, stored)
+            except Exception as exc:
+                if not is_transient(exc) or self.stopping.is_set():
+                    raise
+                log.warning("checks %s: database unavailable, retrying: %s", pending, exc)
+                await asyncio.sleep(2)
+        return done
 
     async def _record_check(
         self, conn: Conn, result: CheckResult, trigger: CheckTrigger, span: Span | None
@@ -990,6 +1026,15 @@ class Agent:
         log.info(
             "configuration reloaded: %d steps, %d checks", len(plans), len(self._enabled_checks())
         )
+
+
+def _checks_title(names: Sequence[str], units: Sequence[Sequence[str]]) -> str:
+    """A span name: one check, checks sharing one probe, or several probe units."""
+    if len(names) == 1:
+        return f"check {names[0]}"
+    if len(units) == 1:
+        return f"checks: {len(names)} sharing a probe"
+    return f"checks: {len(names)} in {len(units)} probes"
 
 
 class _Throttled:

@@ -57,6 +57,8 @@ from checks.engine import CheckEngine
 from pipectl import db as pipectl_db
 from pipectl import store
 from pipectl.config import Config
+from pipectl.model import CheckResult
+from pipectl.store.base import Conn
 
 os.environ.setdefault("SODA_CORE_TELEMETRY_ENABLED", "false")
 
@@ -129,38 +131,55 @@ class Verification:
 
 
 async def verify(
-    conn: asyncpg.Connection, config: Config, *, now: datetime | None = None, publish: bool = True
+    pool: asyncpg.Pool,
+    config: Config,
+    *,
+    now: datetime | None = None,
+    publish: bool = True,
 ) -> Verification:
-    """Validate, run and record the checks on `conn` (publishing first), as `pipectl check`
-    and an agent tick do: the row checks of one table and window share one scan."""
+    """Validate, run and record the checks on `pool` (publishing first), as `pipectl check`
+    and an agent tick do: the row checks of one table and window share one scan, and the
+    other probes run at the same time, each on its own connection."""
     started = time.perf_counter()
+    engine = CheckEngine(config)
+    async with pool.acquire() as conn:
+        if publish:
+            await store.publish_checks(conn, engine.definitions(), None)
+        await engine.validate(conn)
+
+    async def record(conn: Conn, result: CheckResult) -> None:
+        await store.record_result(conn, result, hysteresis=1, agent_id=None, trigger="cli")
+
+    names = [check.name for check in config.checks]
+    found = await engine.run_all(names, pool, redis=None, trigger="cli", now=now, record=record)
     per_check: dict[str, float] = {}
     answers: dict[str, float | None] = {}
-    engine = CheckEngine(config)
-    if publish:
-        await store.publish_checks(conn, engine.definitions(), None)
-    await engine.validate(conn)
-    names = [check.name for check in config.checks]
-    found = await engine.run_many(names, conn, redis=None, trigger="cli", now=now)
-    for check in config.checks:
-        result = found[check.name]
-        await store.record_result(conn, result, hysteresis=1, agent_id=None, trigger="cli")
-        per_check[check.name] = result.duration_ms or 0.0
-        answers[check.name] = result.value
+    for name, result in found.items():
         if result.status == "error":
-            raise RuntimeError(f"{check.name}: {result.message}")
+            raise RuntimeError(f"{name}: {result.message}")
+        per_check[name] = result.duration_ms or 0.0
+        answers[name] = result.value
     return Verification((time.perf_counter() - started) * 1000, per_check, answers)
 
 
 async def run_pipectl(dsn: str, config: Config, now: datetime | None = None) -> Verification:
     """What `pipectl check` does: connect, publish, validate, run and record the checks."""
     started = time.perf_counter()
-    conn = await pipectl_db.connect(config, dsn=dsn)
+    pool = await checks_pool(config, dsn, warm=False)
     try:
-        found = await verify(conn, config, now=now)
+        found = await verify(pool, config, now=now)
     finally:
-        await conn.close()
+        await pool.close()
     return Verification((time.perf_counter() - started) * 1000, found.per_check_ms, found.answers)
+
+
+async def checks_pool(config: Config, dsn: str, *, warm: bool) -> asyncpg.Pool:
+    """Connections for the probes, as many as `pipectl check` and the agent use; `warm`
+    opens them all first (an agent's steady state)."""
+    size = config.agent.max_parallel_checks
+    return await pipectl_db.create_pool(
+        config, dsn=dsn, min_size=size if warm else 0, max_size=size, application_name="bench"
+    )
 
 
 def soda_version() -> str | None:
@@ -405,8 +424,9 @@ async def full_verification(dsn: str, repeats: int, soda: Soda | None) -> Sectio
         " interleaved floor / pipectl / Soda.",
         "pipectl: freshness is an index lookup, row count an index-only count, the missing and"
         " range checks share one scan (so they show the same time below), and the duplicate"
-        f" check groups all {rows:,} keys on its own. Total: those probes plus connecting,"
-        " publishing, validating and recording.",
+        f" check groups all {rows:,} keys on its own. The probes run at the same time, each"
+        " on its own connection (agent.max_parallel_checks = 4), so the total is about the"
+        " slowest probe plus connecting, publishing, validating and recording.",
     ]
     if theirs:
         notes.append(
@@ -440,6 +460,7 @@ async def continuous(dsn: str, cycles: int, soda: Soda | None) -> Section:
     conn = await pipectl_db.connect(config, dsn=dsn)
     previous = await conn.fetchval(f"SELECT max(created_at) FROM {TABLE}")
     await store.publish_checks(conn, CheckEngine(config).definitions(), None)
+    pool = await checks_pool(config, dsn, warm=True)
     since = previous.replace(tzinfo=UTC)
     ours: list[Verification] = []
     cli: list[float] = []
@@ -455,7 +476,7 @@ async def continuous(dsn: str, cycles: int, soda: Soda | None) -> Section:
             await append_rule_performance(conn, new_rows, since, now, seed=100 + cycle)
             appends.append((time.perf_counter() - started) * 1000)
             windowed = pipectl_config(now - since + timedelta(microseconds=1))
-            ours.append(await verify(conn, windowed, now=now, publish=False))
+            ours.append(await verify(pool, windowed, now=now, publish=False))
             cli.append((await run_pipectl(dsn, windowed, now=now)).total_ms)
             fused.append(await fused_pass(dsn, since))
             if soda is not None and not soda_error:
@@ -466,6 +487,7 @@ async def continuous(dsn: str, cycles: int, soda: Soda | None) -> Section:
                     soda_error = f"{type(exc).__name__}: {exc}"
             since = now
     finally:
+        await pool.close()
         await conn.close()
     our = statistics.median(v.total_ms for v in ours)
     figures = [
@@ -511,11 +533,11 @@ async def continuous(dsn: str, cycles: int, soda: Soda | None) -> Section:
     notes = [
         f"{cycles} cycles on a table of {rows:,} rows growing by {new_rows:,} rows (1 %) per"
         f" cycle; appending took {spread(appends)} (not counted).",
-        "pipectl's cycle: one open connection (as the agent has), an engine built for this"
+        "pipectl's cycle: open connections (as the agent has), an engine built for this"
         " cycle's window (previous cycle, now] and validated against the catalog (one round"
-        " trip the agent would not repeat), then the checks run (missing and range on one"
-        " shared scan of the new rows) and recorded. A windowed duplicate check only sees"
-        " duplicates among the new rows.",
+        " trip the agent would not repeat), then the probes run at the same time (missing and"
+        " range on one shared scan of the new rows) and their results are recorded. A"
+        " windowed duplicate check only sees duplicates among the new rows.",
     ]
     if soda_error:
         notes.append(f"Soda failed: {soda_error}")

@@ -9,9 +9,10 @@ result (with hysteresis, silences and samples) is `pipectl.store.record_result`'
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -137,6 +138,52 @@ class CheckEngine:
             if name not in results:
                 results[name] = await self.run(name, conn, redis=redis, trigger=trigger, now=when)
         return {name: results[name] for name in checks}
+
+    def probe_units(self, names: Sequence[str]) -> list[list[str]]:
+        """`names` as independent units of work, in the order first named: the checks that
+        can share a probe together, every other check alone. Units have nothing in common, so
+        they may run at the same time, each on its own connection (see run_all)."""
+        units: dict[tuple[Any, ...], list[str]] = {}
+        for name in dict.fromkeys(names):
+            key = self.fusion_key(name)  # KeyError: unknown
+            units.setdefault(("alone", name) if key is None else ("shared", key), []).append(name)
+        return list(units.values())
+
+    async def run_all(
+        self,
+        names: Sequence[str],
+        pool: asyncpg.Pool,
+        *,
+        redis: Redis | None,
+        trigger: Literal["schedule", "manual", "cli"] = "schedule",
+        now: datetime | None = None,
+        record: Callable[[Conn, CheckResult], Awaitable[None]] | None = None,
+    ) -> dict[str, CheckResult]:
+        """run_many with its probe units at the same time, each on a connection of its own
+        from `pool` (whose size bounds how many run at once), so that one slow probe (a
+        duplicate check grouping a big table) does not hold up the checks behind it.
+        `record(conn, result)` stores each result on the connection that probed it. Every
+        unit is waited for; then the first exception, if any, is raised."""
+        when = now or datetime.now(UTC)
+        if when.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+
+        async def unit(members: list[str]) -> dict[str, CheckResult]:
+            async with pool.acquire() as conn:
+                found = await self.run_many(members, conn, redis=redis, trigger=trigger, now=when)
+                if record is not None:
+                    for result in found.values():
+                        await record(conn, result)
+                return found
+
+        units = self.probe_units(names)
+        outcomes = await asyncio.gather(*(unit(u) for u in units), return_exceptions=True)
+        merged: dict[str, CheckResult] = {}
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            merged.update(outcome)
+        return {name: merged[name] for name in dict.fromkeys(names)}
 
     async def _run_shared(
         self, group: list[QualityCheck], conn: Conn, source: str, now: datetime

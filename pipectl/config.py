@@ -248,6 +248,7 @@ class AgentConfig(Strict):
     metrics_web_config: str | None = None
     timezone: TimeZone = "UTC"
     max_parallel_runs: int = Field(default=4, ge=1, le=64)
+    max_parallel_checks: int = Field(default=4, ge=1, le=64)
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     environment: str = "production"

@@ -141,8 +141,9 @@ async def create_pool(
     max_size: int = 4,
     application_name: str | None = None,
     settings: Mapping[str, str] | None = None,
+    dsn: str | None = None,
 ) -> asyncpg.Pool:
-    target = config.database.dsn
+    target = dsn if dsn is not None else config.database.dsn
     try:
         pool = await asyncpg.create_pool(
             dsn=target,

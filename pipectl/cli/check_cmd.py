@@ -21,7 +21,7 @@ from checks import CheckEngine, scorecard
 from pipectl import store
 from pipectl.cli.common import EXIT_OK, CliError, console, load, print_json
 from pipectl.config import Config
-from pipectl.db import connection
+from pipectl.db import connection, create_pool
 from pipectl.model import CheckResult, CheckStatus
 from pipectl.store.base import Conn
 
@@ -54,7 +54,7 @@ async def run_checks(args: argparse.Namespace) -> int:
     async with connection(config, "pipectl check") as conn:
         await engine.validate(conn, names)  # logs what is worth knowing (a missing index)
         recording = await _publish(conn, engine)
-        results = await _run_all(conn, engine, config, names, recording)
+        results = await _run_all(engine, config, names, recording)
         scores = await scorecard.compute(conn, config, fresh=results)
     if args.json:
         print_json(
@@ -88,7 +88,6 @@ async def _publish(conn: Conn, engine: CheckEngine) -> bool:
 
 
 async def _run_all(
-    conn: Conn,
     engine: CheckEngine,
     config: Config,
     names: Sequence[str],
@@ -103,18 +102,28 @@ async def _run_all(
         if config.redis.url
         else None
     )
-    results: list[CheckResult] = []
+    writable = recording
+
+    async def record(conn: Conn, result: CheckResult) -> None:
+        nonlocal writable
+        if writable:
+            writable = await _record(conn, engine, result)
+
+    # As the agent does: checks that read the same rows share one scan, and the other probes
+    # run at the same time on connections of their own.
+    pool = await create_pool(
+        config,
+        min_size=0,
+        max_size=config.agent.max_parallel_checks,
+        application_name="pipectl check",
+    )
     try:
-        # As the agent does: checks that read the same rows share one scan.
-        found = await engine.run_many(names, conn, redis=client, trigger="cli")
-        for result in found.values():
-            results.append(result)
-            if recording:
-                recording = await _record(conn, engine, result)
+        found = await engine.run_all(names, pool, redis=client, trigger="cli", record=record)
     finally:
+        await pool.close()
         if client is not None:
             await client.aclose()
-    return results
+    return list(found.values())
 
 
 async def _record(conn: Conn, engine: CheckEngine, result: CheckResult) -> bool:

@@ -119,7 +119,8 @@ async def test_exit_codes_follow_the_worst_status_and_json_is_stable(
         )
     finally:
         await conn.close()
-    assert [tuple(r) for r in stored][-2:] == [
+    # The two probes ran at the same time: either may be recorded first.
+    assert sorted(tuple(r) for r in stored[-2:]) == [
         ("fresh_rules", "fail", "cli"),
         ("rule_ids_known", "ok", "cli"),
     ]

@@ -566,10 +566,10 @@ async def freshness_scaling(small_dsn: str, large_dsn: str, repeats: int) -> Sec
         for label, (_, conn) in engines.items():
             sizes[label] = int(await conn.fetchval(f"SELECT count(*) FROM {TABLE}"))
         for round_ in range(repeats):
-            # The order flips every round, and SELECT 1 goes to each connection in turn: a
-            # backend used just before answers faster than one left idle (measured: 0.17 ms
-            # against 0.33 ms for the same probe when small always went first, right after
-            # its own SELECT 1), which is the scheduler, not the table's size.
+            # The order flips every round, and SELECT 1 goes to each connection in turn, so
+            # neither table's backend is always the one used just before. (With small always
+            # first: 0.17 against 0.33 ms; alternating: 0.18 against 0.32 ms; the same probes
+            # timed one table after the other: 0.276 against 0.286 ms. See FINDINGS.md.)
             order = ("small", "large") if round_ % 2 == 0 else ("large", "small")
             for label in order:
                 engine, conn = engines[label]

@@ -106,8 +106,10 @@ async def _run_all(
 
     async def record(conn: Conn, result: CheckResult) -> None:
         nonlocal writable
-        if writable:
-            writable = await _record(conn, engine, result)
+        if writable and not await _record(conn, engine, result):
+            if writable:  # said once, though probes finishing together may all be refused
+                _note("this role may not record results; the rest are shown, not recorded")
+            writable = False
 
     # As the agent does: checks that read the same rows share one scan, and the other probes
     # run at the same time on connections of their own.
@@ -132,7 +134,6 @@ async def _record(conn: Conn, engine: CheckEngine, result: CheckResult) -> bool:
             conn, result, hysteresis=engine.hysteresis(result.check), agent_id=None, trigger="cli"
         )
     except asyncpg.InsufficientPrivilegeError:
-        _note("this role may not record results; the remaining results are shown, not recorded")
         return False
     return True
 

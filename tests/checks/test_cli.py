@@ -166,3 +166,33 @@ async def test_a_read_only_role_gets_the_report_without_recording(
             await server.execute(f'DROP ROLE "{role}"')
         finally:
             await server.close()
+
+
+async def test_a_role_that_may_publish_but_not_record_is_told_once(
+    database: str, pg_server: PgServer, tmp_path: Path
+) -> None:
+    """Both probes finish and are refused at recording; the note comes once, the report
+    whole, and nothing is half-written."""
+    role = f"pipectl_t_publisher_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(database)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE pipectl_viewer')
+        await admin.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+        await admin.execute(f'GRANT INSERT, UPDATE ON pipectl.checks TO "{role}"')
+        await add_row(database, 1)
+        parts = urlsplit(database)
+        as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+        done = pipectl(write_config(tmp_path, as_role), "--json")
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.count("may not record results") == 1, done.stderr
+        assert [c["status"] for c in json.loads(done.stdout)["checks"]] == ["ok", "ok"]
+        assert await admin.fetchval("SELECT count(*) FROM pipectl.checks") == 2
+        assert await admin.fetchval("SELECT count(*) FROM pipectl.check_results") == 0
+    finally:
+        await admin.execute(f'DROP OWNED BY "{role}"')
+        await admin.close()
+        server = await asyncpg.connect(pg_server.dsn)
+        try:
+            await server.execute(f'DROP ROLE "{role}"')
+        finally:
+            await server.close()

@@ -26,6 +26,20 @@ async def _count(dsn: str) -> int:
         await conn.close()
 
 
+def _asyncpg_tls_probe(record: logging.LogRecord) -> bool:
+    """asyncio's "Future exception was never retrieved" for the future of asyncpg's SSLRequest
+    exchange (connect_utils.TLSUpgradeProto, the only source of this message), left behind
+    when a reconnect attempt meets the server mid-shutdown. Not ours to retrieve; seen once
+    in CI (RELIABILITY.md)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return (
+        record.name == "asyncio"
+        and record.getMessage().startswith("Future exception was never retrieved")
+        and isinstance(exc, ConnectionError)
+        and str(exc) == "unexpected connection_lost() call"
+    )
+
+
 async def test_simulator_survives_a_postgres_restart(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -72,7 +86,7 @@ async def test_simulator_survives_a_postgres_restart(
     failures = [m for m in messages if "PostgreSQL (simulator writes) failed" in m]
     assert len(failures) == 1  # one line per outage, not one per attempt
     assert any("PostgreSQL (simulator writes) recovered" in m for m in messages)
-    assert not [r for r in caplog.records if r.exc_info]  # no tracebacks
+    assert not [r for r in caplog.records if r.exc_info and not _asyncpg_tls_probe(r)]
 
 
 async def test_simulator_survives_a_redis_restart(

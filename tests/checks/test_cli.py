@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -142,22 +144,21 @@ def test_a_wrong_column_is_a_config_error_naming_the_check(database: str, tmp_pa
     assert f"{path}: checks.fresh_rules.column: column 'created' does not exist" in done.stderr
 
 
-async def test_a_read_only_role_gets_the_report_without_recording(
-    database: str, pg_server: PgServer, tmp_path: Path
-) -> None:
+@asynccontextmanager
+async def viewer_role(
+    database: str, pg_server: PgServer, *grants: str
+) -> AsyncIterator[tuple[str, asyncpg.Connection]]:
+    """A login role in pipectl_viewer (plus `grants`, each "PRIVILEGES ON object"): its DSN,
+    and an admin connection to the same database; both dropped afterwards."""
     role = f"pipectl_t_viewer_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(database)
     try:
         await admin.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE pipectl_viewer')
         await admin.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
-        await add_row(database, 1)
+        for grant in grants:
+            await admin.execute(f'GRANT {grant} TO "{role}"')
         parts = urlsplit(database)
-        as_viewer = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
-        done = pipectl(write_config(tmp_path, as_viewer), "--json")
-        assert done.returncode == 0, done.stderr
-        assert "results are shown, not recorded" in done.stderr
-        assert [c["status"] for c in json.loads(done.stdout)["checks"]] == ["ok", "ok"]
-        assert await admin.fetchval("SELECT count(*) FROM pipectl.check_results") == 0
+        yield urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}")), admin
     finally:
         await admin.execute(f'DROP OWNED BY "{role}"')
         await admin.close()
@@ -166,6 +167,18 @@ async def test_a_read_only_role_gets_the_report_without_recording(
             await server.execute(f'DROP ROLE "{role}"')
         finally:
             await server.close()
+
+
+async def test_a_read_only_role_gets_the_report_without_recording(
+    database: str, pg_server: PgServer, tmp_path: Path
+) -> None:
+    async with viewer_role(database, pg_server) as (as_viewer, admin):
+        await add_row(database, 1)
+        done = pipectl(write_config(tmp_path, as_viewer), "--json")
+        assert done.returncode == 0, done.stderr
+        assert "results are shown, not recorded" in done.stderr
+        assert [c["status"] for c in json.loads(done.stdout)["checks"]] == ["ok", "ok"]
+        assert await admin.fetchval("SELECT count(*) FROM pipectl.check_results") == 0
 
 
 async def test_a_role_that_may_publish_but_not_record_is_told_once(
@@ -173,26 +186,14 @@ async def test_a_role_that_may_publish_but_not_record_is_told_once(
 ) -> None:
     """Both probes finish and are refused at recording; the note comes once, the report
     whole, and nothing is half-written."""
-    role = f"pipectl_t_publisher_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(database)
-    try:
-        await admin.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE pipectl_viewer')
-        await admin.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
-        await admin.execute(f'GRANT INSERT, UPDATE ON pipectl.checks TO "{role}"')
+    async with viewer_role(database, pg_server, "INSERT, UPDATE ON pipectl.checks") as (
+        as_role,
+        admin,
+    ):
         await add_row(database, 1)
-        parts = urlsplit(database)
-        as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
         done = pipectl(write_config(tmp_path, as_role), "--json")
         assert done.returncode == 0, done.stderr
         assert done.stderr.count("may not record results") == 1, done.stderr
         assert [c["status"] for c in json.loads(done.stdout)["checks"]] == ["ok", "ok"]
         assert await admin.fetchval("SELECT count(*) FROM pipectl.checks") == 2
         assert await admin.fetchval("SELECT count(*) FROM pipectl.check_results") == 0
-    finally:
-        await admin.execute(f'DROP OWNED BY "{role}"')
-        await admin.close()
-        server = await asyncpg.connect(pg_server.dsn)
-        try:
-            await server.execute(f'DROP ROLE "{role}"')
-        finally:
-            await server.close()

@@ -636,15 +636,11 @@ class Agent:
             if len(units) == 1:
                 done = await self._run_unit(units[0], trigger, outer)
             else:
-                outcomes = await asyncio.gather(
-                    *(self._run_unit_in_span(unit, trigger) for unit in units),
-                    return_exceptions=True,
+                from checks.engine import gather_units  # loaded with the engine already
+
+                done = await gather_units(
+                    units, functools.partial(self._run_unit_in_span, trigger=trigger)
                 )
-                done = {}
-                for outcome in outcomes:
-                    if isinstance(outcome, BaseException):
-                        raise outcome
-                    done.update(outcome)
         for name in names:
             result, stored = done[name]
             self._after_check(name, result, stored)

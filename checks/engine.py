@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import asyncpg
 
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # SQLSTATE classes whose messages name objects, settings or resources, never row values.
 _SAFE_MESSAGE_CLASSES = frozenset(
@@ -176,13 +178,7 @@ class CheckEngine:
                         await record(conn, result)
                 return found
 
-        units = self.probe_units(names)
-        outcomes = await asyncio.gather(*(unit(u) for u in units), return_exceptions=True)
-        merged: dict[str, CheckResult] = {}
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-            merged.update(outcome)
+        merged = await gather_units(self.probe_units(names), unit)
         return {name: merged[name] for name in dict.fromkeys(names)}
 
     async def _run_shared(
@@ -332,6 +328,21 @@ class CheckEngine:
                 if warning not in self.warnings:
                     self.warnings.append(warning)
                     log.warning("%s", warning)
+
+
+async def gather_units(
+    units: Sequence[list[str]], run_unit: Callable[[list[str]], Awaitable[dict[str, T]]]
+) -> dict[str, T]:
+    """Run every probe unit at the same time and merge what they return. Every unit is
+    waited for (none is left running half-recorded); then the first exception, if any, is
+    raised."""
+    outcomes = await asyncio.gather(*(run_unit(u) for u in units), return_exceptions=True)
+    merged: dict[str, T] = {}
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        merged.update(outcome)
+    return merged
 
 
 def _shared_probe_groups(checks: list[CheckConfig]) -> list[list[QualityCheck]]:

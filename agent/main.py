@@ -19,11 +19,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from agent.exposition import Exposition
-from agent.metrics import AgentMetrics
-from agent.service import Agent
-from agent.systemd import notify, watchdog_interval, watchdog_loop
-from agent.tracing import build_provider, instrument_sql
+from pipectl.agent.exposition import Exposition
+from pipectl.agent.metrics import AgentMetrics
+from pipectl.agent.service import Agent
+from pipectl.agent.systemd import notify, watchdog_interval, watchdog_loop
+from pipectl.agent.tracing import build_provider, instrument_sql
 from pipectl.config import ConfigError, LoadedConfig, load_config
 from pipectl.db import DatabaseUnavailable, is_transient
 from pipectl.migrate import MigrationError

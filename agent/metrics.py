@@ -24,8 +24,8 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from agent.exposition import Changes
 from pipectl import __version__
+from pipectl.agent.exposition import Changes
 from pipectl.model import CheckResult, CheckStatus, RunStatus
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from pipectl.db import describe_error
 from pipectl.model import Outcome, Request, RequestKind, RunStatus, Trigger
 
 if TYPE_CHECKING:
-    from agent.service import Agent
+    from pipectl.agent.service import Agent
 
 log = logging.getLogger(__name__)
 

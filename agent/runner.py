@@ -23,11 +23,11 @@ import asyncpg
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from agent.bookkeeping import Bookkeeper
-from agent.metrics import AgentMetrics
-from agent.schedule import Schedule
-from agent.tracing import trace_id_of
 from pipectl import store
+from pipectl.agent.bookkeeping import Bookkeeper
+from pipectl.agent.metrics import AgentMetrics
+from pipectl.agent.schedule import Schedule
+from pipectl.agent.tracing import trace_id_of
 from pipectl.config import StepConfig
 from pipectl.db import describe_error, is_transient
 from pipectl.durations import format_duration

@@ -24,14 +24,14 @@ import asyncpg
 import psutil
 from opentelemetry.sdk.trace import TracerProvider
 
-from agent.bookkeeping import Bookkeeper
-from agent.dag import Dag
-from agent.metrics import AgentMetrics
-from agent.runner import RunOutcome, StepPlan, StepRunner
-from agent.schedule import Schedule, cron_schedule, interval_schedule, tick_loop
-from agent.systemd import notify
-from agent.tracing import trace_id_of, tracer_for
 from pipectl import __version__, migrate, store
+from pipectl.agent.bookkeeping import Bookkeeper
+from pipectl.agent.dag import Dag
+from pipectl.agent.metrics import AgentMetrics
+from pipectl.agent.runner import RunOutcome, StepPlan, StepRunner
+from pipectl.agent.schedule import Schedule, cron_schedule, interval_schedule, tick_loop
+from pipectl.agent.systemd import notify
+from pipectl.agent.tracing import trace_id_of, tracer_for
 from pipectl.config import Config, ConfigError, LoadedConfig, Problem
 from pipectl.db import create_pool, is_transient
 from pipectl.durations import format_duration
@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     import redis.asyncio
     from opentelemetry.trace import Span
 
-    from agent.requests import RequestHandler
-    from checks.engine import CheckEngine
+    from pipectl.agent.requests import RequestHandler
+    from pipectl.checks.engine import CheckEngine
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class Agent:
     async def _prepare_checks(self, conn: Conn) -> None:
         if not self._enabled_checks():
             return
-        from checks.engine import CheckEngine
+        from pipectl.checks.engine import CheckEngine
 
         engine = CheckEngine(self.config)
         await engine.validate(conn)
@@ -636,7 +636,7 @@ class Agent:
             if len(units) == 1:
                 done = await self._run_unit(units[0], trigger, outer)
             else:
-                from checks.engine import gather_units  # loaded with the engine already
+                from pipectl.checks.engine import gather_units  # loaded with the engine already
 
                 done = await gather_units(
                     units, functools.partial(self._run_unit_in_span, trigger=trigger)
@@ -786,7 +786,7 @@ class Agent:
 
         At most twice `max_parallel_runs` requests are held at a time: a burst is shared
         among the agents instead of queued inside the first one that woke up."""
-        from agent.requests import RequestHandler
+        from pipectl.agent.requests import RequestHandler
 
         handler = RequestHandler(self)
         sweep = max(1.0, self.config.agent.heartbeat.total_seconds())
@@ -937,7 +937,7 @@ class Agent:
         """Export the quality scorecard (completeness, accuracy, consistency, timeliness per
         table) from the results the checks stored, whenever a quality or freshness check
         recorded one; nothing is probed here. At most every 10 s."""
-        from checks import scorecard
+        from pipectl.checks import scorecard
 
         while not self.stopping.is_set():
             await self.scorecard_due.wait()

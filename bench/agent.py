@@ -96,7 +96,7 @@ async def _wait_agent(conn: asyncpg.Connection) -> None:
 
 
 async def overhead(db: Database, runs: int) -> tuple[list[float], list[float]]:
-    from agent.service import Agent
+    from pipectl.agent.service import Agent
     from pipectl.config import parse_config_text
     from pipectl.model import Trigger
 

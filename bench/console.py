@@ -38,10 +38,10 @@ from typing import Any
 import asyncpg
 
 from bench.console_queries import CACHE_CROSSINGS
-from console import data
-from console.service import SETTINGS
 from pipectl import migrate
 from pipectl.config import parse_config_text
+from pipectl.console import data
+from pipectl.console.service import SETTINGS
 from pipectl.db import connect
 from pipectl.sqlfiles import sql_dir
 
@@ -234,7 +234,7 @@ async def without_console_indexes(conn: asyncpg.Connection) -> list[tuple[str, s
 LAUNCH = """
 import time, sys, asyncio
 t0 = time.perf_counter()
-from console.app import PipectlApp
+from pipectl.console.app import PipectlApp
 from pipectl.config import parse_config_text
 config = parse_config_text(sys.argv[1], "bench.toml", environ={}).config
 async def main():

@@ -195,7 +195,7 @@ Query = Callable[[asyncpg.Connection], Awaitable[Any]]
 def queries() -> dict[str, Query]:
     """Every screen's fetch, exactly as the console calls it (console/data.py), and the CLI's
     reads (`pipectl status`, `pipectl history`)."""
-    from console import data
+    from pipectl.console import data
 
     now = datetime.now(UTC)
     return {
@@ -219,7 +219,7 @@ def queries() -> dict[str, Query]:
 async def measure(dsn: str, repeats: int) -> tuple[dict[str, list[float]], list[float]]:
     """Round-robin: every query once per round, SELECT 1 once per round. The heap is settled
     first, as the console does when it starts (console.app.settle_heap)."""
-    from console.app import settle_heap
+    from pipectl.console.app import settle_heap
 
     conn = await pipectl_db.connect(Config(), dsn=dsn)
     settle_heap()

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from bench.common import Figure, Section
-from checks.anomaly import comparable, detect
+from pipectl.checks.anomaly import comparable, detect
 from pipectl.config import AnomalyConfig
 from pipectl.model import Sample
 

@@ -36,7 +36,7 @@ KINDS = ("freshness", "volume", "metric", "quality", "cache")
 
 def populated(steps: int = STEPS, checks: int = CHECKS) -> object:
     """An AgentMetrics as after a day of work: every step and check has reported."""
-    from agent.metrics import AgentMetrics
+    from pipectl.agent.metrics import AgentMetrics
     from pipectl.model import CheckResult, CheckStatus, RunStatus
 
     rng = random.Random(1)
@@ -88,7 +88,7 @@ def _serve(
     """Child: the populated registry and an empty one, each on MetricsServer."""
     from prometheus_client import CollectorRegistry
 
-    from agent.main import MetricsServer
+    from pipectl.agent.main import MetricsServer
 
     metrics: Any = populated()
     full = MetricsServer("127.0.0.1:0")

@@ -53,9 +53,9 @@ from bench.common import (
     spread,
 )
 from bench.generate import append_rule_performance, generate, progress_bar
-from checks.engine import CheckEngine
 from pipectl import db as pipectl_db
 from pipectl import store
+from pipectl.checks.engine import CheckEngine
 from pipectl.config import Config
 from pipectl.model import CheckResult
 from pipectl.store.base import Conn

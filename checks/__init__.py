@@ -4,6 +4,6 @@ detector and the scorecard. Used identically by the agent and by `pipectl check`
 Never imports textual, the agent or the console.
 """
 
-from checks.engine import CheckEngine
+from pipectl.checks.engine import CheckEngine
 
 __all__ = ["CheckEngine"]

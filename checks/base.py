@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
-from checks.catalog import Catalog, Need, Table
+from pipectl.checks.catalog import Catalog, Need, Table
 from pipectl.config import Config
 from pipectl.identifiers import Relation
 from pipectl.model import CheckResult, CheckStatus, Sample

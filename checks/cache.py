@@ -30,10 +30,10 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from checks.base import Context, KindSpec, number, point, zone
-from checks.catalog import STATS_KINDS, TEXT_TYPES, TIME_TYPES, Need
-from checks.sql import Params, Query, col, window_predicate
 from pipectl import store
+from pipectl.checks.base import Context, KindSpec, number, point, zone
+from pipectl.checks.catalog import STATS_KINDS, TEXT_TYPES, TIME_TYPES, Need
+from pipectl.checks.sql import Params, Query, col, window_predicate
 from pipectl.config import CacheCheck, Config
 from pipectl.durations import format_duration, humanize_age
 from pipectl.model import CheckResult, CheckStatus

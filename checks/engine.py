@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import asyncpg
 
-from checks import quality
-from checks.base import SOURCE_BY_TRIGGER, C, Context
-from checks.catalog import Catalog, Need, load_catalog, problems_for
-from checks.registry import KINDS
+from pipectl.checks import quality
+from pipectl.checks.base import SOURCE_BY_TRIGGER, C, Context
+from pipectl.checks.catalog import Catalog, Need, load_catalog, problems_for
+from pipectl.checks.registry import KINDS
 from pipectl.config import CheckConfig, Config, ConfigError, Problem, QualityCheck
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus

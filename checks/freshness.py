@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from checks.base import Context, KindSpec, point, zone
-from checks.catalog import TIME_TYPES, Need, Table
-from checks.sql import Params, Query, col
+from pipectl.checks.base import Context, KindSpec, point, zone
+from pipectl.checks.catalog import TIME_TYPES, Need, Table
+from pipectl.checks.sql import Params, Query, col
 from pipectl.config import Config, FreshnessCheck
 from pipectl.durations import format_duration, humanize_age
 from pipectl.model import CheckResult, CheckStatus

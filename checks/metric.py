@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from checks import timeseries
-from checks.base import Context, KindSpec, number, zone
-from checks.catalog import NUMERIC_TYPES, TIME_TYPES, Catalog, Column, Need, python_value
-from checks.sql import Params, Query, col, conjunction, filter_predicate, window_predicate
-from checks.timeseries import History
+from pipectl.checks import timeseries
+from pipectl.checks.base import Context, KindSpec, number, zone
+from pipectl.checks.catalog import NUMERIC_TYPES, TIME_TYPES, Catalog, Column, Need, python_value
+from pipectl.checks.sql import Params, Query, col, conjunction, filter_predicate, window_predicate
+from pipectl.checks.timeseries import History
 from pipectl.config import Config, Filter, MetricCheck
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from checks.base import Context, KindSpec, number, point, zone
-from checks.catalog import (
+from pipectl.checks.base import Context, KindSpec, number, point, zone
+from pipectl.checks.catalog import (
     COMPARABLE_TYPES,
     JSON_TYPES,
     NUMERIC_TYPES,
@@ -29,8 +29,8 @@ from checks.catalog import (
     Need,
     python_value,
 )
-from checks.sql import Params, Query, col
-from checks.sql import window_predicate as window_sql
+from pipectl.checks.sql import Params, Query, col
+from pipectl.checks.sql import window_predicate as window_sql
 from pipectl.config import Config, QualityCheck, QualityRule
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus

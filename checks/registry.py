@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from checks import cache, freshness, metric, quality, schema, volume
-from checks.base import KindSpec
+from pipectl.checks import cache, freshness, metric, quality, schema, volume
+from pipectl.checks.base import KindSpec
 
 KINDS: dict[str, KindSpec[Any]] = {
     spec.kind: spec

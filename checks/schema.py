@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from checks.base import Context, KindSpec, point
-from checks.catalog import Need
-from checks.sql import Params, Query
 from pipectl import store
+from pipectl.checks.base import Context, KindSpec, point
+from pipectl.checks.catalog import Need
+from pipectl.checks.sql import Params, Query
 from pipectl.config import Config, SchemaCheck
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus

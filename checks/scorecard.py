@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from checks.quality import dimension
 from pipectl import store
+from pipectl.checks.quality import dimension
 from pipectl.config import Config, FreshnessCheck, QualityCheck
 from pipectl.model import CheckResult
 from pipectl.store.base import Conn

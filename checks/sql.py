@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from checks.catalog import Table, python_value
+from pipectl.checks.catalog import Table, python_value
 from pipectl.config import Filter
 from pipectl.identifiers import quote_ident
 from pipectl.store.base import Conn

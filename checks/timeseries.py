@@ -15,11 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from checks import anomaly
-from checks.base import Context, finite, number, point, worse
-from checks.catalog import Table
-from checks.sql import Params, Query, col, window_predicate
 from pipectl import store
+from pipectl.checks import anomaly
+from pipectl.checks.base import Context, finite, number, point, worse
+from pipectl.checks.catalog import Table
+from pipectl.checks.sql import Params, Query, col, window_predicate
 from pipectl.config import AnomalyConfig, Bounds
 from pipectl.durations import format_duration
 from pipectl.identifiers import Relation

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from checks import timeseries
-from checks.base import Context, KindSpec, zone
-from checks.catalog import TIME_TYPES, Need
-from checks.sql import Params, Query, col, window_predicate
-from checks.timeseries import History
+from pipectl.checks import timeseries
+from pipectl.checks.base import Context, KindSpec, zone
+from pipectl.checks.catalog import TIME_TYPES, Need
+from pipectl.checks.sql import Params, Query, col, window_predicate
+from pipectl.checks.timeseries import History
 from pipectl.config import Config, VolumeCheck
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus

@@ -17,12 +17,13 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker
 
-from console import data
-from console.actions import APP, ActionRegistry, bindings
-from console.commands import ActionCommands
-from console.data import RequestDenied, RequestIntent
-from console.live import Change, ChangeRouter, RequestFeedback, Toast
-from console.messages import (
+from pipectl.config import Config
+from pipectl.console import data
+from pipectl.console.actions import APP, ActionRegistry, bindings
+from pipectl.console.commands import ActionCommands
+from pipectl.console.data import RequestDenied, RequestIntent
+from pipectl.console.live import Change, ChangeRouter, RequestFeedback, Toast
+from pipectl.console.messages import (
     Connection,
     ConnectionChanged,
     DatabaseChanged,
@@ -30,16 +31,15 @@ from console.messages import (
     RequestProgress,
     RequestRefused,
 )
-from console.screens.base import DataScreen
-from console.screens.cache import CacheScreen
-from console.screens.checks import ChecksScreen
-from console.screens.help import HelpScreen, scope_of
-from console.screens.overview import OverviewScreen
-from console.screens.requests import RequestsScreen
-from console.screens.schema import SchemaScreen
-from console.screens.timeline import TimelineScreen
-from console.service import ConsoleService, NotConnected
-from pipectl.config import Config
+from pipectl.console.screens.base import DataScreen
+from pipectl.console.screens.cache import CacheScreen
+from pipectl.console.screens.checks import ChecksScreen
+from pipectl.console.screens.help import HelpScreen, scope_of
+from pipectl.console.screens.overview import OverviewScreen
+from pipectl.console.screens.requests import RequestsScreen
+from pipectl.console.screens.schema import SchemaScreen
+from pipectl.console.screens.timeline import TimelineScreen
+from pipectl.console.service import ConsoleService, NotConnected
 
 Clock = Callable[[], datetime]
 

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from console.actions import APP, ActionSpec
-from console.screens.help import key_label, scope_of
+from pipectl.console.actions import APP, ActionSpec
+from pipectl.console.screens.help import key_label, scope_of
 
 if TYPE_CHECKING:
-    from console.app import PipectlApp
+    from pipectl.console.app import PipectlApp
 
 
 class ActionCommands(Provider):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from console.data import RequestIntent
+from pipectl.console.data import RequestIntent
 from pipectl.model import Outcome, Request
 from pipectl.store.console import RequestRow
 

@@ -11,7 +11,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from textual.message import Message
 
-from console.data import RequestIntent, RerunPlan
+from pipectl.console.data import RequestIntent, RerunPlan
 from pipectl.model import Request
 from pipectl.store.console import RequestRow
 

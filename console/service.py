@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import asyncpg
 from textual.message import Message
 
-from console.messages import Connection, ConnectionChanged, DatabaseChanged
 from pipectl.config import Config
+from pipectl.console.messages import Connection, ConnectionChanged, DatabaseChanged
 from pipectl.db import DatabaseUnavailable, connect, create_pool, describe_target, is_transient
 from pipectl.migrate import MigrationError, ensure_current
 from pipectl.store.base import Conn

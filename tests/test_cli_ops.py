@@ -199,7 +199,7 @@ def test_no_verb_opens_the_console_with_the_config_and_read_only_flag(
 ) -> None:
     """`pipectl` runs the console App (its run() stubbed here: a terminal UI cannot run under
     pytest); a bad config is a message and exit 2, before Textual is even imported."""
-    from console.app import PipectlApp
+    from pipectl.console.app import PipectlApp
 
     opened: list[PipectlApp] = []
     monkeypatch.setattr(PipectlApp, "run", lambda self: opened.append(self))

@@ -1,12 +1,16 @@
-"""The core, the CLI and the agent import without Textual; the agent and the console never
-import each other (they meet in the database)."""
+"""Layering: the import-linter contracts in pyproject.toml hold (checked by `lint-imports` in
+.ci/run), every core module is under the core contract, and the core, the CLI and the agent
+import without Textual. The installed wheel puts nothing but `pipectl` in site-packages."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
+import tomllib
+import zipfile
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,12 +18,21 @@ BLOCKED = """
 import sys
 sys.modules["textual"] = None  # any `import textual...` now raises ImportError
 import pipectl, pipectl.store, pipectl.store.console, pipectl.cli, pipectl.graph, pipectl.format
-import agent, agent.service, agent.requests
+import pipectl.agent, pipectl.agent.service, pipectl.agent.requests
 from pipectl.cli import build_parser
 build_parser()
 assert not [m for m in sys.modules if m.startswith("textual.")], "textual got imported"
 print("ok")
 """
+
+# Sub-packages with contracts of their own, and the entry layer.
+LAYERED = {"agent", "checks", "console", "cli"}
+
+
+def _contracts() -> list[dict[str, object]]:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    contracts: list[dict[str, object]] = config["tool"]["importlinter"]["contracts"]
+    return contracts
 
 
 def test_core_cli_and_agent_import_without_textual() -> None:
@@ -30,20 +43,53 @@ def test_core_cli_and_agent_import_without_textual() -> None:
     assert result.stdout.strip() == "ok"
 
 
-def _imports(package: str) -> set[str]:
-    found: set[str] = set()
-    for path in (REPO / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                found.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add(node.module.split(".")[0])
-    return found
+def test_every_core_module_is_under_the_core_contract() -> None:
+    """A new module in pipectl/ must be named in the core contract (or be a layer of its own):
+    otherwise it could import the agent or the console unnoticed."""
+    core = next(c for c in _contracts() if str(c["name"]).startswith("The core"))
+    named = {str(m).removeprefix("pipectl.") for m in core["source_modules"]}  # type: ignore[attr-defined]
+    present = {
+        path.stem if path.is_file() else path.name
+        for path in (REPO / "pipectl").iterdir()
+        if (path.suffix == ".py" and path.stem not in ("__init__", "__main__"))
+        or (path.is_dir() and (path / "__init__.py").exists())
+    }
+    assert present - LAYERED == named
 
 
-def test_only_the_console_imports_textual_and_agent_and_console_stay_apart() -> None:
-    assert "textual" in _imports("console")
-    assert "agent" not in _imports("console")
-    assert "console" not in _imports("agent")
-    for package in ("pipectl", "agent"):
-        assert "textual" not in _imports(package), package
+def test_import_contracts_hold() -> None:
+    linter = Path(sys.executable).with_name("lint-imports")
+    if not linter.exists():
+        pytest.skip("import-linter is not installed (the dev extra)")
+    result = subprocess.run(
+        [str(linter), "--no-cache"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_only_the_pipectl_package(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("pipectl-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"pipectl"}
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in ("agent/service.py", "checks/engine.py", "console/app.py", "console/app.tcss"):
+        assert f"pipectl/{module}" in names
+    assert not any(n.startswith("bench/") for n in names)

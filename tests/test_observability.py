@@ -17,9 +17,9 @@ import yaml
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agent.main import MetricsServer
-from agent.tracing import build_provider, instrument_sql
 from pipectl import store
+from pipectl.agent.main import MetricsServer
+from pipectl.agent.tracing import build_provider, instrument_sql
 from pipectl.model import RequestKind
 from tests.agent.conftest import running_agent, steps_toml
 from tests.helpers import wait_for
@@ -146,7 +146,7 @@ def test_dashboard_uses_only_exported_metrics_and_recording_rules(scraped: str) 
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     rules = yaml.safe_load(RULES.read_text())
     recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
-    from agent.metrics import AgentMetrics
+    from pipectl.agent.metrics import AgentMetrics
 
     exported = {metric.name for metric in AgentMetrics().registry.collect()} | {
         m + suffix
@@ -189,7 +189,7 @@ async def test_spans_for_runs_with_sql_children_and_trace_id_on_the_run(database
     assert provider is not None
     instrument_sql(provider)
     try:
-        from agent.service import Agent
+        from pipectl.agent.service import Agent
         from tests.helpers import make_loaded
 
         agent = Agent(
@@ -321,7 +321,7 @@ async def test_spans_per_check_alone_and_sharing_a_probe(database: str) -> None:
     assert provider is not None
     instrument_sql(provider)
     try:
-        from agent.service import Agent
+        from pipectl.agent.service import Agent
         from tests.helpers import make_loaded
 
         agent = Agent(make_loaded(database, None, SHARED_CHECKS), tracer_provider=provider)

@@ -16,16 +16,16 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input
 
-from console.live import Change
-from console.messages import Loaded, LoadFailed
-from console.service import NotConnected
-from console.widgets.filter import FilterInput
-from console.widgets.header import StatusHeader
-from console.widgets.table import ColumnSpec, LiveTable, Ordering, TableRow
+from pipectl.console.live import Change
+from pipectl.console.messages import Loaded, LoadFailed
+from pipectl.console.service import NotConnected
+from pipectl.console.widgets.filter import FilterInput
+from pipectl.console.widgets.header import StatusHeader
+from pipectl.console.widgets.table import ColumnSpec, LiveTable, Ordering, TableRow
 from pipectl.store.base import Conn
 
 if TYPE_CHECKING:
-    from console.app import PipectlApp
+    from pipectl.console.app import PipectlApp
 
 T = TypeVar("T")
 

@@ -11,12 +11,12 @@ from textual.binding import BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static
 
-from console import data
-from console.actions import CACHE, bindings
-from console.data import CacheData
-from console.live import Change
-from console.screens.base import DataScreen, TimeWindow
-from console.widgets.chart import LevelLines, RatioChart, RatioSeries
+from pipectl.console import data
+from pipectl.console.actions import CACHE, bindings
+from pipectl.console.data import CacheData
+from pipectl.console.live import Change
+from pipectl.console.screens.base import DataScreen, TimeWindow
+from pipectl.console.widgets.chart import LevelLines, RatioChart, RatioSeries
 from pipectl.durations import format_duration
 from pipectl.format import STATUS_STYLE, percent
 from pipectl.store.base import Conn

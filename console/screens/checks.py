@@ -14,13 +14,13 @@ from textual.app import ComposeResult
 from textual.binding import BindingType
 from textual.widgets import Static
 
-from console import data
-from console.actions import CHECK, CHECKS, bindings
-from console.data import ChecksData
-from console.screens.base import TableScreen
-from console.screens.detail import DetailScreen
-from console.screens.operations import CheckOperations, Selected
-from console.widgets.table import ColumnSpec, TableRow
+from pipectl.console import data
+from pipectl.console.actions import CHECK, CHECKS, bindings
+from pipectl.console.data import ChecksData
+from pipectl.console.screens.base import TableScreen
+from pipectl.console.screens.detail import DetailScreen
+from pipectl.console.screens.operations import CheckOperations, Selected
+from pipectl.console.widgets.table import ColumnSpec, TableRow
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, band, clock_time, number, spark
 from pipectl.store import CheckRow
 from pipectl.store.base import Conn

@@ -12,8 +12,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Sparkline, Static
 
-from console.live import Change
-from console.screens.base import TableScreen
+from pipectl.console.live import Change
+from pipectl.console.screens.base import TableScreen
 
 T = TypeVar("T")
 

@@ -18,13 +18,13 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
-from console.actions import DIALOG, bindings
-from console.data import RerunPlan
+from pipectl.console.actions import DIALOG, bindings
+from pipectl.console.data import RerunPlan
 from pipectl.durations import DurationError, format_duration, parse_duration
 from pipectl.format import STATUS_STYLE, age, seconds, status_text
 
 if TYPE_CHECKING:
-    from console.app import PipectlApp
+    from pipectl.console.app import PipectlApp
 
 R = TypeVar("R")
 

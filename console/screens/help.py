@@ -12,7 +12,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from console.actions import APP, DIALOG, ActionRegistry, ActionSpec, bindings
+from pipectl.console.actions import APP, DIALOG, ActionRegistry, ActionSpec, bindings
 
 
 def key_label(spec: ActionSpec) -> str:

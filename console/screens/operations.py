@@ -12,12 +12,12 @@ from datetime import timedelta
 
 from textual import on, work
 
-from console import data
-from console.data import RequestIntent
-from console.messages import ActionFailed, PlanReady
-from console.screens.base import ConsoleScreen
-from console.screens.dialogs import PauseDialog, RerunDialog, SilenceDialog
-from console.service import NotConnected
+from pipectl.console import data
+from pipectl.console.data import RequestIntent
+from pipectl.console.messages import ActionFailed, PlanReady
+from pipectl.console.screens.base import ConsoleScreen
+from pipectl.console.screens.dialogs import PauseDialog, RerunDialog, SilenceDialog
+from pipectl.console.service import NotConnected
 from pipectl.durations import format_duration
 
 STEP_ACTIONS = frozenset({"rerun", "rerun_downstream", "pause", "resume"})

@@ -11,14 +11,14 @@ from textual.app import ComposeResult
 from textual.binding import BindingType
 from textual.widgets import Static
 
-from console import data
-from console.actions import OVERVIEW, bindings
-from console.data import OverviewData
-from console.screens.base import TableScreen
-from console.screens.operations import CheckOperations, Selected, StepOperations
-from console.screens.step import StepScreen
-from console.widgets.table import ColumnSpec, TableRow
-from console.widgets.tiles import TileData, TileRow
+from pipectl.console import data
+from pipectl.console.actions import OVERVIEW, bindings
+from pipectl.console.data import OverviewData
+from pipectl.console.screens.base import TableScreen
+from pipectl.console.screens.operations import CheckOperations, Selected, StepOperations
+from pipectl.console.screens.step import StepScreen
+from pipectl.console.widgets.table import ColumnSpec, TableRow
+from pipectl.console.widgets.tiles import TileData, TileRow
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, due, number, percent, seconds
 from pipectl.model import CheckStatus
 from pipectl.store import StatusSnapshot, StepRow

@@ -9,12 +9,12 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import BindingType
 
-from console import data
-from console.actions import REQUESTS, bindings
-from console.screens.base import TableScreen
-from console.screens.checks import CheckScreen
-from console.screens.step import StepScreen
-from console.widgets.table import ColumnSpec, TableRow
+from pipectl.console import data
+from pipectl.console.actions import REQUESTS, bindings
+from pipectl.console.screens.base import TableScreen
+from pipectl.console.screens.checks import CheckScreen
+from pipectl.console.screens.step import StepScreen
+from pipectl.console.widgets.table import ColumnSpec, TableRow
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, seconds
 from pipectl.model import RequestKind
 from pipectl.store.base import Conn

@@ -11,7 +11,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
-from console.actions import SCHEMA, bindings
+from pipectl.console.actions import SCHEMA, bindings
 
 
 class SchemaScreen(ModalScreen[None]):

@@ -12,11 +12,11 @@ from textual import on
 from textual.binding import BindingType
 from textual.widgets import DataTable, Static
 
-from console import data
-from console.actions import STEP, bindings
-from console.screens.detail import DetailScreen
-from console.screens.operations import Selected, StepOperations
-from console.widgets.table import ColumnSpec, TableRow
+from pipectl.console import data
+from pipectl.console.actions import STEP, bindings
+from pipectl.console.screens.detail import DetailScreen
+from pipectl.console.screens.operations import Selected, StepOperations
+from pipectl.console.widgets.table import ColumnSpec, TableRow
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, clock_time, due, number, seconds
 from pipectl.graph import downstream
 from pipectl.model import Run

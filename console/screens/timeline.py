@@ -10,13 +10,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import BindingType
 
-from console import data
-from console.actions import TIMELINE, bindings
-from console.data import TimelineData
-from console.screens.base import TableScreen, TimeWindow
-from console.screens.checks import CheckScreen
-from console.screens.step import StepScreen
-from console.widgets.table import ColumnSpec, TableRow
+from pipectl.console import data
+from pipectl.console.actions import TIMELINE, bindings
+from pipectl.console.data import TimelineData
+from pipectl.console.screens.base import TableScreen, TimeWindow
+from pipectl.console.screens.checks import CheckScreen
+from pipectl.console.screens.step import StepScreen
+from pipectl.console.widgets.table import ColumnSpec, TableRow
 from pipectl.durations import format_duration
 from pipectl.format import STATUS_MARK, STATUS_STYLE, clock_time
 from pipectl.store.base import Conn

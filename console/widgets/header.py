@@ -11,12 +11,12 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static
 
-from console.actions import SCREENS
-from console.messages import Connection
+from pipectl.console.actions import SCREENS
+from pipectl.console.messages import Connection
 from pipectl.durations import humanize_age
 
 if TYPE_CHECKING:
-    from console.app import PipectlApp
+    from pipectl.console.app import PipectlApp
 
 
 class ScreenTab(Static):

@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
 
 
 async def run_agent(args: argparse.Namespace) -> int:
-    from agent.main import AgentProcess, run_once
+    from pipectl.agent.main import AgentProcess, run_once
 
     loaded = load(args, require_file=True)
     agent_config = loaded.config.agent

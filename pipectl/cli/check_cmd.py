@@ -17,8 +17,8 @@ import redis.asyncio
 from rich.table import Table
 from rich.text import Text
 
-from checks import CheckEngine, scorecard
 from pipectl import store
+from pipectl.checks import CheckEngine, scorecard
 from pipectl.cli.common import EXIT_OK, CliError, console, load, print_json
 from pipectl.config import Config
 from pipectl.db import connection, create_pool

@@ -16,7 +16,7 @@ def open_console(args: argparse.Namespace) -> int:
     # Log records must not scribble over the screen; the console shows what matters itself.
     logging.getLogger().addHandler(logging.NullHandler())
     logging.getLogger().setLevel(logging.CRITICAL)
-    from console.app import PipectlApp
+    from pipectl.console.app import PipectlApp
 
     PipectlApp(loaded.config, read_only=bool(args.read_only)).run()
     return EXIT_OK

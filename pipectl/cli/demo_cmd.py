@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from pipectl.cli.common import EXIT_OK, console, print_json
-from pipectl.demo import DemoOptions, run_demo, state_dir_or_default
+from pipectl.cli.demo import DemoOptions, run_demo, state_dir_or_default
 from pipectl.embedded import EmbeddedServers
 
 
@@ -88,7 +88,7 @@ async def demo(args: argparse.Namespace) -> int:
 
 def _console_opener(read_only: bool) -> Any:
     async def open_console(loaded: Any) -> None:
-        from console.app import PipectlApp
+        from pipectl.console.app import PipectlApp
 
         await PipectlApp(loaded.config, read_only=read_only).run_async()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from agent.service import Agent
+from pipectl.agent.service import Agent
 from pipectl.db import connect
 from tests.helpers import make_config, make_loaded
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from agent.runner import LOCK_NAMESPACE
 from pipectl import store
+from pipectl.agent.runner import LOCK_NAMESPACE
 from pipectl.model import Outcome, RequestKind, RunStatus
 from tests.agent.conftest import running_agent, steps_toml
 from tests.helpers import wait_for
@@ -383,7 +383,7 @@ async def test_lost_agent_runs_fail_and_requests_are_released(
 
 
 async def test_once_runs_everything_in_order_and_exits_by_worst(database: str) -> None:
-    from agent.service import Agent
+    from pipectl.agent.service import Agent
     from tests.helpers import make_loaded
 
     ok = Agent(make_loaded(database, None, steps_toml()))

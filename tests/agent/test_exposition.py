@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.main import MetricsServer
-from agent.metrics import AgentMetrics
+from pipectl.agent.main import MetricsServer
+from pipectl.agent.metrics import AgentMetrics
 from pipectl.model import RunStatus
 from tests.helpers import wait_for
 

@@ -176,7 +176,7 @@ async def test_json_logs_when_not_a_terminal(
     lines = [json.loads(line) for line in process.log().splitlines() if line.strip()]
     started = next(entry for entry in lines if "started" in entry["msg"])
     assert started["level"] == "info"
-    assert started["logger"] == "agent.service"
+    assert started["logger"] == "pipectl.agent.service"
     assert "agent_id" in started
 
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agent.dag import Dag
-from agent.schedule import cron_schedule, interval_schedule
+from pipectl.agent.dag import Dag
+from pipectl.agent.schedule import cron_schedule, interval_schedule
 from pipectl.config import StepConfig
 
 
@@ -47,7 +47,7 @@ def test_dag_order_and_downstream_closure() -> None:
 
 
 def test_dag_rejects_cycles() -> None:
-    from agent.dag import CycleError
+    from pipectl.agent.dag import CycleError
 
     with pytest.raises(CycleError, match="a -> b -> a"):
         Dag([_step("a", "b"), _step("b", "a")])

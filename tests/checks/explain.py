@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from checks.catalog import load_catalog
-from checks.sql import Query
+from pipectl.checks.catalog import load_catalog
+from pipectl.checks.sql import Query
 from pipectl.identifiers import Relation
 from tests.checks.data import naive_utc
 

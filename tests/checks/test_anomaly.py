@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from checks.anomaly import center_and_scale, comparable, detect, windows
+from pipectl.checks.anomaly import center_and_scale, comparable, detect, windows
 from pipectl.config import AnomalyConfig
 from pipectl.model import Sample
 
@@ -200,7 +200,7 @@ def test_hour_and_daytype_compares_weekdays_with_weekdays_only() -> None:
     from datetime import UTC, datetime, timedelta
     from zoneinfo import ZoneInfo
 
-    from checks.anomaly import comparable
+    from pipectl.checks.anomaly import comparable
     from pipectl.config import AnomalyConfig
     from pipectl.model import Sample
 

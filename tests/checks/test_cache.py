@@ -10,9 +10,9 @@ import asyncpg
 import pytest
 import redis.asyncio
 
-from checks import CheckEngine
-from checks.cache import Counter, Reading, intervals
 from pipectl import store
+from pipectl.checks import CheckEngine
+from pipectl.checks.cache import Counter, Reading, intervals
 from pipectl.embedded import EmbeddedValkey, free_port
 from pipectl.model import CheckResult, CheckStatus
 from tests.checks.conftest import NOW

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 import asyncpg
 import pytest
 
-from checks import CheckEngine
-from checks.registry import KINDS
+from pipectl.checks import CheckEngine
+from pipectl.checks.registry import KINDS
 from pipectl.config import CHECK_KINDS
 from pipectl.model import CheckStatus
 from tests.checks.conftest import NOW
@@ -113,13 +113,15 @@ def test_the_engine_imports_neither_textual_nor_the_agent_nor_the_console() -> N
 
         class Refuse:
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("textual", "agent", "console"):
+                if name.split(".")[0] == "textual" or name.startswith(
+                    ("pipectl.agent", "pipectl.console")
+                ):
                     raise ImportError(f"checks must not import {name}")
                 return None
 
         sys.meta_path.insert(0, Refuse())
-        import checks
-        for module in pkgutil.walk_packages(checks.__path__, "checks."):
+        import pipectl.checks
+        for module in pkgutil.walk_packages(pipectl.checks.__path__, "pipectl.checks."):
             importlib.import_module(module.name)
         import pipectl.cli.check_cmd
         print("clean")

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import asyncpg
 
-from checks import CheckEngine
-from checks.freshness import query
+from pipectl.checks import CheckEngine
+from pipectl.checks.freshness import query
 from pipectl.config import FreshnessCheck
 from pipectl.model import CheckStatus
 from tests.checks.conftest import NOW

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
-from checks import CheckEngine
+from pipectl.checks import CheckEngine
 from pipectl.db import create_pool
 from pipectl.model import CheckResult
 from pipectl.store.base import Conn

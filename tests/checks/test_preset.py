@@ -8,8 +8,8 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio
 
-from checks import CheckEngine
 from pipectl import store
+from pipectl.checks import CheckEngine
 from pipectl.config import load_config
 from pipectl.model import CheckStatus
 from tests.checks.conftest import NOW

@@ -8,7 +8,7 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from checks import CheckEngine
+from pipectl.checks import CheckEngine
 from pipectl.model import CheckStatus
 from tests.checks.conftest import NOW
 from tests.checks.data import add_feedback, add_rule_performance, add_sessions, naive_utc

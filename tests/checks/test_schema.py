@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from checks import CheckEngine
 from pipectl import store
+from pipectl.checks import CheckEngine
 from pipectl.model import CheckResult, CheckStatus
 from tests.checks.conftest import NOW
 from tests.helpers import make_config

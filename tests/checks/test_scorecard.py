@@ -7,8 +7,8 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from checks import CheckEngine, scorecard
 from pipectl import store
+from pipectl.checks import CheckEngine, scorecard
 from pipectl.model import Sample
 from tests.checks.conftest import NOW
 from tests.checks.data import add_feedback

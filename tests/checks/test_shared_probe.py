@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import asyncpg
 
-from checks import CheckEngine
+from pipectl.checks import CheckEngine
 from pipectl.model import CheckResult, CheckStatus
 from tests.checks.conftest import NOW
 from tests.checks.data import add_feedback

@@ -7,7 +7,7 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from checks import CheckEngine
+from pipectl.checks import CheckEngine
 from pipectl.config import ConfigError
 from pipectl.model import CheckStatus
 from tests.checks.conftest import NOW

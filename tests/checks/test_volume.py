@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from checks import CheckEngine
-from checks.volume import query, seed_query
 from pipectl import store
+from pipectl.checks import CheckEngine
+from pipectl.checks.volume import query, seed_query
 from pipectl.config import VolumeCheck
 from pipectl.model import CheckStatus
 from tests.checks.conftest import NOW

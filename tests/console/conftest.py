@@ -14,8 +14,8 @@ from rich.console import Console
 from textual.message import Message
 from textual.pilot import Pilot
 
-from console.app import PipectlApp, utc_now
-from console.service import ConsoleService
+from pipectl.console.app import PipectlApp, utc_now
+from pipectl.console.service import ConsoleService
 from tests.console.seed import NOW, seed
 from tests.helpers import make_config
 

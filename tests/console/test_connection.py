@@ -9,14 +9,14 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from console.commands import ActionCommands
-from console.data import RequestDenied, RequestIntent, file_request
-from console.messages import ConnectionChanged
-from console.screens.dialogs import RerunDialog
-from console.screens.help import HelpScreen
-from console.screens.overview import OverviewScreen
-from console.screens.schema import SchemaScreen
-from console.widgets.header import LinkStatus
+from pipectl.console.commands import ActionCommands
+from pipectl.console.data import RequestDenied, RequestIntent, file_request
+from pipectl.console.messages import ConnectionChanged
+from pipectl.console.screens.dialogs import RerunDialog
+from pipectl.console.screens.help import HelpScreen
+from pipectl.console.screens.overview import OverviewScreen
+from pipectl.console.screens.schema import SchemaScreen
+from pipectl.console.widgets.header import LinkStatus
 from pipectl.db import connect
 from tests.conftest import PgServer
 from tests.console.conftest import Recorder, console_app, plain, settle

@@ -7,10 +7,10 @@ from typing import Any
 
 import asyncpg
 
-from console.messages import RequestFiled, RequestProgress
-from console.screens.checks import ChecksScreen
-from console.screens.dialogs import PauseDialog, RerunDialog, SilenceDialog
-from console.screens.overview import OverviewScreen
+from pipectl.console.messages import RequestFiled, RequestProgress
+from pipectl.console.screens.checks import ChecksScreen
+from pipectl.console.screens.dialogs import PauseDialog, RerunDialog, SilenceDialog
+from pipectl.console.screens.overview import OverviewScreen
 from tests.agent.conftest import running_agent, steps_toml
 from tests.console.conftest import Recorder, console_app, plain, settle
 from tests.console.seed import CHECK_TOML

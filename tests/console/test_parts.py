@@ -9,20 +9,20 @@ from typing import Any
 
 from textual.app import App, ComposeResult
 
-from console.actions import ACTIONS, APP, TABLE_SCREENS, ActionRegistry, bindings
-from console.app import PipectlApp
-from console.data import RequestIntent
-from console.live import Change, ChangeRouter, RequestFeedback
-from console.screens.cache import CacheScreen
-from console.screens.checks import CheckScreen, ChecksScreen
-from console.screens.dialogs import Dialog
-from console.screens.overview import OverviewScreen
-from console.screens.requests import RequestsScreen
-from console.screens.schema import SchemaScreen
-from console.screens.step import StepScreen
-from console.screens.timeline import TimelineScreen
-from console.widgets.chart import RatioSeries, bars, columns_of, floor_of
-from console.widgets.table import ColumnSpec, LiveTable, Ordering, TableRow
+from pipectl.console.actions import ACTIONS, APP, TABLE_SCREENS, ActionRegistry, bindings
+from pipectl.console.app import PipectlApp
+from pipectl.console.data import RequestIntent
+from pipectl.console.live import Change, ChangeRouter, RequestFeedback
+from pipectl.console.screens.cache import CacheScreen
+from pipectl.console.screens.checks import CheckScreen, ChecksScreen
+from pipectl.console.screens.dialogs import Dialog
+from pipectl.console.screens.overview import OverviewScreen
+from pipectl.console.screens.requests import RequestsScreen
+from pipectl.console.screens.schema import SchemaScreen
+from pipectl.console.screens.step import StepScreen
+from pipectl.console.screens.timeline import TimelineScreen
+from pipectl.console.widgets.chart import RatioSeries, bars, columns_of, floor_of
+from pipectl.console.widgets.table import ColumnSpec, LiveTable, Ordering, TableRow
 from pipectl.format import band, spark
 from pipectl.graph import downstream, with_downstream
 from pipectl.model import Outcome, Request, RequestKind

@@ -7,18 +7,18 @@ from datetime import timedelta
 
 import asyncpg
 
-from console.data import CacheData, ChecksData, OverviewData, TimelineData
-from console.messages import ConnectionChanged, DatabaseChanged, Loaded
-from console.screens.cache import CachePanel, CacheScreen
-from console.screens.checks import CheckScreen, ChecksScreen
-from console.screens.help import HelpScreen
-from console.screens.overview import OverviewScreen
-from console.screens.requests import RequestsScreen
-from console.screens.step import StepScreen
-from console.screens.timeline import TimelineScreen
-from console.widgets.header import ScreenTab
-from console.widgets.table import LiveTable
-from console.widgets.tiles import Tile
+from pipectl.console.data import CacheData, ChecksData, OverviewData, TimelineData
+from pipectl.console.messages import ConnectionChanged, DatabaseChanged, Loaded
+from pipectl.console.screens.cache import CachePanel, CacheScreen
+from pipectl.console.screens.checks import CheckScreen, ChecksScreen
+from pipectl.console.screens.help import HelpScreen
+from pipectl.console.screens.overview import OverviewScreen
+from pipectl.console.screens.requests import RequestsScreen
+from pipectl.console.screens.step import StepScreen
+from pipectl.console.screens.timeline import TimelineScreen
+from pipectl.console.widgets.header import ScreenTab
+from pipectl.console.widgets.table import LiveTable
+from pipectl.console.widgets.tiles import Tile
 from pipectl.store.console import CheckDetail, StepDetail
 from tests.console.conftest import Recorder, console_app, plain, settle
 from tests.console.seed import AGENT_ID, NOW

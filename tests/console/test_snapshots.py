@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 from textual.pilot import Pilot
 
-from console.screens.base import DataScreen
-from console.screens.dialogs import Dialog
+from pipectl.console.screens.base import DataScreen
+from pipectl.console.screens.dialogs import Dialog
 from tests.conftest import PgServer
 from tests.console.conftest import console_app, settle
 from tests.console.seed import seed

@@ -20,8 +20,8 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from agent.main import MetricsServer
-from agent.metrics import AgentMetrics
+from pipectl.agent.main import MetricsServer
+from pipectl.agent.metrics import AgentMetrics
 from pipectl.config import AgentConfig, ConfigError
 from pipectl.webconfig import load_web_config
 from tests.agent.conftest import REPO, AgentProcess

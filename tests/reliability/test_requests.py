@@ -129,7 +129,7 @@ GARBAGE = [
 async def test_malformed_notifications_and_request_rows_are_ignored_or_rejected(
     database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="agent.service")
+    caplog.set_level(logging.WARNING, logger="pipectl.agent.service")
     async with connected(database) as conn:
         malformed = [
             await conn.fetchval(
@@ -334,7 +334,7 @@ async def test_a_loop_that_crashes_on_a_bug_is_restarted(
 ) -> None:
     """A bug that escapes a loop (here: claiming requests raises once) is logged and the loop
     started again, instead of leaving an agent that heartbeats but never takes a request."""
-    from agent.service import Agent
+    from pipectl.agent.service import Agent
 
     original_loop = Agent._request_loop
     crashed = []
@@ -346,7 +346,7 @@ async def test_a_loop_that_crashes_on_a_bug_is_restarted(
         await original_loop(self)
 
     monkeypatch.setattr(Agent, "_request_loop", crash_once)
-    caplog.set_level(logging.ERROR, logger="agent.service")
+    caplog.set_level(logging.ERROR, logger="pipectl.agent.service")
     request = await file_request(database, RequestKind.RERUN, "rule_effectiveness_summary")
     async with running_agent(database, IN_PROCESS + SUMMARY_STEPS):
         assert await wait_request_done(database, request.id, timeout=30) == "succeeded"

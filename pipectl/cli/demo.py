@@ -174,7 +174,7 @@ async def run_demo(
 ) -> int:
     """Everything after the servers are up. Headless, `finish` reports while the agent still
     runs; its result is the exit code."""
-    from agent.service import Agent
+    from pipectl.agent.service import Agent
 
     admin_dsn, redis_url = servers.postgres.dsn(), servers.valkey.url
     dsn = await prepare_database(admin_dsn, out)

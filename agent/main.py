@@ -25,8 +25,9 @@ from pipectl.agent.service import Agent
 from pipectl.agent.systemd import notify, watchdog_interval, watchdog_loop
 from pipectl.agent.tracing import build_provider, instrument_sql
 from pipectl.config import ConfigError, LoadedConfig, load_config
-from pipectl.db import DatabaseUnavailable, is_transient
+from pipectl.db import DatabaseUnavailable
 from pipectl.migrate import MigrationError
+from pipectl.resilience import is_transient
 from pipectl.webconfig import BasicAuth, WebConfig, load_web_config
 
 log = logging.getLogger(__name__)

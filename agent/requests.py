@@ -1,4 +1,9 @@
-"""Executes operator requests claimed from pipectl.requests, exactly once each."""
+"""Operator requests from pipectl.requests: claimed by one agent, executed exactly once.
+
+`RequestQueue` claims open requests when woken (NOTIFY) and on a slow sweep (notifications
+missed while not listening), at most twice `max_parallel_runs` at a time so that a burst is
+shared among the agents. `RequestHandler` carries one out and records its outcome.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,15 @@ import asyncio
 import logging
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 import asyncpg
 
 from pipectl import store
-from pipectl.db import describe_error
+from pipectl.agent.checking import CheckScheduler
+from pipectl.agent.runtime import AgentRuntime
+from pipectl.agent.steps import StepScheduler
 from pipectl.model import Outcome, Request, RequestKind, RunStatus, Trigger
-
-if TYPE_CHECKING:
-    from pipectl.agent.service import Agent
+from pipectl.resilience import Outage, describe_error, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +30,54 @@ class Rejected(Exception):
     """The request cannot be carried out as asked (unknown target, bad arguments)."""
 
 
+class RequestQueue:
+    def __init__(self, rt: AgentRuntime, handler: RequestHandler) -> None:
+        self.rt = rt
+        self.handler = handler
+        self.executing: set[int] = set()
+        self.outage = Outage("claiming requests", log, clock=rt.clock)
+
+    def wake(self) -> None:
+        self.rt.wake_requests.set()
+
+    async def loop(self) -> None:
+        rt = self.rt
+        wake = rt.wake_requests
+        while not rt.stopping.is_set():
+            sweep = max(1.0, rt.config.agent.heartbeat.total_seconds())
+            await rt.clock.wait(wake, sweep)
+            wake.clear()
+            room = 2 * rt.config.agent.max_parallel_runs - len(self.executing)
+            if room <= 0:
+                continue
+            try:
+                claimed = await store.claim_requests(
+                    rt.pool, rt.identity.id, limit=room, executing=list(self.executing)
+                )
+            except Exception as exc:
+                self.outage.failed(exc)
+                await rt.clock.sleep(1)
+                continue
+            self.outage.recovered()
+            for request in claimed:
+                self.executing.add(request.id)
+                rt.work.dispatch(self._execute(request))
+            if len(claimed) == room:
+                wake.set()  # more may be waiting: look again once there is room
+
+    async def _execute(self, request: Request) -> None:
+        try:
+            await self.handler.execute(request)
+        finally:
+            self.executing.discard(request.id)
+            self.rt.wake_requests.set()
+
+
 class RequestHandler:
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, rt: AgentRuntime, steps: StepScheduler, checks: CheckScheduler) -> None:
+        self.rt = rt
+        self.steps = steps
+        self.checks = checks
 
     async def execute(self, request: Request) -> None:
         """Carry out one claimed request and record its outcome; never raises for bad input."""
@@ -51,16 +100,17 @@ class RequestHandler:
             log.warning("request %d failed: %s", request.id, describe_error(exc))
             outcome, detail = Outcome.FAILED, describe_error(exc)
         except Exception as exc:
-            log.exception("request %d failed unexpectedly", request.id)
+            if is_transient(exc):
+                log.warning("request %d failed: %s", request.id, exc)
+            else:
+                log.exception("request %d failed unexpectedly", request.id)
             outcome, detail = Outcome.FAILED, f"{type(exc).__name__}: {exc}"
-        book = self.agent.book
-        assert book is not None
-        recorded = await book(
+        recorded = await self.rt.book(
             store.finish_request, request.id, outcome, detail, claimed_by=request.claimed_by
         )
         if not recorded:
             log.warning("request %d was already finished or handed to another agent", request.id)
-        self.agent.metrics.request_finished(str(request.kind), str(outcome))
+        self.rt.metrics.request_finished(str(request.kind), str(outcome))
         log.info("request %d %s: %s", request.id, outcome, detail, extra={"request_id": request.id})
 
     async def _cancelled(self, request: Request) -> None:
@@ -68,8 +118,7 @@ class RequestHandler:
         cannot be done again goes back to the queue for the next agent; a rerun that made
         runs is recorded as cancelled (its runs are recorded as cancelled too). Claims that
         moved to another agent in the meantime are left alone."""
-        book = self.agent.book
-        assert book is not None
+        book = self.rt.book
         assert request.claimed_by is not None
         if request.kind != RequestKind.RERUN or not await book(store.request_has_runs, request.id):
             if await book(store.release_request, request.id, request.claimed_by):
@@ -84,21 +133,20 @@ class RequestHandler:
         )
 
     async def _dispatch(self, request: Request) -> tuple[Outcome, str]:
-        handlers = {
-            RequestKind.RERUN: self._rerun,
-            RequestKind.CHECK: self._check,
-            RequestKind.PAUSE: self._pause,
-            RequestKind.RESUME: self._pause,
-            RequestKind.SILENCE: self._silence,
-            RequestKind.UNSILENCE: self._silence,
-        }
         if not isinstance(request.args, dict):
             raise Rejected("request arguments must be a JSON object")
-        return await handlers[request.kind](request)
+        if request.kind == RequestKind.RERUN:
+            return await self._rerun(request)
+        if request.kind == RequestKind.CHECK:
+            return await self._check(request)
+        if request.kind in (RequestKind.PAUSE, RequestKind.RESUME):
+            return await self._pause(request)
+        return await self._silence(request)
 
     def _step(self, request: Request) -> str:
-        if request.target not in self.agent.plans:
-            known = ", ".join(sorted(self.agent.plans)) or "none"
+        steps = self.rt.plan.steps
+        if request.target not in steps:
+            known = ", ".join(sorted(steps)) or "none"
             raise Rejected(f"unknown step {request.target!r} (steps: {known})")
         return request.target
 
@@ -107,8 +155,8 @@ class RequestHandler:
         downstream = request.args.get("downstream", False)
         if not isinstance(downstream, bool):
             raise Rejected("'downstream' must be true or false")
-        steps = self.agent.dag.with_downstream(step) if downstream else [step]
-        results = await self.agent.run_chain(
+        steps = self.rt.plan.dag.with_downstream(step) if downstream else [step]
+        results = await self.steps.run_chain(
             steps, Trigger.MANUAL, requested_by=request.requested_by, request_id=request.id
         )
         summary = "; ".join(
@@ -120,10 +168,10 @@ class RequestHandler:
         return (Outcome.SUCCEEDED if ok else Outcome.FAILED), summary
 
     async def _check(self, request: Request) -> tuple[Outcome, str]:
-        agent = self.agent
-        if agent.check_engine is None:
+        plan = self.rt.plan
+        if plan.checks is None:
             raise Rejected("this agent runs no checks")
-        enabled = [c.name for c in agent.config.checks if c.enabled]
+        enabled = plan.enabled_checks()
         if request.target in ("*", "all"):
             names = enabled
         elif request.target in enabled:
@@ -131,7 +179,9 @@ class RequestHandler:
         else:
             raise Rejected(f"unknown check {request.target!r}")
         # All at once: checks that read the same rows share one scan, as on schedule.
-        statuses = Counter(str(s) for s in (await agent.run_checks(names, "manual")).values())
+        statuses = Counter(
+            str(s) for s in (await self.checks.run_checks(names, "manual", plan)).values()
+        )
         return Outcome.SUCCEEDED, f"{len(names)} checks ran: " + ", ".join(
             f"{count} {status}" for status, count in sorted(statuses.items())
         )
@@ -139,10 +189,9 @@ class RequestHandler:
     async def _pause(self, request: Request) -> tuple[Outcome, str]:
         step = self._step(request)
         pause = request.kind == RequestKind.PAUSE
-        book = self.agent.book
-        assert book is not None
+        book = self.rt.book
         await book(store.set_paused, step, pause, request.requested_by, request.reason)
-        self.agent.metrics.step_paused_is(step, pause)
+        self.rt.metrics.step_paused_is(step, pause)
         verb = "paused" if pause else "resumed"
         await book(
             store.add_event,
@@ -156,11 +205,10 @@ class RequestHandler:
         return Outcome.SUCCEEDED, f"{step} {verb}"
 
     async def _silence(self, request: Request) -> tuple[Outcome, str]:
-        names = {c.name for c in self.agent.config.checks}
+        names = {c.name for c in self.rt.config.checks}
         if request.target not in names:
             raise Rejected(f"unknown check {request.target!r}")
-        book = self.agent.book
-        assert book is not None
+        book = self.rt.book
         until: datetime | None = None
         if request.kind == RequestKind.SILENCE:
             until = _silence_until(request)

@@ -1,7 +1,7 @@
 """Executes one step run: its own connection, timeouts, a cross-agent lock, retries.
 
 Each attempt is one transaction on a connection of its own:
-  SET LOCAL statement_timeout / lock_timeout / application_name
+  SET LOCAL statement_timeout / lock_timeout / application_name / TimeZone
   pg_try_advisory_xact_lock(step)   -- held elsewhere? the run is recorded as skipped
   REFRESH MATERIALIZED VIEW [CONCURRENTLY] ... | the step's SQL
 Transient failures (lost connection, lock timeout, serialization, deadlock) are retried with
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -24,15 +22,22 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from pipectl import store
-from pipectl.agent.bookkeeping import Bookkeeper
+from pipectl.agent.bookkeeping import Bookkeeper, RunEnd, RunLedger
 from pipectl.agent.metrics import AgentMetrics
 from pipectl.agent.schedule import Schedule
 from pipectl.agent.tracing import trace_id_of
+from pipectl.clock import SYSTEM_CLOCK, Clock
 from pipectl.config import StepConfig
-from pipectl.db import describe_error, is_transient
 from pipectl.durations import format_duration
 from pipectl.identifiers import Relation
 from pipectl.model import RunStatus, Trigger
+from pipectl.resilience import (
+    backoff_delay,
+    describe,
+    describe_error,
+    is_connection_loss,
+    is_transient,
+)
 from pipectl.store.base import Conn
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,9 @@ log = logging.getLogger(__name__)
 LOCK_NAMESPACE = 0x70697065
 # How long a run other than a scheduled tick waits for its step's lock (see _step_lock).
 MANUAL_LOCK_WAIT = 2.5
+# How long past its statement_timeout the agent waits for a step's statement before giving up
+# on the connection (a server that went silent cannot even cancel it).
+CLIENT_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,9 @@ class StepPlan:
     retry_backoff: timedelta
     retry_backoff_max: timedelta
     schedule: Schedule | None
+    timezone: str = "UTC"
+    """The session time zone refreshes run in: views comparing naive timestamps with now()
+    must not depend on the server's or the role's default."""
 
     @property
     def name(self) -> str:
@@ -101,14 +112,18 @@ class StepRunner:
         *,
         runs_pool: asyncpg.Pool,
         book: Bookkeeper,
+        ledger: RunLedger,
         agent_id: UUID,
         agent_name: str,
         metrics: AgentMetrics,
         max_parallel: int,
         tracer: trace.Tracer,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.runs_pool = runs_pool
         self.book = book
+        self.ledger = ledger
+        self.clock = clock
         self.agent_id = agent_id
         self.agent_name = agent_name
         self.metrics = metrics
@@ -124,9 +139,11 @@ class StepRunner:
         trigger: Trigger,
         requested_by: str | None = None,
         request_id: int | None = None,
+        attempt: int = 1,
     ) -> RunOutcome:
-        """Run (and retry) until success, a final failure, a skip or cancellation."""
-        attempt = 1
+        """Run (and retry) until success, a final failure, a skip or cancellation.
+        `attempt` is the run's attempt number (above 1 for a run taken over after its agent
+        was lost): retries stop after plan.retries in all."""
         while True:
             async with self.slots:
                 result = await self._attempt(plan, run_id, trigger, attempt)
@@ -134,7 +151,9 @@ class StepRunner:
                 return RunOutcome(
                     run_id, result.status, result.error, result.rows, attempt, result.detail
                 )
-            delay = _backoff(plan, attempt)
+            delay = backoff_delay(
+                plan.retry_backoff.total_seconds(), plan.retry_backoff_max.total_seconds(), attempt
+            )
             next_id = await self.book(
                 store.create_run,
                 plan.name,
@@ -154,7 +173,7 @@ class StepRunner:
                 next_id,
                 extra={"step": plan.name, "run_id": run_id},
             )
-            await asyncio.sleep(delay)
+            await self.clock.sleep(delay)
             run_id, attempt = next_id, attempt + 1
 
     async def _attempt(
@@ -171,8 +190,17 @@ class StepRunner:
                     "pipectl.agent": self.agent_name,
                 }
             )
-            await self.book(store.start_run, run_id, trace_id_of(span))
-            started = time.monotonic()
+            started = self.clock.monotonic()
+            try:
+                await self.book(store.start_run, run_id, trace_id_of(span))
+            except Exception as exc:
+                # Nothing ran; the run must not stay queued for anyone waiting on the step.
+                result = _Attempt(
+                    RunStatus.FAILED, f"could not record the run's start: {describe(exc)}"
+                )
+                await self._record(plan, run_id, result, started)
+                span.set_status(Status(StatusCode.ERROR, result.error or "failed"))
+                return result
             self.in_progress += 1
             self.metrics.runs_in_progress(self.in_progress)
             try:
@@ -204,23 +232,22 @@ class StepRunner:
             return result
 
     async def _record(self, plan: StepPlan, run_id: int, result: _Attempt, started: float) -> None:
-        duration = time.monotonic() - started
-        still_ours = await self.book(
-            store.finish_run,
-            run_id,
+        duration = self.clock.monotonic() - started
+        end = RunEnd(
             result.status,
-            rows=result.rows,
-            error=result.error,
-            detail={**result.detail, "duration_s": round(duration, 4)},
+            result.rows,
+            result.error,
+            {**result.detail, "duration_s": round(duration, 4)},
         )
-        if not still_ours:
+        still_ours = await self.ledger.finish(run_id, end)
+        if not still_ours and not self.ledger.holds(run_id):
             log.warning(
                 "run %d of %s was already closed by another agent (declared lost?)",
                 run_id,
                 plan.name,
                 extra={"step": plan.name, "run_id": run_id},
             )
-        self.metrics.run_finished(plan.name, result.status, duration, time.time())
+        self.metrics.run_finished(plan.name, result.status, duration, self.clock.now().timestamp())
         level = logging.WARNING if result.status == RunStatus.FAILED else logging.INFO
         log.log(
             level,
@@ -242,13 +269,16 @@ class StepRunner:
                 "SELECT set_config('statement_timeout', $1, true),"
                 " set_config('lock_timeout', $2, true),"
                 " set_config('application_name', $3, true),"
+                " set_config('TimeZone', $4, true),"
                 " CASE WHEN current_setting('server_version_num')::int >= 140000"
                 " THEN set_config('client_connection_check_interval', '1s', true) END",
                 f"{int(plan.statement_timeout.total_seconds() * 1000)}ms",
                 f"{int(plan.lock_timeout.total_seconds() * 1000)}ms",
                 f"pipectl-agent {self.agent_name}: {plan.name}"[:63],
+                plan.timezone,
+                timeout=CLIENT_GRACE,
             )
-            if not await _step_lock(conn, plan.name, trigger):
+            if not await _step_lock(conn, plan.name, trigger, self.clock):
                 holder = await lock_holder(conn, plan.name)
                 return _Attempt(
                     RunStatus.SKIPPED,
@@ -258,20 +288,23 @@ class StepRunner:
             return await _perform(conn, plan)
 
 
-async def _step_lock(conn: Conn, step: str, trigger: Trigger) -> bool:
+async def _step_lock(conn: Conn, step: str, trigger: Trigger, clock: Clock) -> bool:
     """The step's cross-agent lock. A scheduled tick that finds it taken is skipped at once
     (someone is refreshing); any other run waits MANUAL_LOCK_WAIT for it first, so that the
     statement of an agent killed a moment ago (which the server aborts within its
     client_connection_check_interval) does not turn an operator's rerun into a skip."""
-    deadline = time.monotonic() + (0 if trigger == Trigger.SCHEDULE else MANUAL_LOCK_WAIT)
+    deadline = clock.monotonic() + (0 if trigger == Trigger.SCHEDULE else MANUAL_LOCK_WAIT)
     while True:
         if await conn.fetchval(
-            "SELECT pg_try_advisory_xact_lock($1, hashtext($2))", LOCK_NAMESPACE, step
+            "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+            LOCK_NAMESPACE,
+            step,
+            timeout=CLIENT_GRACE,
         ):
             return True
-        if time.monotonic() >= deadline:
+        if clock.monotonic() >= deadline:
             return False
-        await asyncio.sleep(0.25)
+        await clock.sleep(0.25)
 
 
 async def _perform(conn: Conn, plan: StepPlan) -> _Attempt:
@@ -281,7 +314,7 @@ async def _perform(conn: Conn, plan: StepPlan) -> _Attempt:
         return await _refresh(conn, step.relation, plan)
     if step.kind == "sql":
         assert step.sql is not None
-        status = await conn.execute(step.sql)
+        status = await conn.execute(step.sql, timeout=_client_deadline(plan))
         return _Attempt(RunStatus.SUCCEEDED, rows=_rows_from_tag(status), detail={"tag": status})
     assert step.relation is not None
     await conn.execute(f"SELECT 1 FROM {step.relation.sql} LIMIT 0")
@@ -316,8 +349,10 @@ async def _refresh(conn: Conn, relation: Relation, plan: StepPlan) -> _Attempt:
             reason,
             extra={"step": plan.name},
         )
-    await conn.execute(plan.statement_text(concurrently))
-    rows = await conn.fetchval(f"SELECT count(*) FROM {relation.sql}")
+    await conn.execute(plan.statement_text(concurrently), timeout=_client_deadline(plan))
+    rows = await conn.fetchval(
+        f"SELECT count(*) FROM {relation.sql}", timeout=_client_deadline(plan)
+    )
     return _Attempt(RunStatus.SUCCEEDED, rows=rows, detail={"concurrently": concurrently})
 
 
@@ -328,6 +363,9 @@ async def lock_holder(conn: Conn, step: str) -> str | None:
         SELECT a.pid, a.application_name, a.usename, host(a.client_addr) AS client
         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+          -- advisory locks are per database: a session of another database holding the
+          -- same numbers is someone else's business (and not ours to name)
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
           AND l.classid = $1::bigint::oid
           AND l.objid = (hashtext($2)::bigint & 4294967295)::oid
         LIMIT 1
@@ -364,8 +402,13 @@ def _classify(exc: Exception, plan: StepPlan) -> _Attempt:
         )
     elif isinstance(exc, asyncpg.LockNotAvailableError):
         message = f"lock not available within lock_timeout ({format_duration(plan.lock_timeout)})"
-    elif transient and _connection_failure(exc):
+    elif is_connection_loss(exc) and not isinstance(exc, TimeoutError):
         message = f"connection lost: {str(exc) or type(exc).__name__}"
+    elif isinstance(exc, TimeoutError):
+        message = (
+            "no answer from the database within statement_timeout + "
+            f"{CLIENT_GRACE:.0f}s: connection given up"
+        )
     elif isinstance(exc, asyncpg.PostgresError):
         message = describe_error(exc)
     elif transient:
@@ -376,14 +419,7 @@ def _classify(exc: Exception, plan: StepPlan) -> _Attempt:
     return _Attempt(RunStatus.FAILED, message, transient=transient)
 
 
-def _connection_failure(exc: BaseException) -> bool:
-    """The server went away (connection exception class 08, or shut down: 57P01-57P03)."""
-    sqlstate = str(getattr(exc, "sqlstate", "") or "")
-    return not isinstance(exc, asyncpg.PostgresError) or sqlstate.startswith(("08", "57P0"))
-
-
-def _backoff(plan: StepPlan, attempt: int) -> float:
-    """Exponential with full jitter, capped: spreads retries of many agents apart."""
-    base = plan.retry_backoff.total_seconds() * (2 ** (attempt - 1))
-    capped = min(base, plan.retry_backoff_max.total_seconds())
-    return random.uniform(capped / 2, capped)
+def _client_deadline(plan: StepPlan) -> float:
+    """Seconds the client waits for a step's statement: the server cancels it at
+    statement_timeout; past that (plus a grace) the server is not answering at all."""
+    return plan.statement_timeout.total_seconds() + CLIENT_GRACE

@@ -8,7 +8,7 @@ tick is claimed, never to the time that names it.
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +18,10 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from pipectl.clock import SYSTEM_CLOCK, Clock
 from pipectl.durations import format_duration
+
+log = logging.getLogger(__name__)
 
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -57,13 +60,18 @@ def cron_schedule(
 
 TickHandler = Callable[[datetime, float], None]
 
+# The longest single nap between two looks at the clock: a clock that was re-anchored (the
+# database's clock stepped) is noticed within this time.
+MAX_NAP = 30.0
+
 
 async def tick_loop(
     schedule: Schedule,
     on_tick: TickHandler,
     *,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    clock: Clock = SYSTEM_CLOCK,
     on_next: Callable[[datetime], None] | None = None,
+    what: str = "schedule",
 ) -> None:
     """Sleep to each nominal tick and call on_tick(nominal, lateness_seconds).
 
@@ -71,10 +79,41 @@ async def tick_loop(
     never delays the next tick and cancelling this loop (a config reload) never cancels a
     run in flight. Ticks missed while the process could not run are coalesced: the loop
     always plans the first tick after *now*.
-    """
+
+    Waits are on monotonic time, in naps of at most MAX_NAP; after each the tick is planned
+    again from the clock. When the clock moved back so that an earlier tick is now the next
+    one (or forward past the planned tick by more than a nap), that is logged: the ticks in
+    between are skipped or taken by their name (at most once, by any agent)."""
+    planned = schedule.next_after(clock.now())
+    if on_next is not None:
+        on_next(planned)
     while True:
-        planned = schedule.next_after(clock())
+        now = clock.now()
+        wait = (planned - now).total_seconds()
+        if wait > 0:
+            replanned = schedule.next_after(now)
+            if replanned < planned:
+                log.warning(
+                    "%s: the clock moved back %.0fs; next tick re-planned to %s",
+                    what,
+                    (planned - replanned).total_seconds(),
+                    replanned.isoformat(timespec="seconds"),
+                )
+                planned = replanned
+                if on_next is not None:
+                    on_next(planned)
+                continue
+            await clock.sleep(min(wait, MAX_NAP))
+            continue
+        lateness = -wait
+        if lateness > MAX_NAP + 1:
+            log.warning(
+                "%s: tick %s reached %.0fs late (the process was stopped, or the clock moved)",
+                what,
+                planned.isoformat(timespec="seconds"),
+                lateness,
+            )
+        on_tick(planned, lateness)
+        planned = schedule.next_after(max(now, planned))
         if on_next is not None:
             on_next(planned)
-        await asyncio.sleep(max(0.0, (planned - clock()).total_seconds()))
-        on_tick(planned, (clock() - planned).total_seconds())

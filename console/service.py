@@ -20,8 +20,9 @@ from textual.message import Message
 
 from pipectl.config import Config
 from pipectl.console.messages import Connection, ConnectionChanged, DatabaseChanged
-from pipectl.db import DatabaseUnavailable, connect, create_pool, describe_target, is_transient
+from pipectl.db import DatabaseUnavailable, connect, create_pool, describe_target
 from pipectl.migrate import MigrationError, ensure_current
+from pipectl.resilience import is_transient
 from pipectl.store.base import Conn
 from pipectl.store.console import can_file_requests
 

@@ -13,55 +13,9 @@ import asyncpg
 
 from pipectl.config import Config, mask_secret_url
 
-# Failures worth retrying: the server went away, a lock could not be had in time, or the
-# transaction lost a serialization race. Everything else is a real SQL error.
-TRANSIENT_SQLSTATES = frozenset(
-    {
-        "40001",  # serialization_failure
-        "40P01",  # deadlock_detected
-        "55P03",  # lock_not_available (lock_timeout)
-        "57P01",  # admin_shutdown
-        "57P02",  # crash_shutdown
-        "57P03",  # cannot_connect_now
-        "53300",  # too_many_connections
-        "08000",
-        "08003",
-        "08006",
-        "08001",
-        "08004",  # connection exceptions
-    }
-)
-
 
 class DatabaseUnavailable(Exception):
     """The database cannot be reached or refused us; the message says which and where."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Connection loss, lock timeout, serialization or deadlock: safe to try again.
-
-    The whole exception chain counts: a server shutdown inside a transaction surfaces as
-    "the underlying connection is closed" from the transaction's exit, its cause chained."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if _transient_one(current):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def _transient_one(exc: BaseException) -> bool:
-    if isinstance(exc, asyncpg.PostgresError):
-        return getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES
-    if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
-        return True
-    if isinstance(exc, asyncpg.InternalClientError):
-        # A pooled connection the server terminated while idle is left mid-protocol
-        # ("another operation is in progress"); the pool replaces it on release.
-        return True
-    return isinstance(exc, asyncpg.ConnectionDoesNotExistError | OSError | asyncio.TimeoutError)
 
 
 def describe_target(dsn: str | None) -> str:
@@ -100,7 +54,31 @@ _CONNECT_ERRORS = (
 )
 
 
+# Client-side TCP keepalive: an idle connection whose server vanished without a word (a
+# black-holed network, a host that lost power) fails within about a minute instead of
+# hanging until the next statement's timeout. TCP_USER_TIMEOUT bounds unacknowledged writes.
+KEEPALIVE = {"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3}
+USER_TIMEOUT_MS = 60_000
+
+
+def _keepalive(conn: asyncpg.Connection) -> None:
+    transport = getattr(conn, "_transport", None)  # asyncpg offers no public way to the socket
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in KEEPALIVE.items():
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+    except OSError:
+        pass  # best effort: statement timeouts bound the wait anyway
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    _keepalive(conn)
     for type_name in ("json", "jsonb"):
         await conn.set_type_codec(
             type_name, encoder=json.dumps, decoder=decode_json, schema="pg_catalog"
@@ -142,13 +120,16 @@ async def create_pool(
     application_name: str | None = None,
     settings: Mapping[str, str] | None = None,
     dsn: str | None = None,
+    command_timeout: float | None = None,
 ) -> asyncpg.Pool:
+    """A pool; `command_timeout` bounds every statement on the client (seconds)."""
     target = dsn if dsn is not None else config.database.dsn
     try:
         pool = await asyncpg.create_pool(
             dsn=target,
             min_size=min_size,
             max_size=max_size,
+            command_timeout=command_timeout,
             timeout=config.database.connect_timeout.total_seconds(),
             init=_init_connection,
             server_settings={
@@ -190,29 +171,6 @@ def _reason(exc: BaseException) -> str:
         return f"no such database: {exc}"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0]
-
-
-# SQLSTATE classes whose primary message names objects, never row values: connection,
-# feature, integrity (the values are in DETAIL, which is never shown), transaction state,
-# authorization, schema and syntax, resources, limits, object state, intervention, system.
-# Data exceptions (22) quote the offending value; raised exceptions (P0) say whatever a
-# function put in them: those are named, not quoted.
-SAFE_MESSAGE_CLASSES = frozenset(
-    {"08", "0A", "23", "25", "3D", "3F", "40", "42", "53", "54", "55", "57", "58"}
-)
-
-
-def describe_error(exc: asyncpg.PostgresError) -> str:
-    """A server error in one line that quotes no row values: `Name [SQLSTATE]: message`
-    for classes whose message is safe to show, `Name [SQLSTATE]` for the others."""
-    state = str(getattr(exc, "sqlstate", None) or "?????")
-    head = f"{type(exc).__name__} [{state}]"
-    if state[:2] not in SAFE_MESSAGE_CLASSES:
-        return head
-    message = getattr(exc, "message", None) or (exc.args[0] if exc.args else "")
-    lines = str(message).strip().splitlines()
-    first = lines[0] if lines else ""
-    return f"{head}: {first}" if first else head
 
 
 def json_arg(value: Any) -> str:

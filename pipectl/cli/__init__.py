@@ -16,9 +16,10 @@ import asyncpg
 from pipectl import __version__
 from pipectl.cli.common import EXIT_FAIL, EXIT_OK, EXIT_UNKNOWN, CliError, run_handler
 from pipectl.config import ConfigError
-from pipectl.db import DatabaseUnavailable, describe_error
+from pipectl.db import DatabaseUnavailable
 from pipectl.embedded import EmbeddedError
 from pipectl.migrate import MigrationError
+from pipectl.resilience import describe_error
 
 from . import agent_cmd, check_cmd, config_cmd, db_cmd, demo_cmd, demo_fault_cmd, ops_cmd
 

@@ -6,12 +6,19 @@ and the read models the console and CLI show.
 """
 
 from pipectl.store.agents import (
+    LIVENESS_NAMESPACE,
+    Beat,
     LostAgent,
+    QueueCounts,
+    Retry,
     alive_agents,
     heartbeat,
-    reap_dead_predecessors,
+    hold_liveness,
+    queue_counts,
+    reap_departed_agents,
     reap_lost_agents,
     register_agent,
+    release_liveness,
     stop_agent,
 )
 from pipectl.store.base import DB
@@ -50,6 +57,7 @@ from pipectl.store.results import (
 )
 from pipectl.store.retention import prune
 from pipectl.store.runs import (
+    TickClaim,
     claim_tick,
     close_unfinished_runs,
     create_run,
@@ -67,16 +75,21 @@ from pipectl.store.views import CheckRow, StatusSnapshot, StepRow, status_snapsh
 
 __all__ = [
     "DB",
+    "LIVENESS_NAMESPACE",
     "BaselineRow",
+    "Beat",
     "CheckDefinition",
     "CheckRow",
     "CheckState",
     "LostAgent",
+    "QueueCounts",
+    "Retry",
     "StatusSnapshot",
     "StepDefinition",
     "StepRow",
     "StepState",
     "StoredResult",
+    "TickClaim",
     "add_event",
     "add_samples",
     "alive_agents",
@@ -94,6 +107,7 @@ __all__ = [
     "has_seed",
     "has_unfinished",
     "heartbeat",
+    "hold_liveness",
     "last_baseline",
     "last_success",
     "latest_baselines",
@@ -102,9 +116,10 @@ __all__ = [
     "prune",
     "publish_checks",
     "publish_steps",
+    "queue_counts",
     "read_series",
     "read_windows",
-    "reap_dead_predecessors",
+    "reap_departed_agents",
     "reap_lost_agents",
     "recent_events",
     "recent_results",
@@ -112,6 +127,7 @@ __all__ = [
     "record_result",
     "register_agent",
     "release_claims",
+    "release_liveness",
     "release_request",
     "request_has_runs",
     "set_next_run",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -210,18 +210,30 @@ async def set_silence(db: DB, check: str, until: datetime | None, by: str, reaso
 
 
 async def claim_check_ticks(
-    db: DB, checks: Sequence[str], nominal: datetime, next_due: datetime
+    db: DB,
+    checks: Sequence[str],
+    nominal: datetime,
+    next_due: datetime,
+    tolerance: timedelta = timedelta(seconds=5),
 ) -> set[str]:
     """Take one tick of several checks at once; returns those this agent got. Agents racing
-    for the same set lock the rows in the same order, so one of them gets them all."""
+    for the same set lock the rows in the same order, so one of them gets them all.
+
+    The database's clock arbitrates: a tick more than `tolerance` ahead of it is not taken
+    (a clock running a day fast would push next_due to tomorrow and stop every agent's
+    checks), and a next_due further ahead than one interval is not believed (one written by
+    such a clock is taken over)."""
     rows = await db.fetch(
         """
         UPDATE pipectl.checks SET next_due = $3
-        WHERE name = ANY($1::text[]) AND (next_due IS NULL OR next_due <= $2)
+        WHERE name = ANY($1::text[]) AND $2 <= now() + $4::interval
+          AND (next_due IS NULL OR next_due <= $2
+               OR next_due > now() + ($3 - $2) + $4::interval)
         RETURNING name
         """,
         sorted(checks),
         nominal,
         next_due,
+        tolerance,
     )
     return {r["name"] for r in rows}

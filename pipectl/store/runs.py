@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -26,20 +27,45 @@ def _run(row: asyncpg.Record | Mapping[str, Any]) -> Run:
     return Run(**data)
 
 
-async def claim_tick(db: DB, step: str, scheduled_for: datetime, agent_id: UUID) -> int | None:
-    """Create the run for one scheduled tick, or None when another agent already did."""
-    run_id: int | None = await db.fetchval(
+@dataclass(frozen=True)
+class TickClaim:
+    run_id: int | None
+    """The run created for the tick; None when another agent had it, or it is not due."""
+    ahead: timedelta | None = None
+    """Set when the tick lies further in the future than the database's clock allows: the
+    claiming clock is wrong, and the tick was left for its time."""
+
+
+async def claim_tick(
+    db: DB,
+    step: str,
+    scheduled_for: datetime,
+    agent_id: UUID,
+    tolerance: timedelta = timedelta(seconds=5),
+) -> TickClaim:
+    """Create the run for one scheduled tick, unless another agent already did, or the tick
+    is more than `tolerance` ahead of the database's clock (an agent whose clock runs ahead
+    must not take tomorrow's tick today: the real one would find it taken)."""
+    row = await db.fetchrow(
         """
-        INSERT INTO pipectl.runs (step, trigger, scheduled_for, agent_id)
-        VALUES ($1, 'schedule', $2, $3)
-        ON CONFLICT (step, scheduled_for) WHERE trigger = 'schedule' AND attempt = 1 DO NOTHING
-        RETURNING id
+        WITH due AS (SELECT $2::timestamptz - (now() + $4::interval) AS ahead),
+        claimed AS (
+            INSERT INTO pipectl.runs (step, trigger, scheduled_for, agent_id)
+            SELECT $1, 'schedule', $2, $3 FROM due WHERE due.ahead <= interval '0'
+            ON CONFLICT (step, scheduled_for) WHERE trigger = 'schedule' AND attempt = 1
+            DO NOTHING
+            RETURNING id
+        )
+        SELECT (SELECT id FROM claimed) AS run_id, (SELECT ahead FROM due) AS ahead
         """,
         step,
         scheduled_for,
         agent_id,
+        tolerance,
     )
-    return run_id
+    assert row is not None
+    ahead: timedelta = row["ahead"]
+    return TickClaim(row["run_id"], ahead + tolerance if ahead > timedelta(0) else None)
 
 
 async def create_run(
@@ -170,11 +196,14 @@ async def last_success(db: DB, step: str) -> datetime | None:
     return finished
 
 
-async def has_unfinished(db: DB, step: str) -> bool:
+async def has_unfinished(db: DB, step: str, ended: Sequence[int] = ()) -> bool:
+    """Whether a run of `step` is queued or running, leaving out the runs in `ended` (ours,
+    over, their end not yet recorded)."""
     busy: bool = await db.fetchval(
         "SELECT EXISTS (SELECT 1 FROM pipectl.runs WHERE step = $1"
-        " AND status IN ('queued', 'running'))",
+        " AND status IN ('queued', 'running') AND id <> ALL($2::bigint[]))",
         step,
+        list(ended),
     )
     return busy
 

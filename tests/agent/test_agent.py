@@ -358,7 +358,8 @@ async def test_requester_is_who_postgres_says(database: str, db: asyncpg.Connect
 async def test_lost_agent_runs_fail_and_requests_are_released(
     database: str, db: asyncpg.Connection
 ) -> None:
-    """A peer that stops heartbeating is declared lost after three missed heartbeats."""
+    """A peer with no session left (nothing holds its liveness lock) is declared lost once it
+    missed a heartbeat and a half; its scheduled run is failed and queued again."""
     ghost = await db.fetchval(
         "INSERT INTO pipectl.agents (id, name, host, pid, version, heartbeat_seconds, last_seen)"
         " VALUES (gen_random_uuid(), 'ghost', 'elsewhere', 1, 'x', 0.5, now()) RETURNING id"
@@ -378,8 +379,11 @@ async def test_lost_agent_runs_fail_and_requests_are_released(
     orphan = await store.get_run(db, run_id)
     assert orphan is not None
     assert orphan.status == RunStatus.FAILED
-    assert orphan.error == "agent lost: ghost stopped sending heartbeats"
+    assert orphan.error == "agent lost: ghost is no longer connected (its process is gone)"
     assert await db.fetchval("SELECT lost_at IS NOT NULL FROM pipectl.agents WHERE id = $1", ghost)
+    retry = await db.fetchrow("SELECT * FROM pipectl.runs WHERE parent_run_id = $1", run_id)
+    assert retry["trigger"] == "retry"
+    assert retry["attempt"] == 2
 
 
 async def test_once_runs_everything_in_order_and_exits_by_worst(database: str) -> None:
@@ -445,8 +449,12 @@ async def test_a_tick_missed_beyond_misfire_grace_is_recorded_as_skipped(
     body = steps_toml('every = "1h"\nmisfire_grace = "30s"')
     async with running_agent(database, body, serve=False) as agent:
         nominal = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=45)
-        await agent._on_step_tick("rule_effectiveness_summary", nominal, 45.0)
-        await agent._on_step_tick("rule_effectiveness_summary", nominal, 45.0)  # a peer's view
+        await agent.steps.on_tick(  # type: ignore[union-attr]
+            "rule_effectiveness_summary", nominal, 45.0
+        )
+        await agent.steps.on_tick(  # type: ignore[union-attr]
+            "rule_effectiveness_summary", nominal, 45.0
+        )  # a peer's view
     (run,) = await runs(db)
     assert run["status"] == "skipped"
     assert run["error"] == "missed its tick by 45s (misfire_grace 30s)"

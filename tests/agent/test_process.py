@@ -73,12 +73,18 @@ async def test_sigkill_orphan_is_failed_by_the_next_agent(
     process = agent_process(database, SLOW_STEP)
     await store.create_request(db, RequestKind.RERUN, "slow")
     await wait_for(lambda: _is(db, "slow", "running"), timeout=20)
+    (orphan,) = await db.fetch("SELECT id FROM pipectl.runs WHERE step = 'slow'")
     process.kill()
+
+    async def orphan_failed() -> bool:
+        status = await db.fetchval("SELECT status FROM pipectl.runs WHERE id = $1", orphan["id"])
+        return bool(status == "failed")
+
     async with running_agent(database, SLOW_STEP):
-        await wait_for(lambda: _is(db, "slow", "failed"), timeout=10)
-    run = await db.fetchrow("SELECT * FROM pipectl.runs WHERE step = 'slow' ORDER BY id LIMIT 1")
+        await wait_for(orphan_failed, timeout=10)
+    run = await db.fetchrow("SELECT * FROM pipectl.runs WHERE id = $1", orphan["id"])
     assert run["error"].startswith("agent lost: ")
-    assert run["error"].endswith("is no longer running on this host")
+    assert run["error"].endswith("is no longer connected (its process is gone)")
 
 
 async def test_sighup_with_a_broken_config_keeps_the_old_one(

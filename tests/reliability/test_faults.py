@@ -261,15 +261,17 @@ async def test_sigkill_during_a_run_the_next_agent_fails_the_orphan(
     assert successor.wait(15) == 0
     await audit_final(dsn, SUMMARIES)
     error = await fetchval(dsn, "SELECT error FROM pipectl.runs WHERE id = $1", orphan)
-    assert error.startswith("agent lost: ") and error.endswith("is no longer running on this host")
+    assert error.startswith("agent lost: ")
+    assert error.endswith("is no longer connected (its process is gone)")
 
 
 async def test_two_agents_the_one_holding_work_killed(
     own_postgres: EmbeddedPostgres, agent_processes: Callable[..., AgentProcess]
 ) -> None:
-    """The survivor declares the killed peer lost after three missed heartbeats, fails its
-    run, takes its request and runs it: the step's lock is free by then because the server
-    aborts the dead client's statement (client_connection_check_interval)."""
+    """The survivor declares the killed peer lost once its sessions are gone and it missed a
+    heartbeat and a half (its liveness lock went with its connections: no PID is looked
+    at), fails its run, takes its request and runs it: the step's lock is free by then
+    because the server aborts the dead client's statement (client_connection_check_interval)."""
     dsn = own_postgres.dsn()
     body = SUMMARY_STEPS + SLEEPY.replace("pg_sleep(30)", "pg_sleep(20)")
     first = agent_processes(dsn, body, name="agent-a")
@@ -306,11 +308,11 @@ async def test_two_agents_the_one_holding_work_killed(
             "SELECT count(*) FROM pipectl.agents WHERE lost_at IS NOT NULL"
         )
     # Only the killed agent, and only after it went silent: two agents starting together
-    # once declared each other lost (reap_dead_predecessors raced with registration).
+    # once declared each other lost (reaping predecessors raced with registration).
     assert declared == 1
     assert lost["name"] == holder
     assert lost["taken_by"] != holder
-    assert lost["silent_for"] >= 3 * lost["heartbeat_seconds"], "declared lost too early"
+    assert lost["silent_for"] >= 1.5 * lost["heartbeat_seconds"], "declared lost too early"
     print(
         f"FIGURE takeover: silent {lost['silent_for']:.2f}s before declared lost "
         f"(heartbeat {lost['heartbeat_seconds']}s), rerun started {lost['restarted_after']:.2f}s "
@@ -324,7 +326,7 @@ async def test_two_agents_the_one_holding_work_killed(
     assert await wait_request_done(dsn, request.id) == "cancelled"
     await audit_final(dsn, SUMMARIES)
     error = await fetchval(dsn, "SELECT error FROM pipectl.runs WHERE id = $1", orphan)
-    assert error == f"agent lost: {holder} stopped sending heartbeats"
+    assert error == f"agent lost: {holder} is no longer connected (its process is gone)"
 
 
 async def test_requests_filed_while_no_agent_runs(own_postgres: EmbeddedPostgres) -> None:

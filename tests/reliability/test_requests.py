@@ -155,7 +155,7 @@ async def test_malformed_notifications_and_request_rows_are_ignored_or_rejected(
     async with running_agent(database, body) as agent:
 
         async def listening() -> bool:
-            return agent._listener is not None  # both channels LISTENed to
+            return agent.listening  # both channels LISTENed to
 
         await wait_for(listening)
         async with connected(database) as conn:
@@ -282,7 +282,7 @@ async def test_an_agent_cut_off_and_declared_lost_does_not_overwrite_its_success
                 "UPDATE pipectl.agents SET last_seen = now() - interval '1 hour' WHERE id = $1",
                 cut_off,
             )
-            reaped = await store.reap_lost_agents(conn, uuid.uuid4(), 3)
+            reaped = await store.reap_lost_agents(conn, uuid.uuid4(), 3, [])
         assert [r.agent_id for r in reaped] == [cut_off]
         assert await wait_request_done(database, request.id, timeout=30) == "succeeded"
         assert agent.agent_id != cut_off, "the agent came back under a new identity"
@@ -322,7 +322,7 @@ async def test_an_agent_declared_lost_claims_nothing_under_that_identity(databas
             "UPDATE pipectl.agents SET last_seen = now() - interval '1 hour' WHERE id = $1",
             cut_off,
         )
-        reaped = await store.reap_lost_agents(conn, survivor, 3)
+        reaped = await store.reap_lost_agents(conn, survivor, 3, [])
         assert [r.agent_id for r in reaped] == [cut_off]
         assert await store.claim_requests(conn, cut_off, executing=[request.id]) == []
         assert await store.claim_requests(conn, cut_off) == []
@@ -334,19 +334,19 @@ async def test_a_loop_that_crashes_on_a_bug_is_restarted(
 ) -> None:
     """A bug that escapes a loop (here: claiming requests raises once) is logged and the loop
     started again, instead of leaving an agent that heartbeats but never takes a request."""
-    from pipectl.agent.service import Agent
+    from pipectl.agent.requests import RequestQueue
 
-    original_loop = Agent._request_loop
+    original_loop = RequestQueue.loop
     crashed = []
 
-    async def crash_once(self: Agent) -> None:
+    async def crash_once(self: RequestQueue) -> None:
         if not crashed:
             crashed.append(True)
             raise KeyError("a bug in the request loop")
         await original_loop(self)
 
-    monkeypatch.setattr(Agent, "_request_loop", crash_once)
-    caplog.set_level(logging.ERROR, logger="pipectl.agent.service")
+    monkeypatch.setattr(RequestQueue, "loop", crash_once)
+    caplog.set_level(logging.ERROR, logger="pipectl.agent.runtime")
     request = await file_request(database, RequestKind.RERUN, "rule_effectiveness_summary")
     async with running_agent(database, IN_PROCESS + SUMMARY_STEPS):
         assert await wait_request_done(database, request.id, timeout=30) == "succeeded"

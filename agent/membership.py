@@ -14,6 +14,7 @@ any host, container or PID namespace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -90,15 +91,25 @@ class Membership:
         clock = self.rt.clock
         while not self.rt.stopping.is_set():
             started = clock.monotonic()
-            try:
-                await asyncio.wait_for(self.beat(), _beat_limit(interval))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._unreachable(exc)
-            else:
-                self._reachable()
+            await self._beat_within(_beat_limit(interval))
             await clock.sleep(max(0.0, interval - (clock.monotonic() - started)))
+
+    async def _beat_within(self, limit: float) -> None:
+        """One heartbeat; a database that does not answer within `limit` (real) seconds is
+        reported unreachable at once, before the stuck statement has finished unwinding
+        (asyncpg cancels it over a new connection, which may hang as well)."""
+        beat = asyncio.ensure_future(self.beat())
+        done, _ = await asyncio.wait({beat}, timeout=limit)
+        if beat not in done:
+            beat.cancel()
+            self._unreachable(TimeoutError(f"no answer to the heartbeat within {limit:.0f}s"))
+            with contextlib.suppress(BaseException):
+                await beat  # bounded by the pool's command timeout; beats never pile up
+            return
+        if (exc := beat.exception()) is not None:
+            self._unreachable(exc)
+        else:
+            self._reachable()
 
     async def beat(self) -> None:
         rt = self.rt

@@ -215,17 +215,24 @@ class Work:
 
 
 class Pulse:
-    """A signal many can wait on with a timeout: `fire()` wakes every current waiter."""
+    """A signal many can wait on with a timeout: `fire()` wakes every current waiter. A
+    waiter that read `generation` before looking at the state it waits on passes it to
+    `wait()`, so a fire in between is never missed."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
+        self.generation = 0
         self._event = asyncio.Event()
 
     def fire(self) -> None:
+        self.generation += 1
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait(self, seconds: float) -> bool:
+    async def wait(self, seconds: float, seen: int | None = None) -> bool:
+        """Until the next fire (or one since generation `seen`), at most `seconds`."""
+        if seen is not None and seen != self.generation:
+            return True
         return await self.clock.wait(self._event, seconds)
 
 
@@ -241,9 +248,11 @@ class Pools:
     runs: asyncpg.Pool
     checks: asyncpg.Pool
 
-    async def close(self) -> None:
-        for pool in (self.runs, self.checks, self.book):
-            await close_pool_quietly(pool)
+    async def close(self, within: float = 3.0) -> None:
+        """Close all three at once, gracefully within `within` seconds, else terminated."""
+        await asyncio.gather(
+            *(close_pool_quietly(pool, within) for pool in (self.runs, self.checks, self.book))
+        )
 
 
 @dataclass
@@ -277,8 +286,8 @@ class AgentRuntime:
     def pool(self) -> asyncpg.Pool:
         return self.pools.book
 
-    async def close(self) -> None:
-        await self.pools.close()
+    async def close(self, within: float = 3.0) -> None:
+        await self.pools.close(within)
         if self.redis is not None:
             try:
                 await asyncio.wait_for(self.redis.aclose(), 2)

@@ -91,6 +91,8 @@ class Agent:
         self.checks: CheckScheduler | None = None
         self.membership: Membership | None = None
         self.listener: Listener | None = None
+        self.serving = asyncio.Event()
+        """Set once serve() has started every loop."""
         self.stopped = asyncio.Event()
         self._stopping = asyncio.Event()
         self._malformed = Throttle(log, clock=self.clock)
@@ -226,6 +228,7 @@ class Agent:
         self.steps.start(rt.plan)
         self.checks.start(rt.plan)
         notify("READY=1", f"STATUS=serving {len(rt.plan.steps)} steps")
+        self.serving.set()
         await self._stopping.wait()
 
     def _listener(self, rt: AgentRuntime) -> Listener:
@@ -290,24 +293,30 @@ class Agent:
         if rt is None:
             self.stopped.set()
             return
+        # Real time, whatever clock schedules: systemd kills at TimeoutStopSec.
+        loop = asyncio.get_running_loop()
         budget = rt.config.agent.shutdown_timeout.total_seconds()
-        deadline = rt.clock.monotonic() + max(2.0, budget - 2)
-        rt.book.give_up_at = deadline
+        deadline = loop.time() + max(2.0, budget - 1.5)
+
+        def left(most: float) -> float:
+            return max(0.1, min(most, deadline - loop.time()))
+
+        rt.book.give_up_at = rt.clock.monotonic() + max(1.0, budget / 2)
         if self.listener is not None:
             self.listener.stop()
         pending = rt.work.all_tasks()
         for task in pending:
             task.cancel()
         if pending:
-            _, still = await asyncio.wait(pending, timeout=max(0.5, budget / 2))
+            _, still = await asyncio.wait(pending, timeout=left(budget / 2))
             if still:
                 log.warning("%d tasks did not finish before the shutdown deadline", len(still))
         try:
             assert self.membership is not None
-            await self.membership.leave()
+            await asyncio.wait_for(self.membership.leave(), left(6.0))
         except Exception as exc:
             log.warning("could not record the agent's stop: %s", exc)
-        await rt.close()
+        await rt.close(within=left(3.0))
         if self.tracer_provider is not None:
             self.tracer_provider.force_flush(2000)
         self.stopped.set()

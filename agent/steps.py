@@ -240,6 +240,7 @@ class StepScheduler:
             tick = None  # the upstream has no tick of its own at this instant
         tick_deadline = clock.monotonic() + UPSTREAM_TICK_WAIT
         while True:
+            seen = rt.runs_changed.generation
             # Tick first: once its row exists, has_unfinished sees it until it ends.
             waiting_tick = tick is not None and not await rt.book(store.tick_exists, upstream, tick)
             busy = await rt.book(store.has_unfinished, upstream, list(rt.ledger.pending))
@@ -249,7 +250,7 @@ class StepScheduler:
                 return None
             if clock.monotonic() > deadline:
                 return f"upstream {upstream} still running after {limit:.0f}s"
-            await rt.runs_changed.wait(1.0)
+            await rt.runs_changed.wait(1.0, seen)
 
     async def _after_success(self, step: str, outcome: RunOutcome) -> None:
         """Unscheduled steps that depend on this one run now (trigger 'upstream')."""

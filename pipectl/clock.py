@@ -76,6 +76,7 @@ class DatabaseClock:
         self._anchor_wall = self.base.now()
         self._anchor_mono = self.base.monotonic()
         self.synced = False
+        self._host_gap = 0.0
         self.steps = 0
         """How many times a reading moved this clock by more than `tolerance`."""
 
@@ -94,12 +95,13 @@ class DatabaseClock:
     def sync(self, server_now: datetime, round_trip: float) -> float:
         """Take a reading of the server's clock made `round_trip` seconds ago at most (the
         reading is assumed to be from the middle of the round trip). Returns how far this
-        clock moved, in seconds (positive: forward)."""
+        clock moved, in seconds (positive: forward). Logs when the database's clock stepped,
+        and when this host's clock is (or has just stepped) off the database's."""
         reading = server_now + timedelta(seconds=max(0.0, round_trip) / 2)
         moved = (reading - self.now()).total_seconds()
         self._anchor_wall = reading
         self._anchor_mono = self.base.monotonic()
-        host_gap = (self.base.now() - reading).total_seconds()
+        gap = (self.base.now() - reading).total_seconds()
         if self.synced and abs(moved) > self.tolerance:
             self.steps += 1
             log.warning(
@@ -107,12 +109,14 @@ class DatabaseClock:
                 "schedules re-plan from it",
                 moved,
             )
-        elif not self.synced and abs(host_gap) > self.tolerance:
+        if abs(gap - self._host_gap) > self.tolerance or (not self.synced and abs(gap) > 1):
             log.warning(
-                "this host's clock is %+.1fs off the database's; pipectl schedules by the "
-                "database's clock",
-                host_gap,
+                "this host's clock is %+.0fs off the database's (it was %+.0fs); pipectl "
+                "schedules by the database's clock",
+                gap,
+                self._host_gap,
             )
+        self._host_gap = gap
         self.synced = True
         return moved
 

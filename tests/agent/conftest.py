@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from pipectl.agent.service import Agent
+from pipectl.clock import Clock, FakeClock
 from pipectl.db import connect
 from tests.helpers import make_config, make_loaded
 
@@ -46,15 +47,19 @@ def steps_toml(schedule_a: str = "", schedule_b: str = "") -> str:
 
 @asynccontextmanager
 async def running_agent(
-    dsn: str, body: str, *, name: str = "test-agent", serve: bool = True
+    dsn: str, body: str, *, name: str = "test-agent", serve: bool = True, clock: Clock | None = None
 ) -> AsyncIterator[Agent]:
-    """An in-process agent; stopped (runs recorded as cancelled) when the block ends."""
-    agent = Agent(make_loaded(dsn, None, body), name=name)
+    """An in-process agent; stopped (runs recorded as cancelled) when the block ends. With a
+    FakeClock it schedules, sleeps and times out only when the test moves the clock."""
+    agent = Agent(make_loaded(dsn, None, body), name=name, clock=clock)
     task: asyncio.Task[None] | None = None
     try:
         await agent.start()
         if serve:
             task = asyncio.create_task(agent.serve())
+            await agent.serving.wait()
+            for _ in range(5):  # every loop reaches its first wait
+                await asyncio.sleep(0)
         yield agent
     finally:
         await agent.stop()
@@ -115,3 +120,20 @@ def agent_process(tmp_path: Path) -> Iterator[Callable[[str, str], AgentProcess]
     yield start
     for process in started:
         process.kill()
+
+
+def past_clock(hours: int = 1) -> FakeClock:
+    """A FakeClock on a whole second `hours` in the past. Its ticks are all behind the
+    database's clock, which lets agents claim them (a tick ahead of it is refused), however
+    far the test moves it."""
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=hours)
+    return FakeClock(start=start)
+
+
+async def tick(clock: FakeClock, seconds: float, *agents: Agent) -> None:
+    """Move the clock by `seconds` and wait (real time) until the work that woke settles."""
+    await clock.advance(seconds)
+    for agent in agents:
+        await asyncio.wait_for(agent.runtime.work.settled(), 20)

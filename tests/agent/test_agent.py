@@ -11,7 +11,7 @@ import asyncpg
 from pipectl import store
 from pipectl.agent.runner import LOCK_NAMESPACE
 from pipectl.model import Outcome, RequestKind, RunStatus
-from tests.agent.conftest import running_agent, steps_toml
+from tests.agent.conftest import past_clock, running_agent, steps_toml, tick
 from tests.helpers import wait_for
 
 
@@ -29,37 +29,27 @@ async def done(db: asyncpg.Connection, request_id: int) -> asyncpg.Record | None
 async def test_two_agents_run_each_tick_once_and_never_overlap(
     database: str, db: asyncpg.Connection
 ) -> None:
+    """Eight ticks of two steps, on a fake clock both agents share: each tick runs once,
+    on either agent, and runs of one step never overlap."""
     body = steps_toml('every = "1s"', 'every = "1s"')
-    started = datetime.now(UTC)
+    clock = past_clock()
+    first = clock.now() + timedelta(seconds=1)
     async with (
-        running_agent(database, body, name="agent-a"),
-        running_agent(database, body, name="agent-b"),
+        running_agent(database, body, name="agent-a", clock=clock) as a,
+        running_agent(database, body, name="agent-b", clock=clock) as b,
     ):
-        await asyncio.sleep(8.5)
-    ended = datetime.now(UTC)
+        for _ in range(8):
+            await tick(clock, 1.0, a, b)
+    expected = [first + timedelta(seconds=s) for s in range(8)]
     for step in ("rule_effectiveness_summary", "user_satisfaction_summary"):
         rows = [r for r in await runs(db, step) if r["trigger"] == "schedule"]
         ticks = [r["scheduled_for"] for r in rows]
         assert len(ticks) == len(set(ticks)), "a tick ran twice"
-        expected = [
-            started.replace(microsecond=0) + timedelta(seconds=s)
-            for s in range(2, int((ended - started).total_seconds()) - 1)
-        ]
-        missing = [t for t in expected if t not in ticks]
-        assert not missing, f"{step}: ticks missed: {missing}"
-        spans = sorted((r["started_at"], r["finished_at"]) for r in rows if r["started_at"])
+        assert sorted(ticks) == expected, f"{step}: ticks {ticks}"
+        assert all(r["status"] == "succeeded" for r in rows), [dict(r) for r in rows]
+        spans = sorted((r["started_at"], r["finished_at"]) for r in rows)
         for (_, end), (start, _) in itertools.pairwise(spans):
             assert start >= end, f"{step}: two runs overlapped"
-        # A tick that started as the agents were stopping is cancelled by the stop, rightly.
-        stopped = [
-            r
-            for r in rows
-            if r["status"] == "cancelled"
-            and r["error"] == "cancelled: agent shutting down"
-            and r["scheduled_for"] >= ended - timedelta(seconds=2)
-        ]
-        unexpected = [dict(r) for r in rows if r["status"] != "succeeded" and r not in stopped]
-        assert not unexpected, unexpected
     agents = await db.fetch("SELECT DISTINCT agent_id FROM pipectl.runs")
     assert len(agents) == 2, "both agents should have taken some ticks"
 
@@ -68,11 +58,15 @@ async def test_downstream_waits_for_its_upstream_at_the_same_tick(
     database: str, db: asyncpg.Connection
 ) -> None:
     body = steps_toml('every = "1s"', 'every = "2s"')
-    async with running_agent(database, body):
-        await asyncio.sleep(4.5)
+    clock = past_clock()
+    async with running_agent(database, body, clock=clock) as agent:
+        for _ in range(4):
+            await tick(clock, 1.0, agent)
     up = {r["scheduled_for"]: r for r in await runs(db, "rule_effectiveness_summary")}
     down = [r for r in await runs(db, "user_satisfaction_summary") if r["trigger"] == "schedule"]
-    assert down
+    assert len(down) == 2, [
+        (r["step"], r["scheduled_for"].time(), r["status"], r["error"]) for r in await runs(db)
+    ]
     for run in down:
         upstream = up[run["scheduled_for"]]
         assert run["started_at"] >= upstream["finished_at"]
@@ -512,9 +506,9 @@ async def test_checks_ticking_together_on_one_table_share_one_probe(
     ticks: dict[object, list[tuple[str, str | None]]] = {}
     for r in rows:
         ticks.setdefault(r["tick"], []).append((r["check_name"], r["shared"]))
-    for tick, found in ticks.items():
+    for at, found in ticks.items():
         names = [name for name, _ in found]
-        assert len(names) == len(set(names)), f"a check ran twice at {tick}: {found}"
+        assert len(names) == len(set(names)), f"a check ran twice at {at}: {found}"
     # The first check of a tick claims all three at once, so a tick runs whole on one scan
     # (3 of 3 ticks in every run here); one whose check woke past the 50 ms wait would run
     # apart, still once, so only one whole tick is required.

@@ -21,8 +21,9 @@ from textual.message import Message
 from pipectl.config import Config
 from pipectl.console.messages import Connection, ConnectionChanged, DatabaseChanged
 from pipectl.db import DatabaseUnavailable, connect, create_pool, describe_target
+from pipectl.listen import Listener
 from pipectl.migrate import MigrationError, ensure_current
-from pipectl.resilience import is_transient
+from pipectl.resilience import close_pool_quietly, is_transient
 from pipectl.store.base import Conn
 from pipectl.store.console import can_file_requests
 
@@ -59,7 +60,7 @@ class ConsoleService:
         self.schema_retry = schema_retry
         self.target = describe_target(config.database.dsn)
         self._pool: asyncpg.Pool | None = None
-        self._listener: asyncpg.Connection | None = None
+        self._listener: Listener | None = None
         self._lost = asyncio.Event()
         self._lost_reason = ""
         self._retry = asyncio.Event()
@@ -114,9 +115,8 @@ class ConsoleService:
                     delay = min(delay * 2, self.backoff[1])
                     continue
                 delay = self.backoff[0]
-                post(ConnectionChanged(connection))
-                await self._watch()
-                reason = self._lost_reason or "connection lost"
+                ended = await self._listen(connection)
+                reason = self._lost_reason or ended
                 await self._close()
                 post(ConnectionChanged(Connection("lost", self.target, reason, retry_in=delay)))
                 await self._pause(delay)
@@ -124,6 +124,7 @@ class ConsoleService:
             await self._close()
 
     async def _open(self) -> Connection:
+        """The query pool, the schema and the role's privilege (the listener comes next)."""
         self._lost.clear()
         self._lost_reason = ""
         self._pool = await create_pool(
@@ -137,27 +138,30 @@ class ConsoleService:
             await ensure_current(conn)
             can_write = await can_file_requests(conn)
             user = await conn.fetchval("SELECT session_user")
-        listener = await connect(self.config, application_name=APPLICATION_NAME)
-        self._listener = listener
-        listener.add_termination_listener(self._on_terminated)
-        for channel in CHANNELS:
-            await listener.add_listener(channel, self._on_notify)
         return Connection("connected", self.target, user=str(user), can_write=can_write)
 
-    async def _watch(self) -> None:
-        """Until the link is lost: a cheap keepalive on the listening connection notices a
-        dead socket that no NOTIFY would reveal."""
-        listener = self._listener
-        assert listener is not None
-        while not self._lost.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), self.keepalive)
-            if self._lost.is_set():
-                break
-            try:
-                await asyncio.wait_for(listener.execute("SELECT 1"), self.keepalive)
-            except Exception as exc:
-                self._mark_lost(_reason(exc))
+    async def _listen(self, connection: Connection) -> str:
+        """One LISTEN session (pipectl.listen): reports `connection` once subscribed; returns
+        why it ended. A cheap keepalive notices a dead socket that no NOTIFY would reveal."""
+
+        async def connected(_conn: object) -> None:
+            self._post(ConnectionChanged(connection))
+
+        self._listener = Listener(
+            "console listener",
+            lambda: connect(self.config, application_name=APPLICATION_NAME),
+            {channel: self._on_notify for channel in CHANNELS},
+            on_connected=connected,
+            keepalive=self.keepalive,
+            logger=log,
+        )
+        try:
+            ended = await self._listener.session()
+        except Exception as exc:
+            return _reason(exc)
+        finally:
+            self._listener = None
+        return "connection lost" if ended == "interrupted" else ended
 
     async def _pause(self, seconds: float) -> None:
         self._retry.clear()
@@ -168,36 +172,27 @@ class ConsoleService:
         listener, self._listener = self._listener, None
         pool, self._pool = self._pool, None
         if listener is not None:
-            listener.remove_termination_listener(self._on_terminated)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(listener.close(), 2)
-            if not listener.is_closed():
-                listener.terminate()
+            listener.stop()
         if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), 2)
-            except Exception:
-                pool.terminate()
+            await close_pool_quietly(pool, 2)
 
     def _mark_lost(self, reason: str) -> None:
         if not self._lost.is_set():
             self._lost_reason = reason
             self._lost.set()
+            if self._listener is not None:
+                self._listener.interrupt()
 
-    def _on_terminated(self, _conn: object) -> None:
-        self._mark_lost("the server closed the connection")
-
-    def _on_notify(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
+    def _on_notify(self, channel: str, payload: str) -> None:
         data: dict[str, Any] = {}
-        if isinstance(payload, str):
-            # Anyone may NOTIFY: a payload that is not JSON, or nested past the parser's
-            # recursion limit, only means "something changed".
-            with contextlib.suppress(ValueError, RecursionError):
-                decoded = json.loads(payload)
-                if isinstance(decoded, dict):
-                    data = decoded
-                elif isinstance(decoded, int):
-                    data = {"id": decoded}
+        # Anyone may NOTIFY: a payload that is not JSON, or nested past the parser's
+        # recursion limit, only means "something changed".
+        with contextlib.suppress(ValueError, RecursionError):
+            decoded = json.loads(payload)
+            if isinstance(decoded, dict):
+                data = decoded
+            elif isinstance(decoded, int):
+                data = {"id": decoded}
         table = "requests" if channel == "pipectl_requests" else str(data.get("table", ""))
         self._post(DatabaseChanged(table, data))
 

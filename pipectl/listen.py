@@ -72,6 +72,11 @@ class Listener:
         """Skip the rest of the current backoff."""
         self._retry.set()
 
+    def interrupt(self) -> None:
+        """End the current session (its owner found the connection unusable); `run()`
+        reconnects, `session()` returns."""
+        self._lost.set()
+
     async def run(self) -> None:
         """Until stop(): one connected session after another, backing off between them."""
         while not self._stopping.is_set():
@@ -122,7 +127,9 @@ class Listener:
                 await asyncio.wait_for(conn.execute("SELECT 1"), self.keepalive)
             except Exception as exc:
                 return describe(exc)
-        return "stopped" if self._stopping.is_set() else "the server closed the connection"
+        if self._stopping.is_set():
+            return "stopped"
+        return "interrupted" if not conn.is_closed() else "the server closed the connection"
 
     def _terminated(self, _conn: object) -> None:
         self._lost.set()

@@ -23,6 +23,8 @@ import asyncpg
 import redis.exceptions
 
 from pipectl.identifiers import Relation
+from pipectl.listen import Listener
+from pipectl.resilience import Backoff, Outage, close_quietly, describe, is_connection_loss
 from pipectl.simulator import backfill as history
 from pipectl.simulator import combos, faults
 from pipectl.simulator.cache import CacheCounters, CacheTraffic
@@ -36,7 +38,6 @@ from pipectl.simulator.control import (
 )
 from pipectl.simulator.faults import ActiveFault, Effects, FaultError, effects_of
 from pipectl.simulator.lock import LockHolder
-from pipectl.simulator.retry import Backoff, Outage, describe, is_connection_error
 from pipectl.simulator.rhythm import FEEDS, REDIS_PEAK_OPS, poisson, redis_weight, weight
 from pipectl.simulator.rows import (
     Batch,
@@ -148,7 +149,7 @@ class ApesSimulator:
         self._lock: LockHolder | None = None
         self._tally = _Tally()
         self._cache: CacheTraffic | None = None
-        self._listening = False
+        self._listener: Listener | None = None
         self._pending: set[asyncio.Task[None]] = set()
         # Set when run() is asked to stop: the writer finishes its tick (rows written and
         # tallied together) instead of being cancelled between a COPY and its tally.
@@ -367,7 +368,7 @@ class ApesSimulator:
     @property
     def listening(self) -> bool:
         """True while the run is LISTENing for faults from other processes."""
-        return self._listening
+        return self._listener is not None and self._listener.listening
 
     def stats(self) -> SimulatorStats:
         t = self._tally
@@ -461,7 +462,7 @@ class ApesSimulator:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), pause)
         finally:
-            await _close(conn)
+            await close_quietly(conn)
 
     def _count(self, table: str, seconds: float, now: datetime, effects: Effects) -> int:
         level = weight(now) if self.rhythm else 1.0
@@ -495,7 +496,7 @@ class ApesSimulator:
         try:
             await op
         except asyncpg.PostgresError as exc:
-            if conn.is_closed() or is_connection_error(exc):
+            if conn.is_closed() or is_connection_loss(exc):
                 raise
             self._outage(what).failed(exc)
         else:
@@ -654,31 +655,20 @@ class ApesSimulator:
     # control --------------------------------------------------------------------------------
 
     async def _control_loop(self) -> None:
-        await self._forever(
-            "PostgreSQL (fault listener)", self._control_session, expected=_PG_ERRORS
+        self._listener = Listener(
+            "PostgreSQL (fault listener)",
+            lambda: self._connect(LISTENER_APPLICATION),
+            {CHANNEL: self._on_notify},
+            logger=log,
         )
-
-    async def _control_session(self, outage: Outage) -> None:
-        conn = await self._connect(LISTENER_APPLICATION)
-        lost = asyncio.Event()
-        conn.add_termination_listener(lambda _conn: lost.set())
         try:
-            await conn.add_listener(CHANNEL, self._on_notify)
-            self._listening = True
-            outage.recovered()
-            while not lost.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), 5.0)
-                if not lost.is_set():
-                    await conn.execute("SELECT 1")  # notices a dead session sooner
-            raise ConnectionError("fault listener session closed")
+            await self._listener.run()
         finally:
-            self._listening = False
-            await _close(conn)
+            self._listener = None
 
-    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
+    def _on_notify(self, channel: str, payload: str) -> None:
         try:
-            message = parse_message(str(payload))
+            message = parse_message(payload)
         except ControlError as exc:
             log.warning("ignored control message on %s: %s", channel, exc)
             return
@@ -708,16 +698,3 @@ _PG_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     SimulatorError,
 )
-
-
-async def _close(conn: asyncpg.Connection) -> None:
-    """Close without waiting on a dead server (and without raising)."""
-    if conn.is_closed():
-        return
-    try:
-        await asyncio.wait_for(conn.close(), 2.0)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
-        conn.terminate()
-    except asyncio.CancelledError:
-        conn.terminate()
-        raise

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from pipectl.identifiers import Relation
+from pipectl.resilience import Backoff, Outage
 from pipectl.simulator.faults import FaultError
-from pipectl.simulator.retry import Backoff, Outage
 
 log = logging.getLogger(__name__)
 

@@ -112,7 +112,6 @@ async def test_a_refused_run_write_leaves_nothing_queued_and_heals_itself(
         detail = await fetchval(
             database, "SELECT detail FROM pipectl.requests WHERE id = $1", request.id
         )
-        assert "could not record the run's start" in detail
         assert sqlstate in detail
         assert agent.runtime.ledger.pending, "the run's end waits to be written"
         assert await unfinished_runs(database) == 1  # the database refused to close it
@@ -375,17 +374,18 @@ async def test_a_reload_during_checks_loses_no_batch(
     out under them. A reload now replaces the whole plan; work in flight keeps its own."""
     caplog.set_level(logging.ERROR)
     body = FAST + SUMMARY_STEPS + freshness_check("1h")
+    rounds, batches = 10, 6  # the old race hit about every other round
     async with running_agent(database, body) as agent:
-        batches = [
-            asyncio.create_task(agent.run_checks(["rule_performance_freshness"], "manual"))
-            for _ in range(6)
-        ]
-        for _ in range(3):
+        for _ in range(rounds):
+            running = [
+                asyncio.create_task(agent.run_checks(["rule_performance_freshness"], "manual"))
+                for _ in range(batches)
+            ]
             await agent.reload(make_loaded(database, None, body))
-        statuses = await asyncio.gather(*batches)
-    assert all(s["rule_performance_freshness"] for s in statuses)
+            statuses = await asyncio.gather(*running)
+            assert all(s["rule_performance_freshness"] for s in statuses)
     stored = await fetchval(database, "SELECT count(*) FROM pipectl.check_results")
-    assert stored == 6
+    assert stored == rounds * batches
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 

@@ -13,6 +13,7 @@ from typing import ClassVar, cast
 from textual import work
 from textual.app import App
 from textual.binding import BindingType
+from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker
@@ -40,6 +41,7 @@ from pipectl.console.screens.requests import RequestsScreen
 from pipectl.console.screens.schema import SchemaScreen
 from pipectl.console.screens.timeline import TimelineScreen
 from pipectl.console.service import ConsoleService, NotConnected
+from pipectl.safetext import CELL, visible
 
 Clock = Callable[[], datetime]
 
@@ -202,6 +204,27 @@ class PipectlApp(App[None]):
                 self.pop_screen()
             return
         await self.switch_mode(name)
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every toast, the app's and every screen's, shows its words literally: toasts quote
+        reasons, outcomes, names and errors that others wrote. No toast of ours uses markup,
+        so `markup` is ignored; control characters are escapes, long text is cut."""
+        del markup
+        super().notify(
+            visible(message),
+            title=visible(title, limit=CELL),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
 
     def action_help(self) -> None:
         screen = self.screen

@@ -8,6 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pipectl.safetext import BLOCK, visible
+
 _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
@@ -30,8 +32,22 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """One line per record for a terminal. Messages and `extra=` values quote text others
+    wrote (a request's target, a server's error): control characters in them are escaped,
+    so a newline cannot forge a record nor an escape sequence reach the terminal, and each
+    is cut at 20,000 characters (JSON logs keep everything). A traceback's lines are
+    indented under its record: only a record starts a line at the first column."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        record.message = visible(message, limit=BLOCK)
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.message = message
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -39,8 +55,19 @@ class TextFormatter(logging.Formatter):
             k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")
         }
         if extras:
-            text += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+            text += " " + " ".join(f"{k}={visible(str(v), limit=BLOCK)}" for k, v in extras.items())
         return text
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(block: str) -> str:
+    shown = visible(block, limit=None, multiline=True)
+    return "\n".join("    " + line for line in shown.splitlines())
 
 
 def setup_logging(

@@ -22,6 +22,7 @@ from pipectl.console.service import NotConnected
 from pipectl.console.widgets.filter import FilterInput
 from pipectl.console.widgets.header import StatusHeader
 from pipectl.console.widgets.table import ColumnSpec, LiveTable, Ordering, TableRow
+from pipectl.safetext import literal
 from pipectl.store.base import Conn
 
 if TYPE_CHECKING:
@@ -234,7 +235,7 @@ class TableScreen(DataScreen[T]):
     def show_table(self, snapshot: T) -> None:
         rows = [r for r in self.rows(snapshot) if r.matches(self.filter_text)]
         self.table.show(self.ordering.apply(rows))
-        self.table.border_title = Text(self._title(len(rows)))  # the filter text is not markup
+        self.table.border_title = literal(self._title(len(rows)))  # the filter is not markup
 
     def table_title(self) -> str:
         return self.TABLE_TITLE

@@ -17,8 +17,10 @@ from pipectl.console.data import CacheData
 from pipectl.console.live import Change
 from pipectl.console.screens.base import DataScreen, TimeWindow
 from pipectl.console.widgets.chart import LevelLines, RatioChart, RatioSeries
+from pipectl.console.widgets.tiles import node_id
 from pipectl.durations import format_duration
 from pipectl.format import STATUS_STYLE, percent
+from pipectl.safetext import LINE, literal
 from pipectl.store.base import Conn
 from pipectl.store.console import CacheSeries
 
@@ -51,7 +53,7 @@ class CachePanel(Vertical):
                 else "fail"
             )
         source = SOURCE_NAMES.get(series.source, series.source)
-        self.border_title = f"{source} · {series.check}"
+        self.border_title = literal(f"{source} · {series.check}", limit=LINE)
         self.border_subtitle = (
             f"now {percent(ratio)} · target ≥{percent(series.warn_below, 0)}"
             f" · fail <{percent(series.fail_below, 0)}"
@@ -128,12 +130,12 @@ class CacheScreen(TimeWindow, DataScreen[CacheData]):
             )
         )
         panels = self.query_one("#panels", VerticalScroll)
-        wanted = {f"cache-{s.check}" for s in snapshot.series}
+        wanted = {node_id("cache", s.check) for s in snapshot.series}
         for child in list(panels.children):
             if child.id not in wanted:
                 child.remove()
         for series in snapshot.series:
-            panel_id = f"cache-{series.check}"
+            panel_id = node_id("cache", series.check)
             found = panels.query(f"#{panel_id}")
             panel = found.first(CachePanel) if found else None
             if panel is None:

@@ -20,8 +20,10 @@ from pipectl.console.data import ChecksData
 from pipectl.console.screens.base import TableScreen
 from pipectl.console.screens.detail import DetailScreen
 from pipectl.console.screens.operations import CheckOperations, Selected
+from pipectl.console.widgets.facts import Fact, facts_table
 from pipectl.console.widgets.table import ColumnSpec, TableRow
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, band, clock_time, number, spark
+from pipectl.safetext import CELL, LINE, first_line, literal, visible
 from pipectl.store import CheckRow
 from pipectl.store.base import Conn
 from pipectl.store.console import CheckDetail
@@ -91,15 +93,15 @@ class ChecksScreen(CheckOperations, TableScreen[ChecksData]):
 def check_row(check: CheckRow, trend: tuple[float, ...], now: datetime) -> TableRow:
     status = str(check.status)
     silenced = check.silenced(now)
-    message = check.message.splitlines()[0] if check.message else ""
+    message = first_line(check.message)
     cells = (
-        Text(check.name, style="bold"),
+        literal(check.name, "bold", limit=CELL),
         status_cell(status, silenced),
         number(check.value),
         band(check.expected_low, check.expected_high),
         Text(spark(trend, TREND_WIDTH), style=STATUS_STYLE.get(status, "")),
         age(check.status_since, now),
-        Text(message[:70], style="dim"),
+        literal(message, "dim", limit=70),
     )
     sort_values = (
         check.name,
@@ -150,11 +152,15 @@ class CheckScreen(CheckOperations, DetailScreen[CheckDetail | None]):
         latest = snapshot.latest
         threshold.update(
             Syntax(
-                json.dumps(
-                    {"threshold": latest.threshold, "baseline": latest.baseline},
-                    indent=1,
-                    default=str,
-                )[:1500],
+                visible(
+                    json.dumps(
+                        {"threshold": latest.threshold, "baseline": latest.baseline},
+                        indent=1,
+                        default=str,
+                    ),
+                    limit=1500,
+                    multiline=True,
+                ),
                 "json",
                 word_wrap=True,
                 theme="ansi_dark",
@@ -191,49 +197,49 @@ def _series_values(detail: CheckDetail) -> list[float]:
 
 def check_info(detail: CheckDetail, now: datetime) -> Table:
     state = detail.state
-    grid = Table.grid(padding=(0, 2), expand=True)
-    grid.add_column(style="dim", no_wrap=True)
-    grid.add_column(ratio=1)
-    grid.add_column(style="dim", no_wrap=True)
-    grid.add_column(ratio=1)
     silenced = state.silenced_at(now)
     latest = detail.results[0] if detail.results else None
-    grid.add_row(
-        "check", Text(state.name, style="bold"), "kind", f"{state.kind} of {state.target or '-'}"
-    )
-    grid.add_row(
-        "status",
-        status_cell(str(state.status), silenced),
-        "since",
-        f"{age(state.status_since, now)} ({clock_time(state.status_since, now)})",
-    )
-    grid.add_row(
-        "value",
-        number(state.last_value),
-        "expected",
-        band(latest.expected_low, latest.expected_high) if latest else "-",
-    )
-    grid.add_row("schedule", state.schedule or "-", "last run", age(state.last_result_at, now))
     silence = "-"
     if silenced and state.silenced_until is not None:
         silence = f"until {clock_time(state.silenced_until, now)} by {state.silenced_by}" + (
             f": {state.silence_reason}" if state.silence_reason else ""
         )
-    grid.add_row("silenced", silence, "", "")
+    rows: list[tuple[str, Fact, str, Fact]] = [
+        (
+            "check",
+            literal(state.name, "bold", limit=LINE),
+            "kind",
+            f"{state.kind} of {state.target or '-'}",
+        ),
+        (
+            "status",
+            status_cell(str(state.status), silenced),
+            "since",
+            f"{age(state.status_since, now)} ({clock_time(state.status_since, now)})",
+        ),
+        (
+            "value",
+            number(state.last_value),
+            "expected",
+            band(latest.expected_low, latest.expected_high) if latest else "-",
+        ),
+        ("schedule", state.schedule or "-", "last run", age(state.last_result_at, now)),
+        ("silenced", silence, "", ""),
+    ]
     if latest and latest.message:
-        grid.add_row("message", Text(latest.message, style="italic"), "", "")
-    return grid
+        rows.append(("message", literal(latest.message, "italic", limit=LINE), "", ""))
+    return facts_table(rows)
 
 
 def result_row(result: ResultRow, now: datetime) -> TableRow:
     status = str(result.status)
-    message = result.message.splitlines()[0] if result.message else ""
+    message = first_line(result.message)
     cells = (
         clock_time(result.observed_at, now),
         status_cell(status, result.silenced),
         number(result.value),
         band(result.expected_low, result.expected_high),
-        Text(message[:70], style="dim"),
+        literal(message, "dim", limit=70),
     )
     sort_values = (
         result.observed_at.timestamp(),

@@ -14,6 +14,7 @@ from textual.widgets import Sparkline, Static
 
 from pipectl.console.live import Change
 from pipectl.console.screens.base import TableScreen
+from pipectl.safetext import BLOCK, literal, visible
 
 T = TypeVar("T")
 
@@ -44,7 +45,7 @@ class DetailScreen(TableScreen[T]):
 
     def show_missing(self) -> None:
         self.query_one("#info", Static).update(
-            Text(f"{self.NOUN} {self.subject!r} is not published (any more).", style="bold")
+            literal(f"{self.NOUN} {self.subject!r} is not published (any more).", "bold")
         )
 
     def show_trend(self, values: Sequence[float], label: Text) -> None:
@@ -55,10 +56,17 @@ class DetailScreen(TableScreen[T]):
         self.query_one("#spark-label", Static).update(label)
 
     def show_sql(self, sql: str | None, otherwise: str) -> None:
+        """The SQL as published (by whoever could write the row): highlighted, never run,
+        control characters escaped, cut when huge."""
         panel = self.query_one("#sql", Static)
         panel.border_title = "SQL"
         panel.update(
-            Syntax(sql, "sql", word_wrap=True, theme="ansi_dark")
+            Syntax(
+                visible(sql, limit=BLOCK, multiline=True),
+                "sql",
+                word_wrap=True,
+                theme="ansi_dark",
+            )
             if sql
-            else Text(otherwise, style="dim")
+            else literal(otherwise, "dim")
         )

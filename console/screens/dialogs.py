@@ -22,6 +22,7 @@ from pipectl.console.actions import DIALOG, bindings
 from pipectl.console.data import RerunPlan
 from pipectl.durations import DurationError, format_duration, parse_duration
 from pipectl.format import STATUS_STYLE, age, seconds, status_text
+from pipectl.safetext import CELL, literal
 
 if TYPE_CHECKING:
     from pipectl.console.app import PipectlApp
@@ -51,7 +52,8 @@ class Dialog(ModalScreen[R]):
         yield from ()
 
     def on_mount(self) -> None:
-        self.query_one("#dialog").border_title = f"⚠ {self.TITLE_TEXT}"
+        # The title names a step or check: literal text, never markup.
+        self.query_one("#dialog").border_title = literal(f"⚠ {self.TITLE_TEXT}", limit=CELL)
         app = cast("PipectlApp", self.app)
         for box in self.query(Input):
             box.cursor_blink = app.cursor_blink
@@ -76,7 +78,7 @@ class Dialog(ModalScreen[R]):
     def _confirm(self) -> None:
         problem, field, answer = self.answer()
         if problem:
-            self.query_one("#problem", Static).update(Text(problem, style="bold"))
+            self.query_one("#problem", Static).update(literal(problem, "bold"))
             self.query_one(f"#{field}", Input).focus()
             return
         self.dismiss(answer)
@@ -139,7 +141,7 @@ def _plan_table(plan: RerunPlan, app: PipectlApp) -> Table:
             state = str(last.status)
             last_text = Text(status_text(state), style=STATUS_STYLE.get(state, ""))
             last_text.append(f" {age(last.finished_at, now)}", style="dim")
-        name = Text(planned.name)
+        name = literal(planned.name, limit=CELL)
         if planned.paused:
             name.append(" ⏸ paused", style="yellow")
         table.add_row(
@@ -166,7 +168,7 @@ class PauseDialog(Dialog[str]):
         yield Static(
             Text.assemble(
                 "Scheduled runs of ",
-                (self.step, "bold"),
+                literal(self.step, "bold", limit=CELL),
                 " are skipped until it is resumed (",
                 ("p", "bold"),
                 " again). Manual reruns still run.",
@@ -192,7 +194,7 @@ class SilenceDialog(Dialog[tuple[float, str]]):
     def compose_body(self) -> ComposeResult:
         yield Static(
             Text.assemble(
-                (self.check, "bold"),
+                literal(self.check, "bold", limit=CELL),
                 " keeps running and recording, but raises no alert until the silence ends.",
             ),
             id="explain",

@@ -21,6 +21,8 @@ def key_label(spec: ActionSpec) -> str:
 
 
 def help_table(registry: ActionRegistry, scope: str) -> Table:
+    """Every cell is Text: a Rich table reads a plain string as markup, and keys such as `/`
+    or descriptions with brackets must print as written."""
     table = Table(box=None, pad_edge=False, show_header=False, expand=True)
     table.add_column("key", style="bold", no_wrap=True, width=7)
     table.add_column("action", no_wrap=True)
@@ -32,7 +34,7 @@ def help_table(registry: ActionRegistry, scope: str) -> Table:
         table.add_row("", Text(title, style="bold underline"), "")
         for spec in specs:
             label = Text(spec.title, style="bold red" if spec.dangerous else "")
-            table.add_row(key_label(spec), label, spec.description)
+            table.add_row(Text(key_label(spec)), label, Text(spec.description))
     hidden = [s for s in registry.hidden() if scope in s.scopes or APP in s.scopes]
     if hidden:
         names = ", ".join(sorted({s.label for s in hidden}))

@@ -18,9 +18,10 @@ from pipectl.console.screens.base import TableScreen
 from pipectl.console.screens.operations import CheckOperations, Selected, StepOperations
 from pipectl.console.screens.step import StepScreen
 from pipectl.console.widgets.table import ColumnSpec, TableRow
-from pipectl.console.widgets.tiles import TileData, TileRow
+from pipectl.console.widgets.tiles import TileData, TileRow, node_id
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, due, number, percent, seconds
 from pipectl.model import CheckStatus
+from pipectl.safetext import CELL, LINE, first_line, literal, visible
 from pipectl.store import StatusSnapshot, StepRow
 from pipectl.store.base import Conn
 from pipectl.store.console import CacheSeries
@@ -104,16 +105,16 @@ def step_row(step: StepRow, now: datetime) -> TableRow:
             f": {step.paused_reason}" if step.paused_reason else ""
         )
     elif last is not None and last.error:
-        note = last.error.splitlines()[0]
+        note = first_line(last.error)
     state = step.state
     cells = (
-        Text(step.name, style="bold"),
+        literal(step.name, "bold", limit=CELL),
         Text(f"{STATUS_MARK.get(state, '?')} {state}", style=STATUS_STYLE.get(state, "")),
         age(when, now) if last else "-",
         seconds(last.duration_seconds) if last else "-",
         number(last.rows) if last and last.rows is not None else "-",
         "paused" if step.paused else due(step.next_run_at, now),
-        Text(_clip(note, 60), style="dim"),
+        literal(note, "dim", limit=60),
     )
     sort_values = (
         step.name,
@@ -125,10 +126,6 @@ def step_row(step: StepRow, now: datetime) -> TableRow:
         note,
     )
     return TableRow(step.name, cells, sort_values, f"{step.name} {state} {note}")
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def tiles(snapshot: OverviewData, now: datetime) -> list[TileData]:
@@ -151,14 +148,12 @@ def checks_tile(status: StatusSnapshot, now: datetime) -> TileData:
         body.append(f" ∅{silenced}", "dim")
     unsilenced = [c.status for c in status.checks if not c.silenced(now)]
     worst = max(unsilenced, key=lambda s: s.severity, default=CheckStatus.NODATA)
-    return TileData("checks", f"Checks {len(status.checks)}", body, str(worst))
+    return TileData("checks", Text(f"Checks {len(status.checks)}"), body, str(worst))
 
 
 def cache_tile(series: CacheSeries, every: Sequence[CacheSeries]) -> TileData:
     same_source = sum(1 for s in every if s.source == series.source)
-    title = SOURCE_NAMES.get(series.source, series.source)
-    if same_source > 1:
-        title = series.check
+    title = series.check if same_source > 1 else SOURCE_NAMES.get(series.source, series.source)
     ratio = series.latest.ratio if series.latest else None
     state = "nodata"
     if ratio is not None:
@@ -171,18 +166,22 @@ def cache_tile(series: CacheSeries, every: Sequence[CacheSeries]) -> TileData:
     if levels:
         body.append("\n")
         body.append(
-            " ".join(f"{lv.level} {lv.ratio * 100:.0f}" for lv in levels if lv.ratio is not None),
+            " ".join(
+                f"{visible(lv.level, limit=CELL)} {lv.ratio * 100:.0f}"
+                for lv in levels
+                if lv.ratio is not None
+            ),
             style="dim",
         )
-    return TileData(f"cache-{series.check}", title, body, state)
+    return TileData(node_id("cache", series.check), literal(title, limit=CELL), body, state)
 
 
 def agents_tile(status: StatusSnapshot) -> TileData:
     alive = len(status.agents)
     body = Text(f"{alive} alive", style="bold")
-    names = ", ".join(a.name for a in status.agents)
+    names = ", ".join(visible(a.name, limit=CELL) for a in status.agents)
     if names:
-        body.append(f" {names}", style="dim")
+        body.append(f" {visible(names, limit=LINE)}", style="dim")
     body.append(f"\n{status.pending_requests} pending", style="dim")
     state = "ok" if alive else ("warn" if status.steps else "nodata")
-    return TileData("agents", "Agents", body, state)
+    return TileData("agents", Text("Agents"), body, state)

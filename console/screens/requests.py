@@ -17,6 +17,7 @@ from pipectl.console.screens.step import StepScreen
 from pipectl.console.widgets.table import ColumnSpec, TableRow
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, seconds
 from pipectl.model import RequestKind
+from pipectl.safetext import CELL, first_line, literal
 from pipectl.store.base import Conn
 from pipectl.store.console import RequestRow
 
@@ -74,18 +75,18 @@ def request_row(row: RequestRow, now: datetime) -> TableRow:
         kind += " +down"
     if "seconds" in request.args and isinstance(request.args["seconds"], int | float):
         kind += f" {seconds(float(request.args['seconds']))}"
-    detail = (request.detail or "").splitlines()[0] if request.detail else ""
+    detail = first_line(request.detail)
     cells = (
         str(request.id),
         kind,
-        Text(request.target, style="bold"),
+        literal(request.target, "bold", limit=CELL),
         Text(f"{STATUS_MARK.get(state, '?')} {state}", style=STATUS_STYLE.get(state, "")),
         request.requested_by,
         age(request.created_at, now),
         row.agent or "-",
         seconds(took),
-        Text(request.reason[:40], style="italic"),
-        Text(detail[:60], style="dim"),
+        literal(request.reason, "italic", limit=40),
+        literal(detail, "dim", limit=60),
     )
     sort_values = (
         request.id,

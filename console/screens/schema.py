@@ -12,6 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
 from pipectl.console.actions import SCHEMA, bindings
+from pipectl.safetext import literal
 
 
 class SchemaScreen(ModalScreen[None]):
@@ -35,10 +36,10 @@ class SchemaScreen(ModalScreen[None]):
         self.problem = problem
         self.query_one("#schema-problem", Static).update(
             Text.assemble(
-                (problem, "bold"),
+                literal(problem, "bold"),
                 "\n\n",
                 ("database: ", "dim"),
-                self.target,
+                literal(self.target),
                 "\n\nRun ",
                 ("pipectl db upgrade", "bold"),
                 " as the schema's owner, then press ",

@@ -16,10 +16,12 @@ from pipectl.console import data
 from pipectl.console.actions import STEP, bindings
 from pipectl.console.screens.detail import DetailScreen
 from pipectl.console.screens.operations import Selected, StepOperations
+from pipectl.console.widgets.facts import Fact, facts_table
 from pipectl.console.widgets.table import ColumnSpec, TableRow
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, clock_time, due, number, seconds
 from pipectl.graph import downstream
 from pipectl.model import Run
+from pipectl.safetext import BLOCK, LINE, first_line, literal
 from pipectl.store.base import Conn
 from pipectl.store.console import StepDetail
 
@@ -99,7 +101,7 @@ class StepScreen(StepOperations, DetailScreen[StepDetail | None]):
             return
         now = self.console.clock()
         panel.border_title = f"Error · run {run.id} · {age(run.finished_at, now)}"
-        panel.update(Text(run.error or "", style="red"))
+        panel.update(literal(run.error or "", "red", limit=BLOCK, multiline=True))
 
     # ------------------------------------------------------------------ actions
 
@@ -115,11 +117,6 @@ class StepScreen(StepOperations, DetailScreen[StepDetail | None]):
 
 def info_table(detail: StepDetail, now: datetime) -> Table:
     state = detail.state
-    grid = Table.grid(padding=(0, 2), expand=True)
-    grid.add_column(style="dim", no_wrap=True)
-    grid.add_column(ratio=1)
-    grid.add_column(style="dim", no_wrap=True)
-    grid.add_column(ratio=1)
     last = detail.runs[0] if detail.runs else None
     status = "paused" if state.paused else (str(last.status) if last else "never")
     status_cell = Text(f"{STATUS_MARK.get(status, '?')} {status}")
@@ -127,32 +124,32 @@ def info_table(detail: StepDetail, now: datetime) -> Table:
     upstream = ", ".join(state.depends_on) or "-"
     below = ", ".join(downstream(detail.graph, state.name)) or "-"
     stats = detail.durations
-    grid.add_row("step", Text(state.name, style="bold"), "kind", f"{state.kind}")
-    grid.add_row("state", status_cell, "relation", state.relation or "-")
-    grid.add_row(
-        "schedule", state.schedule or "on request", "next run", due(state.next_run_at, now)
-    )
-    grid.add_row(
-        "expected",
-        f"p50 {seconds(stats.p50)} · p95 {seconds(stats.p95)} (n={stats.samples})",
-        "upstream",
-        upstream,
-    )
     paused = "-"
     if state.paused:
         paused = f"by {state.paused_by} {age(state.paused_at, now)}" + (
             f": {state.paused_reason}" if state.paused_reason else ""
         )
-    grid.add_row("paused", paused, "downstream", below)
+    rows: list[tuple[str, Fact, str, Fact]] = [
+        ("step", literal(state.name, "bold", limit=LINE), "kind", state.kind),
+        ("state", status_cell, "relation", state.relation or "-"),
+        ("schedule", state.schedule or "on request", "next run", due(state.next_run_at, now)),
+        (
+            "expected",
+            f"p50 {seconds(stats.p50)} · p95 {seconds(stats.p95)} (n={stats.samples})",
+            "upstream",
+            upstream,
+        ),
+        ("paused", paused, "downstream", below),
+    ]
     if state.description:
-        grid.add_row("about", Text(state.description, style="italic"), "", "")
-    return grid
+        rows.append(("about", literal(state.description, "italic", limit=LINE), "", ""))
+    return facts_table(rows)
 
 
 def run_row(run: Run, now: datetime) -> TableRow:
     status = str(run.status)
     trigger = str(run.trigger) + (f" #{run.attempt}" if run.attempt > 1 else "")
-    error = (run.error or "").splitlines()[0] if run.error else ""
+    error = first_line(run.error)
     cells = (
         str(run.id),
         Text(f"{STATUS_MARK.get(status, '?')} {status}", style=STATUS_STYLE.get(status, "")),
@@ -161,7 +158,7 @@ def run_row(run: Run, now: datetime) -> TableRow:
         seconds(run.duration_seconds),
         number(run.rows) if run.rows is not None else "-",
         run.agent_name or "-",
-        Text(error[:60], style="dim"),
+        literal(error, "dim", limit=60),
     )
     sort_values = (
         run.id,

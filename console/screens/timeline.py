@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import ClassVar
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import BindingType
 
@@ -19,6 +18,7 @@ from pipectl.console.screens.step import StepScreen
 from pipectl.console.widgets.table import ColumnSpec, TableRow
 from pipectl.durations import format_duration
 from pipectl.format import STATUS_MARK, STATUS_STYLE, clock_time
+from pipectl.safetext import CELL, first_line, literal
 from pipectl.store.base import Conn
 from pipectl.store.console import TimelineEntry
 
@@ -86,13 +86,13 @@ def timeline_row(entry: TimelineEntry, now: datetime) -> TableRow:
     status = entry.status
     mark = KIND_MARKS.get(entry.kind) or STATUS_MARK.get(status, "•")
     style = STATUS_STYLE.get(status, "")
-    message = entry.message.splitlines()[0] if entry.message else ""
+    message = first_line(entry.message)
     cells = (
         clock_time(entry.at, now),
-        Text(f"{mark} {entry.kind}", style=style),
-        Text(entry.subject, style="bold"),
-        Text(status, style=style),
-        Text(message[:80], style="dim"),
+        literal(f"{mark} {entry.kind}", style, limit=CELL),
+        literal(entry.subject, "bold", limit=CELL),
+        literal(status, style, limit=CELL),
+        literal(message, "dim", limit=80),
         entry.actor or "-",
     )
     sort_values = (entry.at.timestamp(), entry.kind, entry.subject, status, message, entry.actor)

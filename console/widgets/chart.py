@@ -13,6 +13,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from pipectl.format import SPARK_BARS, number, percent
+from pipectl.safetext import visible
 
 GUTTER = 12  # left: the scale, or the level's name
 MARGIN = 17  # right: the latest reading, or a level's ratio and lookups ("100% of 1,234,567")
@@ -160,10 +161,10 @@ class LevelLines(Widget):
 
 
 def level_label(name: str) -> str:
-    """A level's name in the gutter: tables without their public schema, long ones cut."""
-    short = name.removeprefix("public.")
+    """A level's name in the gutter: tables without their public schema, long ones cut,
+    control characters escaped (level names are keys of a result's JSON)."""
     width = GUTTER - 1
-    return short.rjust(width) if len(short) <= width else short[: width - 1] + "…"
+    return visible(name.removeprefix("public."), limit=width).rjust(width)
 
 
 def bars(values: Sequence[float | None]) -> str:

@@ -14,6 +14,7 @@ from textual.widgets import Static
 from pipectl.console.actions import SCREENS
 from pipectl.console.messages import Connection
 from pipectl.durations import humanize_age
+from pipectl.safetext import CELL, visible
 
 if TYPE_CHECKING:
     from pipectl.console.app import PipectlApp
@@ -43,13 +44,14 @@ class LinkStatus(Static):
             "schema": "schema",
         }
         text = Text(f"{marks[link.state]} {words[link.state]}", style="bold")
+        # The user, the target and the server's words are shown literally, on this line.
         who = f"{link.user}@" if link.user else ""
-        text.append(f"  {who}{_short_target(link.target)}", style="dim")
+        text.append(visible(f"  {who}{_short_target(link.target)}", limit=CELL), style="dim")
         if link.state == "lost":
             retry = f", retrying in {humanize_age(link.retry_in)}" if link.retry_in else ""
-            text.append(f"  {link.detail}{retry}")
+            text.append(f"  {visible(link.detail)}{retry}")
         elif link.state == "schema":
-            text.append(f"  {link.detail}")
+            text.append(f"  {visible(link.detail)}")
         self.update(text)
         for state in marks:
             self.set_class(state == link.state, f"-{state}")

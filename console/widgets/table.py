@@ -15,7 +15,12 @@ from rich.text import Text
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, RowKey
 
+from pipectl.safetext import CELL, has_hidden, literal
+
 Cell = Text | str
+
+# A Text cell longer than this was not cut by the screen that built it.
+CELL_MAX = 2 * CELL
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,16 @@ class LiveTable(DataTable[Cell]):
 
 
 def _texts(row: TableRow) -> tuple[Text, ...]:
-    """Cells as Text: a plain string is shown as it is, never read as markup (an error
-    message or a user name with brackets in it must not break the table)."""
-    return tuple(cell if isinstance(cell, Text) else Text(cell) for cell in row.cells)
+    """Cells as Text, each one line of literal text: a string is never read as markup (an
+    error message or a user name with brackets in it must not break the table), control
+    characters are shown as escapes and long text is cut, whoever built the cell."""
+    return tuple(cell_text(cell) for cell in row.cells)
+
+
+def cell_text(cell: Cell) -> Text:
+    if isinstance(cell, str):
+        return literal(cell, limit=CELL)
+    if len(cell) > CELL_MAX or has_hidden(cell.plain):
+        # Built from someone's text without `literal`: rebuilt in the cell's base style.
+        return literal(cell.plain, cell.style, limit=CELL_MAX)
+    return cell

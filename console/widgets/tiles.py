@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,11 +13,26 @@ from textual.widgets import Static
 
 STATES = ("ok", "warn", "fail", "error", "nodata")
 
+_ID_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def node_id(prefix: str, name: str) -> str:
+    """A widget id for something named in the database: `prefix-name` when the name is made
+    of the characters ids allow, else a readable stem and a digest (a check named `a.b`, or
+    anything else a row may hold, must neither crash the mount nor clash with another)."""
+    if _ID_SAFE.fullmatch(name):
+        return f"{prefix}-{name}"
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", name[:40])
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{prefix}-{stem}-{digest}"
+
 
 @dataclass(frozen=True)
 class TileData:
+    """A tile's title and body are Text: a title that names a check is never read as markup."""
+
     key: str
-    title: str
+    title: Text
     body: Text
     state: str = "nodata"
 

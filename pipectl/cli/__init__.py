@@ -20,6 +20,7 @@ from pipectl.db import DatabaseUnavailable
 from pipectl.embedded import EmbeddedError
 from pipectl.migrate import MigrationError
 from pipectl.resilience import describe_error
+from pipectl.safetext import BLOCK, visible
 
 from . import agent_cmd, check_cmd, config_cmd, db_cmd, demo_cmd, demo_fault_cmd, ops_cmd
 
@@ -77,17 +78,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_handler(args)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            _error(str(problem))
         return EXIT_FAIL
-    except (DatabaseUnavailable, EmbeddedError) as exc:
-        print(f"pipectl: {exc}", file=sys.stderr)
+    except EmbeddedError as exc:
+        # The message ends with the server's log, lines and all.
+        _error(f"pipectl: {exc}", multiline=True)
+        return EXIT_UNKNOWN
+    except DatabaseUnavailable as exc:
+        _error(f"pipectl: {exc}")
         return EXIT_UNKNOWN
     except (MigrationError, CliError) as exc:
-        print(f"pipectl: {exc}", file=sys.stderr)
+        _error(f"pipectl: {exc}")
         return getattr(exc, "exit_code", EXIT_FAIL)
     except asyncpg.PostgresError as exc:
         # Never str(exc): asyncpg appends the DETAIL, which quotes the rows involved.
-        print(f"pipectl: database error: {describe_error(exc)}", file=sys.stderr)
+        _error(f"pipectl: database error: {describe_error(exc)}")
         return EXIT_FAIL
     except KeyboardInterrupt:
         print("pipectl: interrupted", file=sys.stderr)
@@ -96,6 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `pipectl history | head`: the reader left; nothing more to say.
         sys.stderr.close()
         return EXIT_OK
+
+
+def _error(message: str, *, multiline: bool = False) -> None:
+    """An expected failure on stderr. Messages quote names, values and server messages that
+    others wrote: one line each (a newline in them is shown, never a new line), escapes
+    instead of control characters."""
+    print(visible(message, limit=BLOCK, multiline=multiline), file=sys.stderr)
 
 
 if __name__ == "__main__":

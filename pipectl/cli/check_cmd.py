@@ -23,6 +23,7 @@ from pipectl.cli.common import EXIT_OK, CliError, console, load, print_json
 from pipectl.config import Config
 from pipectl.db import connection, create_pool
 from pipectl.model import CheckResult, CheckStatus
+from pipectl.safetext import CELL, literal, visible
 from pipectl.store.base import Conn
 
 _STYLES = {
@@ -176,12 +177,12 @@ def _print_tables(
             else ""
         )
         table.add_row(
-            result.check,
+            visible(result.check, limit=CELL),
             config.check(result.check).kind,
             Text(str(result.status), style=_STYLES[result.status]),
             _number(result.value),
             expected,
-            result.message,
+            literal(result.message),
         )
     out.print(table)
     if not scores:
@@ -198,7 +199,7 @@ def _print_tables(
     for name in scorecard.DIMENSIONS:
         card.add_column(name, justify="right")
     for row in scores:
-        cells: list[Text | str] = [row.table]
+        cells: list[Text | str] = [visible(row.table, limit=CELL)]
         for name in scorecard.DIMENSIONS:
             ratio = row.ratio(name)
             if ratio is None:

@@ -13,9 +13,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from rich.console import Console
-
 from pipectl.config import LoadedConfig, load_config
+from pipectl.safetext import LiteralConsole
 
 EXIT_OK = 0
 EXIT_WARN = 1
@@ -69,15 +68,16 @@ def load(args: argparse.Namespace, *, require_file: bool = False) -> LoadedConfi
     return load_config(getattr(args, "config", None), require_file=require_file)
 
 
-def console(stderr: bool = False) -> Console:
+def console(stderr: bool = False) -> LiteralConsole:
     """Rich console: colour only on a terminal, and never with NO_COLOR set. Piped output
-    gets wide lines instead of the 80 columns rich assumes, so names are not cut."""
+    gets wide lines instead of the 80 columns rich assumes, so names are not cut. Strings are
+    printed as they are, never as markup, with control characters escaped (database text is
+    data); styles come from `Text` and `Table` arguments only."""
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else max(160, int(os.environ.get("COLUMNS", "0") or 0))
-    return Console(
+    return LiteralConsole(
         stderr=stderr,
         no_color="NO_COLOR" in os.environ,
-        highlight=False,
         soft_wrap=False,
         width=width,
     )

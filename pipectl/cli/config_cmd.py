@@ -9,6 +9,7 @@ from rich.table import Table
 
 from pipectl.cli.common import EXIT_OK, console, load
 from pipectl.config import effective_items
+from pipectl.safetext import visible
 from pipectl.webconfig import load_web_config
 
 
@@ -31,7 +32,8 @@ def check_config(args: argparse.Namespace) -> int:
     if config.agent.metrics_web_config:
         # its problems are ConfigErrors too
         load_web_config(loaded.resolve(config.agent.metrics_web_config))
-    console().print(f"{loaded.file}: ok ({len(config.steps)} steps, {len(config.checks)} checks)")
+    counts = f"{len(config.steps)} steps, {len(config.checks)} checks"
+    console().print(f"{visible(str(loaded.file), limit=None)}: ok ({counts})")
     return EXIT_OK
 
 
@@ -39,12 +41,13 @@ def show_config(args: argparse.Namespace) -> int:
     loaded = load(args)
     out = console()
     source = str(loaded.file) if loaded.file else "no file (built-in defaults)"
-    out.print(f"config file: {source}")
+    out.print(f"config file: {visible(source, limit=None)}")
     table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
     table.add_column("key")
     table.add_column("value", overflow="fold")
     table.add_column("from", style="dim")
+    # The whole effective config, as written: nothing is cut, control characters escaped.
     for key, value, origin in effective_items(loaded):
-        table.add_row(key, value, origin)
+        table.add_row(*(visible(text, limit=None) for text in (key, value, origin)))
     out.print(table)
     return EXIT_OK

@@ -11,6 +11,7 @@ from rich.table import Table
 from pipectl import apes_sql, migrate
 from pipectl.cli.common import EXIT_FAIL, EXIT_OK, CliError, console, load
 from pipectl.db import connection
+from pipectl.safetext import BLOCK, CELL, visible
 
 
 def register(subparsers: Any) -> None:
@@ -48,7 +49,7 @@ async def upgrade_schema(args: argparse.Namespace) -> int:
     for role in report.roles_created:
         out.print(f"created role {role}")
     for warning in report.warnings:
-        console(stderr=True).print(f"warning: {warning}")
+        console(stderr=True).print(f"warning: {visible(warning, limit=BLOCK, multiline=True)}")
     return EXIT_OK
 
 
@@ -64,10 +65,10 @@ async def schema_status(args: argparse.Namespace) -> int:
         mark = "applied" + (" (file changed)" if applied.version in state.changed else "")
         table.add_row(
             f"{applied.version:04d}",
-            applied.name,
+            visible(applied.name, limit=CELL),
             mark,
             applied.applied_at.isoformat(timespec="seconds"),
-            applied.applied_by,
+            visible(applied.applied_by, limit=CELL),
         )
     for pending in state.pending:
         table.add_row(f"{pending.version:04d}", pending.name, "pending", "", "")

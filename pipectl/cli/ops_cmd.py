@@ -36,6 +36,7 @@ from pipectl.durations import DurationError, parse_duration
 from pipectl.format import STATUS_STYLE, age, band, due, number, seconds, status_text
 from pipectl.migrate import ensure_current
 from pipectl.model import Outcome, Request, RequestKind, Run
+from pipectl.safetext import CELL, literal, visible
 from pipectl.store.base import Conn
 
 
@@ -168,13 +169,13 @@ def render_status(snapshot: store.StatusSnapshot) -> None:
         elif last and last.error:
             note = last.error
         steps.add_row(
-            step.name,
+            visible(step.name, limit=CELL),
             Text(status_text(step.state), style=STATUS_STYLE.get(step.state, "")),
             age(last.finished_at or last.started_at or last.queued_at, now) if last else "-",
             seconds(last.duration_seconds) if last else "-",
             number(last.rows) if last and last.rows is not None else "-",
             due(step.next_run_at, now),
-            Text(note[:80], style="dim"),
+            literal(note, "dim", limit=CELL),
         )
     out.print(steps if snapshot.steps else "No steps published yet (is an agent configured?)")
     checks = Table(title="Checks", title_justify="left", header_style="bold", box=None)
@@ -185,16 +186,17 @@ def render_status(snapshot: store.StatusSnapshot) -> None:
         if check.silenced(now):
             state += " (silenced)"
         checks.add_row(
-            check.name,
+            visible(check.name, limit=CELL),
             Text(state, style=STATUS_STYLE.get(str(check.status), "")),
             number(check.value),
             band(check.expected_low, check.expected_high),
             age(check.status_since, now),
-            Text(check.message[:80], style="dim"),
+            literal(check.message, "dim", limit=CELL),
         )
     if snapshot.checks:
         out.print(checks)
-    agents = ", ".join(f"{a.name} ({age(a.last_seen, now)})" for a in snapshot.agents) or "none"
+    alive = [f"{visible(a.name, limit=CELL)} ({age(a.last_seen, now)})" for a in snapshot.agents]
+    agents = ", ".join(alive) or "none"
     out.print(
         f"agents alive: {agents}    pending requests: {snapshot.pending_requests}    "
         f"overall: {status_text(str(snapshot.worst))}"
@@ -295,27 +297,27 @@ async def show_history(args: argparse.Namespace) -> int:
     for run in runs:
         table.add_row(
             str(run.id),
-            run.step,
+            visible(run.step, limit=CELL),
             Text(status_text(str(run.status)), style=STATUS_STYLE.get(str(run.status), "")),
             str(run.trigger) + (f" #{run.attempt}" if run.attempt > 1 else ""),
             age(run.started_at, now),
             seconds(run.duration_seconds),
             number(run.rows) if run.rows is not None else "-",
-            run.agent_name or "-",
-            Text((run.error or "")[:70], style="dim"),
+            visible(run.agent_name or "-", limit=CELL),
+            literal(run.error or "", "dim", limit=CELL),
         )
     console().print(table if runs else "no runs yet")
     return EXIT_OK
 
 
 async def _unknown_step(conn: Conn, step: str) -> str:
-    known = [s.name for s in await store.step_states(conn)]
+    known = [visible(s.name, limit=CELL) for s in await store.step_states(conn)]
     listing = ", ".join(known) if known else "none published yet (start an agent)"
     return f"unknown step {step!r}; steps: {listing}"
 
 
 async def _unknown_check(conn: Conn, check: str) -> str:
-    known = [c.name for c in await store.check_states(conn)]
+    known = [visible(c.name, limit=CELL) for c in await store.check_states(conn)]
     listing = ", ".join(known) if known else "none published yet (start an agent)"
     return f"unknown check {check!r}; checks: {listing}"
 
@@ -374,8 +376,8 @@ def _report_filed(args: argparse.Namespace, request: Request) -> int:
         print_json(request_json(request))
     else:
         console().print(
-            f"request {request.id} filed: {request.kind} {request.target} "
-            f"(as {request.requested_by}); the agent picks it up at once"
+            f"request {request.id} filed: {request.kind} {visible(request.target)} "
+            f"(as {visible(request.requested_by)}); the agent picks it up at once"
         )
     return EXIT_OK
 
@@ -398,7 +400,7 @@ def _report_outcome(args: argparse.Namespace, filed: Request, finished: Request 
         took = (finished.done_at - finished.created_at).total_seconds()
         console().print(
             Text(f"request {finished.id} {finished.outcome} in {seconds(took)}: ", style=style)
-            + Text(finished.detail or "")
+            + literal(finished.detail or "")
         )
     return EXIT_OK if finished.outcome == Outcome.SUCCEEDED else EXIT_FAIL
 

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from pipectl import store
-from pipectl.agent.main import MetricsServer
+from pipectl.agent.http import MetricsServer
 from pipectl.agent.tracing import build_provider, instrument_sql
 from pipectl.model import RequestKind
 from tests.agent.conftest import running_agent, steps_toml

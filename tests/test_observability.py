@@ -86,6 +86,7 @@ def test_metric_names_follow_prometheus_conventions(scraped: str) -> None:
         "table",
         "dimension",
         "le",
+        "reason",  # pipectl_metrics_http_refused_total: a fixed set (HTTP_REFUSAL_REASONS)
     }
     for name, kind in families:
         assert name.startswith("pipectl_"), name
@@ -176,6 +177,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
         "PrivateTmp=yes",
+        "LimitNOFILE=",
     ):
         assert required in unit
 

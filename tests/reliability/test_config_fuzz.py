@@ -419,3 +419,109 @@ def _walk_values(model: BaseModel) -> Any:
                 yield item
             elif isinstance(item, float):
                 assert math.isfinite(item), (name, item)
+
+
+# ------------------------------------------------------------------ the CLI's numbers
+#
+# Every number and duration option of the verbs: argparse refuses what is outside the
+# documented domain before anything connects, naming the option (exit 2, no traceback).
+
+
+@dataclass(frozen=True)
+class CliOption:
+    argv: tuple[str, ...]  # the verb (and what it needs) before the option
+    option: str
+    kind: str  # "int", "float" or "duration"
+    low: float  # more than this (floats, durations) or at least this (ints)
+    high: float  # at most this (durations in seconds)
+
+
+DAY = 86_400.0
+CLI_OPTIONS = [
+    CliOption(("history",), "--limit", "int", 1, 10_000),
+    *(CliOption((verb, "x"), "--timeout", "float", 0, DAY)
+      for verb in ("rerun", "pause", "resume", "unsilence")),
+    CliOption(("silence", "x", "--for", "1h"), "--timeout", "float", 0, DAY),
+    CliOption(("silence", "x"), "--for", "duration", 0, 30 * DAY),
+    CliOption(("demo",), "--duration", "float", 0, 30 * DAY),
+    CliOption(("demo",), "--backfill-days", "int", 1, 365),
+    CliOption(("demo",), "--seed", "int", 0, 2**63 - 1),
+    CliOption(("fault", "inject", "spike"), "--for", "duration", 0, 36_500 * DAY),
+    CliOption(("fault", "inject", "spike"), "--factor", "float", -math.inf, math.inf),
+]  # fmt: skip
+HOSTILE_CLI = [
+    "nan", "NaN", "inf", "-inf", "1e999", "-1", "0", "-0", "99999999999999999999999",
+    "9" * 5000, "1000000000d", "99999999999999999999999s", "-5m", "nan s", "", " ", "x",
+]  # fmt: skip
+
+
+def _within(option: CliOption, value: Any) -> bool:
+    if option.kind == "duration":
+        seconds = value.total_seconds()
+        return option.low < seconds <= option.high
+    if not math.isfinite(value):
+        return False
+    if option.kind == "int":
+        return isinstance(value, int) and option.low <= value <= option.high
+    return option.low < value <= option.high or option.low == -math.inf
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    return code, err.getvalue()
+
+
+def test_hostile_numbers_on_the_command_line_are_refused_naming_the_option() -> None:
+    """Each hostile value either is refused by argparse (exit 2, `argument --opt: ...`) or,
+    for the few that are valid somewhere ("0" for a seed), parses within the domain."""
+    failures = []
+    for option in CLI_OPTIONS:
+        for value in HOSTILE_CLI:
+            argv = [*option.argv, f"{option.option}={value}"]
+            parsed = _parse(argv)
+            if parsed is not None:
+                if not _within(option, parsed):
+                    failures.append(f"{argv}: accepted {parsed!r}")
+                continue
+            code, stderr = _cli(["--config", "/nonexistent.toml", *argv])
+            if code != 2 or f"argument {option.option}:" not in stderr or "Traceback" in stderr:
+                failures.append(f"{argv}: exit {code}, {stderr.strip()[-200:]!r}")
+    assert not failures, "\n".join(failures)
+
+
+def _parse(argv: list[str]) -> Any:
+    """The option's value when argparse accepts it; None when it refuses (exit 2)."""
+    from pipectl.cli import build_parser
+
+    code: Any = None
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:
+            code = exc.code
+    if code is not None:
+        assert code == 2, argv
+        return None
+    option = argv[-1].split("=", 1)[0].lstrip("-").replace("-", "_")
+    if option == "for":
+        option = "span" if argv[0] == "silence" else "duration"
+    return getattr(args, option)
+
+
+cli_values = st.one_of(
+    st.text(max_size=40),
+    numbers.map(str),
+    durations,
+    st.integers().map(lambda n: f"{n}e{n % 400}"),
+)
+
+
+@FUZZ
+@given(st.sampled_from(CLI_OPTIONS), cli_values)
+def test_random_values_on_the_command_line_parse_within_bounds_or_are_refused(
+    option: CliOption, value: str
+) -> None:
+    parsed = _parse([*option.argv, f"{option.option}={value}"])
+    assert parsed is None or _within(option, parsed), (option.option, value, parsed)

@@ -444,8 +444,13 @@ class _Client(asyncio.Protocol):
 
 
 def _quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """Whatever a client does to a connection is not worth a traceback in the agent's log."""
-    log.debug("metrics server: %s", context.get("message"), exc_info=context.get("exception"))
+    """What a client does to a connection (resets, TLS garbage) is not worth a traceback in
+    the agent's log; anything else is a bug of ours and is logged as one."""
+    exc = context.get("exception")
+    if exc is None or isinstance(exc, OSError):
+        log.debug("metrics server: %s (%s)", context.get("message"), exc)
+    else:
+        log.error("metrics server: %s", context.get("message"), exc_info=exc)
 
 
 def _plain(status: str, headers: list[tuple[str, str]] | None = None) -> _Response:

@@ -37,14 +37,17 @@ MIN_INTERVAL_SECONDS = 1.0
 
 class Changes:
     """A generation number bumped on every metrics update, and an event the pre-rendering
-    thread waits on. Bumped from the event loop's thread only."""
+    thread waits on. Bumped from the event loop's thread and from the metrics server's
+    (its own refusals), hence the lock: `+=` is not atomic across threads."""
 
     def __init__(self) -> None:
         self.generation = 0
         self.event = threading.Event()
+        self._lock = threading.Lock()
 
     def bump(self) -> None:
-        self.generation += 1
+        with self._lock:
+            self.generation += 1
         self.event.set()
 
 

@@ -31,6 +31,9 @@ from pipectl.model import CheckResult, CheckStatus, RunStatus
 log = logging.getLogger(__name__)
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
+# Why the /metrics server (agent/http.py) turned a client away.
+HTTP_REFUSAL_REASONS = ("connection_limit", "head_deadline", "auth_throttled")
+
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
@@ -175,6 +178,15 @@ class AgentMetrics:
             "Step runs executing on this agent.",
             registry=r,
         )
+        self.http_refused = Counter(
+            "pipectl_metrics_http_refused_total",
+            "Connections and requests the /metrics server turned away, by reason: "
+            "connection_limit, head_deadline, auth_throttled.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in HTTP_REFUSAL_REASONS:
+            self.http_refused.labels(reason)
 
     def declare(self, steps: Mapping[str, float | None], checks: Iterable[tuple[str, str]]) -> None:
         """Create series for configured names so dashboards show zeros, not gaps.
@@ -254,6 +266,11 @@ class AgentMetrics:
                 if deltas:  # counts since the previous reading: true counter increments
                     self.cache_hits.labels(check, source, str(level)).inc(max(0, hits))
                     self.cache_lookups.labels(check, source, str(level)).inc(max(0, lookups))
+
+    def http_refusal(self, reason: str) -> None:
+        """Called from the metrics server's thread (Counter and Changes are thread-safe)."""
+        self.http_refused.labels(reason).inc()
+        self.changes.bump()
 
     def step_paused_is(self, step: str, paused: bool) -> None:
         self._changed_if(self._gauge(self.step_paused, 1 if paused else 0, step))

@@ -4,7 +4,7 @@
 
 A child process plays the agent's metrics side: agent.metrics.AgentMetrics with 50 steps (each
 with runs of every outcome and a duration histogram) and 200 checks of every kind (cache checks
-with per-level counters), served by agent.main.MetricsServer as in the agent (the body stored
+with per-level counters), served by agent.http.MetricsServer as in the agent (the body stored
 and rendered again after changes: agent/exposition.py). The benchmark process scrapes it like
 Prometheus (a new TCP connection per scrape, whole body read), interleaved with scrapes of an
 empty registry served the same way (the floor of the HTTP stack). Three modes: the child's
@@ -88,7 +88,7 @@ def _serve(
     """Child: the populated registry and an empty one, each on MetricsServer."""
     from prometheus_client import CollectorRegistry
 
-    from pipectl.agent.main import MetricsServer
+    from pipectl.agent.http import MetricsServer
 
     metrics: Any = populated()
     full = MetricsServer("127.0.0.1:0")

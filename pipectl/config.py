@@ -8,6 +8,7 @@ checked here on the raw document too, so `pipectl config check` reports every pr
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -31,7 +32,13 @@ from pydantic import (
     model_validator,
 )
 
-from pipectl.durations import DurationError, format_duration, parse_duration
+from pipectl.durations import (
+    POSTGRES_TIMEOUT_MAX,
+    DurationError,
+    bounded,
+    format_duration,
+    parse_duration,
+)
 from pipectl.identifiers import IdentifierError, Relation, check_name, parse_column
 from pipectl.tomlpos import Path as KeyPath
 from pipectl.tomlpos import line_of, locate_keys
@@ -57,6 +64,10 @@ def default_search_paths() -> list[Path]:
 def _duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected a duration such as '30s' or '5m', got {value}")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        raise ValueError(f"durations are never negative, got {value}")
     if isinstance(value, (bool, int | float)):
         raise ValueError(f"durations need a unit: write '{value}s' or '{value}m', not {value}")
     try:
@@ -69,6 +80,18 @@ def _positive(value: timedelta) -> timedelta:
     if value.total_seconds() <= 0:
         raise ValueError("must be longer than zero")
     return value
+
+
+def _at_most(limit: timedelta, why: str) -> AfterValidator:
+    """A per-option bound on top of durations.MAX_DURATION; `why` ends the message."""
+
+    def check(value: timedelta) -> timedelta:
+        try:
+            return bounded(value, maximum=limit)
+        except DurationError as exc:
+            raise ValueError(f"{exc} ({why})") from None
+
+    return AfterValidator(check)
 
 
 def _relation(value: Any) -> Relation:
@@ -206,6 +229,12 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str),
 ]
 PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+# Sent to PostgreSQL as statement_timeout / lock_timeout, int milliseconds there.
+PostgresTimeout = Annotated[
+    PositiveDuration, _at_most(POSTGRES_TIMEOUT_MAX, "PostgreSQL's limit for timeouts")
+]
+# Waits where more than an hour helps nobody: a connection, a heartbeat, a clean stop.
+WaitDuration = Annotated[PositiveDuration, _at_most(timedelta(hours=1), "longer helps nobody")]
 RelationName = Annotated[
     Relation, BeforeValidator(_relation), PlainSerializer(str, return_type=str)
 ]
@@ -222,7 +251,7 @@ Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 class Strict(BaseModel):
     """Every config table refuses keys it does not know and values of the wrong type."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,18 +260,18 @@ class Strict(BaseModel):
 
 class DatabaseConfig(Strict):
     dsn: DatabaseUrl | None = None
-    connect_timeout: PositiveDuration = timedelta(seconds=10)
+    connect_timeout: WaitDuration = timedelta(seconds=10)
     application_name: str = "pipectl"
 
 
 class RedisConfig(Strict):
     url: RedisUrl | None = None
-    timeout: PositiveDuration = timedelta(seconds=2)
+    timeout: WaitDuration = timedelta(seconds=2)
 
 
 class AgentConfig(Strict):
     name: str | None = None
-    heartbeat: PositiveDuration = timedelta(seconds=5)
+    heartbeat: WaitDuration = timedelta(seconds=5)
     lost_after: int = Field(default=3, ge=2, le=100)
     metrics_address: Address | None = "127.0.0.1:9187"
     metrics_web_config: str | None = None
@@ -252,7 +281,7 @@ class AgentConfig(Strict):
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     environment: str = "production"
-    shutdown_timeout: PositiveDuration = timedelta(seconds=10)
+    shutdown_timeout: WaitDuration = timedelta(seconds=10)
 
 
 class RetentionConfig(Strict):
@@ -264,8 +293,8 @@ class RetentionConfig(Strict):
 
 
 class StepDefaults(Strict):
-    statement_timeout: PositiveDuration = timedelta(minutes=5)
-    lock_timeout: PositiveDuration = timedelta(seconds=10)
+    statement_timeout: PostgresTimeout = timedelta(minutes=5)
+    lock_timeout: PostgresTimeout = timedelta(seconds=10)
     retries: int = Field(default=3, ge=0, le=20)
     retry_backoff: PositiveDuration = timedelta(seconds=2)
     retry_backoff_max: PositiveDuration = timedelta(minutes=1)
@@ -275,7 +304,7 @@ class StepDefaults(Strict):
 
 class CheckDefaults(Strict):
     every: PositiveDuration = timedelta(minutes=1)
-    timeout: PositiveDuration = timedelta(seconds=10)
+    timeout: PostgresTimeout = timedelta(seconds=10)
     hysteresis: int = Field(default=2, ge=1, le=20)
 
 
@@ -293,8 +322,8 @@ class StepConfig(Strict):
     jitter: Duration | None = None
     misfire_grace: PositiveDuration | None = None
     depends_on: list[Name] = Field(default_factory=list)
-    statement_timeout: PositiveDuration | None = None
-    lock_timeout: PositiveDuration | None = None
+    statement_timeout: PostgresTimeout | None = None
+    lock_timeout: PostgresTimeout | None = None
     retries: int | None = Field(default=None, ge=0, le=20)
     enabled: bool = True
 
@@ -366,7 +395,7 @@ class CheckBase(Strict):
     name: Name
     description: str = ""
     every: PositiveDuration | None = None
-    timeout: PositiveDuration | None = None
+    timeout: PostgresTimeout | None = None
     hysteresis: int | None = Field(default=None, ge=1, le=20)
     enabled: bool = True
 
@@ -743,11 +772,14 @@ def _finish(
     label = filename or "<defaults>"
     origins: dict[str, str] = {}
     overrides = _env_overrides(raw, env, origins)
-    problems: list[Problem] = []
+    problems = list(_out_of_range_integers(overrides, label, lines))
+    refused = {p.path for p in problems}
     try:
         config = Config.model_validate(overrides)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, overrides, label, lines))
+        problems.extend(
+            p for p in _pydantic_problems(exc, overrides, label, lines) if p.path not in refused
+        )
         config = None
     problems.extend(_semantic_problems(overrides, label, lines))
     # A value taken from the environment is located there, not on a line of the file.
@@ -814,6 +846,32 @@ def _dotted(path: KeyPath, raw: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
+# TOML integers are 64-bit (the spec says to refuse what does not fit); tomllib reads any size.
+_INT64 = range(-(2**63), 2**63)
+
+
+def _out_of_range_integers(
+    raw: dict[str, Any], label: str, lines: dict[KeyPath, int]
+) -> Iterable[Problem]:
+    """Integers beyond 64 bits anywhere in the document (walked without recursion: the
+    nesting is as deep as tomllib allowed)."""
+    stack: list[tuple[KeyPath, Any]] = [((), raw)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(((*path, str(k)), v) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend(((*path, i), v) for i, v in enumerate(node))
+        elif isinstance(node, int) and not isinstance(node, bool) and node not in _INT64:
+            yield Problem(
+                label,
+                line_of(lines, path),
+                _dotted(path, raw),
+                "number too large: TOML integers are 64-bit"
+                " (-9223372036854775808 to 9223372036854775807)",
+            )
+
+
 def _pydantic_problems(
     exc: ValidationError, raw: dict[str, Any], label: str, lines: dict[KeyPath, int]
 ) -> Iterable[Problem]:
@@ -843,6 +901,8 @@ def _explain(error: Mapping[str, Any], raw: dict[str, Any], loc: KeyPath) -> str
         return f"unknown key {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
     if kind == "missing":
         return "required key is missing"
+    if kind == "finite_number":
+        return f"expected a finite number, got {error['input']}"
     if kind == "union_tag_invalid":
         got = error.get("ctx", {}).get("tag")
         return f"unknown check kind {got!r}; expected one of {', '.join(CHECK_KINDS)}"

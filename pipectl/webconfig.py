@@ -13,7 +13,7 @@ know and what their Prometheus scrape configs already match:
 
 TLS is the context prometheus-client's start_http_server builds for certfile/keyfile (plus
 the verify mode and TLS versions of the file); basic auth, which prometheus-client lacks, is
-a small WSGI wrapper around its WSGI app, checking bcrypt hashes.
+checked here against bcrypt hashes (BasicAuth) and applied by the agent's server.
 Problems are ConfigErrors naming the file, the line and the key.
 """
 
@@ -26,7 +26,8 @@ import hmac
 import os
 import ssl
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,64 +225,99 @@ def _rounds(hashed: bytes) -> int:
     return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else 10
 
 
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+# The challenge of a 401: Prometheus and browsers answer it with basic credentials.
+CHALLENGE = 'Basic realm="pipectl metrics", charset="UTF-8"'
+# bcrypt reads at most 72 bytes (bcrypt 5 raises beyond): no configured hash matches more.
+_BCRYPT_MAX_PASSWORD = 72
+# Answers remembered, by keyed digest; past these sizes the memory starts over.
+_MAX_VERIFIED = 1_000
+_MAX_REFUSED = 10_000
+
+
+@dataclass(frozen=True)
+class Verification:
+    """One bcrypt check: its answer and the CPU time it took (for the caller's budget)."""
+
+    allowed: bool
+    cpu_seconds: float
 
 
 class BasicAuth:
-    """WSGI wrapper: 401 unless the request carries a user and password matching a bcrypt
-    hash. Verified passwords are remembered (by keyed digest) so that a scrape every few
-    seconds does not pay for bcrypt each time; unknown users cost a bcrypt check too, so
-    response times do not tell which names exist."""
+    """`Authorization: Basic ...` headers checked against bcrypt hashes, in two steps:
 
-    def __init__(self, app: WsgiApp, users: dict[str, bytes]) -> None:
+    `known(header)` answers at once what needs no bcrypt: malformed headers, passwords bcrypt
+    cannot hold, and every user+password already checked (remembered by an HMAC with a key
+    of this process, never the password itself), so a scrape every few seconds and a
+    client repeating one wrong password cost a digest, not a bcrypt check.
+    `verify(header)` is the bcrypt check for the rest: slow on purpose (tens of ms), so the
+    caller runs it off its event loop and decides how many it affords (agent/http.py).
+    Unknown users cost a check against a dummy hash of the same cost, so response times do
+    not tell which names exist."""
+
+    def __init__(self, users: dict[str, bytes]) -> None:
         import bcrypt
 
-        self.app = app
         self.users = users
         self._bcrypt = bcrypt
-        # The dummy costs what the configured hashes cost, or timing would tell names apart.
         rounds = max((_rounds(h) for h in users.values()), default=10)
         self._dummy = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=rounds))
         self._key = os.urandom(32)
         self._verified: set[bytes] = set()
+        self._refused: set[bytes] = set()
         self._lock = threading.Lock()
+        self.bcrypt_calls = 0  # checks made, their CPU time and the longest (tests, figures)
+        self.bcrypt_cpu_seconds = 0.0
+        self.bcrypt_cpu_max = 0.0
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if self._allowed(environ.get("HTTP_AUTHORIZATION", "")):
-            return self.app(environ, start_response)
-        start_response(
-            "401 Unauthorized",
-            [
-                ("WWW-Authenticate", 'Basic realm="pipectl metrics", charset="UTF-8"'),
-                ("Content-Type", "text/plain; charset=utf-8"),
-            ],
-        )
-        return [b"401 Unauthorized\n"]
-
-    def _allowed(self, header: str) -> bool:
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
+    def known(self, header: str) -> bool | None:
+        """True or False when the answer needs no bcrypt; None when `verify` must tell."""
+        credentials = self._credentials(header)
+        if credentials is None:
             return False
-        try:
-            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        user, sep, password = decoded.partition(":")
-        if not sep:
-            return False
-        digest = hmac.new(self._key, decoded.encode(), hashlib.sha256).digest()
+        digest = self._digest(credentials)
         with self._lock:
             if digest in self._verified:
                 return True
+            if digest in self._refused:
+                return False
+        return None
+
+    def verify(self, header: str) -> Verification:
+        """One bcrypt check (blocking; releases the GIL while it hashes); remembered."""
+        credentials = self._credentials(header)
+        if credentials is None:
+            return Verification(False, 0.0)
+        user, _, password = credentials.partition(":")
         hashed = self.users.get(user)
+        started = time.thread_time()
+        matches = self._bcrypt.checkpw(password.encode(), hashed or self._dummy)
+        spent = time.thread_time() - started
+        allowed = matches and hashed is not None
+        digest = self._digest(credentials)
+        with self._lock:
+            self.bcrypt_calls += 1
+            self.bcrypt_cpu_seconds += spent
+            self.bcrypt_cpu_max = max(self.bcrypt_cpu_max, spent)
+            memory = self._verified if allowed else self._refused
+            if len(memory) >= (_MAX_VERIFIED if allowed else _MAX_REFUSED):
+                memory.clear()
+            memory.add(digest)
+        return Verification(allowed, spent)
+
+    @staticmethod
+    def _credentials(header: str) -> str | None:
+        """`user:password` from a Basic header; None when malformed or beyond bcrypt."""
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return None
         try:
-            matches = self._bcrypt.checkpw(password.encode(), hashed or self._dummy)
-        except ValueError:  # bcrypt 5 refuses passwords over 72 bytes: no hash matches them
-            return False
-        ok = matches and hashed is not None
-        if ok:
-            with self._lock:
-                if len(self._verified) > 1000:
-                    self._verified.clear()
-                self._verified.add(digest)
-        return ok
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        _, sep, password = decoded.partition(":")
+        if not sep or len(password.encode()) > _BCRYPT_MAX_PASSWORD:
+            return None
+        return decoded
+
+    def _digest(self, credentials: str) -> bytes:
+        return hmac.new(self._key, credentials.encode(), hashlib.sha256).digest()

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from pipectl import store
-from pipectl.agent.main import MetricsServer
+from pipectl.agent.http import MetricsServer
 from pipectl.agent.tracing import build_provider, instrument_sql
 from pipectl.model import RequestKind
 from tests.agent.conftest import running_agent, steps_toml
@@ -86,6 +86,7 @@ def test_metric_names_follow_prometheus_conventions(scraped: str) -> None:
         "table",
         "dimension",
         "le",
+        "reason",  # pipectl_metrics_http_refused_total: a fixed set (HTTP_REFUSAL_REASONS)
     }
     for name, kind in families:
         assert name.startswith("pipectl_"), name
@@ -176,6 +177,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
         "PrivateTmp=yes",
+        "LimitNOFILE=",
     ):
         assert required in unit
 

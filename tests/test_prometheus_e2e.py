@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pipectl.agent.main import MetricsServer
+from pipectl.agent.http import MetricsServer
 from pipectl.simulator import ApesSimulator
 from tests.agent.conftest import running_agent
 from tests.helpers import wait_for

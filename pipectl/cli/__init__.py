@@ -14,7 +14,15 @@ from collections.abc import Sequence
 import asyncpg
 
 from pipectl import __version__
-from pipectl.cli.common import EXIT_FAIL, EXIT_OK, EXIT_UNKNOWN, CliError, run_handler
+from pipectl.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_UNKNOWN,
+    CliError,
+    connection_lost,
+    lost_reason,
+    run_handler,
+)
 from pipectl.config import ConfigError
 from pipectl.db import DatabaseUnavailable
 from pipectl.embedded import EmbeddedError
@@ -69,7 +77,10 @@ def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a bad argument (argparse said which)
+        return exc.code if isinstance(exc.code, int) else EXIT_FAIL
     if args.verb is None:
         from . import console_cmd
 
@@ -91,16 +102,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"pipectl: {exc}")
         return getattr(exc, "exit_code", EXIT_FAIL)
     except asyncpg.PostgresError as exc:
+        if connection_lost(exc):
+            return _lost(exc)
         # Never str(exc): asyncpg appends the DETAIL, which quotes the rows involved.
         _error(f"pipectl: database error: {describe_error(exc)}")
         return EXIT_FAIL
-    except KeyboardInterrupt:
-        print("pipectl: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         # `pipectl history | head`: the reader left; nothing more to say.
         sys.stderr.close()
         return EXIT_OK
+    except (asyncpg.InterfaceError, ConnectionError) as exc:
+        if not connection_lost(exc):
+            raise
+        return _lost(exc)
+    except KeyboardInterrupt:
+        print("pipectl: interrupted", file=sys.stderr)
+        return 130
+
+
+def _lost(exc: BaseException) -> int:
+    print(f"pipectl: lost the connection to the database: {lost_reason(exc)}", file=sys.stderr)
+    return EXIT_UNKNOWN
 
 
 def _error(message: str, *, multiline: bool = False) -> None:

@@ -6,14 +6,19 @@ import argparse
 import asyncio
 import inspect
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
 from pipectl.config import LoadedConfig, load_config
+from pipectl.durations import MAX_DURATION, DurationError, parse_duration
+from pipectl.resilience import describe_error
 from pipectl.safetext import LiteralConsole
 
 EXIT_OK = 0
@@ -32,6 +37,39 @@ class CliError(Exception):
 
 Handler = Callable[[argparse.Namespace], Any]
 
+# Server-side ends of a session: shutdown (fast or crash), not accepting, connection failures.
+_LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "08000", "08003", "08006"})
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says the database connection went away mid-verb:
+    the server shut down or crashed, the socket was reset or closed. The verb could not
+    find out what it was asked (exit 3), which is not an error of the request (exit 2)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _lost_one(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _lost_one(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.PostgresError):
+        return getattr(exc, "sqlstate", None) in _LOST_SQLSTATES
+    if isinstance(exc, asyncpg.ConnectionDoesNotExistError | ConnectionError):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+
+
+def lost_reason(exc: BaseException) -> str:
+    """One line on how the connection was lost; never a row value (no DETAIL)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return describe_error(exc)
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
 
 def text_argument(limit: int) -> Callable[[str], str]:
     """An argparse type for text that goes to the database: valid UTF-8 (bytes the terminal
@@ -48,6 +86,70 @@ def text_argument(limit: int) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+def int_argument(minimum: int, maximum: int) -> Callable[[str], int]:
+    """An argparse type for a whole number from `minimum` to `maximum`: anything else (text,
+    a fraction, thousands of digits) is refused by argparse, naming the option (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {minimum} to {maximum}, got {_shown(text)}"
+            ) from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"must be from {minimum} to {maximum}, got {_shown(text)}"
+            )
+        return value
+
+    return parse
+
+
+def float_argument(
+    *, above: float | None = None, at_most: float | None = None, unit: str = ""
+) -> Callable[[str], float]:
+    """An argparse type for a finite number, more than `above` and at most `at_most`:
+    NaN and infinities (which float() accepts, and which compare false with any bound)
+    are refused like text is."""
+    suffix = f" {unit}" if unit else ""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {_shown(text)}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {_shown(text)}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be more than {above:g}{suffix}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {at_most:g}{suffix}")
+        return value
+
+    return parse
+
+
+def duration_argument(maximum: timedelta = MAX_DURATION) -> Callable[[str], timedelta]:
+    """An argparse type for a positive duration ("30m", "2h") of at most `maximum`, read by
+    the one duration parser (pipectl.durations)."""
+
+    def parse(text: str) -> timedelta:
+        try:
+            value = parse_duration(text, maximum=maximum)
+        except DurationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if value <= timedelta(0):
+            raise argparse.ArgumentTypeError("must be longer than zero")
+        return value
+
+    return parse
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 # Limits of the requests table (target 1..200, reason up to 2000 characters).

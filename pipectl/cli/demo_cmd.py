@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from pipectl.cli.common import EXIT_OK, console, print_json
+from pipectl.cli.common import EXIT_OK, console, float_argument, int_argument, print_json
 from pipectl.cli.demo import DemoOptions, run_demo, state_dir_or_default
 from pipectl.embedded import EmbeddedServers
 
@@ -24,10 +24,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--headless", action="store_true", help="no console; print the status")
     parser.add_argument(
         "--duration",
-        type=_seconds,
+        type=float_argument(above=0, at_most=30 * 86_400, unit="seconds"),
         metavar="SECONDS",
         help="with --headless: run this long, then print the status and exit "
-        "(default: until Ctrl-C)",
+        "(default: until Ctrl-C; at most 30 days)",
     )
     parser.add_argument("--fresh", action="store_true", help="start from an empty state")
     parser.add_argument(
@@ -39,21 +39,17 @@ def register(subparsers: Any) -> None:
         "--faults", choices=["random"], help="inject a random fault every few minutes (soak)"
     )
     parser.add_argument(
-        "--backfill-days", type=int, default=30, metavar="N", help="days of history (default 30)"
+        "--backfill-days",
+        type=int_argument(1, 365),
+        default=30,
+        metavar="N",
+        help="days of history (default 30, 1-365)",
     )
-    parser.add_argument("--seed", type=int, help="make the simulated data repeatable")
+    parser.add_argument(
+        "--seed", type=int_argument(0, 2**63 - 1), help="make the simulated data repeatable"
+    )
     parser.add_argument("--json", action="store_true", help="with --headless: status as JSON")
     parser.set_defaults(handler=demo)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
 
 
 async def demo(args: argparse.Namespace) -> int:

@@ -8,8 +8,16 @@ from typing import Any
 
 from rich.table import Table
 
-from pipectl.cli.common import EXIT_OK, EXIT_WARN, CliError, console, load
-from pipectl.durations import DurationError, format_duration, parse_duration
+from pipectl.cli.common import (
+    EXIT_OK,
+    EXIT_WARN,
+    CliError,
+    console,
+    duration_argument,
+    float_argument,
+    load,
+)
+from pipectl.durations import format_duration
 from pipectl.simulator.control import send_clear, send_fault
 from pipectl.simulator.faults import FAULTS, FaultError, validate, validate_name
 
@@ -24,12 +32,13 @@ def register(subparsers: Any) -> None:
     inject.add_argument(
         "--for",
         dest="duration",
+        type=duration_argument(),
         metavar="DURATION",
         help="how long, e.g. 90s or 2m (default: until cleared)",
     )
     inject.add_argument("--table", help="stall/spike/drop: the APES table (or 'all')")
     inject.add_argument("--relation", help="lock: the summary to lock")
-    inject.add_argument("--factor", type=float, help="spike/drop: rate multiplier")
+    inject.add_argument("--factor", type=float_argument(), help="spike/drop: rate multiplier")
     inject.set_defaults(handler=inject_fault)
     clear = verbs.add_parser("clear", help="stop one fault, or all of them")
     clear.add_argument("name", metavar="NAME", nargs="?", help="fault name (default: all)")
@@ -45,18 +54,6 @@ def _check_name(name: str) -> None:
         raise CliError(str(exc)) from None
 
 
-def _duration(text: str | None) -> timedelta | None:
-    if text is None:
-        return None
-    try:
-        value = parse_duration(text)
-    except DurationError as exc:
-        raise CliError(f"--for: {exc}") from None
-    if value.total_seconds() <= 0:
-        raise CliError("--for: the duration must be positive")
-    return value
-
-
 def _report(listeners: int, what: str) -> int:
     if listeners == 0:
         console(stderr=True).print(
@@ -70,7 +67,7 @@ def _report(listeners: int, what: str) -> int:
 
 async def inject_fault(args: argparse.Namespace) -> int:
     _check_name(args.name)
-    duration = _duration(args.duration)
+    duration: timedelta | None = args.duration
     given = {"table": args.table, "relation": args.relation, "factor": args.factor}
     params = {key: value for key, value in given.items() if value is not None}
     try:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -27,12 +27,16 @@ from pipectl.cli.common import (
     NAME_ARGUMENT,
     REASON_ARGUMENT,
     CliError,
+    connection_lost,
     console,
+    duration_argument,
+    float_argument,
+    int_argument,
     load,
+    lost_reason,
     print_json,
 )
 from pipectl.db import connection
-from pipectl.durations import DurationError, parse_duration
 from pipectl.format import STATUS_STYLE, age, band, due, number, seconds, status_text
 from pipectl.migrate import ensure_current
 from pipectl.model import Outcome, Request, RequestKind, Run
@@ -50,7 +54,9 @@ def register(subparsers: Any) -> None:
 
     history = subparsers.add_parser("history", help="recent runs, newest first")
     history.add_argument("step", nargs="?", type=NAME_ARGUMENT, help="only this step")
-    history.add_argument("--limit", type=_positive_int, default=20, metavar="N")
+    history.add_argument(
+        "--limit", type=HISTORY_LIMIT, default=20, metavar="N", help="runs to show (1-10000)"
+    )
     history.add_argument("--json", action="store_true")
     history.set_defaults(handler=show_history)
 
@@ -76,7 +82,7 @@ def register(subparsers: Any) -> None:
         "--for",
         dest="span",
         required=True,
-        type=_duration,
+        type=SILENCE_SPAN,
         metavar="DURATION",
         help="how long, e.g. 30m, 2h, 1d (at most 30d)",
     )
@@ -98,42 +104,17 @@ def _request_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=WAIT_TIMEOUT,
         default=600.0,
         metavar="SECONDS",
-        help="with --wait: give up after this long (default 600)",
+        help="with --wait: give up after this long (default 600, at most 86400)",
     )
     parser.add_argument("--json", action="store_true")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
-
-
-def _duration(text: str) -> float:
-    try:
-        value = parse_duration(text).total_seconds()
-    except DurationError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be longer than zero")
-    return value
+HISTORY_LIMIT = int_argument(1, 10_000)
+WAIT_TIMEOUT = float_argument(above=0, at_most=86_400, unit="seconds")
+SILENCE_SPAN = duration_argument(maximum=timedelta(days=30))
 
 
 # ------------------------------------------------------------------------------- status
@@ -337,9 +318,8 @@ async def request_pause(args: argparse.Namespace) -> int:
 
 
 async def request_silence(args: argparse.Namespace) -> int:
-    if args.span > 30 * 86400:
-        raise CliError("silences are limited to 30 days")
-    return await _file_request(args, RequestKind.SILENCE, args.check, {"seconds": args.span})
+    seconds = args.span.total_seconds()
+    return await _file_request(args, RequestKind.SILENCE, args.check, {"seconds": seconds})
 
 
 async def request_unsilence(args: argparse.Namespace) -> int:
@@ -367,7 +347,17 @@ async def _file_request(
             ) from exc
         if not args.wait:
             return _report_filed(args, request)
-        finished = await wait_for_request(conn, request.id, args.timeout)
+        try:
+            finished = await wait_for_request(conn, request.id, args.timeout)
+        except Exception as exc:
+            if not connection_lost(exc):
+                raise
+            raise CliError(
+                f"request {request.id} was filed, but the connection to the database was lost"
+                f" while waiting for its outcome ({lost_reason(exc)}); an agent runs it when"
+                " the database is back: see pipectl status",
+                exit_code=EXIT_UNKNOWN,
+            ) from exc
     return _report_outcome(args, request, finished)
 
 

@@ -7,6 +7,7 @@ immutable `Effects` snapshot by the code that writes rows and talks to Redis.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,7 +47,7 @@ def _number(low: float, high: float, *, low_open: bool = False) -> Callable[[Any
         except (TypeError, ValueError):
             raise FaultError(f"expected a number, got {value!r}") from None
         too_low = number <= low if low_open else number < low
-        if too_low or number > high:
+        if not math.isfinite(number) or too_low or number > high:  # NaN compares as in range
             raise FaultError(f"{number:g} is out of range ({low:g}..{high:g})")
         return number
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipectl.agent.main import MetricsServer
+from pipectl.agent.http import MetricsServer
 from pipectl.agent.metrics import AgentMetrics
 from pipectl.model import RunStatus
 from tests.helpers import wait_for

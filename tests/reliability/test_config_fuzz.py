@@ -4,19 +4,36 @@ structured documents (random tables of real and made-up keys) written out as TOM
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
+import re
 import string
+import types
 import typing
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import annotated_types
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from pipectl.config import CHECK_KINDS, Config, ConfigError, LoadedConfig, parse_config_text
+from pipectl.cli import main
+from pipectl.config import (
+    CHECK_KINDS,
+    CheckConfig,
+    Config,
+    ConfigError,
+    LoadedConfig,
+    StepConfig,
+    parse_config_text,
+)
+from pipectl.durations import MAX_DURATION
 
 FILE = "fuzz.toml"
 FUZZ = settings(
@@ -208,3 +225,303 @@ def test_pathological_inputs_found_by_fuzzing() -> None:
         ("a = " + "[" * 5000 + "]" * 5000, {}),
     ]:
         assert_loads_or_locates(text, env)
+
+
+# ------------------------------------------------------------------ hostile numbers (issue 13 §5)
+#
+# Every duration and number option of the config model, found by walking the model (so an
+# option added later is covered without touching this test), given huge, negative, NaN and
+# infinite values, through `pipectl config check`: exit 2 and a message naming the key.
+
+
+@dataclass(frozen=True)
+class Option:
+    """One duration or number key, and the TOML that puts a value there."""
+
+    header: str  # the table it lives in, with whatever its kind needs
+    path: tuple[str | int, ...]  # from that table; an int is an item of a list of tables
+    kind: str  # "duration", "int" or "float"
+    metadata: tuple[Any, ...]  # pydantic constraints (Ge, Gt, Le, Lt)
+
+    @property
+    def key(self) -> str:
+        return str(self.path[-1])
+
+    def toml(self, value: str) -> str:
+        first, *rest = self.path
+        if rest and isinstance(rest[0], int):  # `where = [{value = X}]`
+            return f"{self.header}\n{first} = [{{{'.'.join(map(str, rest[1:]))} = {value}}}]\n"
+        return f"{self.header}\n{'.'.join(map(str, self.path))} = {value}\n"
+
+    def bounded(self, kind: type) -> Any:
+        return next((m for m in self.metadata if isinstance(m, kind)), None)
+
+
+def _classify(annotation: Any) -> tuple[str | None, tuple[Any, ...], Any]:
+    """(kind, constraints, model or item model) of a field's annotation."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        kind, meta, model = _classify(args[0])
+        extra = tuple(m for a in args[1:] for m in getattr(a, "metadata", [a]))
+        return kind, meta + extra, model
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _classify(options[0])
+        return ("float" if float in options else None), (), None  # e.g. a filter's value
+    if origin is list and args:
+        kind, meta, model = _classify(args[0])
+        return ("models" if kind == "model" else None), (), model
+    if annotation is timedelta:
+        return "duration", (), None
+    if annotation is bool:
+        return None, (), None
+    if annotation in (int, float):
+        return annotation.__name__, (), None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "model", (), annotation
+    return None, (), None
+
+
+def _options(model: type[BaseModel], header: str, prefix: tuple[str | int, ...] = ()) -> Any:
+    for name, field in model.model_fields.items():
+        if name == "kind":
+            continue
+        kind, meta, nested = _classify(field.annotation)
+        meta += tuple(field.metadata)
+        if kind == "model":
+            yield from _options(nested, header, (*prefix, name))
+        elif kind == "models":
+            yield from _options(nested, header, (*prefix, name, 0))
+        elif kind is not None:
+            yield Option(header, (*prefix, name), kind, meta)
+
+
+def _all_options() -> list[Option]:
+    options: list[Option] = []
+    for section in SECTIONS:
+        options += _options(Config.model_fields[section].annotation, f"[{section}]")
+    options += _options(StepConfig, '[[steps]]\nname = "s"\nkind = "sql"\nsql = "SELECT 1"')
+    check_models = typing.get_args(typing.get_args(CheckConfig)[0])
+    for check_model in check_models:
+        kind = typing.get_args(check_model.model_fields["kind"].annotation)[0]
+        options += _options(check_model, f'[[checks]]\nname = "c"\nkind = "{kind}"')
+    return options
+
+
+OPTIONS = _all_options()
+HOSTILE_DURATIONS = [
+    '"1000000000d"', '"99999999999999999999999s"', '"-5m"', '"nan"', '"inf"',
+    '"' + "9" * 400 + 's"', "nan", "inf", "-inf", "-1", "1e309",
+]  # fmt: skip
+HUGE_INTEGERS = [str(2**63), str(-(2**63) - 1), "1" + "0" * 30]
+NOT_FINITE = ["nan", "inf", "-inf", "+inf", "1e309"]
+
+
+def _must_refuse(option: Option, value: str) -> bool:
+    """Whether the option's documented domain excludes `value` (else it may be accepted)."""
+    if option.kind == "duration" or value in NOT_FINITE or value in HUGE_INTEGERS:
+        return True
+    lower = option.bounded(annotated_types.Ge) or option.bounded(annotated_types.Gt)
+    upper = option.bounded(annotated_types.Le) or option.bounded(annotated_types.Lt)
+    number = float(value)
+    if number < 0 and lower is not None:
+        return True
+    return number > 2**52 and upper is not None
+
+
+def _config_check(text: str, folder: Path) -> tuple[int, str]:
+    path = folder / "hostile.toml"
+    path.write_text(text)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["--config", str(path), "config", "check"])
+    return code, err.getvalue()
+
+
+def _names(stderr: str, key: str) -> bool:
+    """A problem line of `config check` whose key path has `key` as one of its parts."""
+    for line in stderr.splitlines():
+        parts = line.split(": ")
+        if len(parts) >= 3 and key in re.split(r"[.\[\]]", parts[1]):
+            return True
+    return False
+
+
+def test_every_duration_and_number_option_is_found() -> None:
+    keys = {(o.header.split("\n")[-1] if "kind" in o.header else o.header, o.key) for o in OPTIONS}
+    assert len(OPTIONS) > 40, keys
+    kinds = {o.key: o.kind for o in OPTIONS}
+    for key, kind in [("heartbeat", "duration"), ("lost_after", "int"), ("warn_over", "float"),
+                      ("statement_timeout", "duration"), ("min_points", "int"), ("value", "float"),
+                      ("window", "duration"), ("warn_below", "float")]:  # fmt: skip
+        assert kinds.get(key) == kind, key
+
+
+def test_hostile_numbers_in_every_option_are_refused_naming_the_key(tmp_path: Path) -> None:
+    """Huge, negative, NaN and infinite values for each option: `config check` exits 2 and
+    names the key when the value is outside the option's domain, never a traceback."""
+    failures: list[str] = []
+    for option in OPTIONS:
+        values = HOSTILE_DURATIONS if option.kind == "duration" else [
+            *NOT_FINITE, *HUGE_INTEGERS, str(2**62), "-1", "-1.5", "-1e300"
+        ]  # fmt: skip
+        for value in values:
+            text = option.toml(value)
+            try:
+                code, stderr = _config_check(text, tmp_path)
+            except Exception as exc:  # a traceback: the bug this test exists for
+                failures.append(f"{text!r}: {type(exc).__name__}: {exc}")
+                continue
+            if _must_refuse(option, value) and not (code == 2 and _names(stderr, option.key)):
+                failures.append(f"{text!r}: exit {code}, {stderr.strip()!r}")
+    assert not failures, "\n".join(failures[:30]) + f"\n({len(failures)} in all)"
+
+
+durations = st.one_of(
+    st.builds(
+        lambda n, unit: f"{n}{unit}",
+        st.one_of(st.integers(min_value=0), st.floats(min_value=0, allow_infinity=False)),
+        st.sampled_from(["ms", "s", "m", "h", "d", "w", " days", "x", ""]),
+    ),
+    st.text(alphabet="0123456789.-+smhdwinfa ", max_size=30),
+)
+numbers = st.one_of(st.integers(), st.floats(allow_nan=True, allow_infinity=True))
+
+
+@FUZZ
+@given(st.sampled_from(OPTIONS), st.one_of(durations.map(_toml_string), numbers.map(_toml_value)))
+def test_random_numbers_anywhere_load_within_bounds_or_are_located(
+    option: Option, value: str
+) -> None:
+    """Whatever a number option or a duration option is given: a located ConfigError, or a
+    config whose value is finite and within the documented maximum."""
+    text = option.toml(value)
+    try:
+        loaded = parse_config_text(text, FILE, environ={})
+    except ConfigError as exc:
+        problems = exc.problems
+    else:
+        for duration in _walk_values(loaded.config):
+            assert timedelta(0) <= duration <= MAX_DURATION, text
+        return
+    assert all(p.file == FILE and (p.line or p.path) for p in problems), problems
+
+
+def _walk_values(model: BaseModel) -> Any:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, BaseModel):
+                yield from _walk_values(item)
+            elif isinstance(item, timedelta):
+                yield item
+            elif isinstance(item, float):
+                assert math.isfinite(item), (name, item)
+
+
+# ------------------------------------------------------------------ the CLI's numbers
+#
+# Every number and duration option of the verbs: argparse refuses what is outside the
+# documented domain before anything connects, naming the option (exit 2, no traceback).
+
+
+@dataclass(frozen=True)
+class CliOption:
+    argv: tuple[str, ...]  # the verb (and what it needs) before the option
+    option: str
+    kind: str  # "int", "float" or "duration"
+    low: float  # more than this (floats, durations) or at least this (ints)
+    high: float  # at most this (durations in seconds)
+
+
+DAY = 86_400.0
+CLI_OPTIONS = [
+    CliOption(("history",), "--limit", "int", 1, 10_000),
+    *(CliOption((verb, "x"), "--timeout", "float", 0, DAY)
+      for verb in ("rerun", "pause", "resume", "unsilence")),
+    CliOption(("silence", "x", "--for", "1h"), "--timeout", "float", 0, DAY),
+    CliOption(("silence", "x"), "--for", "duration", 0, 30 * DAY),
+    CliOption(("demo",), "--duration", "float", 0, 30 * DAY),
+    CliOption(("demo",), "--backfill-days", "int", 1, 365),
+    CliOption(("demo",), "--seed", "int", 0, 2**63 - 1),
+    CliOption(("fault", "inject", "spike"), "--for", "duration", 0, 36_500 * DAY),
+    CliOption(("fault", "inject", "spike"), "--factor", "float", -math.inf, math.inf),
+]  # fmt: skip
+HOSTILE_CLI = [
+    "nan", "NaN", "inf", "-inf", "1e999", "-1", "0", "-0", "99999999999999999999999",
+    "9" * 5000, "1000000000d", "99999999999999999999999s", "-5m", "nan s", "", " ", "x",
+]  # fmt: skip
+
+
+def _within(option: CliOption, value: Any) -> bool:
+    if option.kind == "duration":
+        seconds = value.total_seconds()
+        return option.low < seconds <= option.high
+    if not math.isfinite(value):
+        return False
+    if option.kind == "int":
+        return isinstance(value, int) and option.low <= value <= option.high
+    return option.low < value <= option.high or option.low == -math.inf
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    return code, err.getvalue()
+
+
+def test_hostile_numbers_on_the_command_line_are_refused_naming_the_option() -> None:
+    """Each hostile value either is refused by argparse (exit 2, `argument --opt: ...`) or,
+    for the few that are valid somewhere ("0" for a seed), parses within the domain."""
+    failures = []
+    for option in CLI_OPTIONS:
+        for value in HOSTILE_CLI:
+            argv = [*option.argv, f"{option.option}={value}"]
+            parsed = _parse(argv)
+            if parsed is not None:
+                if not _within(option, parsed):
+                    failures.append(f"{argv}: accepted {parsed!r}")
+                continue
+            code, stderr = _cli(["--config", "/nonexistent.toml", *argv])
+            if code != 2 or f"argument {option.option}:" not in stderr or "Traceback" in stderr:
+                failures.append(f"{argv}: exit {code}, {stderr.strip()[-200:]!r}")
+    assert not failures, "\n".join(failures)
+
+
+def _parse(argv: list[str]) -> Any:
+    """The option's value when argparse accepts it; None when it refuses (exit 2)."""
+    from pipectl.cli import build_parser
+
+    code: Any = None
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:
+            code = exc.code
+    if code is not None:
+        assert code == 2, argv
+        return None
+    option = argv[-1].split("=", 1)[0].lstrip("-").replace("-", "_")
+    if option == "for":
+        option = "span" if argv[0] == "silence" else "duration"
+    return getattr(args, option)
+
+
+cli_values = st.one_of(
+    st.text(max_size=40),
+    numbers.map(str),
+    durations,
+    st.integers().map(lambda n: f"{n}e{n % 400}"),
+)
+
+
+@FUZZ
+@given(st.sampled_from(CLI_OPTIONS), cli_values)
+def test_random_values_on_the_command_line_parse_within_bounds_or_are_refused(
+    option: CliOption, value: str
+) -> None:
+    parsed = _parse([*option.argv, f"{option.option}={value}"])
+    assert parsed is None or _within(option, parsed), (option.option, value, parsed)

@@ -20,7 +20,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from pipectl.agent.main import MetricsServer
+from pipectl.agent.http import MetricsServer
 from pipectl.agent.metrics import AgentMetrics
 from pipectl.config import AgentConfig, ConfigError
 from pipectl.webconfig import load_web_config

@@ -107,7 +107,7 @@ class RequestHandler:
         downstream = request.args.get("downstream", False)
         if not isinstance(downstream, bool):
             raise Rejected("'downstream' must be true or false")
-        steps = self.agent.dag.with_downstream(step) if downstream else [step]
+        steps = self.agent.dag.rerun(step, downstream)
         results = await self.agent.run_chain(
             steps, Trigger.MANUAL, requested_by=request.requested_by, request_id=request.id
         )

@@ -26,13 +26,13 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from pipectl import __version__, migrate, store
 from pipectl.agent.bookkeeping import Bookkeeper
-from pipectl.agent.dag import Dag
 from pipectl.agent.metrics import AgentMetrics
 from pipectl.agent.runner import RunOutcome, StepPlan, StepRunner
 from pipectl.agent.schedule import Schedule, cron_schedule, interval_schedule, tick_loop
 from pipectl.agent.systemd import notify
 from pipectl.agent.tracing import trace_id_of, tracer_for
 from pipectl.config import Config, ConfigError, LoadedConfig, Problem
+from pipectl.dag import Dag
 from pipectl.db import create_pool, is_transient
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus, CheckTrigger, Request, RunStatus, Trigger
@@ -158,7 +158,7 @@ class Agent:
         self.tracer_provider = tracer_provider
         self.tracer = tracer_for(tracer_provider)
         self.plans = build_plans(self.config)
-        self.dag = Dag([p.config for p in self.plans.values()])
+        self.dag = Dag.from_steps(p.config for p in self.plans.values())
         self.check_engine: CheckEngine | None = None
         self.redis: redis.asyncio.Redis | None = None
         self.pool: asyncpg.Pool | None = None
@@ -1004,7 +1004,7 @@ class Agent:
         """Apply a new config; on any problem keep the old one and say why."""
         assert self.pool is not None
         plans = build_plans(loaded.config)
-        dag = Dag([p.config for p in plans.values()])
+        dag = Dag.from_steps(p.config for p in plans.values())
         old = (self.loaded, self.config, self.plans, self.dag, self.check_engine)
         self.loaded, self.config, self.plans, self.dag = loaded, loaded.config, plans, dag
         try:

@@ -19,9 +19,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
 from pipectl.console.actions import DIALOG, bindings
-from pipectl.console.data import RerunPlan
 from pipectl.durations import DurationError, format_duration, parse_duration
 from pipectl.format import STATUS_STYLE, age, seconds, status_text
+from pipectl.store.console import RerunPlan
 
 if TYPE_CHECKING:
     from pipectl.console.app import PipectlApp

@@ -17,8 +17,8 @@ from pipectl.console.actions import STEP, bindings
 from pipectl.console.screens.detail import DetailScreen
 from pipectl.console.screens.operations import Selected, StepOperations
 from pipectl.console.widgets.table import ColumnSpec, TableRow
+from pipectl.dag import dependents
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, clock_time, due, number, seconds
-from pipectl.graph import downstream
 from pipectl.model import Run
 from pipectl.store.base import Conn
 from pipectl.store.console import StepDetail
@@ -125,7 +125,7 @@ def info_table(detail: StepDetail, now: datetime) -> Table:
     status_cell = Text(f"{STATUS_MARK.get(status, '?')} {status}")
     status_cell.stylize(STATUS_STYLE.get(status, ""))
     upstream = ", ".join(state.depends_on) or "-"
-    below = ", ".join(downstream(detail.graph, state.name)) or "-"
+    below = ", ".join(dependents(detail.graph, state.name)) or "-"
     stats = detail.durations
     grid.add_row("step", Text(state.name, style="bold"), "kind", f"{state.kind}")
     grid.add_row("state", status_cell, "relation", state.relation or "-")

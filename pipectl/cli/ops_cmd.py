@@ -31,12 +31,14 @@ from pipectl.cli.common import (
     load,
     print_json,
 )
+from pipectl.dag import CycleError
 from pipectl.db import connection
 from pipectl.durations import DurationError, parse_duration
 from pipectl.format import STATUS_STYLE, age, band, due, number, seconds, status_text
 from pipectl.migrate import ensure_current
 from pipectl.model import Outcome, Request, RequestKind, Run
 from pipectl.store.base import Conn
+from pipectl.store.console import RerunPlan, rerun_plan
 
 
 def register(subparsers: Any) -> None:
@@ -57,6 +59,11 @@ def register(subparsers: Any) -> None:
     rerun.add_argument("step", type=NAME_ARGUMENT)
     rerun.add_argument(
         "--downstream", action="store_true", help="and every step that depends on it, in order"
+    )
+    rerun.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the steps it would run, in order, with expected durations; file nothing",
     )
     _request_options(rerun)
     rerun.set_defaults(handler=request_rerun)
@@ -324,6 +331,8 @@ async def _unknown_check(conn: Conn, check: str) -> str:
 
 
 async def request_rerun(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return await show_rerun_plan(args)
     return await _file_request(
         args, RequestKind.RERUN, args.step, {"downstream": bool(args.downstream)}
     )
@@ -418,6 +427,95 @@ def request_json(request: Request) -> dict[str, Any]:
         "done_at": request.done_at,
         "outcome": str(request.outcome) if request.outcome else None,
         "detail": request.detail,
+    }
+
+
+# ------------------------------------------------------------------------------- dry run
+
+
+async def show_rerun_plan(args: argparse.Namespace) -> int:
+    """`pipectl rerun STEP [--downstream] --dry-run`: the plan the console's rerun dialog
+    shows and the agent executes (`Dag.rerun` over the published steps). Reads only, so a
+    viewer role can ask."""
+    if args.wait:
+        raise CliError("--dry-run files no request, so there is nothing to --wait for")
+    config = load(args).config
+    async with connection(config, "pipectl rerun --dry-run") as conn:
+        await ensure_current(conn)
+        try:
+            plan = await rerun_plan(conn, args.step, bool(args.downstream))
+        except CycleError as exc:
+            raise CliError(f"the published steps form a dependency cycle: {exc}") from None
+        if plan is None:
+            raise CliError(await _unknown_step(conn, args.step))
+    if args.json:
+        print_json(plan_json(plan))
+    else:
+        render_plan(plan, datetime.now(UTC))
+    return EXIT_OK
+
+
+def render_plan(plan: RerunPlan, now: datetime) -> None:
+    out = console()
+    count = len(plan.steps)
+    what = f"{plan.step} and its downstream" if plan.downstream else plan.step
+    out.print(
+        Text(
+            f"A rerun of {what} would run {count} step{'s' if count != 1 else ''}, in this "
+            "order (dry run: nothing filed)"
+        )
+    )
+    table = Table(header_style="bold", box=None)
+    for column in ("#", "step", "p50", "p95", "runs", "last run"):
+        table.add_column(
+            column, justify="right" if column in ("#", "p50", "p95", "runs") else "left"
+        )
+    for position, planned in enumerate(plan.steps, 1):
+        expected = planned.expected
+        name = Text(planned.name)
+        if planned.paused:
+            name.append(" (paused)", style="yellow")
+        last = planned.last_run
+        last_text = Text("never", style="dim")
+        if last is not None:
+            state = str(last.status)
+            last_text = Text(status_text(state), style=STATUS_STYLE.get(state, ""))
+            last_text.append(f" {age(last.finished_at or last.queued_at, now)}", style="dim")
+        if expected.samples:
+            durations = (seconds(expected.p50), seconds(expected.p95), str(expected.samples))
+        else:
+            durations = ("no history", "", "0")
+        table.add_row(str(position), name, *durations, last_text)
+    out.print(table)
+    if plan.expected_p50 is None:
+        out.print("expected in total: unknown (a step has no successful run yet)")
+    else:
+        out.print(
+            f"expected in total: p50 {seconds(plan.expected_p50)}, p95 {seconds(plan.expected_p95)}"
+        )
+    if any(s.paused for s in plan.steps):
+        out.print("paused steps run too: a manual rerun ignores the pause")
+
+
+def plan_json(plan: RerunPlan) -> dict[str, Any]:
+    return {
+        "step": plan.step,
+        "downstream": plan.downstream,
+        "dry_run": True,
+        "steps": [
+            {
+                "position": position,
+                "name": s.name,
+                "expected_p50_s": s.expected.p50,
+                "expected_p95_s": s.expected.p95,
+                "history_runs": s.expected.samples,
+                "paused": s.paused,
+                "last_run": run_json(s.last_run) if s.last_run else None,
+            }
+            for position, s in enumerate(plan.steps, 1)
+        ],
+        "expected_p50_s": plan.expected_p50,
+        "expected_p95_s": plan.expected_p95,
     }
 
 

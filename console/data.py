@@ -7,14 +7,14 @@ They only combine `pipectl.store` read functions (the same ones `pipectl status`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import asyncpg
 
 from pipectl import store
 from pipectl.model import Request, RequestKind
+from pipectl.request_args import RequestArgs
 from pipectl.store.base import Conn
 from pipectl.store.console import (
     HOUR,
@@ -130,7 +130,7 @@ class RequestIntent:
     kind: str
     target: str
     reason: str = ""
-    args: dict[str, Any] = field(default_factory=dict)
+    args: RequestArgs | None = None  # None: the kind's defaults
     summary: str = ""
 
 

@@ -12,6 +12,7 @@ import pytest
 from pipectl.console.screens.dialogs import RerunDialog
 from pipectl.console.screens.overview import OverviewScreen
 from pipectl.model import RequestKind
+from pipectl.request_args import RerunArgs
 from tests.agent.conftest import running_agent
 from tests.checks.test_cli import viewer_role
 from tests.conftest import PgServer
@@ -91,7 +92,9 @@ async def test_dry_run_dialog_and_agent_agree_on_the_order_of_siblings(
 
             previewed = await _dialog_preview(database)
 
-            request = await file_request(database, RequestKind.RERUN, "root", {"downstream": True})
+            request = await file_request(
+                database, RequestKind.RERUN, "root", RerunArgs(downstream=True)
+            )
 
             async def finished() -> bool:
                 return bool(

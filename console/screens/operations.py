@@ -18,6 +18,7 @@ from pipectl.console.screens.base import ConsoleScreen
 from pipectl.console.screens.dialogs import PauseDialog, RerunDialog, SilenceDialog
 from pipectl.console.service import NotConnected
 from pipectl.durations import format_duration
+from pipectl.request_args import RerunArgs, SilenceArgs
 from pipectl.store.console import rerun_plan
 
 STEP_ACTIONS = frozenset({"rerun", "rerun_downstream", "pause", "resume"})
@@ -86,7 +87,7 @@ class StepOperations(ConsoleScreen):
             if reason is not None:
                 self.console.file_request(
                     RequestIntent(
-                        "rerun", plan.step, reason, {"downstream": plan.downstream}, summary
+                        "rerun", plan.step, reason, RerunArgs(downstream=plan.downstream), summary
                     )
                 )
 
@@ -146,7 +147,7 @@ class CheckOperations(ConsoleScreen):
                         "silence",
                         selected.name,
                         reason,
-                        {"seconds": span},
+                        SilenceArgs(seconds=span),
                         f"{selected.name} for {format_duration_seconds(span)}",
                     )
                 )

@@ -17,6 +17,7 @@ from pipectl.console.screens.step import StepScreen
 from pipectl.console.widgets.table import ColumnSpec, TableRow
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, seconds
 from pipectl.model import RequestKind
+from pipectl.request_args import describe_args
 from pipectl.store.base import Conn
 from pipectl.store.console import RequestRow
 
@@ -69,15 +70,12 @@ def request_row(row: RequestRow, now: datetime) -> TableRow:
     request = row.request
     state = request.state
     took = (request.done_at - request.created_at).total_seconds() if request.done_at else None
-    kind = str(request.kind)
-    if request.args.get("downstream"):
-        kind += " +down"
-    if "seconds" in request.args and isinstance(request.args["seconds"], int | float):
-        kind += f" {seconds(float(request.args['seconds']))}"
+    # Arguments are whatever the row's writer chose: described, never trusted or shown raw.
+    kind = f"{request.kind} {describe_args(request.kind, request.args)}".rstrip()
     detail = (request.detail or "").splitlines()[0] if request.detail else ""
     cells = (
         str(request.id),
-        kind,
+        Text(kind),
         Text(request.target, style="bold"),
         Text(f"{STATUS_MARK.get(state, '?')} {state}", style=STATUS_STYLE.get(state, "")),
         request.requested_by,

@@ -37,6 +37,14 @@ from pipectl.durations import DurationError, parse_duration
 from pipectl.format import STATUS_STYLE, age, band, due, number, seconds, status_text
 from pipectl.migrate import ensure_current
 from pipectl.model import Outcome, Request, RequestKind, Run
+from pipectl.request_args import (
+    ArgsError,
+    RequestArgs,
+    RerunArgs,
+    SilenceArgs,
+    describe_args,
+    parse_args,
+)
 from pipectl.store.base import Conn
 from pipectl.store.console import RerunPlan, rerun_plan
 
@@ -49,8 +57,11 @@ def register(subparsers: Any) -> None:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=show_status)
 
-    history = subparsers.add_parser("history", help="recent runs, newest first")
+    history = subparsers.add_parser("history", help="recent runs (or requests), newest first")
     history.add_argument("step", nargs="?", type=NAME_ARGUMENT, help="only this step")
+    history.add_argument(
+        "--requests", action="store_true", help="operator requests instead of runs"
+    )
     history.add_argument("--limit", type=_positive_int, default=20, metavar="N")
     history.add_argument("--json", action="store_true")
     history.set_defaults(handler=show_history)
@@ -286,6 +297,8 @@ def run_json(run: Run) -> dict[str, Any]:
 
 
 async def show_history(args: argparse.Namespace) -> int:
+    if args.requests:
+        return await show_request_history(args)
     config = load(args).config
     async with connection(config, "pipectl history") as conn:
         await ensure_current(conn)
@@ -315,6 +328,39 @@ async def show_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def show_request_history(args: argparse.Namespace) -> int:
+    """Recent requests, whatever their rows hold: arguments that do not fit their kind (the
+    agent rejects those) are described as such, never trusted."""
+    if args.step:
+        raise CliError("--requests lists requests for every target; leave out the step")
+    config = load(args).config
+    async with connection(config, "pipectl history") as conn:
+        await ensure_current(conn)
+        requests = await store.list_requests(conn, args.limit)
+    if args.json:
+        print_json([request_json(r) for r in requests])
+        return EXIT_OK
+    now = datetime.now(UTC)
+    table = Table(header_style="bold", box=None)
+    for column in ("request", "kind", "target", "state", "by", "filed", "reason", "outcome"):
+        table.add_column(column)
+    for request in requests:
+        state = request.state
+        kind = f"{request.kind} {describe_args(request.kind, request.args)}".rstrip()
+        table.add_row(
+            str(request.id),
+            Text(kind),
+            Text(request.target),
+            Text(status_text(state), style=STATUS_STYLE.get(state, "")),
+            Text(request.requested_by),
+            age(request.created_at, now),
+            Text(request.reason[:40], style="italic"),
+            Text((request.detail or "")[:70], style="dim"),
+        )
+    console().print(table if requests else "no requests yet")
+    return EXIT_OK
+
+
 async def _unknown_step(conn: Conn, step: str) -> str:
     known = [s.name for s in await store.step_states(conn)]
     listing = ", ".join(known) if known else "none published yet (start an agent)"
@@ -334,27 +380,29 @@ async def request_rerun(args: argparse.Namespace) -> int:
     if args.dry_run:
         return await show_rerun_plan(args)
     return await _file_request(
-        args, RequestKind.RERUN, args.step, {"downstream": bool(args.downstream)}
+        args, RequestKind.RERUN, args.step, RerunArgs(downstream=bool(args.downstream))
     )
 
 
 async def request_pause(args: argparse.Namespace) -> int:
     kind = RequestKind.PAUSE if args.kind == "pause" else RequestKind.RESUME
-    return await _file_request(args, kind, args.step, {})
+    return await _file_request(args, kind, args.step, None)
 
 
 async def request_silence(args: argparse.Namespace) -> int:
-    if args.span > 30 * 86400:
-        raise CliError("silences are limited to 30 days")
-    return await _file_request(args, RequestKind.SILENCE, args.check, {"seconds": args.span})
+    try:
+        silence = SilenceArgs.parse({"seconds": args.span})
+    except ArgsError as exc:
+        raise CliError(str(exc)) from None
+    return await _file_request(args, RequestKind.SILENCE, args.check, silence)
 
 
 async def request_unsilence(args: argparse.Namespace) -> int:
-    return await _file_request(args, RequestKind.UNSILENCE, args.check, {})
+    return await _file_request(args, RequestKind.UNSILENCE, args.check, None)
 
 
 async def _file_request(
-    args: argparse.Namespace, kind: RequestKind, target: str, extra: dict[str, Any]
+    args: argparse.Namespace, kind: RequestKind, target: str, extra: RequestArgs | None
 ) -> int:
     config = load(args).config
     async with connection(config, f"pipectl {kind}") as conn:
@@ -413,11 +461,19 @@ def _report_outcome(args: argparse.Namespace, filed: Request, finished: Request 
 
 
 def request_json(request: Request) -> dict[str, Any]:
+    """A request for scripts. `args` is the kind's arguments, or null with `args_error`
+    saying why when the row holds arguments the agent rejects."""
+    try:
+        args: dict[str, Any] | None = parse_args(request.kind, request.args).to_json()
+        problem = None
+    except ArgsError as exc:
+        args, problem = None, str(exc)
     return {
         "id": request.id,
         "kind": str(request.kind),
         "target": request.target,
-        "args": request.args,
+        "args": args,
+        "args_error": problem,
         "reason": request.reason,
         "requested_by": request.requested_by,
         "created_at": request.created_at,

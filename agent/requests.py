@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import TypeVar
 
 import asyncpg
 
@@ -19,11 +20,12 @@ from pipectl.agent.checking import CheckScheduler
 from pipectl.agent.runtime import AgentRuntime
 from pipectl.agent.steps import StepScheduler
 from pipectl.model import Outcome, Request, RequestKind, RunStatus, Trigger
+from pipectl.request_args import ARGS_OF, ArgsError, RequestArgs, RerunArgs, SilenceArgs
 from pipectl.resilience import Outage, describe_error, is_transient
 
 log = logging.getLogger(__name__)
 
-MAX_SILENCE = timedelta(days=30)
+A = TypeVar("A", bound=RequestArgs)
 
 
 class Rejected(Exception):
@@ -133,8 +135,7 @@ class RequestHandler:
         )
 
     async def _dispatch(self, request: Request) -> tuple[Outcome, str]:
-        if not isinstance(request.args, dict):
-            raise Rejected("request arguments must be a JSON object")
+        _args(ARGS_OF[request.kind], request)  # malformed arguments of any kind: rejected
         if request.kind == RequestKind.RERUN:
             return await self._rerun(request)
         if request.kind == RequestKind.CHECK:
@@ -152,10 +153,7 @@ class RequestHandler:
 
     async def _rerun(self, request: Request) -> tuple[Outcome, str]:
         step = self._step(request)
-        downstream = request.args.get("downstream", False)
-        if not isinstance(downstream, bool):
-            raise Rejected("'downstream' must be true or false")
-        steps = self.rt.plan.dag.with_downstream(step) if downstream else [step]
+        steps = self.rt.plan.dag.rerun(step, _args(RerunArgs, request).downstream)
         results = await self.steps.run_chain(
             steps, Trigger.MANUAL, requested_by=request.requested_by, request_id=request.id
         )
@@ -227,9 +225,13 @@ class RequestHandler:
 
 
 def _silence_until(request: Request) -> datetime:
-    seconds = request.args.get("seconds")
-    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not seconds > 0:
-        raise Rejected("silence needs 'seconds' > 0")
-    if seconds > MAX_SILENCE.total_seconds():  # before timedelta(), which overflows on 1e300
-        raise Rejected("silences are limited to 30 days")
-    return request.created_at.astimezone(UTC) + timedelta(seconds=seconds)
+    return request.created_at.astimezone(UTC) + _args(SilenceArgs, request).span
+
+
+def _args(model: type[A], request: Request) -> A:
+    """The request's arguments as `model`; a row whose arguments do not fit is rejected
+    with the reason (whoever may insert a request chooses them)."""
+    try:
+        return model.parse(request.args)
+    except ArgsError as exc:
+        raise Rejected(str(exc)) from None

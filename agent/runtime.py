@@ -28,12 +28,12 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from pipectl.agent.bookkeeping import Bookkeeper, RunLedger
-from pipectl.agent.dag import Dag
 from pipectl.agent.metrics import AgentMetrics
 from pipectl.agent.runner import StepPlan, StepRunner
 from pipectl.agent.schedule import Schedule, cron_schedule, interval_schedule
 from pipectl.clock import Clock
 from pipectl.config import Config, LoadedConfig
+from pipectl.dag import Dag
 from pipectl.durations import format_duration
 from pipectl.resilience import close_pool_quietly
 from pipectl.store import StepDefinition
@@ -100,7 +100,7 @@ def build_plan(loaded: LoadedConfig) -> AgentPlan:
             schedule=schedule,
             timezone=config.agent.timezone,
         )
-    return AgentPlan(loaded, plans, Dag([p.config for p in plans.values()]))
+    return AgentPlan(loaded, plans, Dag.from_steps(p.config for p in plans.values()))
 
 
 def step_definitions(plan: AgentPlan) -> list[StepDefinition]:

@@ -177,7 +177,7 @@ class StepScheduler:
                 requested_by=requested_by,
                 request_id=request_id,
             )
-            broken = [u for u in _all_upstream(plan, step) if u in failed]
+            broken = [u for u in plan.dag.ancestors(step) if u in failed]
             if broken:
                 reason = f"upstream {broken[0]} failed (run {failed[broken[0]]})"
                 await self.skip(run_id, reason)
@@ -278,13 +278,3 @@ class StepScheduler:
                 continue
             await self._after_success(child, await self.run(child_plan, run_id, Trigger.UPSTREAM))
 
-
-def _all_upstream(plan: AgentPlan, step: str) -> set[str]:
-    seen: set[str] = set()
-    stack = [step]
-    while stack:
-        for parent in plan.dag.upstream(stack.pop()):
-            if parent not in seen:
-                seen.add(parent)
-                stack.append(parent)
-    return seen

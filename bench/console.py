@@ -44,6 +44,7 @@ from pipectl.console import data
 from pipectl.console.service import SETTINGS
 from pipectl.db import connect
 from pipectl.sqlfiles import sql_dir
+from pipectl.store import console as store_console
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_FIRST_DATA = 1.5
@@ -165,7 +166,10 @@ def screens(now: datetime, request_id: int) -> list[tuple[str, Fetch]]:
         ("timeline 6h", partial(data.timeline_of, now=now, window=timedelta(hours=6))),
         ("timeline 7d", partial(data.timeline_of, now=now, window=timedelta(days=7))),
         ("requests", data.requests),
-        ("rerun plan (+downstream)", partial(data.rerun_plan, name="step_01", downstream=True)),
+        (
+            "rerun plan (+downstream)",
+            partial(store_console.rerun_plan, step="step_01", downstream=True),
+        ),
         ("request row", partial(data.request_row, request_id=request_id)),
     ]
 

@@ -196,6 +196,7 @@ def queries() -> dict[str, Query]:
     """Every screen's fetch, exactly as the console calls it (console/data.py), and the CLI's
     reads (`pipectl status`, `pipectl history`)."""
     from pipectl.console import data
+    from pipectl.store.console import rerun_plan
 
     now = datetime.now(UTC)
     return {
@@ -209,7 +210,7 @@ def queries() -> dict[str, Query]:
         "timeline screen, 6 h": lambda c: data.timeline_of(c, now, timedelta(hours=6)),
         "timeline screen, 7 d": lambda c: data.timeline_of(c, now, timedelta(days=7)),
         "requests screen": lambda c: data.requests(c),
-        "rerun dialog, with downstream": lambda c: data.rerun_plan(c, "step_07", True),
+        "rerun dialog, with downstream": lambda c: rerun_plan(c, "step_07", True),
         "pipectl status": lambda c: store.status_snapshot(c),
         "pipectl history (all steps, 20)": lambda c: store.recent_runs(c, limit=20),
         "pipectl history STEP (20)": lambda c: store.recent_runs(c, ["step_07"], limit=20),

@@ -7,21 +7,19 @@ They only combine `pipectl.store` read functions (the same ones `pipectl status`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import asyncpg
 
 from pipectl import store
-from pipectl.graph import with_downstream
-from pipectl.model import Request, RequestKind, Run
+from pipectl.model import Request, RequestKind
+from pipectl.request_args import RequestArgs
 from pipectl.store.base import Conn
 from pipectl.store.console import (
     HOUR,
     CacheSeries,
     CheckDetail,
-    DurationStats,
     RequestRow,
     StepDetail,
     TimelineEntry,
@@ -29,7 +27,6 @@ from pipectl.store.console import (
     cache_latest,
     check_detail,
     check_trends,
-    duration_stats,
     requests_with_agents,
     step_detail,
     step_graph,
@@ -133,47 +130,8 @@ class RequestIntent:
     kind: str
     target: str
     reason: str = ""
-    args: dict[str, Any] = field(default_factory=dict)
+    args: RequestArgs | None = None  # None: the kind's defaults
     summary: str = ""
-
-
-@dataclass(frozen=True)
-class PlannedStep:
-    name: str
-    expected: DurationStats
-    last_run: Run | None
-    paused: bool = False
-
-
-@dataclass(frozen=True)
-class RerunPlan:
-    """Exactly what a rerun will run, in order, with what each is expected to take."""
-
-    step: str
-    downstream: bool
-    steps: tuple[PlannedStep, ...]
-
-    @property
-    def expected_p50(self) -> float | None:
-        values = [s.expected.p50 for s in self.steps]
-        return None if any(v is None for v in values) else sum(v or 0.0 for v in values)
-
-    @property
-    def expected_p95(self) -> float | None:
-        values = [s.expected.p95 for s in self.steps]
-        return None if any(v is None for v in values) else sum(v or 0.0 for v in values)
-
-
-async def rerun_plan(conn: Conn, name: str, downstream: bool) -> RerunPlan | None:
-    graph = await step_graph(conn)
-    if name not in graph:
-        return None
-    names = with_downstream(graph, name) if downstream else [name]
-    stats = await duration_stats(conn, names)
-    last = await store.latest_outcomes(conn, names)
-    paused = {s.name for s in await store.step_states(conn, names) if s.paused}
-    planned = tuple(PlannedStep(n, stats[n], last.get(n), n in paused) for n in names)
-    return RerunPlan(name, downstream, planned)
 
 
 class RequestDenied(Exception):

@@ -11,9 +11,9 @@ from typing import Any, Generic, Literal, TypeVar
 
 from textual.message import Message
 
-from pipectl.console.data import RequestIntent, RerunPlan
+from pipectl.console.data import RequestIntent
 from pipectl.model import Request
-from pipectl.store.console import RequestRow
+from pipectl.store.console import RequestRow, RerunPlan
 
 T = TypeVar("T")
 

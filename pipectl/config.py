@@ -39,6 +39,7 @@ from pipectl.durations import (
     format_duration,
     parse_duration,
 )
+from pipectl.dag import find_cycle
 from pipectl.identifiers import IdentifierError, Relation, check_name, parse_column
 from pipectl.tomlpos import Path as KeyPath
 from pipectl.tomlpos import line_of, locate_keys
@@ -1117,31 +1118,6 @@ def _cycles(raw: dict[str, Any], label: str, lines: dict[KeyPath, int]) -> Itera
             _dotted(path, raw),
             "dependency cycle: " + " -> ".join([*cycle, start]),
         )
-
-
-def find_cycle(graph: Mapping[str, list[str]]) -> list[str] | None:
-    """One cycle in a name -> upstream names graph, in order, or None."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in graph.get(node, []):
-            if nxt not in graph:
-                continue
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt) :]
-            if nxt not in state and (found := visit(nxt)):
-                return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in sorted(graph):
-        if node not in state and (found := visit(node)):
-            return found
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

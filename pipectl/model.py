@@ -151,7 +151,9 @@ class Request:
     id: int
     kind: RequestKind
     target: str
-    args: dict[str, Any]
+    # As stored: JSON chosen by whoever inserted the row. Read it through
+    # pipectl.request_args (parse_args / describe_args), never directly.
+    args: object
     reason: str
     requested_by: str
     created_at: datetime

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 BLOCKED = """
 import sys
 sys.modules["textual"] = None  # any `import textual...` now raises ImportError
-import pipectl, pipectl.store, pipectl.store.console, pipectl.cli, pipectl.graph, pipectl.format
+import pipectl, pipectl.store, pipectl.store.console, pipectl.cli, pipectl.dag, pipectl.format
 import pipectl.agent, pipectl.agent.service, pipectl.agent.requests
 from pipectl.cli import build_parser
 build_parser()

@@ -19,17 +19,16 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
 from pipectl.console.actions import DIALOG, bindings
-from pipectl.console.data import RerunPlan
 from pipectl.durations import DurationError, format_duration, parse_duration
 from pipectl.format import STATUS_STYLE, age, seconds, status_text
 from pipectl.safetext import CELL, literal
+from pipectl.request_args import MAX_SILENCE
+from pipectl.store.console import RerunPlan
 
 if TYPE_CHECKING:
     from pipectl.console.app import PipectlApp
 
 R = TypeVar("R")
-
-MAX_SILENCE = timedelta(days=30)
 
 
 class Dialog(ModalScreen[R]):

@@ -12,13 +12,14 @@ from datetime import timedelta
 
 from textual import on, work
 
-from pipectl.console import data
 from pipectl.console.data import RequestIntent
 from pipectl.console.messages import ActionFailed, PlanReady
 from pipectl.console.screens.base import ConsoleScreen
 from pipectl.console.screens.dialogs import PauseDialog, RerunDialog, SilenceDialog
 from pipectl.console.service import NotConnected
 from pipectl.durations import format_duration
+from pipectl.request_args import RerunArgs, SilenceArgs
+from pipectl.store.console import rerun_plan
 
 STEP_ACTIONS = frozenset({"rerun", "rerun_downstream", "pause", "resume"})
 CHECK_ACTIONS = frozenset({"silence", "unsilence"})
@@ -63,7 +64,7 @@ class StepOperations(ConsoleScreen):
 
     @work(exclusive=True, group="plan", exit_on_error=False)
     async def _fetch_plan(self, step: str, downstream: bool) -> None:
-        fetch = functools.partial(data.rerun_plan, name=step, downstream=downstream)
+        fetch = functools.partial(rerun_plan, step=step, downstream=downstream)
         try:
             plan = await self.console.service.query(fetch)
         except NotConnected as exc:
@@ -86,7 +87,7 @@ class StepOperations(ConsoleScreen):
             if reason is not None:
                 self.console.file_request(
                     RequestIntent(
-                        "rerun", plan.step, reason, {"downstream": plan.downstream}, summary
+                        "rerun", plan.step, reason, RerunArgs(downstream=plan.downstream), summary
                     )
                 )
 
@@ -146,7 +147,7 @@ class CheckOperations(ConsoleScreen):
                         "silence",
                         selected.name,
                         reason,
-                        {"seconds": span},
+                        SilenceArgs(seconds=span),
                         f"{selected.name} for {format_duration_seconds(span)}",
                     )
                 )

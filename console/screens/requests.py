@@ -17,6 +17,7 @@ from pipectl.console.screens.step import StepScreen
 from pipectl.console.widgets.table import ColumnSpec, TableRow
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, seconds
 from pipectl.model import RequestKind
+from pipectl.request_args import describe_args
 from pipectl.safetext import CELL, first_line, literal
 from pipectl.store.base import Conn
 from pipectl.store.console import RequestRow
@@ -70,15 +71,12 @@ def request_row(row: RequestRow, now: datetime) -> TableRow:
     request = row.request
     state = request.state
     took = (request.done_at - request.created_at).total_seconds() if request.done_at else None
-    kind = str(request.kind)
-    if request.args.get("downstream"):
-        kind += " +down"
-    if "seconds" in request.args and isinstance(request.args["seconds"], int | float):
-        kind += f" {seconds(float(request.args['seconds']))}"
+    # Arguments are whatever the row's writer chose: described, never trusted or shown raw.
+    kind = f"{request.kind} {describe_args(request.kind, request.args)}".rstrip()
     detail = first_line(request.detail)
     cells = (
         str(request.id),
-        kind,
+        literal(kind, limit=CELL),
         literal(request.target, "bold", limit=CELL),
         Text(f"{STATUS_MARK.get(state, '?')} {state}", style=STATUS_STYLE.get(state, "")),
         request.requested_by,

@@ -18,8 +18,8 @@ from pipectl.console.screens.detail import DetailScreen
 from pipectl.console.screens.operations import Selected, StepOperations
 from pipectl.console.widgets.facts import Fact, facts_table
 from pipectl.console.widgets.table import ColumnSpec, TableRow
+from pipectl.dag import dependents
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, clock_time, due, number, seconds
-from pipectl.graph import downstream
 from pipectl.model import Run
 from pipectl.safetext import BLOCK, LINE, first_line, literal
 from pipectl.store.base import Conn
@@ -122,7 +122,7 @@ def info_table(detail: StepDetail, now: datetime) -> Table:
     status_cell = Text(f"{STATUS_MARK.get(status, '?')} {status}")
     status_cell.stylize(STATUS_STYLE.get(status, ""))
     upstream = ", ".join(state.depends_on) or "-"
-    below = ", ".join(downstream(detail.graph, state.name)) or "-"
+    below = ", ".join(dependents(detail.graph, state.name)) or "-"
     stats = detail.durations
     paused = "-"
     if state.paused:

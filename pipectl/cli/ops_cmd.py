@@ -36,12 +36,23 @@ from pipectl.cli.common import (
     lost_reason,
     print_json,
 )
+from pipectl.dag import CycleError
 from pipectl.db import connection
 from pipectl.format import STATUS_STYLE, age, band, due, number, seconds, status_text
 from pipectl.migrate import ensure_current
 from pipectl.model import Outcome, Request, RequestKind, Run
+from pipectl.request_args import (
+    MAX_SILENCE,
+    ArgsError,
+    RequestArgs,
+    RerunArgs,
+    SilenceArgs,
+    describe_args,
+    parse_args,
+)
 from pipectl.safetext import CELL, literal, visible
 from pipectl.store.base import Conn
+from pipectl.store.console import RerunPlan, rerun_plan
 
 
 def register(subparsers: Any) -> None:
@@ -52,10 +63,13 @@ def register(subparsers: Any) -> None:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=show_status)
 
-    history = subparsers.add_parser("history", help="recent runs, newest first")
+    history = subparsers.add_parser("history", help="recent runs (or requests), newest first")
     history.add_argument("step", nargs="?", type=NAME_ARGUMENT, help="only this step")
     history.add_argument(
-        "--limit", type=HISTORY_LIMIT, default=20, metavar="N", help="runs to show (1-10000)"
+        "--requests", action="store_true", help="operator requests instead of runs"
+    )
+    history.add_argument(
+        "--limit", type=HISTORY_LIMIT, default=20, metavar="N", help="rows to show (1-10000)"
     )
     history.add_argument("--json", action="store_true")
     history.set_defaults(handler=show_history)
@@ -64,6 +78,11 @@ def register(subparsers: Any) -> None:
     rerun.add_argument("step", type=NAME_ARGUMENT)
     rerun.add_argument(
         "--downstream", action="store_true", help="and every step that depends on it, in order"
+    )
+    rerun.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the steps it would run, in order, with expected durations; file nothing",
     )
     _request_options(rerun)
     rerun.set_defaults(handler=request_rerun)
@@ -114,7 +133,7 @@ def _request_options(parser: argparse.ArgumentParser) -> None:
 
 HISTORY_LIMIT = int_argument(1, 10_000)
 WAIT_TIMEOUT = float_argument(above=0, at_most=86_400, unit="seconds")
-SILENCE_SPAN = duration_argument(maximum=timedelta(days=30))
+SILENCE_SPAN = duration_argument(maximum=MAX_SILENCE)
 
 
 # ------------------------------------------------------------------------------- status
@@ -262,6 +281,8 @@ def run_json(run: Run) -> dict[str, Any]:
 
 
 async def show_history(args: argparse.Namespace) -> int:
+    if args.requests:
+        return await show_request_history(args)
     config = load(args).config
     async with connection(config, "pipectl history") as conn:
         await ensure_current(conn)
@@ -291,6 +312,39 @@ async def show_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def show_request_history(args: argparse.Namespace) -> int:
+    """Recent requests, whatever their rows hold: arguments that do not fit their kind (the
+    agent rejects those) are described as such, never trusted."""
+    if args.step:
+        raise CliError("--requests lists requests for every target; leave out the step")
+    config = load(args).config
+    async with connection(config, "pipectl history") as conn:
+        await ensure_current(conn)
+        requests = await store.list_requests(conn, args.limit)
+    if args.json:
+        print_json([request_json(r) for r in requests])
+        return EXIT_OK
+    now = datetime.now(UTC)
+    table = Table(header_style="bold", box=None)
+    for column in ("request", "kind", "target", "state", "by", "filed", "reason", "outcome"):
+        table.add_column(column)
+    for request in requests:
+        state = request.state
+        kind = f"{request.kind} {describe_args(request.kind, request.args)}".rstrip()
+        table.add_row(
+            str(request.id),
+            Text(kind),
+            Text(request.target),
+            Text(status_text(state), style=STATUS_STYLE.get(state, "")),
+            Text(request.requested_by),
+            age(request.created_at, now),
+            Text(request.reason[:40], style="italic"),
+            Text((request.detail or "")[:70], style="dim"),
+        )
+    console().print(table if requests else "no requests yet")
+    return EXIT_OK
+
+
 async def _unknown_step(conn: Conn, step: str) -> str:
     known = [visible(s.name, limit=CELL) for s in await store.step_states(conn)]
     listing = ", ".join(known) if known else "none published yet (start an agent)"
@@ -307,27 +361,32 @@ async def _unknown_check(conn: Conn, check: str) -> str:
 
 
 async def request_rerun(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return await show_rerun_plan(args)
     return await _file_request(
-        args, RequestKind.RERUN, args.step, {"downstream": bool(args.downstream)}
+        args, RequestKind.RERUN, args.step, RerunArgs(downstream=bool(args.downstream))
     )
 
 
 async def request_pause(args: argparse.Namespace) -> int:
     kind = RequestKind.PAUSE if args.kind == "pause" else RequestKind.RESUME
-    return await _file_request(args, kind, args.step, {})
+    return await _file_request(args, kind, args.step, None)
 
 
 async def request_silence(args: argparse.Namespace) -> int:
-    seconds = args.span.total_seconds()
-    return await _file_request(args, RequestKind.SILENCE, args.check, {"seconds": seconds})
+    try:
+        silence = SilenceArgs.parse({"seconds": args.span.total_seconds()})
+    except ArgsError as exc:
+        raise CliError(str(exc)) from None
+    return await _file_request(args, RequestKind.SILENCE, args.check, silence)
 
 
 async def request_unsilence(args: argparse.Namespace) -> int:
-    return await _file_request(args, RequestKind.UNSILENCE, args.check, {})
+    return await _file_request(args, RequestKind.UNSILENCE, args.check, None)
 
 
 async def _file_request(
-    args: argparse.Namespace, kind: RequestKind, target: str, extra: dict[str, Any]
+    args: argparse.Namespace, kind: RequestKind, target: str, extra: RequestArgs | None
 ) -> int:
     config = load(args).config
     async with connection(config, f"pipectl {kind}") as conn:
@@ -396,11 +455,19 @@ def _report_outcome(args: argparse.Namespace, filed: Request, finished: Request 
 
 
 def request_json(request: Request) -> dict[str, Any]:
+    """A request for scripts. `args` is the kind's arguments, or null with `args_error`
+    saying why when the row holds arguments the agent rejects."""
+    try:
+        args: dict[str, Any] | None = parse_args(request.kind, request.args).to_json()
+        problem = None
+    except ArgsError as exc:
+        args, problem = None, str(exc)
     return {
         "id": request.id,
         "kind": str(request.kind),
         "target": request.target,
-        "args": request.args,
+        "args": args,
+        "args_error": problem,
         "reason": request.reason,
         "requested_by": request.requested_by,
         "created_at": request.created_at,
@@ -410,6 +477,95 @@ def request_json(request: Request) -> dict[str, Any]:
         "done_at": request.done_at,
         "outcome": str(request.outcome) if request.outcome else None,
         "detail": request.detail,
+    }
+
+
+# ------------------------------------------------------------------------------- dry run
+
+
+async def show_rerun_plan(args: argparse.Namespace) -> int:
+    """`pipectl rerun STEP [--downstream] --dry-run`: the plan the console's rerun dialog
+    shows and the agent executes (`Dag.rerun` over the published steps). Reads only, so a
+    viewer role can ask."""
+    if args.wait:
+        raise CliError("--dry-run files no request, so there is nothing to --wait for")
+    config = load(args).config
+    async with connection(config, "pipectl rerun --dry-run") as conn:
+        await ensure_current(conn)
+        try:
+            plan = await rerun_plan(conn, args.step, bool(args.downstream))
+        except CycleError as exc:
+            raise CliError(f"the published steps form a dependency cycle: {exc}") from None
+        if plan is None:
+            raise CliError(await _unknown_step(conn, args.step))
+    if args.json:
+        print_json(plan_json(plan))
+    else:
+        render_plan(plan, datetime.now(UTC))
+    return EXIT_OK
+
+
+def render_plan(plan: RerunPlan, now: datetime) -> None:
+    out = console()
+    count = len(plan.steps)
+    what = f"{plan.step} and its downstream" if plan.downstream else plan.step
+    out.print(
+        Text(
+            f"A rerun of {what} would run {count} step{'s' if count != 1 else ''}, in this "
+            "order (dry run: nothing filed)"
+        )
+    )
+    table = Table(header_style="bold", box=None)
+    for column in ("#", "step", "p50", "p95", "runs", "last run"):
+        table.add_column(
+            column, justify="right" if column in ("#", "p50", "p95", "runs") else "left"
+        )
+    for position, planned in enumerate(plan.steps, 1):
+        expected = planned.expected
+        name = Text(planned.name)
+        if planned.paused:
+            name.append(" (paused)", style="yellow")
+        last = planned.last_run
+        last_text = Text("never", style="dim")
+        if last is not None:
+            state = str(last.status)
+            last_text = Text(status_text(state), style=STATUS_STYLE.get(state, ""))
+            last_text.append(f" {age(last.finished_at or last.queued_at, now)}", style="dim")
+        if expected.samples:
+            durations = (seconds(expected.p50), seconds(expected.p95), str(expected.samples))
+        else:
+            durations = ("no history", "", "0")
+        table.add_row(str(position), name, *durations, last_text)
+    out.print(table)
+    if plan.expected_p50 is None:
+        out.print("expected in total: unknown (a step has no successful run yet)")
+    else:
+        out.print(
+            f"expected in total: p50 {seconds(plan.expected_p50)}, p95 {seconds(plan.expected_p95)}"
+        )
+    if any(s.paused for s in plan.steps):
+        out.print("paused steps run too: a manual rerun ignores the pause")
+
+
+def plan_json(plan: RerunPlan) -> dict[str, Any]:
+    return {
+        "step": plan.step,
+        "downstream": plan.downstream,
+        "dry_run": True,
+        "steps": [
+            {
+                "position": position,
+                "name": s.name,
+                "expected_p50_s": s.expected.p50,
+                "expected_p95_s": s.expected.p95,
+                "history_runs": s.expected.samples,
+                "paused": s.paused,
+                "last_run": run_json(s.last_run) if s.last_run else None,
+            }
+            for position, s in enumerate(plan.steps, 1)
+        ],
+        "expected_p50_s": plan.expected_p50,
+        "expected_p95_s": plan.expected_p95,
     }
 
 

@@ -15,12 +15,13 @@ from typing import Any
 from uuid import UUID
 
 from pipectl.config import CacheCheck
+from pipectl.dag import Dag
 from pipectl.model import CheckStatus, Request, Run, Sample
 from pipectl.store.base import DB
 from pipectl.store.definitions import CheckState, StepState, check_states, step_states
 from pipectl.store.requests import list_requests
 from pipectl.store.results import ResultRow, recent_results
-from pipectl.store.runs import _RUN_COLUMNS, _run, recent_runs
+from pipectl.store.runs import _RUN_COLUMNS, _run, latest_outcomes, recent_runs
 from pipectl.store.samples import read_series
 
 # ------------------------------------------------------------------------------ privileges
@@ -76,6 +77,48 @@ async def step_graph(db: DB) -> dict[str, tuple[str, ...]]:
     """Enabled steps and what each depends on, as published by the agents."""
     rows = await db.fetch("SELECT name, depends_on FROM pipectl.steps WHERE enabled ORDER BY name")
     return {r["name"]: tuple(r["depends_on"] or ()) for r in rows}
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    name: str
+    expected: DurationStats
+    last_run: Run | None
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class RerunPlan:
+    """Exactly what a rerun will run, in order, with what each is expected to take."""
+
+    step: str
+    downstream: bool
+    steps: tuple[PlannedStep, ...]
+
+    @property
+    def expected_p50(self) -> float | None:
+        values = [s.expected.p50 for s in self.steps]
+        return None if any(v is None for v in values) else sum(v or 0.0 for v in values)
+
+    @property
+    def expected_p95(self) -> float | None:
+        values = [s.expected.p95 for s in self.steps]
+        return None if any(v is None for v in values) else sum(v or 0.0 for v in values)
+
+
+async def rerun_plan(db: DB, step: str, downstream: bool) -> RerunPlan | None:
+    """The steps a rerun of `step` runs, in the agent's order (`Dag.rerun` over the published
+    steps), each with its expected duration and last outcome; None for an unknown step.
+    Raises CycleError when the published steps form a cycle (agents with clashing configs)."""
+    dag = Dag(await step_graph(db))
+    if step not in dag:
+        return None
+    names = dag.rerun(step, downstream)
+    stats = await duration_stats(db, names)
+    last = await latest_outcomes(db, names)
+    paused = {s.name for s in await step_states(db, names) if s.paused}
+    planned = tuple(PlannedStep(n, stats[n], last.get(n), n in paused) for n in names)
+    return RerunPlan(step, downstream, planned)
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from pipectl.model import Outcome, Request, RequestKind
+from pipectl.request_args import RequestArgs, check_args
 from pipectl.store.base import DB
 
 _COLUMNS = """id, kind, target, args, reason, requested_by, created_at, claimed_by, claimed_at,
@@ -23,16 +23,18 @@ def _request(row: asyncpg.Record) -> Request:
 
 
 async def create_request(
-    db: DB, kind: RequestKind, target: str, reason: str = "", args: dict[str, Any] | None = None
+    db: DB, kind: RequestKind, target: str, reason: str = "", args: RequestArgs | None = None
 ) -> Request:
-    """Insert (PostgreSQL stamps who and when, audits it and wakes the agents)."""
+    """Insert (PostgreSQL stamps who and when, audits it and wakes the agents). `args` is
+    the kind's model (its defaults when None); a model of another kind raises ArgsError."""
+    checked = check_args(kind, args)
     row = await db.fetchrow(
         f"INSERT INTO pipectl.requests (kind, target, reason, args) VALUES ($1, $2, $3, $4)"
         f" RETURNING {_COLUMNS}",
         str(kind),
         target,
         reason,
-        args or {},
+        checked.to_json(),
     )
     assert row is not None
     return _request(row)

@@ -11,6 +11,7 @@ import asyncpg
 from pipectl import store
 from pipectl.agent.runner import LOCK_NAMESPACE
 from pipectl.model import Outcome, RequestKind, RunStatus
+from pipectl.request_args import RerunArgs, SilenceArgs
 from tests.agent.conftest import past_clock, running_agent, steps_toml, tick
 from tests.helpers import wait_for
 
@@ -209,7 +210,7 @@ async def test_rerun_with_downstream_runs_in_order_and_skips_after_failure(
     depends_on = ["a"]
     """
     request = await store.create_request(
-        db, RequestKind.RERUN, "a", "backfill", {"downstream": True}
+        db, RequestKind.RERUN, "a", "backfill", RerunArgs(downstream=True)
     )
     async with running_agent(database, body):
         row = await wait_for(lambda: done(db, request.id))
@@ -418,14 +419,21 @@ async def test_silence_request_sets_and_clears(database: str, db: asyncpg.Connec
     """
     )
     silence = await store.create_request(
-        db, RequestKind.SILENCE, "rule_performance_freshness", "known outage", {"seconds": 7200}
+        db,
+        RequestKind.SILENCE,
+        "rule_performance_freshness",
+        "known outage",
+        SilenceArgs(seconds=7200),
     )
-    too_long = await store.create_request(
-        db, RequestKind.SILENCE, "rule_performance_freshness", "", {"seconds": 90 * 86400}
+    # pipectl cannot file a 90-day silence; a row inserted by hand is rejected by the agent.
+    too_long = await db.fetchrow(
+        "INSERT INTO pipectl.requests (kind, target, args) VALUES ('silence', $1, $2) RETURNING id",
+        "rule_performance_freshness",
+        {"seconds": 90 * 86400},
     )
     async with running_agent(database, body):
         row = await wait_for(lambda: done(db, silence.id))
-        bad = await wait_for(lambda: done(db, too_long.id))
+        bad = await wait_for(lambda: done(db, too_long["id"]))
     assert row["outcome"] == "succeeded"
     assert bad["outcome"] == "rejected"
     state = (await store.check_states(db, ["rule_performance_freshness"]))[0]

@@ -1,14 +1,10 @@
-"""Tick arithmetic: identical nominal times on every agent, cron in its zone, DAG order."""
+"""Tick arithmetic: identical nominal times on every agent, cron in its zone."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
-from pipectl.agent.dag import Dag
 from pipectl.agent.schedule import cron_schedule, interval_schedule
-from pipectl.config import StepConfig
 
 
 def test_interval_ticks_are_aligned_to_a_fixed_epoch() -> None:
@@ -32,22 +28,3 @@ def test_jitter_is_bounded() -> None:
     delays = [schedule.jitter_delay() for _ in range(200)]
     assert all(0 <= d <= 3 for d in delays)
     assert max(delays) > 0
-
-
-def _step(name: str, *deps: str) -> StepConfig:
-    return StepConfig(name=name, kind="sql", sql="SELECT 1", depends_on=list(deps))
-
-
-def test_dag_order_and_downstream_closure() -> None:
-    dag = Dag([_step("c", "b"), _step("a"), _step("b", "a"), _step("d", "a"), _step("e")])
-    assert dag.order() == ["a", "b", "c", "d", "e"]
-    assert dag.with_downstream("a") == ["a", "b", "c", "d"]
-    assert dag.with_downstream("b") == ["b", "c"]
-    assert dag.upstream("c") == ["b"]
-
-
-def test_dag_rejects_cycles() -> None:
-    from pipectl.agent.dag import CycleError
-
-    with pytest.raises(CycleError, match="a -> b -> a"):
-        Dag([_step("a", "b"), _step("b", "a")])

@@ -24,7 +24,6 @@ from pipectl.console.screens.timeline import TimelineScreen
 from pipectl.console.widgets.chart import RatioSeries, bars, columns_of, floor_of
 from pipectl.console.widgets.table import ColumnSpec, LiveTable, Ordering, TableRow
 from pipectl.format import band, spark
-from pipectl.graph import downstream, with_downstream
 from pipectl.model import Outcome, Request, RequestKind
 from pipectl.store.console import RequestRow
 
@@ -198,14 +197,6 @@ def test_request_feedback_tells_each_state_once_in_any_order() -> None:
     assert not feedback.is_mine(7) and feedback.progress(RequestRow(done, "a1")) == []
     # Someone else's request: nothing to say.
     assert RequestFeedback().progress(RequestRow(done, "a1")) == []
-
-
-def test_graph_orders_downstream_after_upstream() -> None:
-    graph = {"a": [], "b": ["a"], "c": ["b", "a"], "d": ["a"], "x": []}
-    assert downstream(graph, "a") == ["b", "c", "d"]
-    assert with_downstream(graph, "a") == ["a", "b", "c", "d"]
-    assert with_downstream(graph, "b") == ["b", "c"]
-    assert with_downstream(graph, "x") == ["x"]
 
 
 def test_text_forms() -> None:

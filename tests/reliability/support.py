@@ -12,6 +12,7 @@ from pipectl import store
 from pipectl.db import _init_connection
 from pipectl.identifiers import quote_ident
 from pipectl.model import Request, RequestKind
+from pipectl.request_args import RequestArgs
 from tests.helpers import wait_for
 
 SUMMARY_STEPS = """
@@ -86,7 +87,7 @@ async def connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def file_request(
-    dsn: str, kind: RequestKind, target: str, args: dict[str, Any] | None = None
+    dsn: str, kind: RequestKind, target: str, args: RequestArgs | None = None
 ) -> Request:
     async with connected(dsn) as conn:
         return await store.create_request(conn, kind, target, "reliability test", args)

@@ -14,6 +14,7 @@ import pytest
 
 from pipectl.embedded import EmbeddedPostgres, EmbeddedValkey
 from pipectl.model import RequestKind
+from pipectl.request_args import RerunArgs
 from tests.agent.conftest import AgentProcess, running_agent
 from tests.helpers import wait_for
 from tests.reliability.audit import audit_alive, audit_final
@@ -195,7 +196,7 @@ async def test_refresh_blocked_by_another_sessions_lock(own_postgres: EmbeddedPo
             await blocker.execute("ROLLBACK")
             released = datetime.now(UTC)
             again = await file_request(
-                dsn, RequestKind.RERUN, "rule_effectiveness_summary", {"downstream": True}
+                dsn, RequestKind.RERUN, "rule_effectiveness_summary", RerunArgs(downstream=True)
             )
             assert await wait_request_done(dsn, again.id) == "succeeded"
             await audit_alive(dsn, released, steps=STEPS)
@@ -333,7 +334,7 @@ async def test_requests_filed_while_no_agent_runs(own_postgres: EmbeddedPostgres
     dsn = own_postgres.dsn()
     filed = [
         await file_request(
-            dsn, RequestKind.RERUN, "rule_effectiveness_summary", {"downstream": True}
+            dsn, RequestKind.RERUN, "rule_effectiveness_summary", RerunArgs(downstream=True)
         ),
         await file_request(dsn, RequestKind.PAUSE, "user_satisfaction_summary"),
         await file_request(dsn, RequestKind.RESUME, "user_satisfaction_summary"),

@@ -15,6 +15,7 @@ import asyncpg
 
 from pipectl import store
 from pipectl.model import RequestKind
+from pipectl.request_args import RerunArgs, SilenceArgs
 from tests.agent.conftest import REPO, running_agent
 from tests.reliability.audit import audit_alive, audit_final
 from tests.reliability.conftest import SUMMARIES, as_user
@@ -143,12 +144,22 @@ async def test_an_agent_running_as_the_agent_role_does_its_whole_job_audited(
     operator = as_user(database, operator_role)
     body = '[agent]\nheartbeat = "500ms"\n' + SUMMARY_STEPS + freshness_check("1s")
     wanted = [
-        (RequestKind.RERUN, "rule_effectiveness_summary", {"downstream": True}, "backfill done"),
-        (RequestKind.PAUSE, "user_satisfaction_summary", {}, "vacuum tonight"),
-        (RequestKind.RESUME, "user_satisfaction_summary", {}, "vacuum finished"),
-        (RequestKind.SILENCE, "rule_performance_freshness", {"seconds": 600}, "feed paused"),
-        (RequestKind.UNSILENCE, "rule_performance_freshness", {}, "feed back"),
-        (RequestKind.CHECK, "rule_performance_freshness", {}, "after the fix"),
+        (
+            RequestKind.RERUN,
+            "rule_effectiveness_summary",
+            RerunArgs(downstream=True),
+            "backfill done",
+        ),
+        (RequestKind.PAUSE, "user_satisfaction_summary", None, "vacuum tonight"),
+        (RequestKind.RESUME, "user_satisfaction_summary", None, "vacuum finished"),
+        (
+            RequestKind.SILENCE,
+            "rule_performance_freshness",
+            SilenceArgs(seconds=600),
+            "feed paused",
+        ),
+        (RequestKind.UNSILENCE, "rule_performance_freshness", None, "feed back"),
+        (RequestKind.CHECK, "rule_performance_freshness", None, "after the fix"),
     ]
     async with running_agent(as_user(database, agent_role), body) as agent:
         filed = []

@@ -1,0 +1,180 @@
+"""The arguments of each request kind, typed: what the console and the CLI write into
+`pipectl.requests.args` and what the agent reads back.
+
+A request row is written by anyone with INSERT on the table, so what is read back is
+arbitrary JSON (an array, a string, a number of thousands of digits). `parse_args` turns it
+into the kind's model or raises `ArgsError` with a message fit for the request's outcome
+detail; `describe_args` gives the short form the console and the CLI show next to the kind,
+whatever the row holds. Creating a request takes a model, so what pipectl itself files is
+valid by construction (and `check_args` refuses a model of the wrong kind).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from pipectl.format import seconds as format_seconds
+from pipectl.model import RequestKind
+
+MAX_SILENCE = timedelta(days=30)
+
+# How much of an unknown key a message quotes: the key is the writer's text, not ours.
+_KEY_LIMIT = 40
+
+
+class ArgsError(ValueError):
+    """A request's arguments do not fit its kind; the message says why."""
+
+
+class RequestArgs(BaseModel):
+    """Arguments of one request kind: exactly these keys, of exactly these types."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    KIND_TEXT: ClassVar[str] = "this"
+
+    @classmethod
+    def parse(cls, raw: object) -> Self:
+        """The model for `raw` (a request row's args as read), or ArgsError saying why not."""
+        if not isinstance(raw, dict):
+            raise ArgsError("request arguments must be a JSON object")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ArgsError(cls._explain(exc)) from None
+
+    @classmethod
+    def _explain(cls, exc: ValidationError) -> str:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        key = _quoted(error["loc"][0]) if error["loc"] else "arguments"
+        if error["type"] == "extra_forbidden":
+            allowed = ", ".join(cls.model_fields) or "none"
+            return f"unknown argument {key} for {cls.a_request()} (allowed: {allowed})"
+        if error["type"] == "missing":
+            return f"{cls.a_request()} needs {key}"
+        cause = (error.get("ctx") or {}).get("error")
+        return str(cause) if cause is not None else f"{key}: {error['msg']}"
+
+    @classmethod
+    def a_request(cls) -> str:
+        """For messages: "a rerun request", "an unsilence request"."""
+        article = "an" if cls.KIND_TEXT[0] in "aeiou" else "a"
+        return f"{article} {cls.KIND_TEXT} request"
+
+    def to_json(self) -> dict[str, Any]:
+        """What goes into pipectl.requests.args."""
+        return self.model_dump(mode="json")
+
+    def describe(self) -> str:
+        """A short note shown next to the kind ("" when there is nothing to say)."""
+        return ""
+
+
+class RerunArgs(RequestArgs):
+    """Rerun a step, and with `downstream` every step depending on it, in order."""
+
+    KIND_TEXT: ClassVar[str] = "rerun"
+    downstream: bool = False
+
+    @field_validator("downstream", mode="before")
+    @classmethod
+    def _bool(cls, value: object) -> object:
+        if not isinstance(value, bool):
+            raise ValueError("'downstream' must be true or false")
+        return value
+
+    def describe(self) -> str:
+        return "+down" if self.downstream else ""
+
+
+class SilenceArgs(RequestArgs):
+    """Silence a check for `seconds` (more than 0, at most MAX_SILENCE)."""
+
+    KIND_TEXT: ClassVar[str] = "silence"
+    seconds: float
+
+    @field_validator("seconds", mode="before")
+    @classmethod
+    def _span(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError("silence needs 'seconds' > 0")
+        # Compared before any conversion: an int of thousands of digits, or inf, must not
+        # reach float() or timedelta(), which overflow.
+        if value > MAX_SILENCE.total_seconds():
+            raise ValueError(f"silences are limited to {MAX_SILENCE.days} days")
+        return float(value)
+
+    @property
+    def span(self) -> timedelta:
+        return timedelta(seconds=self.seconds)
+
+    def describe(self) -> str:
+        return format_seconds(self.seconds)
+
+
+class CheckArgs(RequestArgs):
+    """Run a check now (target: its name, or "*" / "all"): no arguments."""
+
+    KIND_TEXT: ClassVar[str] = "check"
+
+
+class PauseArgs(RequestArgs):
+    """Pause a step's scheduled runs: no arguments."""
+
+    KIND_TEXT: ClassVar[str] = "pause"
+
+
+class ResumeArgs(RequestArgs):
+    """Undo a pause: no arguments."""
+
+    KIND_TEXT: ClassVar[str] = "resume"
+
+
+class UnsilenceArgs(RequestArgs):
+    """End a silence now: no arguments."""
+
+    KIND_TEXT: ClassVar[str] = "unsilence"
+
+
+ARGS_OF: dict[RequestKind, type[RequestArgs]] = {
+    RequestKind.RERUN: RerunArgs,
+    RequestKind.CHECK: CheckArgs,
+    RequestKind.PAUSE: PauseArgs,
+    RequestKind.RESUME: ResumeArgs,
+    RequestKind.SILENCE: SilenceArgs,
+    RequestKind.UNSILENCE: UnsilenceArgs,
+}
+
+
+def parse_args(kind: RequestKind, raw: object) -> RequestArgs:
+    """The arguments of a request of `kind` as read from its row; ArgsError when malformed."""
+    return ARGS_OF[kind].parse(raw)
+
+
+def check_args(kind: RequestKind, args: RequestArgs | None) -> RequestArgs:
+    """`args` for a new request of `kind` (its defaults when None); ArgsError when the model
+    belongs to another kind."""
+    model = ARGS_OF[kind]
+    if args is None:
+        return model()
+    if type(args) is not model:
+        raise ArgsError(f"{model.a_request()} takes {model.__name__}, not {type(args).__name__}")
+    return args
+
+
+def describe_args(kind: RequestKind, raw: object) -> str:
+    """What a row's arguments say, short, for tables: "+down", "2.0h", "" or, for arguments
+    the agent rejects, "bad args"."""
+    try:
+        return parse_args(kind, raw).describe()
+    except ArgsError:
+        return "bad args"
+
+
+def _quoted(key: object) -> str:
+    text = str(key)
+    if len(text) > _KEY_LIMIT:
+        text = text[:_KEY_LIMIT] + "…"
+    return repr(text)

@@ -277,4 +277,3 @@ class StepScheduler:
                 await self.skip(run_id, reason)
                 continue
             await self._after_success(child, await self.run(child_plan, run_id, Trigger.UPSTREAM))
-

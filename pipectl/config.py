@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipectl.dag import find_cycle
 from pipectl.durations import (
     POSTGRES_TIMEOUT_MAX,
     DurationError,
@@ -39,7 +40,6 @@ from pipectl.durations import (
     format_duration,
     parse_duration,
 )
-from pipectl.dag import find_cycle
 from pipectl.identifiers import IdentifierError, Relation, check_name, parse_column
 from pipectl.tomlpos import Path as KeyPath
 from pipectl.tomlpos import line_of, locate_keys

@@ -21,8 +21,8 @@ from textual.widgets import Button, Input, Static
 from pipectl.console.actions import DIALOG, bindings
 from pipectl.durations import DurationError, format_duration, parse_duration
 from pipectl.format import STATUS_STYLE, age, seconds, status_text
-from pipectl.safetext import CELL, literal
 from pipectl.request_args import MAX_SILENCE
+from pipectl.safetext import CELL, literal
 from pipectl.store.console import RerunPlan
 
 if TYPE_CHECKING:

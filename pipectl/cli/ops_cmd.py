@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from pipectl.console.screens.requests import RequestsScreen
+from pipectl.safetext import visible
 from tests.agent.conftest import running_agent
 from tests.console.conftest import console_app, settle
 from tests.console.test_screens import cell, table_of
@@ -142,4 +143,4 @@ async def test_malformed_request_args_are_shown_then_rejected_with_the_reason(
     # Finished, they still show, now with the agent's reason.
     shown = await _requests_screen(database, ids)
     for request_id, (_, _, _, reason) in zip(ids, MALFORMED, strict=True):
-        assert shown[str(request_id)][1] == reason[:60]
+        assert shown[str(request_id)][1] == visible(reason, limit=60)

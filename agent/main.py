@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+import pipectl.checks  # noqa: F401  (registers the check kinds, so a reload parses them)
 from pipectl.agent.exposition import Exposition
 from pipectl.agent.metrics import AgentMetrics
 from pipectl.agent.service import Agent

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+import pipectl.checks  # noqa: F401  (registers the check kinds the benchmarks' configs name)
 from pipectl import migrate
 from pipectl.embedded import EmbeddedServers
 from pipectl.sqlfiles import sql_dir

@@ -19,8 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipectl import store
-from pipectl.checks.quality import dimension
-from pipectl.config import Config, FreshnessCheck, QualityCheck
+from pipectl.checks.freshness import FreshnessCheck
+from pipectl.checks.quality import QualityCheck, dimension
+from pipectl.config import Config
 from pipectl.model import CheckResult
 from pipectl.store.base import Conn
 

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from pipectl import store
+from pipectl.checks.cache import published_floors
 from pipectl.graph import with_downstream
 from pipectl.model import Request, RequestKind, Run
 from pipectl.store.base import Conn
@@ -45,7 +46,8 @@ class OverviewData:
 
 async def overview(conn: Conn) -> OverviewData:
     """The `pipectl status` read model plus the latest reading of each cache check."""
-    return OverviewData(await store.status_snapshot(conn), tuple(await cache_latest(conn)))
+    latest = await cache_latest(conn, published_floors)
+    return OverviewData(await store.status_snapshot(conn), tuple(latest))
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ async def cache(conn: Conn, now: datetime, window: timedelta) -> CacheData:
     if bucket > HOUR:
         bucket = HOUR * math.ceil(bucket / HOUR)
     since = now - window
-    series = await cache_history(conn, since, now, bucket)
+    series = await cache_history(conn, since, now, bucket, published_floors)
     return CacheData(since, now, bucket, tuple(series))
 
 

@@ -15,6 +15,7 @@ from uuid import UUID
 
 from rich.console import Console
 
+import pipectl.checks  # noqa: F401  (registers the check kinds, so configs naming them parse)
 from pipectl.config import LoadedConfig, load_config
 
 EXIT_OK = 0

@@ -28,6 +28,7 @@ from pipectl.config import (
 )
 from pipectl.durations import format_duration, humanize_age
 from pipectl.model import CheckResult, CheckStatus
+from pipectl.store.runs import last_success_sql
 
 
 class FreshnessCheck(CheckBase):
@@ -72,10 +73,7 @@ def query(check: FreshnessCheck, step: str | None) -> Query:
     params = Params()
     sql = f"SELECT (SELECT max({col(check.column)}) FROM {check.table.sql}) AS newest"
     if step is not None:
-        sql += (
-            ", (SELECT max(finished_at) FROM pipectl.runs"
-            f" WHERE step = {params.add(step)} AND status = 'succeeded') AS refreshed_at"
-        )
+        sql += f", {last_success_sql(params.add(step))} AS refreshed_at"
     return Query(sql, params)
 
 

@@ -1,7 +1,8 @@
 """What each screen fetches: async functions of a connection returning immutable snapshots.
 
 They only combine `pipectl.store` read functions (the same ones `pipectl status` and
-`pipectl history` use); windows come from the console's clock.
+`pipectl history` use; no SQL of their own) and the cache kind's published floors; windows come
+from the console's clock.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from pipectl.store.console import (
     check_detail,
     check_trends,
     duration_stats,
+    request_with_agent,
     requests_with_agents,
+    session_role,
     step_detail,
     step_graph,
     timeline,
@@ -114,15 +117,7 @@ async def requests(conn: Conn) -> tuple[RequestRow, ...]:
 
 
 async def request_row(conn: Conn, request_id: int) -> RequestRow | None:
-    request = await store.get_request(conn, request_id)
-    if request is None:
-        return None
-    agent = None
-    if request.claimed_by is not None:
-        agent = await conn.fetchval(
-            "SELECT name FROM pipectl.agents WHERE id = $1", request.claimed_by
-        )
-    return RequestRow(request, agent)
+    return await request_with_agent(conn, request_id)
 
 
 # ------------------------------------------------------------------------------ actions
@@ -189,7 +184,7 @@ async def file_request(conn: Conn, intent: RequestIntent) -> Request:
             conn, RequestKind(intent.kind), intent.target, intent.reason, intent.args
         )
     except asyncpg.InsufficientPrivilegeError as exc:
-        user = await conn.fetchval("SELECT session_user")
+        user = await session_role(conn)
         raise RequestDenied(
             f"permission denied: role {user!r} may not file requests (it needs pipectl_operator)"
         ) from exc

@@ -43,6 +43,7 @@ from pipectl.store.requests import (
 from pipectl.store.results import (
     BaselineRow,
     StoredResult,
+    count_results,
     last_baseline,
     latest_baselines,
     recent_results,
@@ -59,6 +60,7 @@ from pipectl.store.runs import (
     last_success,
     latest_outcomes,
     recent_runs,
+    run_counts,
     start_run,
     tick_exists,
 )
@@ -85,6 +87,7 @@ __all__ = [
     "claim_requests",
     "claim_tick",
     "close_unfinished_runs",
+    "count_results",
     "create_request",
     "create_run",
     "finish_request",
@@ -114,6 +117,7 @@ __all__ = [
     "release_claims",
     "release_request",
     "request_has_runs",
+    "run_counts",
     "set_next_run",
     "set_paused",
     "set_silence",

@@ -17,7 +17,7 @@ from uuid import UUID
 from pipectl.model import CheckStatus, Request, Run, Sample
 from pipectl.store.base import DB
 from pipectl.store.definitions import CheckState, StepState, check_states, step_states
-from pipectl.store.requests import list_requests
+from pipectl.store.requests import get_request, list_requests
 from pipectl.store.results import ResultRow, recent_results
 from pipectl.store.runs import _RUN_COLUMNS, _run, recent_runs
 from pipectl.store.samples import read_series
@@ -29,6 +29,12 @@ async def can_file_requests(db: DB) -> bool:
     """Whether this role may insert requests. PostgreSQL enforces it; the console reflects it."""
     allowed: bool = await db.fetchval("SELECT has_table_privilege('pipectl.requests', 'INSERT')")
     return allowed
+
+
+async def session_role(db: DB) -> str:
+    """The role this session logged in as: the one PostgreSQL checks privileges against."""
+    user: str = await db.fetchval("SELECT session_user")
+    return user
 
 
 # ------------------------------------------------------------------------------ steps
@@ -468,7 +474,16 @@ class RequestRow:
 
 async def requests_with_agents(db: DB, limit: int = 200) -> list[RequestRow]:
     """Newest requests first, with the name of the agent that claimed each."""
-    requests = await list_requests(db, limit)
+    return await _with_agents(db, await list_requests(db, limit))
+
+
+async def request_with_agent(db: DB, request_id: int) -> RequestRow | None:
+    """One request with the name of the agent that claimed it; None when it is gone."""
+    request = await get_request(db, request_id)
+    return None if request is None else (await _with_agents(db, [request]))[0]
+
+
+async def _with_agents(db: DB, requests: list[Request]) -> list[RequestRow]:
     ids = list({r.claimed_by for r in requests if r.claimed_by is not None})
     names: dict[UUID, str] = {}
     if ids:

@@ -206,6 +206,12 @@ class ResultRow:
     observed_at: datetime
 
 
+async def count_results(db: DB) -> int:
+    """Check results kept, of every check."""
+    count: int = await db.fetchval("SELECT count(*) FROM pipectl.check_results")
+    return count
+
+
 async def recent_results(db: DB, check: str, limit: int = 100) -> list[ResultRow]:
     rows = await db.fetch(
         """

@@ -54,22 +54,6 @@ class ScoreRow:
         tally = self.tallies.get(dimension_name)
         return tally.ratio if tally else None
 
-    @property
-    def completeness(self) -> float | None:
-        return self.ratio("completeness")
-
-    @property
-    def accuracy(self) -> float | None:
-        return self.ratio("accuracy")
-
-    @property
-    def consistency(self) -> float | None:
-        return self.ratio("consistency")
-
-    @property
-    def timeliness(self) -> float | None:
-        return self.ratio("timeliness")
-
     def below_target(self) -> list[str]:
         """Dimensions measured and under the target."""
         return [d for d in DIMENSIONS if (r := self.ratio(d)) is not None and r < self.target]

@@ -405,11 +405,6 @@ class CheckKinds:
 CHECK_KINDS = CheckKinds()
 
 
-def register_check_kind(model: type[CheckBase]) -> None:
-    """Let configs use a check kind (its model's `kind` literal names it)."""
-    CHECK_KINDS.register(model)
-
-
 def _registered_checks(value: Any) -> list[CheckBase]:
     return CHECK_KINDS.validate(value)
 
@@ -473,10 +468,6 @@ class LoadedConfig:
     file: Path | None
     origins: Mapping[str, str] = field(default_factory=dict)
     searched: tuple[Path, ...] = ()
-
-    @property
-    def database_dsn(self) -> str | None:
-        return self.config.database.dsn
 
     def resolve(self, path: str) -> Path:
         """A path named in the config: relative ones are relative to the config file's

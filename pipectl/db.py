@@ -213,8 +213,3 @@ def describe_error(exc: asyncpg.PostgresError) -> str:
     lines = str(message).strip().splitlines()
     first = lines[0] if lines else ""
     return f"{head}: {first}" if first else head
-
-
-def json_arg(value: Any) -> str:
-    """Encode for a jsonb parameter when the codec is not installed on a connection."""
-    return json.dumps(value, default=str)

@@ -50,7 +50,6 @@ def apply_hysteresis(
 @dataclass(frozen=True)
 class StoredResult:
     id: int
-    raw_status: CheckStatus
     status: CheckStatus
     previous: CheckStatus
     silenced: bool
@@ -149,7 +148,7 @@ async def record_result(
             await _record_crossing(conn, result, result_id, crossing)
         if result.samples:
             await add_samples(conn, result.samples)
-    return StoredResult(result_id, result.status, step.status, previous, silenced)
+    return StoredResult(result_id, step.status, previous, silenced)
 
 
 async def _cache_crossing(conn: Conn, result: CheckResult) -> str | None:

@@ -31,11 +31,13 @@ from pydantic import (
     SerializeAsAny,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from pipectl.durations import DurationError, format_duration, parse_duration
 from pipectl.identifiers import IdentifierError, Relation, check_name, parse_column
+from pipectl.sqlscan import SqlScanError, step_sql_escapes
 from pipectl.tomlpos import Path as KeyPath
 from pipectl.tomlpos import line_of, locate_keys
 
@@ -300,6 +302,21 @@ class StepConfig(Strict):
     lock_timeout: PositiveDuration | None = None
     retries: int | None = Field(default=None, ge=0, le=20)
     enabled: bool = True
+
+    @field_validator("sql")
+    @classmethod
+    def _stays_in_its_run(cls, sql: str | None) -> str | None:
+        """The agent runs the SQL in one transaction under the step's timeouts and lock;
+        statements that would leave them are refused here, before any run (pipectl.sqlscan)."""
+        if sql is None:
+            return None
+        try:
+            escapes = step_sql_escapes(sql)
+        except SqlScanError as exc:
+            raise ValueError(f"cannot read the SQL: {exc}") from None
+        if escapes:
+            raise ValueError("; ".join(str(e) for e in escapes))
+        return sql
 
     @model_validator(mode="after")
     def _shape(self) -> StepConfig:

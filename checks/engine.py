@@ -58,9 +58,13 @@ class CheckEngine:
     async def validate(self, conn: Conn, names: Sequence[str] | None = None) -> None:
         """Check every enabled check's (or the named checks') tables and columns against the
         catalog; raise ConfigError listing every problem, each naming its check."""
-        problems = await self._validate(conn, self._select(names))
+        problems = await self.problems(conn, names)
         if problems:
             raise ConfigError(problems)
+
+    async def problems(self, conn: Conn, names: Sequence[str] | None = None) -> list[Problem]:
+        """What `validate` raises, as a list (empty when every check is fine)."""
+        return await self._validate(conn, self._select(names))
 
     def definitions(self) -> list[CheckDefinition]:
         """What `pipectl.checks` shows: target, probe SQL, schedule, description, config."""

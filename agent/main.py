@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+import pipectl.checks  # noqa: F401  (registers the check kinds, so a reload parses them)
 from pipectl.agent.http import MetricsServer
 from pipectl.agent.service import Agent
 from pipectl.agent.systemd import notify, watchdog_interval, watchdog_loop

@@ -47,7 +47,7 @@ from pipectl.agent.runtime import (
 from pipectl.agent.steps import ChainResult, StepScheduler
 from pipectl.agent.systemd import notify
 from pipectl.agent.tracing import tracer_for
-from pipectl.agent.validation import validate_steps
+from pipectl.checks.validation import validate_catalog
 from pipectl.clock import Clock, DatabaseClock
 from pipectl.config import Config, LoadedConfig
 from pipectl.db import connect, create_pool
@@ -63,8 +63,6 @@ log = logging.getLogger(__name__)
 
 REQUEST_CHANNEL = "pipectl_requests"
 CHANGES_CHANNEL = "pipectl_changes"
-
-__all__ = ["Agent", "validate_steps"]
 
 
 class Agent:
@@ -139,8 +137,7 @@ class Agent:
         try:
             async with pools.book.acquire() as conn:
                 await migrate.ensure_current(conn)
-                await validate_steps(conn, loaded)
-                plan = await self._with_checks(conn, plan)
+                plan = await _validated(conn, plan)
         except BaseException:
             await pools.close()
             raise
@@ -190,16 +187,6 @@ class Agent:
             len(plan.enabled_checks()),
             extra={"agent_id": str(self.identity.id)},
         )
-
-    async def _with_checks(self, conn: Conn, plan: AgentPlan) -> AgentPlan:
-        """The plan with its check engine, validated against the catalog (none: no checks)."""
-        if not plan.enabled_checks():
-            return plan
-        from pipectl.checks.engine import CheckEngine
-
-        engine = CheckEngine(plan.config)
-        await engine.validate(conn)
-        return plan.with_checks(engine)
 
     async def _publish(self, plan: AgentPlan) -> None:
         rt = self.runtime
@@ -369,8 +356,7 @@ class Agent:
         rt = self.runtime
         plan = build_plan(loaded)
         async with rt.pool.acquire() as conn:
-            await validate_steps(conn, loaded)
-            plan = await self._with_checks(conn, plan)
+            plan = await _validated(conn, plan)
         if rt.redis is None:
             rt.redis = _redis(plan)
         rt.plan = plan
@@ -385,6 +371,14 @@ class Agent:
             len(plan.steps),
             len(plan.enabled_checks()),
         )
+
+
+async def _validated(conn: Conn, plan: AgentPlan) -> AgentPlan:
+    """The plan with its check engine, after the one catalog validation `pipectl config
+    check` runs too (steps and checks, every problem on its line); no engine without
+    enabled checks."""
+    engine = await validate_catalog(conn, plan.loaded)
+    return plan.with_checks(engine if plan.enabled_checks() else None)
 
 
 def _redis(plan: AgentPlan) -> redis.asyncio.Redis | None:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+import pipectl.checks  # noqa: F401  (registers the check kinds the benchmarks' configs name)
 from pipectl import migrate
 from pipectl.embedded import EmbeddedServers
 from pipectl.sqlfiles import sql_dir
@@ -198,14 +199,6 @@ def spread(values: Sequence[float]) -> str:
         f"median {ms(statistics.median(values))} "
         f"(p5 {ms(percentile(values, 5))}, p95 {ms(percentile(values, 95))}, n={len(values)})"
     )
-
-
-async def server_version(dsn: str) -> str:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return str(await conn.fetchval("SHOW server_version"))
-    finally:
-        await conn.close()
 
 
 def load_average() -> str:

@@ -29,8 +29,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from bench.common import Figure, Section
-from pipectl.checks.anomaly import comparable, detect
-from pipectl.config import AnomalyConfig
+from pipectl.checks.anomaly import AnomalyConfig, comparable, detect
 from pipectl.model import Sample
 
 START = datetime(2025, 1, 6, tzinfo=UTC)  # a Monday

@@ -31,10 +31,37 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo
 
-from pipectl.config import AnomalyConfig
+from pydantic import Field
+
+from pipectl.config import PositiveDuration, Strict
 from pipectl.model import Sample
+
+
+class AnomalyConfig(Strict):
+    """A check's `anomaly` table: how its value is compared with its robust baseline."""
+
+    method: Literal["mad", "zscore"] = "mad"
+    threshold: float | None = Field(default=None, gt=0)
+    seasonality: Literal[
+        "none", "hour_of_day", "hour_and_daytype", "day_of_week", "hour_of_week"
+    ] = "hour_and_daytype"
+    min_points: int = Field(default=14, ge=3)
+    history: PositiveDuration = timedelta(days=56)
+    direction: Literal["both", "up", "down"] = "both"
+    min_abs_change: float = Field(default=0.0, ge=0)
+    min_rel_change: float = Field(default=0.0, ge=0)
+    severity: Literal["warn", "fail"] = "warn"
+
+    @property
+    def limit(self) -> float:
+        """The score beyond which a point is anomalous: 3.5 for MAD, 3 (sigma) for z-score."""
+        if self.threshold is not None:
+            return self.threshold
+        return 3.5 if self.method == "mad" else 3.0
+
 
 BASELINE_SOURCES = frozenset({"live", "seed"})
 """Sample sources a baseline may learn from."""

@@ -1,22 +1,23 @@
 """What every check kind shares: the run context and the shape of a kind's module.
 
-A kind is one module exporting `KIND`, a `KindSpec`: what it needs from the catalog, the SQL
-it shows, and `run`, which probes (one SQL round trip) and hands the observation to a pure
-evaluation function. The engine adds validation, the transaction with its statement_timeout,
-error handling and timing around it, so a kind only says what is particular to it.
+A kind is one module exporting `KIND`, a `KindSpec`: its config model (a `CheckBase` with
+`kind: Literal["<kind>"]`), what it needs from the catalog, the SQL it shows, and `run`, which
+probes (one SQL round trip) and hands the observation to a pure evaluation function. The engine
+adds validation, the transaction with its statement_timeout, error handling and timing around
+it, so a kind only says what is particular to it. `checks/registry.py` lists the kinds.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 from pipectl.checks.catalog import Catalog, Need, Table
-from pipectl.config import Config
+from pipectl.config import CheckBase, Config, kind_of
 from pipectl.identifiers import Relation
 from pipectl.model import CheckResult, CheckStatus, Sample
 from pipectl.store.base import Conn
@@ -24,7 +25,7 @@ from pipectl.store.base import Conn
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-C = TypeVar("C")
+C = TypeVar("C", bound=CheckBase)
 
 SOURCE_BY_TRIGGER = {"schedule": "live", "manual": "manual", "cli": "manual"}
 
@@ -47,11 +48,16 @@ class Context(Generic[C]):
         return self.catalog.table(relation)
 
 
+def _alone(check: Any) -> Hashable | None:
+    return None
+
+
 @dataclass(frozen=True)
 class KindSpec(Generic[C]):
     """One check kind: the engine's registry maps `kind` to this."""
 
-    kind: str
+    model: type[C]
+    """The kind's config model; its `kind` literal names the kind."""
     needs: Callable[[C], list[Need]]
     """Relations and columns to validate against the catalog."""
     sql: Callable[[C, Config], str]
@@ -63,6 +69,16 @@ class KindSpec(Generic[C]):
         default=lambda check, catalog: []
     )
     """Further (path, message) problems once the catalog is known, e.g. filter values."""
+    share_key: Callable[[C], Hashable | None] = _alone
+    """Checks of this kind with equal keys read the same rows, so `run_shared` can answer
+    them from one probe; None for a check that always probes alone."""
+    run_shared: Callable[[Context[C], Sequence[C]], Awaitable[list[CheckResult]]] | None = None
+    """Results of several checks of one share key from one probe, in order (ctx.check is the
+    first of them); raises like `run`."""
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.model)
 
 
 def zone(name: str) -> ZoneInfo:

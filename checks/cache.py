@@ -23,10 +23,12 @@ PostgreSQL warn below 0.95 and fail below 0.90.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
+from pydantic import Field, model_validator
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
@@ -34,9 +36,73 @@ from pipectl import store
 from pipectl.checks.base import Context, KindSpec, number, point, zone
 from pipectl.checks.catalog import STATS_KINDS, TEXT_TYPES, TIME_TYPES, Need
 from pipectl.checks.sql import Params, Query, col, window_predicate
-from pipectl.config import CacheCheck, Config
+from pipectl.config import (
+    CheckBase,
+    ColumnName,
+    Config,
+    PositiveDuration,
+    Ratio,
+    RelationName,
+)
 from pipectl.durations import format_duration, humanize_age
 from pipectl.model import CheckResult, CheckStatus
+
+
+class CacheCheck(CheckBase):
+    kind: Literal["cache"]
+    source: Literal["redis", "postgres", "app"]
+    tables: list[RelationName] = Field(default_factory=list)
+    table: RelationName | None = None
+    column: ColumnName | None = None
+    time_column: ColumnName | None = None
+    window: PositiveDuration = timedelta(minutes=15)
+    warn_below: Ratio | None = None
+    fail_below: Ratio | None = None
+    min_requests: int = Field(default=20, ge=0)
+
+    @model_validator(mode="after")
+    def _shape(self) -> CacheCheck:
+        if self.source == "app" and self.table is None:
+            raise ValueError(
+                "source 'app' needs 'table' (where each request records its cache level)"
+            )
+        if self.source == "app" and (self.column is None or self.time_column is None):
+            raise ValueError(
+                "source 'app' needs 'column' (the cache level) and 'time_column' (when)"
+            )
+        if self.source != "app" and self.table is not None:
+            raise ValueError(f"'table' is only for source 'app', not {self.source!r}")
+        if self.source != "postgres" and self.tables:
+            raise ValueError(f"'tables' is only for source 'postgres', not {self.source!r}")
+        if None not in (self.warn_below, self.fail_below) and self.fail_below > self.warn_below:  # type: ignore[operator]
+            raise ValueError("fail_below must not be above warn_below")
+        return self
+
+    def thresholds(self) -> tuple[float, float]:
+        """Warn and fail floors, defaulting to the targets in the checks issue."""
+        return floors(self.source, self.warn_below, self.fail_below)
+
+
+def floors(source: str, warn_below: float | None, fail_below: float | None) -> tuple[float, float]:
+    """Warn and fail floors of a cache check of `source`; unset ones take the defaults."""
+    warn, fail = (0.95, 0.90) if source == "postgres" else (0.80, 0.50)
+    return (
+        warn_below if warn_below is not None else warn,
+        fail_below if fail_below is not None else fail,
+    )
+
+
+def published_floors(source: str, definition: Mapping[str, Any]) -> tuple[float, float]:
+    """The floors of a cache check as published in `pipectl.checks.definition` (for readers
+    of the database, such as the console, that have no config)."""
+    return floors(
+        source, _ratio(definition.get("warn_below")), _ratio(definition.get("fail_below"))
+    )
+
+
+def _ratio(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
 
 LEVELS = ("L1", "L2", "L3", "MISS")
 _STATE_KEY = "counters"
@@ -425,7 +491,7 @@ def target(check: CacheCheck) -> str:
 
 
 KIND = KindSpec[CacheCheck](
-    kind="cache",
+    model=CacheCheck,
     needs=needs,
     sql=sql,
     target=target,

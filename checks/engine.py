@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import asyncpg
 
-from pipectl.checks import quality
-from pipectl.checks.base import SOURCE_BY_TRIGGER, C, Context
+from pipectl.checks.base import SOURCE_BY_TRIGGER, C, Context, KindSpec
 from pipectl.checks.catalog import Catalog, Need, load_catalog, problems_for
 from pipectl.checks.registry import KINDS
-from pipectl.config import CheckConfig, Config, ConfigError, Problem, QualityCheck
+from pipectl.config import CheckBase, Config, ConfigError, Problem
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus
 from pipectl.store import CheckDefinition
@@ -59,16 +58,20 @@ class CheckEngine:
     async def validate(self, conn: Conn, names: Sequence[str] | None = None) -> None:
         """Check every enabled check's (or the named checks') tables and columns against the
         catalog; raise ConfigError listing every problem, each naming its check."""
-        problems = await self._validate(conn, self._select(names))
+        problems = await self.problems(conn, names)
         if problems:
             raise ConfigError(problems)
+
+    async def problems(self, conn: Conn, names: Sequence[str] | None = None) -> list[Problem]:
+        """What `validate` raises, as a list (empty when every check is fine)."""
+        return await self._validate(conn, self._select(names))
 
     def definitions(self) -> list[CheckDefinition]:
         """What `pipectl.checks` shows: target, probe SQL, schedule, description, config."""
         defaults = self.config.check_defaults
         out: list[CheckDefinition] = []
         for check in self.config.checks:
-            spec = KINDS[check.kind]
+            spec = _kind(check)
             out.append(
                 CheckDefinition(
                     name=check.name,
@@ -111,10 +114,11 @@ class CheckEngine:
         result = await self._run(check, conn, redis, SOURCE_BY_TRIGGER[trigger], when)
         return replace(result, duration_ms=round((time.perf_counter() - started) * 1000, 3))
 
-    def fusion_key(self, name: str) -> tuple[str, str | None, timedelta | None, str] | None:
-        """Checks of one instant with equal keys can share one probe (run_many)."""
+    def fusion_key(self, name: str) -> Hashable | None:
+        """Checks of one instant with equal keys can share one probe (run_many); None for a
+        check that probes alone."""
         check = self.config.check(name)
-        return quality.fusion_key(check) if isinstance(check, QualityCheck) else None
+        return _share_key(check)
 
     async def run_many(
         self,
@@ -125,8 +129,9 @@ class CheckEngine:
         trigger: Literal["schedule", "manual", "cli"] = "schedule",
         now: datetime | None = None,
     ) -> dict[str, CheckResult]:
-        """Probe and evaluate several checks at one instant. Quality checks that read the same
-        rows (same table and window) share one scan; the rest run one by one, as `run`. A
+        """Probe and evaluate several checks at one instant. Checks that read the same rows
+        (equal share keys of their kind, e.g. quality rules over one table and window) share
+        one probe; the rest run one by one, as `run`. A
         shared probe that fails on anything but its timeout is retried check by check, so
         each error is reported by the check that causes it."""
         when = now or datetime.now(UTC)
@@ -182,7 +187,7 @@ class CheckEngine:
         return {name: merged[name] for name in dict.fromkeys(names)}
 
     async def _run_shared(
-        self, group: list[QualityCheck], conn: Conn, source: str, now: datetime
+        self, group: list[CheckBase], conn: Conn, source: str, now: datetime
     ) -> dict[str, CheckResult]:
         members = []
         for check in group:
@@ -192,10 +197,12 @@ class CheckEngine:
             return {}  # run() reports the problems of the others
         timeout = max(self._timeout(c) for c in members)
         context = self._context(members[0], conn, now, source, timeout)
+        run_shared = _kind(members[0]).run_shared
+        assert run_shared is not None  # _shared_probe_groups groups only kinds that share
         started = time.perf_counter()
         try:
             async with _probe_transaction(conn, timeout):
-                observations = await quality.fused_probe(context, members)
+                found = await run_shared(context, members)
         except asyncpg.QueryCanceledError:
             message = (
                 f"probe cancelled: the probe shared by {len(members)} checks ran longer than"
@@ -215,15 +222,14 @@ class CheckEngine:
             return {}
         elapsed = round((time.perf_counter() - started) * 1000, 3)
         results = {}
-        for check, observation in zip(members, observations, strict=True):
-            result = quality.evaluate(check, observation, now, source)
+        for check, result in zip(members, found, strict=True):
             shared = {**result.baseline, "probe_shared_by": len(members)}
             results[check.name] = replace(result, duration_ms=elapsed, baseline=shared)
         return results
 
     async def _run(
         self,
-        check: CheckConfig,
+        check: CheckBase,
         conn: Conn,
         redis: Redis | None,
         source: str,
@@ -239,7 +245,7 @@ class CheckEngine:
                     )
             context = self._context(check, conn, now, source, timeout, redis)
             async with _probe_transaction(conn, timeout):
-                return await KINDS[check.kind].run(context)
+                return await _kind(check).run(context)
         except asyncpg.QueryCanceledError:
             message = (
                 f"probe cancelled: it ran longer than its timeout ({format_duration(timeout)})"
@@ -266,7 +272,7 @@ class CheckEngine:
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _timeout(self, check: CheckConfig) -> timedelta:
+    def _timeout(self, check: CheckBase) -> timedelta:
         return check.timeout or self.config.check_defaults.timeout
 
     def _context(
@@ -289,13 +295,13 @@ class CheckEngine:
             redis=redis,
         )
 
-    def _select(self, names: Sequence[str] | None) -> list[CheckConfig]:
+    def _select(self, names: Sequence[str] | None) -> list[CheckBase]:
         if names is None:
             return [c for c in self.config.checks if c.enabled]
         return [self.config.check(n) for n in names]
 
-    async def _validate(self, conn: Conn, checks: Sequence[CheckConfig]) -> list[Problem]:
-        needs = {check.name: KINDS[check.kind].needs(check) for check in checks}
+    async def _validate(self, conn: Conn, checks: Sequence[CheckBase]) -> list[Problem]:
+        needs = {check.name: _kind(check).needs(check) for check in checks}
         relations = {need.relation for found in needs.values() for need in found}
         catalog = await load_catalog(conn, relations)
         self._catalog = self._catalog.merged(catalog)
@@ -303,7 +309,7 @@ class CheckEngine:
         for check in checks:
             found = problems_for(needs[check.name], catalog)
             if not found:
-                found = KINDS[check.kind].check_values(check, catalog)
+                found = _kind(check).check_values(check, catalog)
             if found:
                 problems.extend(
                     Problem(self._label, None, f"checks.{check.name}.{path}", message)
@@ -345,11 +351,25 @@ async def gather_units(
     return merged
 
 
-def _shared_probe_groups(checks: list[CheckConfig]) -> list[list[QualityCheck]]:
-    """Quality checks grouped by the rows they read; only groups of two or more share."""
-    groups: dict[tuple[Any, ...], list[QualityCheck]] = {}
+def _kind(check: CheckBase) -> KindSpec[Any]:
+    """The kind of a parsed check: registered, or the config could not have been parsed."""
+    return KINDS[check.kind]
+
+
+def _share_key(check: CheckBase) -> Hashable | None:
+    """The kind and its share key: checks of different kinds never share a probe."""
+    spec = _kind(check)
+    if spec.run_shared is None:
+        return None
+    key = spec.share_key(check)
+    return None if key is None else (check.kind, key)
+
+
+def _shared_probe_groups(checks: list[CheckBase]) -> list[list[CheckBase]]:
+    """Checks grouped by the rows they read; only groups of two or more share a probe."""
+    groups: dict[Hashable, list[CheckBase]] = {}
     for check in checks:
-        if isinstance(check, QualityCheck) and (key := quality.fusion_key(check)) is not None:
+        if (key := _share_key(check)) is not None:
             groups.setdefault(key, []).append(check)
     return [members for members in groups.values() if len(members) > 1]
 

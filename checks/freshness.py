@@ -10,13 +10,42 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import model_validator
 
 from pipectl.checks.base import Context, KindSpec, point, zone
 from pipectl.checks.catalog import TIME_TYPES, Need, Table
 from pipectl.checks.sql import Params, Query, col
-from pipectl.config import Config, FreshnessCheck
+from pipectl.config import (
+    CheckBase,
+    ColumnName,
+    Config,
+    Name,
+    PositiveDuration,
+    RelationName,
+    TimeZone,
+)
 from pipectl.durations import format_duration, humanize_age
 from pipectl.model import CheckResult, CheckStatus
+from pipectl.store.runs import last_success_sql
+
+
+class FreshnessCheck(CheckBase):
+    kind: Literal["freshness"]
+    table: RelationName
+    column: ColumnName
+    warn_after: PositiveDuration
+    error_after: PositiveDuration
+    timezone: TimeZone = "UTC"
+    on_empty: Literal["nodata", "fail"] = "nodata"
+    step: Name | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FreshnessCheck:
+        if self.error_after < self.warn_after:
+            raise ValueError("error_after must not be shorter than warn_after")
+        return self
 
 
 @dataclass(frozen=True)
@@ -44,10 +73,7 @@ def query(check: FreshnessCheck, step: str | None) -> Query:
     params = Params()
     sql = f"SELECT (SELECT max({col(check.column)}) FROM {check.table.sql}) AS newest"
     if step is not None:
-        sql += (
-            ", (SELECT max(finished_at) FROM pipectl.runs"
-            f" WHERE step = {params.add(step)} AND status = 'succeeded') AS refreshed_at"
-        )
+        sql += f", {last_success_sql(params.add(step))} AS refreshed_at"
     return Query(sql, params)
 
 
@@ -168,7 +194,7 @@ def sql(check: FreshnessCheck, config: Config) -> str:
 
 
 KIND = KindSpec[FreshnessCheck](
-    kind="freshness",
+    model=FreshnessCheck,
     needs=needs,
     sql=sql,
     target=lambda check: f"{check.table}.{check.column}",

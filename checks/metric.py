@@ -9,16 +9,60 @@ converted to the column's type. An empty window is nodata (except for `count`, w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from pipectl.checks import timeseries
+from pipectl.checks.anomaly import AnomalyConfig
 from pipectl.checks.base import Context, KindSpec, number, zone
 from pipectl.checks.catalog import NUMERIC_TYPES, TIME_TYPES, Catalog, Column, Need, python_value
-from pipectl.checks.sql import Params, Query, col, conjunction, filter_predicate, window_predicate
-from pipectl.checks.timeseries import History
-from pipectl.config import Config, Filter, MetricCheck
+from pipectl.checks.sql import (
+    Filter,
+    Params,
+    Query,
+    col,
+    conjunction,
+    filter_predicate,
+    window_predicate,
+)
+from pipectl.checks.timeseries import Bounds, History
+from pipectl.config import (
+    CheckBase,
+    ColumnName,
+    Config,
+    PositiveDuration,
+    RelationName,
+    TimeZone,
+)
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus
+
+
+class MetricCheck(CheckBase):
+    kind: Literal["metric"]
+    table: RelationName
+    time_column: ColumnName
+    aggregate: Literal[
+        "avg", "sum", "min", "max", "count", "stddev", "p50", "p90", "p95", "p99", "share"
+    ]
+    column: ColumnName | None = None
+    where: list[Filter] = Field(default_factory=list)
+    share_of: list[Filter] = Field(default_factory=list)
+    window: PositiveDuration = timedelta(hours=1)
+    timezone: TimeZone = "UTC"
+    bounds: Bounds = Bounds()
+    anomaly: AnomalyConfig | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> MetricCheck:
+        if self.aggregate == "share" and not self.share_of:
+            raise ValueError("aggregate 'share' needs 'share_of' (the rows to count)")
+        if self.aggregate not in ("count", "share") and self.column is None:
+            raise ValueError(f"aggregate {self.aggregate!r} needs 'column'")
+        return self
+
 
 _PERCENTILES = {"p50": "0.5", "p90": "0.9", "p95": "0.95", "p99": "0.99"}
 _FUNCTIONS = {"avg": "avg", "sum": "sum", "min": "min", "max": "max", "stddev": "stddev_samp"}
@@ -202,7 +246,7 @@ def sql(check: MetricCheck, config: Config) -> str:
 
 
 KIND = KindSpec[MetricCheck](
-    kind="metric",
+    model=MetricCheck,
     needs=needs,
     sql=sql,
     target=lambda check: f"{check.table}.{check.column or check.time_column}",

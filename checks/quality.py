@@ -17,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from pipectl.checks.base import Context, KindSpec, number, point, zone
 from pipectl.checks.catalog import (
@@ -31,9 +34,70 @@ from pipectl.checks.catalog import (
 )
 from pipectl.checks.sql import Params, Query, col
 from pipectl.checks.sql import window_predicate as window_sql
-from pipectl.config import Config, QualityCheck, QualityRule
+from pipectl.config import (
+    CheckBase,
+    ColumnName,
+    Config,
+    PositiveDuration,
+    RelationName,
+    Strict,
+    TimeZone,
+)
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus
+
+
+class QualityRule(Strict):
+    """Exactly one rule per quality check; the check counts the rows that break it."""
+
+    type: Literal["range", "not_null", "unique", "accepted", "references", "json_keys", "custom"]
+    column: ColumnName | None = None
+    columns: list[ColumnName] = Field(default_factory=list)
+    min: float | None = None
+    max: float | None = None
+    values: list[str | int | float] = Field(default_factory=list)
+    ref_table: RelationName | None = None
+    ref_column: ColumnName | None = None
+    key: str | None = None
+    sql: str | None = None
+    dimension: Literal["completeness", "accuracy", "consistency"] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> QualityRule:
+        needs: dict[str, tuple[str, ...]] = {
+            "range": ("column",),
+            "not_null": ("column",),
+            "unique": ("columns",),
+            "accepted": ("column", "values"),
+            "references": ("column", "ref_table", "ref_column"),
+            "json_keys": ("column", "key"),
+            "custom": ("sql",),
+        }
+        missing = [k for k in needs[self.type] if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"rule type {self.type!r} needs {', '.join(missing)}")
+        if self.type == "range" and self.min is None and self.max is None:
+            raise ValueError("rule type 'range' needs 'min', 'max' or both")
+        return self
+
+
+class QualityCheck(CheckBase):
+    kind: Literal["quality"]
+    table: RelationName
+    rule: QualityRule
+    time_column: ColumnName | None = None
+    window: PositiveDuration | None = None
+    timezone: TimeZone = "UTC"
+    warn_over: float = Field(default=0.0, ge=0)
+    fail_over: float | None = Field(default=None, ge=0)
+    as_share: bool = False
+
+    @model_validator(mode="after")
+    def _window(self) -> QualityCheck:
+        if (self.time_column is None) != (self.window is None):
+            raise ValueError("'time_column' and 'window' go together: give both or neither")
+        return self
+
 
 DIMENSIONS = {
     "not_null": "completeness",
@@ -180,6 +244,17 @@ async def fused_probe(
     )
     rows = int(row["rows_checked"] or 0)
     return [Observation(rows, int(row[f"v{i}"] or 0)) for i in range(len(checks))]
+
+
+async def run_shared(
+    ctx: Context[QualityCheck], checks: Sequence[QualityCheck]
+) -> list[CheckResult]:
+    """Results of `checks` (of one `fusion_key`) from one scan, in order."""
+    observations = await fused_probe(ctx, checks)
+    return [
+        evaluate(check, observation, ctx.now, ctx.source)
+        for check, observation in zip(checks, observations, strict=True)
+    ]
 
 
 def rule_text(rule: QualityRule) -> str:
@@ -335,7 +410,7 @@ def sql(check: QualityCheck, config: Config) -> str:
 
 
 KIND = KindSpec[QualityCheck](
-    kind="quality",
+    model=QualityCheck,
     needs=needs,
     sql=sql,
     target=lambda check: (
@@ -346,4 +421,6 @@ KIND = KindSpec[QualityCheck](
     ),
     run=run,
     check_values=check_values,
+    share_key=fusion_key,
+    run_shared=run_shared,
 )

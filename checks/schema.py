@@ -11,17 +11,32 @@ forgotten; a further change starts the clock again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import Field
 
 from pipectl import store
 from pipectl.checks.base import Context, KindSpec, point
 from pipectl.checks.catalog import Need
 from pipectl.checks.sql import Params, Query
-from pipectl.config import Config, SchemaCheck
+from pipectl.config import (
+    CheckBase,
+    Config,
+    PositiveDuration,
+    RelationName,
+)
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus
 from pipectl.store import BaselineRow
+
+
+class SchemaCheck(CheckBase):
+    kind: Literal["schema"]
+    tables: list[RelationName] = Field(min_length=1)
+    on_change: Literal["warn", "fail"] = "warn"
+    accept_after: PositiveDuration = timedelta(days=1)
+
 
 Shape = dict[str, dict[str, str] | None]
 """relation -> {column: type} in column order; None for a relation that no longer exists."""
@@ -201,7 +216,7 @@ def sql(check: SchemaCheck, config: Config) -> str:
 
 
 KIND = KindSpec[SchemaCheck](
-    kind="schema",
+    model=SchemaCheck,
     needs=needs,
     sql=sql,
     target=lambda check: ", ".join(str(t) for t in check.tables),

@@ -19,8 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipectl import store
-from pipectl.checks.quality import dimension
-from pipectl.config import Config, FreshnessCheck, QualityCheck
+from pipectl.checks.freshness import FreshnessCheck
+from pipectl.checks.quality import QualityCheck, dimension
+from pipectl.config import Config
 from pipectl.model import CheckResult
 from pipectl.store.base import Conn
 
@@ -52,22 +53,6 @@ class ScoreRow:
     def ratio(self, dimension_name: str) -> float | None:
         tally = self.tallies.get(dimension_name)
         return tally.ratio if tally else None
-
-    @property
-    def completeness(self) -> float | None:
-        return self.ratio("completeness")
-
-    @property
-    def accuracy(self) -> float | None:
-        return self.ratio("accuracy")
-
-    @property
-    def consistency(self) -> float | None:
-        return self.ratio("consistency")
-
-    @property
-    def timeliness(self) -> float | None:
-        return self.ratio("timeliness")
 
     def below_target(self) -> list[str]:
         """Dimensions measured and under the target."""

@@ -10,15 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from pipectl.checks.catalog import Table, python_value
-from pipectl.config import Filter
+from pipectl.config import ColumnName, Strict
 from pipectl.identifiers import quote_ident
 from pipectl.store.base import Conn
+
+
+class Filter(Strict):
+    """A bound predicate on one column: `column op value`, the value sent as a parameter."""
+
+    column: ColumnName
+    op: Literal["=", "!=", "<", "<=", ">", ">=", "is_null", "not_null", "in"]
+    value: float | int | str | bool | list[float | int | str] | None = None
+
 
 _UTC = ZoneInfo("UTC")
 _OPERATORS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}

@@ -15,15 +15,35 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pydantic import model_validator
+
 from pipectl import store
 from pipectl.checks import anomaly
+from pipectl.checks.anomaly import AnomalyConfig
 from pipectl.checks.base import Context, finite, number, point, worse
 from pipectl.checks.catalog import Table
 from pipectl.checks.sql import Params, Query, col, window_predicate
-from pipectl.config import AnomalyConfig, Bounds
+from pipectl.config import Strict
 from pipectl.durations import format_duration
 from pipectl.identifiers import Relation
 from pipectl.model import CheckResult, CheckStatus, Sample
+
+
+class Bounds(Strict):
+    """Static thresholds; any subset may be given."""
+
+    warn_below: float | None = None
+    fail_below: float | None = None
+    warn_above: float | None = None
+    fail_above: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Bounds:
+        if None not in (self.warn_below, self.fail_below) and self.fail_below > self.warn_below:  # type: ignore[operator]
+            raise ValueError("fail_below must not be above warn_below")
+        if None not in (self.warn_above, self.fail_above) and self.fail_above < self.warn_above:  # type: ignore[operator]
+            raise ValueError("fail_above must not be below warn_above")
+        return self
 
 
 @dataclass(frozen=True)

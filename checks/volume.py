@@ -7,16 +7,35 @@ Probe: a count over an index range of `column` plus `max(column)` to tell an emp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from pipectl.checks import timeseries
+from pipectl.checks.anomaly import AnomalyConfig
 from pipectl.checks.base import Context, KindSpec, zone
 from pipectl.checks.catalog import TIME_TYPES, Need
 from pipectl.checks.sql import Params, Query, col, window_predicate
-from pipectl.checks.timeseries import History
-from pipectl.config import Config, VolumeCheck
+from pipectl.checks.timeseries import Bounds, History
+from pipectl.config import (
+    CheckBase,
+    ColumnName,
+    Config,
+    PositiveDuration,
+    RelationName,
+    TimeZone,
+)
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus
+
+
+class VolumeCheck(CheckBase):
+    kind: Literal["volume"]
+    table: RelationName
+    column: ColumnName
+    window: PositiveDuration = timedelta(hours=1)
+    timezone: TimeZone = "UTC"
+    bounds: Bounds = Bounds()
+    anomaly: AnomalyConfig | None = AnomalyConfig()
 
 
 @dataclass(frozen=True)
@@ -102,7 +121,7 @@ def sql(check: VolumeCheck, config: Config) -> str:
 
 
 KIND = KindSpec[VolumeCheck](
-    kind="volume",
+    model=VolumeCheck,
     needs=needs,
     sql=sql,
     target=lambda check: f"{check.table}.{check.column}",

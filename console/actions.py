@@ -8,7 +8,7 @@ from it; read-only mode is a filter over it, not a scattered set of conditions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from textual.binding import Binding
@@ -196,8 +196,3 @@ def bindings(scope: str) -> list[Binding]:
     """BINDINGS for a screen (or the app): every registered action of that scope. Whether
     each is usable right now (read-only, selection) is decided by `check_action`."""
     return [spec.binding() for spec in ACTIONS if scope in spec.scopes]
-
-
-def specs_for(scopes: Iterable[str]) -> Iterator[ActionSpec]:
-    wanted = set(scopes)
-    return (s for s in ACTIONS if wanted & set(s.scopes))

@@ -1,7 +1,8 @@
 """What each screen fetches: async functions of a connection returning immutable snapshots.
 
 They only combine `pipectl.store` read functions (the same ones `pipectl status` and
-`pipectl history` use); windows come from the console's clock.
+`pipectl history` use; no SQL of their own) and the cache kind's published floors; windows come
+from the console's clock.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from pipectl import store
+from pipectl.checks.cache import published_floors
 from pipectl.model import Request, RequestKind
 from pipectl.request_args import RequestArgs
 from pipectl.store.base import Conn
@@ -27,7 +29,9 @@ from pipectl.store.console import (
     cache_latest,
     check_detail,
     check_trends,
+    request_with_agent,
     requests_with_agents,
+    session_role,
     step_detail,
     step_graph,
     timeline,
@@ -42,7 +46,8 @@ class OverviewData:
 
 async def overview(conn: Conn) -> OverviewData:
     """The `pipectl status` read model plus the latest reading of each cache check."""
-    return OverviewData(await store.status_snapshot(conn), tuple(await cache_latest(conn)))
+    latest = await cache_latest(conn, published_floors)
+    return OverviewData(await store.status_snapshot(conn), tuple(latest))
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ async def cache(conn: Conn, now: datetime, window: timedelta) -> CacheData:
     if bucket > HOUR:
         bucket = HOUR * math.ceil(bucket / HOUR)
     since = now - window
-    series = await cache_history(conn, since, now, bucket)
+    series = await cache_history(conn, since, now, bucket, published_floors)
     return CacheData(since, now, bucket, tuple(series))
 
 
@@ -109,15 +114,7 @@ async def requests(conn: Conn) -> tuple[RequestRow, ...]:
 
 
 async def request_row(conn: Conn, request_id: int) -> RequestRow | None:
-    request = await store.get_request(conn, request_id)
-    if request is None:
-        return None
-    agent = None
-    if request.claimed_by is not None:
-        agent = await conn.fetchval(
-            "SELECT name FROM pipectl.agents WHERE id = $1", request.claimed_by
-        )
-    return RequestRow(request, agent)
+    return await request_with_agent(conn, request_id)
 
 
 # ------------------------------------------------------------------------------ actions
@@ -145,7 +142,7 @@ async def file_request(conn: Conn, intent: RequestIntent) -> Request:
             conn, RequestKind(intent.kind), intent.target, intent.reason, intent.args
         )
     except asyncpg.InsufficientPrivilegeError as exc:
-        user = await conn.fetchval("SELECT session_user")
+        user = await session_role(conn)
         raise RequestDenied(
             f"permission denied: role {user!r} may not file requests (it needs pipectl_operator)"
         ) from exc

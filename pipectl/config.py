@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import (
@@ -28,7 +28,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PlainValidator,
+    SerializeAsAny,
+    TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -41,6 +45,7 @@ from pipectl.durations import (
     parse_duration,
 )
 from pipectl.identifiers import IdentifierError, Relation, check_name, parse_column
+from pipectl.sqlscan import SqlScanError, step_sql_escapes
 from pipectl.tomlpos import Path as KeyPath
 from pipectl.tomlpos import line_of, locate_keys
 
@@ -328,6 +333,21 @@ class StepConfig(Strict):
     retries: int | None = Field(default=None, ge=0, le=20)
     enabled: bool = True
 
+    @field_validator("sql")
+    @classmethod
+    def _stays_in_its_run(cls, sql: str | None) -> str | None:
+        """The agent runs the SQL in one transaction under the step's timeouts and lock;
+        statements that would leave them are refused here, before any run (pipectl.sqlscan)."""
+        if sql is None:
+            return None
+        try:
+            escapes = step_sql_escapes(sql)
+        except SqlScanError as exc:
+            raise ValueError(f"cannot read the SQL: {exc}") from None
+        if escapes:
+            raise ValueError("; ".join(str(e) for e in escapes))
+        return sql
+
     @model_validator(mode="after")
     def _shape(self) -> StepConfig:
         if self.every is not None and self.cron is not None:
@@ -342,219 +362,98 @@ class StepConfig(Strict):
 
 
 # --- checks ----------------------------------------------------------------------------------
-
-
-class AnomalyConfig(Strict):
-    """Robust baseline comparison; see checks/anomaly.py for the maths."""
-
-    method: Literal["mad", "zscore"] = "mad"
-    threshold: float | None = Field(default=None, gt=0)
-    seasonality: Literal[
-        "none", "hour_of_day", "hour_and_daytype", "day_of_week", "hour_of_week"
-    ] = "hour_and_daytype"
-    min_points: int = Field(default=14, ge=3)
-    history: PositiveDuration = timedelta(days=56)
-    direction: Literal["both", "up", "down"] = "both"
-    min_abs_change: float = Field(default=0.0, ge=0)
-    min_rel_change: float = Field(default=0.0, ge=0)
-    severity: Literal["warn", "fail"] = "warn"
-
-    @property
-    def limit(self) -> float:
-        """The score beyond which a point is anomalous: 3.5 for MAD, 3 (sigma) for z-score."""
-        if self.threshold is not None:
-            return self.threshold
-        return 3.5 if self.method == "mad" else 3.0
-
-
-class Bounds(Strict):
-    """Static thresholds; any subset may be given."""
-
-    warn_below: float | None = None
-    fail_below: float | None = None
-    warn_above: float | None = None
-    fail_above: float | None = None
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Bounds:
-        if None not in (self.warn_below, self.fail_below) and self.fail_below > self.warn_below:  # type: ignore[operator]
-            raise ValueError("fail_below must not be above warn_below")
-        if None not in (self.warn_above, self.fail_above) and self.fail_above < self.warn_above:  # type: ignore[operator]
-            raise ValueError("fail_above must not be below warn_above")
-        return self
-
-
-class Filter(Strict):
-    """A bound predicate on one column: `column op value`, the value sent as a parameter."""
-
-    column: ColumnName
-    op: Literal["=", "!=", "<", "<=", ">", ">=", "is_null", "not_null", "in"]
-    value: float | int | str | bool | list[float | int | str] | None = None
+# Each check kind owns its config model, next to its probe (pipectl/checks/<kind>.py); the core
+# cannot import the kinds (layering), so they register here and `Config` validates `checks`
+# against whatever was registered.
 
 
 class CheckBase(Strict):
+    """What every check kind shares. A kind subclasses it with `kind: Literal["<kind>"]` and
+    the keys of its own; the agent and the console read only these."""
+
     name: Name
     description: str = ""
     every: PositiveDuration | None = None
     timeout: PostgresTimeout | None = None
     hysteresis: int | None = Field(default=None, ge=1, le=20)
     enabled: bool = True
+    kind: str
 
 
-class FreshnessCheck(CheckBase):
-    kind: Literal["freshness"]
-    table: RelationName
-    column: ColumnName
-    warn_after: PositiveDuration
-    error_after: PositiveDuration
-    timezone: TimeZone = "UTC"
-    on_empty: Literal["nodata", "fail"] = "nodata"
-    step: Name | None = None
-
-    @model_validator(mode="after")
-    def _ordered(self) -> FreshnessCheck:
-        if self.error_after < self.warn_after:
-            raise ValueError("error_after must not be shorter than warn_after")
-        return self
+class UnregisteredCheckKinds(RuntimeError):
+    """A config names a check kind, but this program registered no kinds at all: its entry
+    point never imported `pipectl.checks`. A bug in the program, not in the config."""
 
 
-class VolumeCheck(CheckBase):
-    kind: Literal["volume"]
-    table: RelationName
-    column: ColumnName
-    window: PositiveDuration = timedelta(hours=1)
-    timezone: TimeZone = "UTC"
-    bounds: Bounds = Bounds()
-    anomaly: AnomalyConfig | None = AnomalyConfig()
+def kind_of(model: type[CheckBase]) -> str:
+    """The kind a check model declares with `kind: Literal["<kind>"]`."""
+    values = typing.get_args(model.model_fields["kind"].annotation)
+    if len(values) != 1 or not isinstance(values[0], str):
+        raise TypeError(f"{model.__name__}.kind must be declared as Literal['<kind name>']")
+    return values[0]
 
 
-class MetricCheck(CheckBase):
-    kind: Literal["metric"]
-    table: RelationName
-    time_column: ColumnName
-    aggregate: Literal[
-        "avg", "sum", "min", "max", "count", "stddev", "p50", "p90", "p95", "p99", "share"
-    ]
-    column: ColumnName | None = None
-    where: list[Filter] = Field(default_factory=list)
-    share_of: list[Filter] = Field(default_factory=list)
-    window: PositiveDuration = timedelta(hours=1)
-    timezone: TimeZone = "UTC"
-    bounds: Bounds = Bounds()
-    anomaly: AnomalyConfig | None = None
+class CheckKinds:
+    """The check kinds this program knows, in registration order. `pipectl.checks.registry`
+    registers the built-in kinds when it is imported (importing `pipectl.checks` does)."""
 
-    @model_validator(mode="after")
-    def _shape(self) -> MetricCheck:
-        if self.aggregate == "share" and not self.share_of:
-            raise ValueError("aggregate 'share' needs 'share_of' (the rows to count)")
-        if self.aggregate not in ("count", "share") and self.column is None:
-            raise ValueError(f"aggregate {self.aggregate!r} needs 'column'")
-        return self
+    def __init__(self) -> None:
+        self._models: dict[str, type[CheckBase]] = {}
+        self._adapter: TypeAdapter[list[CheckBase]] | None = None
 
-
-class QualityRule(Strict):
-    """Exactly one rule per quality check; the check counts the rows that break it."""
-
-    type: Literal["range", "not_null", "unique", "accepted", "references", "json_keys", "custom"]
-    column: ColumnName | None = None
-    columns: list[ColumnName] = Field(default_factory=list)
-    min: float | None = None
-    max: float | None = None
-    values: list[str | int | float] = Field(default_factory=list)
-    ref_table: RelationName | None = None
-    ref_column: ColumnName | None = None
-    key: str | None = None
-    sql: str | None = None
-    dimension: Literal["completeness", "accuracy", "consistency"] | None = None
-
-    @model_validator(mode="after")
-    def _shape(self) -> QualityRule:
-        needs: dict[str, tuple[str, ...]] = {
-            "range": ("column",),
-            "not_null": ("column",),
-            "unique": ("columns",),
-            "accepted": ("column", "values"),
-            "references": ("column", "ref_table", "ref_column"),
-            "json_keys": ("column", "key"),
-            "custom": ("sql",),
-        }
-        missing = [k for k in needs[self.type] if not getattr(self, k)]
-        if missing:
-            raise ValueError(f"rule type {self.type!r} needs {', '.join(missing)}")
-        if self.type == "range" and self.min is None and self.max is None:
-            raise ValueError("rule type 'range' needs 'min', 'max' or both")
-        return self
-
-
-class QualityCheck(CheckBase):
-    kind: Literal["quality"]
-    table: RelationName
-    rule: QualityRule
-    time_column: ColumnName | None = None
-    window: PositiveDuration | None = None
-    timezone: TimeZone = "UTC"
-    warn_over: float = Field(default=0.0, ge=0)
-    fail_over: float | None = Field(default=None, ge=0)
-    as_share: bool = False
-
-    @model_validator(mode="after")
-    def _window(self) -> QualityCheck:
-        if (self.time_column is None) != (self.window is None):
-            raise ValueError("'time_column' and 'window' go together: give both or neither")
-        return self
-
-
-class SchemaCheck(CheckBase):
-    kind: Literal["schema"]
-    tables: list[RelationName] = Field(min_length=1)
-    on_change: Literal["warn", "fail"] = "warn"
-    accept_after: PositiveDuration = timedelta(days=1)
-
-
-class CacheCheck(CheckBase):
-    kind: Literal["cache"]
-    source: Literal["redis", "postgres", "app"]
-    tables: list[RelationName] = Field(default_factory=list)
-    table: RelationName | None = None
-    column: ColumnName | None = None
-    time_column: ColumnName | None = None
-    window: PositiveDuration = timedelta(minutes=15)
-    warn_below: Ratio | None = None
-    fail_below: Ratio | None = None
-    min_requests: int = Field(default=20, ge=0)
-
-    @model_validator(mode="after")
-    def _shape(self) -> CacheCheck:
-        if self.source == "app" and self.table is None:
+    def register(self, model: type[CheckBase]) -> None:
+        kind = kind_of(model)
+        known = self._models.get(kind)
+        if known is not None and known is not model:
             raise ValueError(
-                "source 'app' needs 'table' (where each request records its cache level)"
+                f"check kind {kind!r} is registered twice: {known.__qualname__} and"
+                f" {model.__qualname__}"
             )
-        if self.source == "app" and (self.column is None or self.time_column is None):
-            raise ValueError(
-                "source 'app' needs 'column' (the cache level) and 'time_column' (when)"
+        self._models[kind] = model
+        self._adapter = None
+
+    def unregister(self, kind: str) -> None:
+        self._models.pop(kind, None)
+        self._adapter = None
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._models)
+
+    def __iter__(self) -> typing.Iterator[str]:
+        return iter(self.names())
+
+    def model(self, kind: object) -> type[CheckBase] | None:
+        return self._models.get(kind) if isinstance(kind, str) else None
+
+    def validate(self, value: Any) -> list[CheckBase]:
+        """`checks` as models of their kinds; errors located like a discriminated union's
+        (checks[3].column, ...), for _pydantic_problems to place on their lines."""
+        if not self._models:
+            if isinstance(value, list) and value:
+                named = next(
+                    (i.get("kind") for i in value if isinstance(i, dict) and "kind" in i), None
+                )
+                what = f"check kind {named!r}" if named is not None else "a check"
+                raise UnregisteredCheckKinds(
+                    f"cannot read {what}: no check kinds are registered in this program;"
+                    " its entry point must import pipectl.checks before loading a config"
+                )
+            return []
+        if self._adapter is None:
+            # The union of the registered models, built at run time (hence Any for mypy).
+            union: Any = Union.__getitem__(tuple(self._models.values()))
+            self._adapter = TypeAdapter(
+                list[Annotated[union, Field(discriminator="kind")]],
+                config=ConfigDict(strict=True),
             )
-        if self.source != "app" and self.table is not None:
-            raise ValueError(f"'table' is only for source 'app', not {self.source!r}")
-        if self.source != "postgres" and self.tables:
-            raise ValueError(f"'tables' is only for source 'postgres', not {self.source!r}")
-        if None not in (self.warn_below, self.fail_below) and self.fail_below > self.warn_below:  # type: ignore[operator]
-            raise ValueError("fail_below must not be above warn_below")
-        return self
-
-    def thresholds(self) -> tuple[float, float]:
-        """Warn and fail floors, defaulting to the targets in the checks issue."""
-        warn, fail = (0.95, 0.90) if self.source == "postgres" else (0.80, 0.50)
-        return (
-            self.warn_below if self.warn_below is not None else warn,
-            self.fail_below if self.fail_below is not None else fail,
-        )
+        return self._adapter.validate_python(value)
 
 
-CheckConfig = Annotated[
-    FreshnessCheck | VolumeCheck | MetricCheck | QualityCheck | SchemaCheck | CacheCheck,
-    Field(discriminator="kind"),
-]
-CHECK_KINDS = ("freshness", "volume", "metric", "quality", "schema", "cache")
+CHECK_KINDS = CheckKinds()
+
+
+def _registered_checks(value: Any) -> list[CheckBase]:
+    return CHECK_KINDS.validate(value)
 
 
 class Config(Strict):
@@ -565,7 +464,9 @@ class Config(Strict):
     defaults: StepDefaults = StepDefaults()
     check_defaults: CheckDefaults = CheckDefaults()
     steps: list[StepConfig] = Field(default_factory=list)
-    checks: list[CheckConfig] = Field(default_factory=list)
+    checks: Annotated[list[SerializeAsAny[CheckBase]], PlainValidator(_registered_checks)] = Field(
+        default_factory=list
+    )
 
     def step(self, name: str) -> StepConfig:
         for step in self.steps:
@@ -573,9 +474,7 @@ class Config(Strict):
                 return step
         raise KeyError(name)
 
-    def check(
-        self, name: str
-    ) -> FreshnessCheck | VolumeCheck | MetricCheck | QualityCheck | SchemaCheck | CacheCheck:
+    def check(self, name: str) -> CheckBase:
         for check in self.checks:
             if check.name == name:
                 return check
@@ -616,10 +515,6 @@ class LoadedConfig:
     file: Path | None
     origins: Mapping[str, str] = field(default_factory=dict)
     searched: tuple[Path, ...] = ()
-
-    @property
-    def database_dsn(self) -> str | None:
-        return self.config.database.dsn
 
     def resolve(self, path: str) -> Path:
         """A path named in the config: relative ones are relative to the config file's
@@ -883,12 +778,13 @@ def _pydantic_problems(
 
 
 def _clean_loc(loc: tuple[int | str, ...]) -> KeyPath:
-    """Drop pydantic's union tags (the check kind) and validator names from locations."""
+    """Drop pydantic's union tag (the check kind, right after `checks[i]`) and validator names
+    from locations."""
     out: list[str | int] = []
-    for part in loc:
-        if isinstance(part, str) and (
-            part in CHECK_KINDS or "[" in part or part.startswith("function-")
-        ):
+    for position, part in enumerate(loc):
+        if position == 2 and loc[0] == "checks" and isinstance(loc[1], int):
+            continue  # the tag: checks[i].<kind>.column is checks[i].column in the file
+        if isinstance(part, str) and ("[" in part or part.startswith("function-")):
             continue
         out.append(part)
     return tuple(out)
@@ -906,9 +802,9 @@ def _explain(error: Mapping[str, Any], raw: dict[str, Any], loc: KeyPath) -> str
         return f"expected a finite number, got {error['input']}"
     if kind == "union_tag_invalid":
         got = error.get("ctx", {}).get("tag")
-        return f"unknown check kind {got!r}; expected one of {', '.join(CHECK_KINDS)}"
+        return f"unknown check kind {got!r}; expected one of {', '.join(CHECK_KINDS.names())}"
     if kind == "union_tag_not_found":
-        return f"missing 'kind'; expected one of {', '.join(CHECK_KINDS)}"
+        return f"missing 'kind'; expected one of {', '.join(CHECK_KINDS.names())}"
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
         return f"{error['input']!r} is not allowed; expected {expected}"
@@ -990,6 +886,8 @@ def _model_of(annotation: Any, node: Any) -> type[BaseModel] | None:
     """The model class an annotation means for this node (a check's kind picks its class)."""
     if typing.get_origin(annotation) is typing.Annotated:
         annotation = typing.get_args(annotation)[0]
+    if annotation is CheckBase:  # a check: the model of its kind, when that is known
+        return CHECK_KINDS.model(node.get("kind") if isinstance(node, dict) else None) or CheckBase
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     members = [

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from pipectl.durations import humanize_age
-from pipectl.model import CheckStatus
 
 # A mark per status so state reads without colour (NO_COLOR, screen readers, grep).
 STATUS_MARK = {
@@ -99,10 +98,6 @@ def band(low: float | None, high: float | None) -> str:
     if low is None:
         return f"≤{number(high)}"
     return f"{number(low)}..{number(high)}"
-
-
-def check_style(status: CheckStatus) -> str:
-    return STATUS_STYLE.get(str(status), "")
 
 
 SPARK_BARS = "▁▂▃▄▅▆▇█"

@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 import redis
 
+import pipectl.checks  # noqa: F401  (registers the check kinds before any test parses a config)
 from pipectl import migrate
 from pipectl.embedded import EmbeddedPostgres, EmbeddedValkey
 from pipectl.sqlfiles import sql_dir

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import pipectl.checks  # noqa: F401  (registers the check kinds, so test configs parse)
 from pipectl.config import Config, LoadedConfig, parse_config_text
 
 T = TypeVar("T")

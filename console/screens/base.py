@@ -5,10 +5,9 @@ load cycle (fetch in a worker, render the snapshot, refetch on change, on return
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, cast
 
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -78,7 +77,6 @@ class DataScreen(ConsoleScreen, Generic[T]):
     def __init__(self) -> None:
         super().__init__()
         self.snapshot: T | None = None
-        self.loaded_at: datetime | None = None
         self.stale = True
         self._loading = False
         self._again = False
@@ -155,7 +153,6 @@ class DataScreen(ConsoleScreen, Generic[T]):
         message.stop()
         self._loading = False
         self.snapshot = message.snapshot
-        self.loaded_at = self.console.clock()
         self._last_error = ""
         self.show(message.snapshot)
         self.refresh_bindings()
@@ -297,7 +294,3 @@ class TableScreen(DataScreen[T]):
 
     def action_open(self) -> None:
         """Open the selected row's detail (screens with details override this)."""
-
-
-def dim(text: str) -> Text:
-    return Text(text, style="dim")

@@ -16,6 +16,7 @@ from uuid import UUID
 
 import asyncpg
 
+import pipectl.checks  # noqa: F401  (registers the check kinds, so configs naming them parse)
 from pipectl.config import LoadedConfig, load_config
 from pipectl.durations import MAX_DURATION, DurationError, parse_duration
 from pipectl.resilience import describe_error

@@ -7,8 +7,10 @@ from typing import Any
 
 from rich.table import Table
 
+from pipectl.checks.validation import validate_catalog
 from pipectl.cli.common import EXIT_OK, console, load
-from pipectl.config import effective_items
+from pipectl.config import LoadedConfig, effective_items
+from pipectl.db import DatabaseUnavailable, connect, describe_target
 from pipectl.safetext import visible
 from pipectl.webconfig import load_web_config
 
@@ -17,7 +19,16 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("config", help="validate or show the configuration")
     verbs = parser.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
     check = verbs.add_parser(
-        "check", help="validate; print every problem as file:line: key: message; exit 2 if any"
+        "check",
+        help="validate; print every problem as file:line: key: message; exit 2 if any",
+        description="Validate the file, then, when a database is configured and reachable, "
+        "every enabled step's relation and check's tables and columns against its catalog "
+        "(the agent's start-up validation). Exit 2 on any problem.",
+    )
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="check the file only; do not connect to the database",
     )
     check.set_defaults(handler=check_config)
     show = verbs.add_parser(
@@ -26,15 +37,37 @@ def register(subparsers: Any) -> None:
     show.set_defaults(handler=show_config)
 
 
-def check_config(args: argparse.Namespace) -> int:
+async def check_config(args: argparse.Namespace) -> int:
     loaded = load(args, require_file=True)
     config = loaded.config
     if config.agent.metrics_web_config:
         # its problems are ConfigErrors too
         load_web_config(loaded.resolve(config.agent.metrics_web_config))
+    catalog = await _check_catalog(loaded, offline=args.offline)
     counts = f"{len(config.steps)} steps, {len(config.checks)} checks"
-    console().print(f"{visible(str(loaded.file), limit=None)}: ok ({counts})")
+    # One line, literally: paths and server messages are not markup (console() escapes).
+    summary = f"{visible(str(loaded.file), limit=None)}: ok ({counts})"
+    console().print(f"{summary}; {visible(catalog, limit=None)}", soft_wrap=True)
     return EXIT_OK
+
+
+async def _check_catalog(loaded: LoadedConfig, *, offline: bool) -> str:
+    """Validate against the catalog as the agent does at start (a ConfigError listing every
+    problem); what was done, for the report. A database that cannot be reached is a note, not
+    a failure: the file itself is valid."""
+    if offline:
+        return "catalog not checked (--offline)"
+    if "database.dsn" not in loaded.origins:  # neither the file, the environment nor libpq's
+        return "catalog not checked: no database configured"
+    try:
+        conn = await connect(loaded.config, application_name="pipectl config check")
+    except DatabaseUnavailable as exc:
+        return f"catalog not checked: {exc}"
+    try:
+        await validate_catalog(conn, loaded)
+    finally:
+        await conn.close()
+    return f"catalog checked on {describe_target(loaded.config.database.dsn)}"
 
 
 def show_config(args: argparse.Namespace) -> int:

@@ -99,23 +99,22 @@ async def _final_status(loaded: Any, as_json: bool) -> int:
 
     async with connection(loaded.config, "pipectl demo") as conn:
         snapshot = await store.status_snapshot(conn)
-        runs = await conn.fetch(
-            "SELECT step, count(*) FILTER (WHERE status = 'succeeded') AS ok, count(*) AS total"
-            " FROM pipectl.runs GROUP BY step ORDER BY step"
-        )
-        results = await conn.fetchval("SELECT count(*) FROM pipectl.check_results")
+        runs = await store.run_counts(conn)
+        results = await store.count_results(conn)
     if as_json:
         print_json(
             {
                 **status_json(snapshot),
-                "runs": {r["step"]: {"succeeded": r["ok"], "total": r["total"]} for r in runs},
+                "runs": {
+                    step: {"succeeded": ok, "total": total} for step, (ok, total) in runs.items()
+                },
                 "check_results": results,
             }
         )
         return EXIT_OK
     render_status(snapshot)
     out = console()
-    refreshed = ", ".join(f"{r['step']} {r['ok']}/{r['total']}" for r in runs) or "none"
+    refreshed = ", ".join(f"{step} {ok}/{total}" for step, (ok, total) in runs.items()) or "none"
     out.print(f"steps refreshed (succeeded/runs): {refreshed}")
     out.print(f"check results recorded: {results}")
     return EXIT_OK

@@ -8,7 +8,7 @@ can search pipectl's own schema for prompt text and be sure that a hit is a leak
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -256,7 +256,6 @@ class SamplePrompt:
     prompt_type: str
     category: str
     domain: str
-    tags: tuple[str, ...] = field(default=())
 
 
 SAMPLE_PROMPT_SPECS: tuple[SamplePrompt, ...] = (

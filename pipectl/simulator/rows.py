@@ -121,7 +121,6 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "rule_combinations": RULE_COMBINATION_COLUMNS,
 }
 
-CACHE_LEVELS = ("L1", "L2", "L3", "MISS")
 # Median and spread (lognormal sigma) of response_time_ms per cache level; SLA is 200 ms.
 RESPONSE_MS = {"L1": (2.0, 0.5), "L2": (8.0, 0.5), "L3": (45.0, 0.5), "MISS": (135.0, 0.55)}
 MAX_RESPONSE_MS = 29_999

@@ -50,6 +50,7 @@ from pipectl.store.requests import (
 from pipectl.store.results import (
     BaselineRow,
     StoredResult,
+    count_results,
     last_baseline,
     latest_baselines,
     recent_results,
@@ -67,6 +68,7 @@ from pipectl.store.runs import (
     last_success,
     latest_outcomes,
     recent_runs,
+    run_counts,
     start_run,
     tick_exists,
 )
@@ -98,6 +100,7 @@ __all__ = [
     "claim_requests",
     "claim_tick",
     "close_unfinished_runs",
+    "count_results",
     "create_request",
     "create_run",
     "finish_request",
@@ -130,6 +133,7 @@ __all__ = [
     "release_liveness",
     "release_request",
     "request_has_runs",
+    "run_counts",
     "set_next_run",
     "set_paused",
     "set_silence",

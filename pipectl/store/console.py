@@ -8,18 +8,17 @@ is reproducible.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from pipectl.config import CacheCheck
 from pipectl.dag import Dag
 from pipectl.model import CheckStatus, Request, Run, Sample
 from pipectl.store.base import DB
 from pipectl.store.definitions import CheckState, StepState, check_states, step_states
-from pipectl.store.requests import list_requests
+from pipectl.store.requests import get_request, list_requests
 from pipectl.store.results import ResultRow, recent_results
 from pipectl.store.runs import _RUN_COLUMNS, _run, latest_outcomes, recent_runs
 from pipectl.store.samples import read_series
@@ -31,6 +30,12 @@ async def can_file_requests(db: DB) -> bool:
     """Whether this role may insert requests. PostgreSQL enforces it; the console reflects it."""
     allowed: bool = await db.fetchval("SELECT has_table_privilege('pipectl.requests', 'INSERT')")
     return allowed
+
+
+async def session_role(db: DB) -> str:
+    """The role this session logged in as: the one PostgreSQL checks privileges against."""
+    user: str = await db.fetchval("SELECT session_user")
+    return user
 
 
 # ------------------------------------------------------------------------------ steps
@@ -256,8 +261,12 @@ class CacheCheckInfo:
     fail_below: float
 
 
-async def cache_checks(db: DB) -> list[CacheCheckInfo]:
-    """Enabled cache checks with their source and floors (the config's defaults when unset)."""
+CacheFloors = Callable[[str, Mapping[str, Any]], tuple[float, float]]
+"""(source, published definition) -> the warn and fail floors the checks engine applies."""
+
+
+async def cache_checks(db: DB, floors: CacheFloors) -> list[CacheCheckInfo]:
+    """Enabled cache checks with their source and floors."""
     rows = await db.fetch(
         """
         SELECT c.name, c.status, c.definition, c.target,
@@ -270,23 +279,9 @@ async def cache_checks(db: DB) -> list[CacheCheckInfo]:
     for r in rows:
         definition = r["definition"] if isinstance(r["definition"], dict) else {}
         source = str(definition.get("source") or r["seen_source"] or r["target"] or "cache")
-        warn, fail = cache_floors(source, definition)
+        warn, fail = floors(source, definition)
         found.append(CacheCheckInfo(r["name"], source, CheckStatus(r["status"]), warn, fail))
     return found
-
-
-def cache_floors(source: str, definition: dict[str, Any]) -> tuple[float, float]:
-    """Warn and fail floors as the checks engine applies them (CacheCheck.thresholds)."""
-    model = CacheCheck.model_construct(
-        source=source,
-        warn_below=_ratio(definition.get("warn_below")),
-        fail_below=_ratio(definition.get("fail_below")),
-    )
-    return model.thresholds()
-
-
-def _ratio(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 # The per-level counters a cache result may carry: baseline.levels = {level: {hits, lookups}}.
@@ -303,9 +298,9 @@ sum(CASE WHEN jsonb_typeof(l.counts->'lookups') = 'number'
 """
 
 
-async def cache_latest(db: DB) -> list[CacheSeries]:
+async def cache_latest(db: DB, floors: CacheFloors) -> list[CacheSeries]:
     """Each cache check's latest reading with its levels (for the overview's tiles)."""
-    infos = await cache_checks(db)
+    infos = await cache_checks(db, floors)
     latest = await _latest_points(db, [i.name for i in infos])
     return [_series(info, latest.get(info.name), ()) for info in infos]
 
@@ -336,7 +331,7 @@ async def _latest_points(db: DB, names: Sequence[str]) -> dict[str, CachePoint]:
 
 
 async def cache_history(
-    db: DB, since: datetime, until: datetime, bucket: timedelta
+    db: DB, since: datetime, until: datetime, bucket: timedelta, floors: CacheFloors
 ) -> list[CacheSeries]:
     """Hit ratios of every cache check over [since, until), averaged per bucket, with each
     level's ratio per bucket.
@@ -346,7 +341,7 @@ async def cache_history(
     at most one row per bucket and series, whatever the window. Buckets of whole hours read
     the hourly rollup (pipectl.samples_hourly) for the hours inside the window and raw
     samples only for the partial hours at its ends; they are aligned on the hour."""
-    infos = await cache_checks(db)
+    infos = await cache_checks(db, floors)
     names = [i.name for i in infos]
     latest = await _latest_points(db, names)
     # The level series worth reading are the ones the latest results name: one primary-key
@@ -522,7 +517,16 @@ class RequestRow:
 
 async def requests_with_agents(db: DB, limit: int = 200) -> list[RequestRow]:
     """Newest requests first, with the name of the agent that claimed each."""
-    requests = await list_requests(db, limit)
+    return await _with_agents(db, await list_requests(db, limit))
+
+
+async def request_with_agent(db: DB, request_id: int) -> RequestRow | None:
+    """One request with the name of the agent that claimed it; None when it is gone."""
+    request = await get_request(db, request_id)
+    return None if request is None else (await _with_agents(db, [request]))[0]
+
+
+async def _with_agents(db: DB, requests: list[Request]) -> list[RequestRow]:
     ids = list({r.claimed_by for r in requests if r.claimed_by is not None})
     names: dict[UUID, str] = {}
     if ids:

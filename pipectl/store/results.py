@@ -50,7 +50,6 @@ def apply_hysteresis(
 @dataclass(frozen=True)
 class StoredResult:
     id: int
-    raw_status: CheckStatus
     status: CheckStatus
     previous: CheckStatus
     silenced: bool
@@ -149,7 +148,7 @@ async def record_result(
             await _record_crossing(conn, result, result_id, crossing)
         if result.samples:
             await add_samples(conn, result.samples)
-    return StoredResult(result_id, result.status, step.status, previous, silenced)
+    return StoredResult(result_id, step.status, previous, silenced)
 
 
 async def _cache_crossing(conn: Conn, result: CheckResult) -> str | None:
@@ -204,6 +203,12 @@ class ResultRow:
     message: str
     silenced: bool
     observed_at: datetime
+
+
+async def count_results(db: DB) -> int:
+    """Check results kept, of every check."""
+    count: int = await db.fetchval("SELECT count(*) FROM pipectl.check_results")
+    return count
 
 
 async def recent_results(db: DB, check: str, limit: int = 100) -> list[ResultRow]:

@@ -187,13 +187,27 @@ async def recent_runs(db: DB, steps: Sequence[str] | None = None, limit: int = 5
     return [_run(r) for r in rows]
 
 
-async def last_success(db: DB, step: str) -> datetime | None:
-    finished: datetime | None = await db.fetchval(
-        "SELECT finished_at FROM pipectl.runs WHERE step = $1 AND status = 'succeeded'"
-        " ORDER BY finished_at DESC LIMIT 1",
-        step,
+def last_success_sql(step: str) -> str:
+    """When `step` last succeeded, as a scalar subquery (a backward scan of
+    runs_last_success_idx), for a probe that reads it in the round trip that reads the data it
+    is compared with (checks/freshness.py). `step` is the placeholder ($n) bound to the name."""
+    return (
+        f"(SELECT max(finished_at) FROM pipectl.runs WHERE step = {step} AND status = 'succeeded')"
     )
+
+
+async def last_success(db: DB, step: str) -> datetime | None:
+    finished: datetime | None = await db.fetchval(f"SELECT {last_success_sql('$1')}", step)
     return finished
+
+
+async def run_counts(db: DB) -> dict[str, tuple[int, int]]:
+    """Per step, (succeeded, all) runs kept."""
+    rows = await db.fetch(
+        "SELECT step, count(*) FILTER (WHERE status = 'succeeded') AS ok, count(*) AS total"
+        " FROM pipectl.runs GROUP BY step ORDER BY step"
+    )
+    return {r["step"]: (r["ok"], r["total"]) for r in rows}
 
 
 async def has_unfinished(db: DB, step: str, ended: Sequence[int] = ()) -> bool:

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pipectl.checks.anomaly import center_and_scale, comparable, detect, windows
-from pipectl.config import AnomalyConfig
+from pipectl.checks.anomaly import AnomalyConfig, center_and_scale, comparable, detect, windows
 from pipectl.model import Sample
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -200,8 +199,7 @@ def test_hour_and_daytype_compares_weekdays_with_weekdays_only() -> None:
     from datetime import UTC, datetime, timedelta
     from zoneinfo import ZoneInfo
 
-    from pipectl.checks.anomaly import comparable
-    from pipectl.config import AnomalyConfig
+    from pipectl.checks.anomaly import AnomalyConfig, comparable
     from pipectl.model import Sample
 
     config = AnomalyConfig(seasonality="hour_and_daytype", history=timedelta(days=28))

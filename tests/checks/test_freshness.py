@@ -7,8 +7,7 @@ from datetime import timedelta
 import asyncpg
 
 from pipectl.checks import CheckEngine
-from pipectl.checks.freshness import query
-from pipectl.config import FreshnessCheck
+from pipectl.checks.freshness import FreshnessCheck, query
 from pipectl.model import CheckStatus
 from tests.checks.conftest import NOW
 from tests.checks.data import add_feedback, add_rule_performance, add_sessions

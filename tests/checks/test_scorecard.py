@@ -79,10 +79,12 @@ async def test_scorecard_from_stored_results_and_freshness_samples(
     rows = await scorecard.compute(conn, config, now=NOW + timedelta(minutes=1), fresh=[fresh])
     assert [r.table for r in rows] == ["public.user_feedback"]
     row = rows[0]
-    assert row.completeness == pytest.approx(0.8)  # 2 of 10 ratings missing
-    assert row.accuracy == pytest.approx(0.9)  # one rating of 1; nulls are completeness
-    assert row.consistency == pytest.approx(0.9)
-    assert row.timeliness == pytest.approx(4 / 5)  # the fresh result's 6 minutes counts too
+    assert row.ratio("completeness") == pytest.approx(0.8)  # 2 of 10 ratings missing
+    assert row.ratio("accuracy") == pytest.approx(0.9)  # one rating of 1; nulls are completeness
+    assert row.ratio("consistency") == pytest.approx(0.9)
+    assert row.ratio("timeliness") == pytest.approx(
+        4 / 5
+    )  # the fresh result's 6 minutes counts too
     assert row.as_json() == {
         "table": "public.user_feedback",
         "completeness": pytest.approx(0.8),
@@ -103,7 +105,7 @@ def test_rules_fall_under_their_dimension_and_unmeasured_ones_stay_empty() -> No
     )
     by_table = {r.table: r for r in rows}
     perf = by_table["public.rule_performance"]
-    assert perf.accuracy == pytest.approx(0.999) and perf.completeness is None
+    assert perf.ratio("accuracy") == pytest.approx(0.999) and perf.ratio("completeness") is None
     assert perf.below_target() == []
     feedback = by_table["public.user_feedback"]
-    assert feedback.completeness == 1.0 and feedback.timeliness is None
+    assert feedback.ratio("completeness") == 1.0 and feedback.ratio("timeliness") is None

@@ -9,8 +9,7 @@ import asyncpg
 
 from pipectl import store
 from pipectl.checks import CheckEngine
-from pipectl.checks.volume import query, seed_query
-from pipectl.config import VolumeCheck
+from pipectl.checks.volume import VolumeCheck, query, seed_query
 from pipectl.model import CheckStatus
 from tests.checks.conftest import NOW
 from tests.checks.data import add_rule_performance, naive_utc

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from pipectl import store
+from pipectl.checks.cache import published_floors
 from pipectl.db import connect
 from pipectl.model import CheckResult, CheckStatus, Sample
 from pipectl.store.console import cache_history, timeline
@@ -87,7 +88,7 @@ async def test_hourly_buckets_match_the_raw_samples(conn: asyncpg.Connection) ->
     since = START + timedelta(days=1, minutes=23)
     until = since + timedelta(days=7)
     bucket = timedelta(hours=2)
-    (series,) = await cache_history(conn, since, until, bucket)
+    (series,) = await cache_history(conn, since, until, bucket, published_floors)
     expected: dict[datetime, list[float]] = {}
     origin = since.replace(minute=0)
     for p in points:

@@ -9,10 +9,10 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
+from pipectl.checks.cache import published_floors
 from pipectl.db import connect
 from pipectl.store.console import (
     cache_checks,
-    cache_floors,
     cache_history,
     cache_latest,
     can_file_requests,
@@ -78,16 +78,18 @@ async def test_check_trends_oldest_first(conn: asyncpg.Connection) -> None:
 
 
 async def test_cache_levels_and_floors(conn: asyncpg.Connection) -> None:
-    infos = {c.name: c for c in await cache_checks(conn)}
+    infos = {c.name: c for c in await cache_checks(conn, published_floors)}
     assert infos["postgres_buffer_hit_ratio"].warn_below == 0.95
     assert infos["redis_hit_ratio"].source == "redis"
-    assert cache_floors("app", {"warn_below": 0.9}) == (0.9, 0.5)
-    latest = {s.check: s for s in await cache_latest(conn)}
+    assert published_floors("app", {"warn_below": 0.9}) == (0.9, 0.5)
+    latest = {s.check: s for s in await cache_latest(conn, published_floors)}
     app_cache = latest["app_cache_hit_ratio"].latest
     assert app_cache is not None
     assert [lv.level for lv in app_cache.levels] == ["L1", "L2", "L3"]
     assert app_cache.levels[1].lookups == 100
-    history = await cache_history(conn, NOW - timedelta(hours=1), NOW, timedelta(minutes=10))
+    history = await cache_history(
+        conn, NOW - timedelta(hours=1), NOW, timedelta(minutes=10), published_floors
+    )
     app_series = next(s for s in history if s.check == "app_cache_hit_ratio")
     assert len(app_series.points) == 6
     first = app_series.points[0]
@@ -107,12 +109,14 @@ async def test_cache_levels_that_are_not_numbers_lose_only_the_breakdown(
         {"levels": {"L1": {"hits": "many", "lookups": 10}}},
         NOW - timedelta(seconds=5),
     )
-    latest = {s.check: s.latest for s in await cache_latest(conn)}
+    latest = {s.check: s.latest for s in await cache_latest(conn, published_floors)}
     point = latest["app_cache_hit_ratio"]
     assert point is not None and point.ratio == 0.9
     assert point.levels[0].hits == 0.0 and point.levels[0].lookups == 10
     # History reads the sample series, which a malformed result baseline does not touch.
-    history = await cache_history(conn, NOW - timedelta(hours=1), NOW, timedelta(minutes=10))
+    history = await cache_history(
+        conn, NOW - timedelta(hours=1), NOW, timedelta(minutes=10), published_floors
+    )
     app_series = next(s for s in history if s.check == "app_cache_hit_ratio")
     assert len(app_series.points) == 6 and all(p.levels for p in app_series.points)
 

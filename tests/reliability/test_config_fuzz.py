@@ -57,6 +57,8 @@ def _models(annotation: Any, seen: set[type[BaseModel]]) -> None:
 def _known_keys() -> list[str]:
     seen: set[type[BaseModel]] = set()
     _models(Config, seen)
+    for kind in CHECK_KINDS:  # `checks` holds the registered kinds' models
+        _models(CHECK_KINDS.model(kind), seen)
     return sorted({name for model in seen for name in model.model_fields})
 
 
@@ -157,7 +159,7 @@ documents = st.fixed_dictionaries(
         "checks": st.lists(
             st.builds(
                 lambda kind, rest: {"kind": kind, **rest},
-                st.one_of(st.sampled_from(CHECK_KINDS), st.text(max_size=5)),
+                st.one_of(st.sampled_from(CHECK_KINDS.names()), st.text(max_size=5)),
                 tables,
             ),
             max_size=4,

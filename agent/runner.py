@@ -316,7 +316,7 @@ async def _refresh(conn: Conn, relation: Relation, plan: StepPlan) -> _Attempt:
             reason,
             extra={"step": plan.name},
         )
-    await conn.execute(plan.statement_text(concurrently))
+    await store.refresh_summary(conn, relation, concurrently)
     rows = await conn.fetchval(f"SELECT count(*) FROM {relation.sql}")
     return _Attempt(RunStatus.SUCCEEDED, rows=rows, detail={"concurrently": concurrently})
 

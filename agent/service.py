@@ -33,7 +33,7 @@ from pipectl.agent.schedule import Schedule, cron_schedule, interval_schedule, t
 from pipectl.agent.systemd import notify
 from pipectl.agent.tracing import trace_id_of, tracer_for
 from pipectl.config import Config, ConfigError, LoadedConfig, Problem
-from pipectl.db import create_pool, is_transient
+from pipectl.db import connect, create_pool, is_transient
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus, CheckTrigger, Request, RunStatus, Trigger
 from pipectl.store.base import Conn
@@ -732,10 +732,8 @@ class Agent:
         delay = 0.5
         while not self.stopping.is_set():
             try:
-                conn = await asyncpg.connect(
-                    dsn=self.config.database.dsn,
-                    timeout=self.config.database.connect_timeout.total_seconds(),
-                    server_settings={"application_name": f"pipectl-agent {self.name} listen"[:63]},
+                conn = await connect(
+                    self.config, application_name=f"pipectl-agent {self.name} listen"[:63]
                 )
             except Exception as exc:
                 log.warning("listener: cannot connect (%s); retrying in %.1fs", exc, delay)

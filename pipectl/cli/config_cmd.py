@@ -9,6 +9,7 @@ from rich.table import Table
 
 from pipectl.cli.common import EXIT_OK, console, load
 from pipectl.config import effective_items
+from pipectl.db import describe_target, resolve
 from pipectl.webconfig import load_web_config
 
 
@@ -31,6 +32,7 @@ def check_config(args: argparse.Namespace) -> int:
     if config.agent.metrics_web_config:
         # its problems are ConfigErrors too
         load_web_config(loaded.resolve(config.agent.metrics_web_config))
+    resolve(config.database.dsn)  # a service named but not found is a ConfigError too
     console().print(f"{loaded.file}: ok ({len(config.steps)} steps, {len(config.checks)} checks)")
     return EXIT_OK
 
@@ -47,4 +49,7 @@ def show_config(args: argparse.Namespace) -> int:
     for key, value, origin in effective_items(loaded):
         table.add_row(key, value, origin)
     out.print(table)
+    target = resolve(loaded.config.database.dsn)
+    where = describe_target(target.dsn) if target.dsn else "the libpq environment"
+    out.print(f"database: {where} ({target.how})", markup=False, highlight=False)
     return EXIT_OK

@@ -16,14 +16,17 @@
 
 -- Whether the current user owns (or is a member of the owner of) a relation. Inside a
 -- SECURITY DEFINER function current_user is the function's owner.
+-- (The two helpers run as the caller, from guards whose search_path is pinned; a SET clause
+-- of their own would cost every row that fires a guard.)
 CREATE FUNCTION pipectl.is_owner(relation oid) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
-    SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = relation
+LANGUAGE sql STABLE AS $$
+    SELECT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE')
+    FROM pg_catalog.pg_class c WHERE c.oid = relation
 $$;
 
 -- Whether an agent row was registered by this session's database user and is not lost.
 CREATE FUNCTION pipectl.is_own_agent(agent uuid) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pipectl AS $$
+LANGUAGE sql STABLE AS $$
     SELECT EXISTS (
         SELECT 1 FROM pipectl.agents a
         WHERE a.id = agent AND a.db_user = session_user AND a.lost_at IS NULL
@@ -121,11 +124,15 @@ CREATE FUNCTION pipectl.definitions_guard() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pipectl AS $$
 DECLARE
     changed text[] := '{}';
+    now_row jsonb;
+    was_row jsonb;
 BEGIN
     IF TG_OP = 'UPDATE' THEN
+        now_row := to_jsonb(NEW);
+        was_row := to_jsonb(OLD);
         SELECT coalesce(array_agg(col ORDER BY col), '{}') INTO changed
         FROM unnest(TG_ARGV) AS col
-        WHERE (to_jsonb(NEW) -> col) IS DISTINCT FROM (to_jsonb(OLD) -> col);
+        WHERE (now_row -> col) IS DISTINCT FROM (was_row -> col);
     END IF;
     IF NOT pipectl.is_owner(TG_RELID)
        AND (TG_OP = 'INSERT' OR cardinality(changed) > 0
@@ -148,11 +155,19 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
-CREATE TRIGGER steps_guard BEFORE INSERT OR UPDATE ON pipectl.steps
+-- Only statements that set a defining or publishing column fire it: recording a result
+-- (status, last_value, ...) or the next run time does not pay for it.
+CREATE TRIGGER steps_guard BEFORE INSERT OR UPDATE OF
+        kind, relation, sql, schedule, depends_on, description, definition, enabled,
+        published_by, published_at
+    ON pipectl.steps
     FOR EACH ROW EXECUTE FUNCTION pipectl.definitions_guard(
         'kind', 'relation', 'sql', 'schedule', 'depends_on', 'description', 'definition',
         'enabled');
-CREATE TRIGGER checks_guard BEFORE INSERT OR UPDATE ON pipectl.checks
+CREATE TRIGGER checks_guard BEFORE INSERT OR UPDATE OF
+        kind, target, sql, schedule, description, definition, enabled, published_by,
+        published_at
+    ON pipectl.checks
     FOR EACH ROW EXECUTE FUNCTION pipectl.definitions_guard(
         'kind', 'target', 'sql', 'schedule', 'description', 'definition', 'enabled');
 

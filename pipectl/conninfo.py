@@ -154,6 +154,11 @@ def resolve_target(dsn: str | None, environ: Mapping[str, str] | None = None) ->
     """The connection asyncpg should make for `dsn` (None: the libpq environment), with a
     service folded in as explicit settings, and how it was chosen."""
     env = os.environ if environ is None else environ
+    if env.get("PGHOSTADDR"):
+        raise ConnectionSettingsError(
+            "PGHOSTADDR is not supported by pipectl (asyncpg would ignore it and connect"
+            " elsewhere): name the server with PGHOST or the URL"
+        )
     base = dsn or ""
     try:
         query = parse_qsl(urlsplit(base).query, keep_blank_values=True) if base else []

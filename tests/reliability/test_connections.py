@@ -126,6 +126,7 @@ async def test_service_in_the_url_and_in_the_system_file(
         ({"PGSERVICE": "odd"}, ".conf:3: [odd] hostaddr is not supported by pipectl"),
         ({"PGSERVICE": "opts"}, "options: only -c name=value settings are supported"),
         ({"PGSERVICE": "ldap"}, "LDAP service lookups are not supported"),
+        ({"PGHOSTADDR": "192.0.2.1"}, "PGHOSTADDR is not supported by pipectl"),
     ],
 )
 def test_a_service_that_cannot_be_honoured_is_refused_before_connecting(

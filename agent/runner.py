@@ -349,7 +349,7 @@ async def _refresh(conn: Conn, relation: Relation, plan: StepPlan) -> _Attempt:
             reason,
             extra={"step": plan.name},
         )
-    await conn.execute(plan.statement_text(concurrently), timeout=_client_deadline(plan))
+    await store.refresh_summary(conn, relation, concurrently, within=_client_deadline(plan))
     rows = await conn.fetchval(
         f"SELECT count(*) FROM {relation.sql}", timeout=_client_deadline(plan)
     )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -1022,23 +1022,100 @@ def _cycles(raw: dict[str, Any], label: str, lines: dict[KeyPath, int]) -> Itera
 # Showing
 
 
+# libpq keywords whose values are secrets (key=value strings and URL query parameters).
+SECRET_KEYWORDS = frozenset({"password", "sslpassword"})
+MASK = "****"
+_SECRET_QUERY = re.compile(r"(?i)(^|[?&;])((?:ssl)?password)=[^&#]*")
+
+
 def mask_secret_url(value: str) -> str:
-    """Hide the password in a URL or a libpq key=value string."""
-    if "://" in value:
-        try:
-            parts = urlsplit(value)
-        except ValueError:  # not a URL Python can split (a bad IPv6 host, say): mask by shape
-            return re.sub(r"(://[^:/@]*:).*@", r"\1****@", value)  # up to the last @
-        if parts.password is None:
-            return value
-        netloc = parts.netloc.rsplit("@", 1)
-        userinfo = netloc[0].split(":", 1)[0] + ":****"
-        return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[1]}"))
-    out = []
-    for token in value.split():
-        key, sep, _ = token.partition("=")
-        out.append(f"{key}=****" if sep and key.lower() in ("password", "sslpassword") else token)
-    return " ".join(out)
+    """The connection string with every credential libpq or redis-py accepts masked: the
+    password of a URL's user info, `password=` and `sslpassword=` query parameters, and the
+    same keywords of a libpq key=value string (quoted or not). Masks more rather than less
+    when the string cannot be parsed."""
+    if "://" not in value:
+        return _mask_conninfo(value)
+    scheme, _, rest = value.partition("://")
+    return f"{scheme}://{_mask_query(_mask_userinfo(rest))}"
+
+
+def _mask_userinfo(rest: str) -> str:
+    """`user:password@hosts...` -> `user:****@hosts...`. A password holding an unencoded
+    '/', '?', '#' or '@' is still masked up to the last '@' that could end it."""
+    authority_end = len(rest)
+    for stop in "/?#":
+        position = rest.find(stop)
+        if position != -1:
+            authority_end = min(authority_end, position)
+    at = rest.rfind("@", 0, authority_end)
+    if at == -1:
+        colon = rest.find(":", 0, authority_end)
+        later_at = rest.rfind("@")
+        if colon == -1 or later_at == -1:
+            return rest
+        at = later_at  # 'user:pa/ss@host': the authority ended early, inside the password
+    userinfo = rest[:at]
+    if ":" not in userinfo:
+        return rest
+    return userinfo.split(":", 1)[0] + ":" + MASK + rest[at:]
+
+
+def _mask_query(rest: str) -> str:
+    path, question, query = rest.partition("?")
+    if not question:
+        return rest
+    return path + "?" + _SECRET_QUERY.sub(lambda m: f"{m.group(1)}{m.group(2)}={MASK}", query)
+
+
+_CONNINFO_KEY = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*")
+
+
+def _mask_conninfo(value: str) -> str:
+    """A libpq key=value string: values may be single-quoted (with \\ and \\' escapes) or
+    bare (backslash escapes a character). Unparseable from some point: masked from there."""
+    out: list[str] = []
+    position = 0
+    while position < len(value):
+        match = _CONNINFO_KEY.match(value, position)
+        if match is None:
+            if value[position:].strip():
+                out.append(value[position:] if not _mentions_secret(value[position:]) else MASK)
+            else:
+                out.append(value[position:])
+            break
+        end = _value_end(value, match.end())
+        out.append(match.group(0))
+        secret = match.group(1).lower() in SECRET_KEYWORDS
+        if end is None:  # an unterminated quote: nothing after it is safe to show
+            tail = value[match.end() :]
+            out.append(MASK if secret or _mentions_secret(tail) else tail)
+            break
+        out.append(MASK if secret else value[match.end() : end])
+        position = end
+    return "".join(out)
+
+
+def _value_end(text: str, start: int) -> int | None:
+    """Where a conninfo value starting at `start` ends (after its closing quote, or at the
+    first unescaped whitespace); None when a quote never closes."""
+    position = start
+    if position < len(text) and text[position] == "'":
+        position += 1
+        while position < len(text):
+            if text[position] == "\\":
+                position += 2
+            elif text[position] == "'":
+                return position + 1
+            else:
+                position += 1
+        return None
+    while position < len(text) and not text[position].isspace():
+        position += 2 if text[position] == "\\" else 1
+    return min(position, len(text))
+
+
+def _mentions_secret(text: str) -> bool:
+    return any(keyword in text.lower() for keyword in SECRET_KEYWORDS)
 
 
 def effective_items(loaded: LoadedConfig) -> list[tuple[str, str, str]]:

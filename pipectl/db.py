@@ -11,7 +11,8 @@ from typing import Any
 
 import asyncpg
 
-from pipectl.config import Config, mask_secret_url
+from pipectl.config import Config, ConfigError, Problem, mask_secret_url
+from pipectl.conninfo import ConnectionSettingsError, Target, describe_server, resolve_target
 
 
 class DatabaseUnavailable(Exception):
@@ -23,6 +24,15 @@ def describe_target(dsn: str | None) -> str:
     return (
         mask_secret_url(dsn) if dsn else "the server named by the libpq environment (PGHOST, ...)"
     )
+
+
+def resolve(dsn: str | None) -> Target:
+    """libpq's conventions applied to `dsn` (conninfo.resolve_target); a service that cannot
+    be used is a configuration problem, reported like one."""
+    try:
+        return resolve_target(dsn)
+    except ConnectionSettingsError as exc:
+        raise ConfigError([Problem("database connection", None, "", str(exc))]) from None
 
 
 # What decode_json returns for JSON nested deeper than Python's parser can follow.
@@ -94,20 +104,13 @@ async def connect(
 ) -> asyncpg.Connection:
     """One connection, JSON decoded, with a message that names the target on failure.
     `settings` are session settings (GUCs) sent at connect."""
-    target = dsn if dsn is not None else config.database.dsn
+    target = resolve(dsn if dsn is not None else config.database.dsn)
     try:
-        conn = await asyncpg.connect(
-            dsn=target,
-            timeout=config.database.connect_timeout.total_seconds(),
-            server_settings={
-                "application_name": application_name or config.database.application_name,
-                **(settings or {}),
-            },
+        conn: asyncpg.Connection = await asyncpg.connect(
+            **_connect_args(config, target, application_name, settings)
         )
     except _CONNECT_ERRORS as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to {describe_target(target)}: {_reason(exc)}"
-        ) from exc
+        raise unavailable(target, exc) from exc
     await _init_connection(conn)
     return conn
 
@@ -122,27 +125,66 @@ async def create_pool(
     dsn: str | None = None,
     command_timeout: float | None = None,
 ) -> asyncpg.Pool:
-    """A pool; `command_timeout` bounds every statement on the client (seconds)."""
-    target = dsn if dsn is not None else config.database.dsn
+    """A pool whose first connection is made (and checked) here, so that a wrong password or
+    a missing role is the same readable DatabaseUnavailable as for `connect`, whoever asks.
+    `command_timeout` bounds every statement on the client (seconds)."""
+    target = resolve(dsn if dsn is not None else config.database.dsn)
     try:
         pool = await asyncpg.create_pool(
-            dsn=target,
             min_size=min_size,
             max_size=max_size,
             command_timeout=command_timeout,
-            timeout=config.database.connect_timeout.total_seconds(),
             init=_init_connection,
-            server_settings={
-                "application_name": application_name or config.database.application_name,
-                **(settings or {}),
-            },
+            **_connect_args(config, target, application_name, settings),
         )
     except _CONNECT_ERRORS as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to {describe_target(target)}: {_reason(exc)}"
-        ) from exc
+        raise unavailable(target, exc) from exc
     assert pool is not None
+    if min_size == 0:
+        try:
+            async with pool.acquire():
+                pass
+        except _CONNECT_ERRORS as exc:
+            await pool.close()
+            raise unavailable(target, exc) from exc
     return pool
+
+
+def _connect_args(
+    config: Config,
+    target: Target,
+    application_name: str | None,
+    settings: Mapping[str, str] | None,
+) -> dict[str, Any]:
+    """asyncpg's arguments: the user's application name (URL, service, PGAPPNAME) wins over
+    pipectl's own, as over libpq's fallback_application_name."""
+    own_name = application_name or config.database.application_name
+    timeout = target.connect_timeout or config.database.connect_timeout.total_seconds()
+    return {
+        "dsn": target.dsn,
+        "timeout": timeout,
+        "server_settings": {
+            **target.server_settings,
+            "application_name": target.application(own_name),
+            **(settings or {}),
+        },
+    }
+
+
+async def describe_connection(conn: asyncpg.Connection, target: Target) -> str:
+    """`/var/run/postgresql:5432/apes as alice (how it was chosen)` for a live connection:
+    which server a connection the user did not spell out actually reached."""
+    row = await conn.fetchrow("SELECT current_database() AS db, session_user AS who")
+    assert row is not None
+    address = getattr(conn, "_addr", None)  # asyncpg keeps the address it connected to
+    return f"{describe_server(address, row['db'], row['who'])} ({target.how})"
+
+
+def unavailable(target: Target, exc: BaseException) -> DatabaseUnavailable:
+    """The one message for a connection that failed, for the CLI, the console and the agent:
+    where (password masked) and why (connect_failure_reason)."""
+    where = describe_target(target.dsn) if target.dsn else f"the server chosen by {target.how}"
+    return DatabaseUnavailable(f"cannot connect to {where}: {connect_failure_reason(exc)}")
 
 
 @asynccontextmanager
@@ -156,7 +198,8 @@ async def connection(
         await conn.close()
 
 
-def _reason(exc: BaseException) -> str:
+def connect_failure_reason(exc: BaseException) -> str:
+    """Why a connection attempt failed, in words an operator can act on."""
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     if isinstance(exc, ConnectionRefusedError):

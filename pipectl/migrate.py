@@ -203,13 +203,16 @@ async def apply_roles(
         except asyncpg.DuplicateObjectError:
             existing.add(role)
     if set(roles) <= existing:
-        # One statement at a time: a grant the user may not give (role membership, say)
-        # must not hold back the others.
-        for statement in statements((folder / "roles.sql").read_text(encoding="utf-8")):
-            try:
-                await conn.execute(statement)
-            except asyncpg.InsufficientPrivilegeError as exc:
-                warnings.append(f"not applied ({exc}): {statement}")
+        # One transaction, so that a running agent never sees the moment between the REVOKEs
+        # and the GRANTs; one savepoint per statement, so that a grant the user may not give
+        # (role membership, say) does not hold back the others.
+        async with conn.transaction():
+            for statement in statements((folder / "roles.sql").read_text(encoding="utf-8")):
+                try:
+                    async with conn.transaction():
+                        await conn.execute(statement)
+                except asyncpg.InsufficientPrivilegeError as exc:
+                    warnings.append(f"not applied ({exc}): {statement}")
     else:
         warnings.append("grants skipped until all three pipectl roles exist")
     return created, warnings

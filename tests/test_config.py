@@ -455,6 +455,49 @@ def test_secrets_are_masked(secret: str, shown: str) -> None:
     assert mask_secret_url(secret) == shown
 
 
+@pytest.mark.parametrize(
+    ("secret", "shown"),
+    [
+        # URL query parameters, any case, anywhere in the query
+        ("postgresql://u@h/db?password=S3cret-1&sslmode=require",
+         "postgresql://u@h/db?password=****&sslmode=require"),
+        ("postgresql://u@h/db?sslmode=require&PassWord=S3cret-1#f",
+         "postgresql://u@h/db?sslmode=require&PassWord=****#f"),
+        ("postgresql://u@h/db?sslkey=/k.pem&sslpassword=S3cret-1",
+         "postgresql://u@h/db?sslkey=/k.pem&sslpassword=****"),
+        ("postgresql://u:S3cret-1@h/db?password=S3cret-1",
+         "postgresql://u:****@h/db?password=****"),
+        ("postgresql://u:p%40S3cret-1@h1:5432,h2:5433/db",
+         "postgresql://u:****@h1:5432,h2:5433/db"),
+        # unencoded '/', '?', '#' or '@' in the password
+        ("postgresql://u:S3cret-1/x@h:5432/db", "postgresql://u:****@h:5432/db"),
+        ("postgresql://u:S3cret-1?x@h/db", "postgresql://u:****@h/db"),
+        ("postgresql://u:S3cret-1#x@h/db", "postgresql://u:****@h/db"),
+        ("postgresql://u:S3c@ret-1@h/db", "postgresql://u:****@h/db"),
+        ("postgresql://u:S3cret-1@[::1/db", "postgresql://u:****@[::1/db"),
+        # libpq key=value strings: bare, quoted with escapes, spaces around '=', sslpassword
+        ("host=h password=S3cret-1", "host=h password=****"),
+        ("host=h password='S3cret-1 and \\' more' user=u", "host=h password=**** user=u"),
+        ("host=h password = S3cret-1 user=u", "host=h password = **** user=u"),
+        ("host=h password=S3cret\\ -1 user=u", "host=h password=**** user=u"),
+        ("host=h sslpassword=S3cret-1 sslkey=/k", "host=h sslpassword=**** sslkey=/k"),
+        ("host=h password='S3cret-1 never closed", "host=h password=****"),
+        # Redis URLs
+        ("redis://u:S3cret-1@h:6379/0", "redis://u:****@h:6379/0"),
+        ("rediss://:S3cret-1@h", "rediss://:****@h"),
+        ("redis://h:6379/0?password=S3cret-1", "redis://h:6379/0?password=****"),
+        ("unix://:S3cret-1@/run/redis.sock?db=0", "unix://:****@/run/redis.sock?db=0"),
+        ("unix:///run/redis.sock?db=0&password=S3cret-1", "unix:///run/redis.sock?db=0&password=****"),
+        # nothing secret: unchanged
+        ("postgresql://u@h/db?application_name=x", "postgresql://u@h/db?application_name=x"),
+        ("host=/run/postgresql dbname=apes", "host=/run/postgresql dbname=apes"),
+    ],
+)  # fmt: skip
+def test_every_credential_form_is_masked(secret: str, shown: str) -> None:
+    assert mask_secret_url(secret) == shown
+    assert "S3cret" not in mask_secret_url(secret)
+
+
 def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -100,7 +100,10 @@ async def test_roles_and_grants(database: str) -> None:
             """
             SELECT has_table_privilege('pipectl_viewer', 'pipectl.runs', 'SELECT') AS v_read,
                    has_table_privilege('pipectl_viewer', 'pipectl.requests', 'INSERT') AS v_req,
-                   has_table_privilege('pipectl_operator', 'pipectl.requests', 'INSERT') AS o_req,
+                   has_any_column_privilege('pipectl_operator', 'pipectl.requests', 'INSERT')
+                       AS o_req,
+                   has_column_privilege('pipectl_operator', 'pipectl.requests', 'requested_by',
+                                        'INSERT') AS o_author,
                    has_table_privilege('pipectl_operator', 'pipectl.runs', 'INSERT') AS o_run,
                    has_table_privilege('pipectl_agent', 'pipectl.runs', 'INSERT') AS a_run
             """
@@ -109,6 +112,7 @@ async def test_roles_and_grants(database: str) -> None:
             "v_read": True,
             "v_req": False,
             "o_req": True,
+            "o_author": False,
             "o_run": False,
             "a_run": True,
         }

@@ -10,7 +10,7 @@ from rich.table import Table
 from pipectl.checks.validation import validate_catalog
 from pipectl.cli.common import EXIT_OK, console, load
 from pipectl.config import LoadedConfig, effective_items
-from pipectl.db import DatabaseUnavailable, connect, describe_target
+from pipectl.db import DatabaseUnavailable, connect, describe_target, resolve
 from pipectl.safetext import visible
 from pipectl.webconfig import load_web_config
 
@@ -43,6 +43,7 @@ async def check_config(args: argparse.Namespace) -> int:
     if config.agent.metrics_web_config:
         # its problems are ConfigErrors too
         load_web_config(loaded.resolve(config.agent.metrics_web_config))
+    resolve(config.database.dsn)  # a service named but not found is a ConfigError too
     catalog = await _check_catalog(loaded, offline=args.offline)
     counts = f"{len(config.steps)} steps, {len(config.checks)} checks"
     # One line, literally: paths and server messages are not markup (console() escapes).
@@ -83,4 +84,7 @@ def show_config(args: argparse.Namespace) -> int:
     for key, value, origin in effective_items(loaded):
         table.add_row(*(visible(text, limit=None) for text in (key, value, origin)))
     out.print(table)
+    target = resolve(loaded.config.database.dsn)
+    where = describe_target(target.dsn) if target.dsn else "the libpq environment"
+    out.print(f"database: {where} ({target.how})", markup=False, highlight=False)
     return EXIT_OK

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from pipectl import apes_sql, migrate
 from pipectl.cli.common import EXIT_FAIL, EXIT_OK, CliError, console, load
-from pipectl.db import connection
+from pipectl.db import connection, describe_connection, resolve
 from pipectl.safetext import BLOCK, CELL, visible
 
 
@@ -41,6 +41,9 @@ async def upgrade_schema(args: argparse.Namespace) -> int:
     config = load(args).config
     out = console()
     async with connection(config, "pipectl db upgrade") as conn:
+        # Said before anything is written: the schema goes where this names.
+        where = await describe_connection(conn, resolve(config.database.dsn))
+        out.print(f"database: {where}", markup=False, highlight=False)
         report = await migrate.upgrade(conn)
     for item in report.applied:
         out.print(f"applied {item.path.name}")

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipectl import apes_sql, migrate
-from pipectl.config import Config, LoadedConfig, load_config
+from pipectl.config import Config, LoadedConfig, load_config, mask_secret_url
 from pipectl.embedded import EmbeddedServers, default_state_dir
 from pipectl.presets import apes_preset_path
 from pipectl.simulator import ApesSimulator
@@ -195,7 +195,8 @@ async def run_demo(
             tasks.append(asyncio.create_task(random_faults(simulator, stop, rng)))
         out.print(
             f"  agent running (logs: {options.state_dir / 'agent.log'}); simulator writing; "
-            f"inject faults with: PIPECTL_DATABASE_URL={dsn} pipectl fault inject stall"
+            "inject faults with: PIPECTL_DATABASE_URL="
+            f"{mask_secret_url(dsn)} pipectl fault inject stall"
         )
         if open_console is not None and not options.headless:
             await open_console(loaded)

@@ -9,6 +9,7 @@ from typing import Any
 
 from pipectl.cli.common import EXIT_OK, console, float_argument, int_argument, print_json
 from pipectl.cli.demo import DemoOptions, run_demo, state_dir_or_default
+from pipectl.config import mask_secret_url
 from pipectl.embedded import EmbeddedServers
 
 
@@ -71,7 +72,8 @@ async def demo(args: argparse.Namespace) -> int:
     out.print(f"pipectl demo — state in {options.state_dir}")
     with servers.running():
         out.print(
-            f"  PostgreSQL {servers.postgres.dsn()} and Valkey {servers.valkey.url} "
+            f"  PostgreSQL {mask_secret_url(servers.postgres.dsn())}"
+            f" and Valkey {mask_secret_url(servers.valkey.url)} "
             f"up in {time.monotonic() - started:.1f}s"
         )
         opener = None if options.headless else _console_opener(options.read_only)

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -37,7 +38,7 @@ from pipectl.cli.common import (
     print_json,
 )
 from pipectl.dag import CycleError
-from pipectl.db import connection
+from pipectl.db import connection, describe_connection, resolve
 from pipectl.format import STATUS_STYLE, age, band, due, number, seconds, status_text
 from pipectl.migrate import ensure_current
 from pipectl.model import Outcome, Request, RequestKind, Run
@@ -142,6 +143,10 @@ SILENCE_SPAN = duration_argument(maximum=MAX_SILENCE)
 async def show_status(args: argparse.Namespace) -> int:
     config = load(args).config
     async with connection(config, "pipectl status") as conn:
+        target = resolve(config.database.dsn)
+        if target.from_environment:  # no database named: say which one this is, and why
+            where = await describe_connection(conn, target)
+            print(f"pipectl: connected to {where}", file=sys.stderr)
         await ensure_current(conn)
         snapshot = await store.status_snapshot(conn)
     code = snapshot.worst.exit_code

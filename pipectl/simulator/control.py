@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from pipectl.db import DatabaseUnavailable, describe_target
+from pipectl.db import resolve, unavailable
 from pipectl.simulator import faults
 
 CHANNEL = "pipectl_demo"
@@ -89,13 +89,24 @@ def parse_message(payload: str) -> ControlMessage:
 
 async def _publish(dsn: str | None, message: ControlMessage) -> int:
     """NOTIFY the message; return how many simulators listen on this database."""
+    target = resolve(dsn)
     try:
         conn = await asyncpg.connect(
-            dsn, timeout=10, server_settings={"application_name": "pipectl fault"}
+            target.dsn,
+            timeout=target.connect_timeout or 10,
+            server_settings={
+                **target.server_settings,
+                "application_name": target.application("pipectl fault"),
+            },
         )
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DatabaseUnavailable(f"cannot connect to {describe_target(dsn)}: {reason}") from exc
+    except (
+        OSError,
+        TimeoutError,
+        ValueError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+    ) as exc:
+        raise unavailable(target, exc) from exc
     try:
         await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, message.to_json())
         listeners = await conn.fetchval(

@@ -73,6 +73,7 @@ from pipectl.store.runs import (
     tick_exists,
 )
 from pipectl.store.samples import add_samples, has_seed, read_series, read_windows
+from pipectl.store.summaries import refresh_summary
 from pipectl.store.views import CheckRow, StatusSnapshot, StepRow, status_snapshot
 
 __all__ = [
@@ -128,6 +129,7 @@ __all__ = [
     "recent_results",
     "recent_runs",
     "record_result",
+    "refresh_summary",
     "register_agent",
     "release_claims",
     "release_liveness",

@@ -135,21 +135,13 @@ async def step_states(db: DB, names: Sequence[str] | None = None) -> list[StepSt
 
 
 async def set_paused(db: DB, step: str, paused: bool, by: str, reason: str) -> bool:
-    """Persist pause state; False when the step is unknown."""
-    row = await db.fetchrow(
-        """
-        UPDATE pipectl.steps
-        SET paused = $2, paused_by = CASE WHEN $2 THEN $3 END,
-            paused_at = CASE WHEN $2 THEN now() END,
-            paused_reason = CASE WHEN $2 THEN $4 END
-        WHERE name = $1 RETURNING name
-        """,
-        step,
-        paused,
-        by,
-        reason,
+    """Persist pause state as the open pause (or resume) request by `by` with `reason`,
+    held by this session's agent, asked; False when the step is unknown. PostgreSQL refuses
+    (InsufficientPrivilegeError) when no such request is held: pipectl.set_step_paused."""
+    done: bool = await db.fetchval(
+        "SELECT pipectl.set_step_paused($1, $2, $3, $4)", step, paused, by, reason
     )
-    return row is not None
+    return done
 
 
 async def set_next_run(db: DB, step: str, at: datetime | None) -> None:
@@ -193,20 +185,14 @@ async def check_states(db: DB, names: Sequence[str] | None = None) -> list[Check
 
 
 async def set_silence(db: DB, check: str, until: datetime | None, by: str, reason: str) -> bool:
-    row = await db.fetchrow(
-        """
-        UPDATE pipectl.checks
-        SET silenced_until = $2::timestamptz,
-            silenced_by = CASE WHEN $2::timestamptz IS NOT NULL THEN $3 END,
-            silence_reason = CASE WHEN $2::timestamptz IS NOT NULL THEN $4 END
-        WHERE name = $1 RETURNING name
-        """,
-        check,
-        until,
-        by,
-        reason,
+    """Silence a check until `until` (None: unsilence) as the open request by `by` with
+    `reason`, held by this session's agent, asked; False when the check is unknown.
+    PostgreSQL refuses a silence without such a request or longer than 30 days from it
+    (pipectl.set_check_silence)."""
+    done: bool = await db.fetchval(
+        "SELECT pipectl.set_check_silence($1, $2::timestamptz, $3, $4)", check, until, by, reason
     )
-    return row is not None
+    return done
 
 
 async def claim_check_ticks(

@@ -177,8 +177,8 @@ async def _record_crossing(conn: Conn, result: CheckResult, result_id: int, kind
     value, target = result.value or 0.0, result.expected_low or 0.0  # both set: a crossing
     dipped = kind == "cache.dip"
     await conn.execute(
-        "INSERT INTO pipectl.events (at, kind, subject, actor, message, detail)"
-        " VALUES ($1, $2, $3, '', $4, $5)",
+        "INSERT INTO pipectl.events (at, kind, subject, message, detail)"
+        " VALUES ($1, $2, $3, $4, $5)",
         result.observed_at,
         kind,
         result.check,

@@ -1,4 +1,8 @@
-"""Retention: history older than the configured ages is deleted, in bounded batches."""
+"""Retention: history older than the configured ages is deleted, in bounded batches.
+
+The deleting is done by pipectl.prune(), a function that runs as the schema's owner: no
+pipectl role may DELETE from the audit trail, and prune() keeps at least 7 days of events and
+requests whatever age it is given."""
 
 from __future__ import annotations
 
@@ -9,35 +13,18 @@ from pipectl.store.base import DB
 # Deleting in batches keeps each statement short and its locks brief on a busy database.
 _BATCH = 5000
 
-_TARGETS = {
-    "runs": ("pipectl.runs", "id", "queued_at", "AND status NOT IN ('queued', 'running')"),
-    "results": ("pipectl.check_results", "id", "observed_at", ""),
-    "samples": ("pipectl.samples", "ctid", "ts", ""),
-    "events": ("pipectl.events", "id", "at", ""),
-    "requests": ("pipectl.requests", "id", "created_at", "AND done_at IS NOT NULL"),
-    "agents": (
-        "pipectl.agents",
-        "id",
-        "last_seen",
-        "AND (stopped_at IS NOT NULL OR lost_at IS NOT NULL)",
-    ),
-}
+KINDS = ("runs", "results", "samples", "events", "requests", "agents")
 
 
 async def prune(db: DB, ages: dict[str, timedelta], max_batches: int = 100) -> dict[str, int]:
     """Delete rows older than `ages[kind]` for each kind given; returns counts deleted."""
     deleted: dict[str, int] = {}
     for kind, age in ages.items():
-        table, key, column, extra = _TARGETS[kind]
+        if kind not in KINDS:
+            raise ValueError(f"unknown retention kind {kind!r} (one of {', '.join(KINDS)})")
         total = 0
         for _ in range(max_batches):
-            # Table and column names come from the constant map above, never from input.
-            status = await db.execute(
-                f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table}"
-                f" WHERE {column} < now() - $1::interval {extra} LIMIT {_BATCH})",
-                age,
-            )
-            count = int(status.split()[-1])
+            count: int = await db.fetchval("SELECT pipectl.prune($1, $2, $3)", kind, age, _BATCH)
             total += count
             if count < _BATCH:
                 break

@@ -75,8 +75,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS user_satisfaction_summary_key
     ON public.user_satisfaction_summary (feedback_date);
 
 -- Let pipectl's agent refresh the summaries and read the base tables. Refreshing needs
--- MAINTAIN (PostgreSQL 17+) or ownership (older servers). Nothing happens where the roles do
--- not exist yet: run `pipectl db upgrade` first, then this script again.
+-- MAINTAIN (PostgreSQL 17+); older servers let only the owner refresh, so the summaries stay
+-- with their owner and are listed in pipectl.refreshable, which the agent's
+-- pipectl.refresh_summary() (run as the schema owner) refreshes and nothing more. Nothing
+-- happens where the roles do not exist yet: run `pipectl db upgrade` first, then this again.
 DO $$
 DECLARE
     summary text;
@@ -85,17 +87,29 @@ BEGIN
         RAISE NOTICE 'role pipectl_agent does not exist yet; grants skipped';
         RETURN;
     END IF;
-    GRANT USAGE ON SCHEMA public TO pipectl_agent;
-    GRANT SELECT ON ALL TABLES IN SCHEMA public TO pipectl_agent;
     FOREACH summary IN ARRAY ARRAY['rule_effectiveness_summary', 'user_satisfaction_summary'] LOOP
         IF current_setting('server_version_num')::int >= 170000 THEN
             EXECUTE format('GRANT MAINTAIN ON public.%I TO pipectl_agent', summary);
-        ELSE
+            CONTINUE;
+        END IF;
+        -- Earlier versions handed the summaries to pipectl_agent: take them back.
+        IF (SELECT relowner FROM pg_class WHERE oid = format('public.%I', summary)::regclass)
+           = 'pipectl_agent'::regrole THEN
             BEGIN
-                EXECUTE format('ALTER MATERIALIZED VIEW public.%I OWNER TO pipectl_agent', summary);
+                EXECUTE format('ALTER MATERIALIZED VIEW public.%I OWNER TO %I', summary,
+                               current_user);
             EXCEPTION WHEN insufficient_privilege THEN
-                RAISE NOTICE 'cannot hand % to pipectl_agent: %', summary, SQLERRM;
+                RAISE WARNING 'pipectl_agent still owns public.% (%); run this as a superuser',
+                    summary, SQLERRM;
             END;
         END IF;
+        IF to_regclass('pipectl.refreshable') IS NULL THEN
+            RAISE NOTICE 'pipectl.refreshable does not exist yet: run `pipectl db upgrade`, then this again';
+        ELSE
+            INSERT INTO pipectl.refreshable (schema_name, view_name)
+            VALUES ('public', summary) ON CONFLICT DO NOTHING;
+        END IF;
     END LOOP;
+    GRANT USAGE ON SCHEMA public TO pipectl_agent;
+    GRANT SELECT ON ALL TABLES IN SCHEMA public TO pipectl_agent;
 END $$;

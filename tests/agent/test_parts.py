@@ -215,16 +215,16 @@ async def test_retention_prunes_at_start_and_then_hourly(
     database: str, db: asyncpg.Connection
 ) -> None:
     clock = past_clock()
-    body = FAST + '[retention]\nevents = "1d"\n' + steps_toml()
+    body = FAST + '[retention]\nevents = "8d"\n' + steps_toml()
     await db.execute(
         "INSERT INTO pipectl.events (kind, subject, message, at)"
-        " VALUES ('test.old', 'x', 'old', now() - interval '2 days')"
+        " VALUES ('test.old', 'x', 'old', now() - interval '10 days')"
     )
     async with running_agent(database, body, clock=clock):
         await wait_for(lambda: _no_old_events(db))
         await db.execute(
             "INSERT INTO pipectl.events (kind, subject, message, at)"
-            " VALUES ('test.old', 'x', 'old', now() - interval '2 days')"
+            " VALUES ('test.old', 'x', 'old', now() - interval '10 days')"
         )
         await clock.advance(1800)
         await asyncio.sleep(0.3)

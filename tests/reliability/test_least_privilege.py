@@ -17,6 +17,7 @@ import pytest
 from pipectl import migrate, store
 from pipectl.identifiers import Relation
 from pipectl.model import Outcome, RequestKind
+from pipectl.request_args import RerunArgs, parse_args
 from pipectl.sqlfiles import sql_dir
 from tests.agent.conftest import REPO
 from tests.conftest import PgServer
@@ -65,7 +66,8 @@ async def _publish(database: str) -> None:
 
 async def _file(dsn: str, kind: RequestKind, target: str, reason: str = "why", **args: Any) -> int:
     async with connected(dsn) as conn:
-        request = await store.create_request(conn, kind, target, reason, args or None)
+        typed = parse_args(kind, args) if args else None
+        request = await store.create_request(conn, kind, target, reason, typed)
     return request.id
 
 
@@ -419,7 +421,9 @@ async def test_operator_files_requests_and_writes_none_of_their_outcome(
             conn,
             f"INSERT INTO pipectl.requests (kind, target, {column}) VALUES ('rerun', 's', {value})",
         )
-        request = await store.create_request(conn, RequestKind.RERUN, "s", "why", {"x": 1})
+        request = await store.create_request(
+            conn, RequestKind.RERUN, "s", "why", RerunArgs(downstream=True)
+        )
         await _refused(conn, f"UPDATE pipectl.requests SET {column} = {value}")
     assert request.detail is None and request.outcome is None
 

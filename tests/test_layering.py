@@ -173,3 +173,18 @@ def test_the_schema_sql_scan_finds_a_leak(tmp_path: Path) -> None:
         '    return f"SELECT max(finished_at) FROM pipectl.runs WHERE step = {step}"\n'
     )
     assert schema_sql_outside_the_store(tmp_path) == {("console/data.py", "pipectl.runs")}
+
+
+def test_no_import_cycle_inside_the_agent() -> None:
+    """The agent's parts depend one way (service -> parts -> runtime), never back."""
+    grimp = pytest.importorskip("grimp")  # installed with import-linter (the dev extra)
+    graph = grimp.build_graph("pipectl")
+    modules = sorted(m for m in graph.modules if m.startswith("pipectl.agent."))
+    assert "pipectl.agent.runtime" in modules
+    cycles = [
+        (a, b)
+        for a in modules
+        for b in modules
+        if a < b and graph.chain_exists(a, b) and graph.chain_exists(b, a)
+    ]
+    assert not cycles

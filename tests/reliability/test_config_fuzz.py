@@ -26,7 +26,6 @@ from pydantic import BaseModel
 from pipectl.cli import main
 from pipectl.config import (
     CHECK_KINDS,
-    CheckConfig,
     Config,
     ConfigError,
     LoadedConfig,
@@ -304,9 +303,9 @@ def _all_options() -> list[Option]:
     for section in SECTIONS:
         options += _options(Config.model_fields[section].annotation, f"[{section}]")
     options += _options(StepConfig, '[[steps]]\nname = "s"\nkind = "sql"\nsql = "SELECT 1"')
-    check_models = typing.get_args(typing.get_args(CheckConfig)[0])
-    for check_model in check_models:
-        kind = typing.get_args(check_model.model_fields["kind"].annotation)[0]
+    for kind in CHECK_KINDS.names():
+        check_model = CHECK_KINDS.model(kind)
+        assert check_model is not None
         options += _options(check_model, f'[[checks]]\nname = "c"\nkind = "{kind}"')
     return options
 

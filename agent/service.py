@@ -22,6 +22,7 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -85,9 +86,7 @@ class Agent:
         self.metrics = AgentMetrics()
         self.tracer_provider = tracer_provider
         self.rt: AgentRuntime | None = None
-        self.steps: StepScheduler | None = None
-        self.checks: CheckScheduler | None = None
-        self.membership: Membership | None = None
+        self._parts: _Parts | None = None
         self.listener: Listener | None = None
         self.serving = asyncio.Event()
         """Set once serve() has started every loop."""
@@ -102,6 +101,20 @@ class Agent:
         if self.rt is None:
             raise RuntimeError("the agent has not started")
         return self.rt
+
+    @property
+    def parts(self) -> _Parts:
+        if self._parts is None:
+            raise RuntimeError("the agent has not started")
+        return self._parts
+
+    @property
+    def steps(self) -> StepScheduler:
+        return self.parts.steps
+
+    @property
+    def checks(self) -> CheckScheduler:
+        return self.parts.checks
 
     @property
     def agent_id(self) -> uuid.UUID:
@@ -171,13 +184,10 @@ class Agent:
             stopping=self._stopping,
         )
         self.rt = rt
-        self.steps = StepScheduler(rt)
-        self.checks = CheckScheduler(rt)
-        self.membership = Membership(
-            rt,
-            lambda retry: rt.work.dispatch(self.steps.run_retry(retry)),  # type: ignore[union-attr]
-        )
-        await self.membership.join()
+        steps = StepScheduler(rt)
+        membership = Membership(rt, lambda retry: rt.work.dispatch(steps.run_retry(retry)))
+        self._parts = _Parts(steps, CheckScheduler(rt), membership)
+        await membership.join()
         await self._publish(plan)
         self.metrics.database_reachable(True)
         log.info(
@@ -201,19 +211,17 @@ class Agent:
     async def serve(self) -> None:
         """Run until stop(): schedules, requests, checks, heartbeats, retention."""
         rt = self.runtime
-        assert self.steps is not None
-        assert self.checks is not None
-        assert self.membership is not None
-        handler = RequestHandler(rt, self.steps, self.checks)
+        parts = self.parts
+        handler = RequestHandler(rt, parts.steps, parts.checks)
         queue = RequestQueue(rt, handler)
         self.listener = self._listener(rt)
-        rt.work.loop("heartbeat", self.membership.heartbeat_loop)
+        rt.work.loop("heartbeat", parts.membership.heartbeat_loop)
         rt.work.loop("listener", self.listener.run)
         rt.work.loop("requests", queue.loop)
         rt.work.loop("retention", Retention(rt).loop)
-        rt.work.loop("scorecard", self.checks.scorecard_loop)
-        self.steps.start(rt.plan)
-        self.checks.start(rt.plan)
+        rt.work.loop("scorecard", parts.checks.scorecard_loop)
+        parts.steps.start(rt.plan)
+        parts.checks.start(rt.plan)
         notify("READY=1", f"STATUS=serving {len(rt.plan.steps)} steps")
         self.serving.set()
         await self._stopping.wait()
@@ -225,8 +233,7 @@ class Agent:
         app = f"pipectl-agent {self.identity.name} listen"[:63]
 
         async def on_connected(conn: asyncpg.Connection) -> None:
-            assert self.membership is not None
-            await self.membership.hold_liveness(conn)
+            await self.parts.membership.hold_liveness(conn)
             rt.wake_requests.set()  # whatever arrived while we were not listening
 
         return Listener(
@@ -299,8 +306,7 @@ class Agent:
             if still:
                 log.warning("%d tasks did not finish before the shutdown deadline", len(still))
         try:
-            assert self.membership is not None
-            await asyncio.wait_for(self.membership.leave(), left(6.0))
+            await asyncio.wait_for(self.parts.membership.leave(), left(6.0))
         except Exception as exc:
             log.warning("could not record the agent's stop: %s", exc)
         await rt.close(within=left(3.0))
@@ -318,13 +324,11 @@ class Agent:
         requested_by: str | None = None,
         request_id: int | None = None,
     ) -> list[ChainResult]:
-        assert self.steps is not None
         return await self.steps.run_chain(steps, trigger, requested_by, request_id)
 
     async def run_checks(
         self, names: Sequence[str], trigger: CheckTrigger
     ) -> dict[str, CheckStatus]:
-        assert self.checks is not None
         return await self.checks.run_checks(names, trigger)
 
     async def run_check(self, name: str, trigger: CheckTrigger) -> CheckStatus:
@@ -362,8 +366,6 @@ class Agent:
         rt.plan = plan
         self.loaded = loaded
         await self._publish(plan)
-        assert self.steps is not None
-        assert self.checks is not None
         self.steps.start(plan)
         self.checks.start(plan)
         log.info(
@@ -371,6 +373,15 @@ class Agent:
             len(plan.steps),
             len(plan.enabled_checks()),
         )
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """The agent's parts, made once the runtime exists (start)."""
+
+    steps: StepScheduler
+    checks: CheckScheduler
+    membership: Membership
 
 
 async def _validated(conn: Conn, plan: AgentPlan) -> AgentPlan:

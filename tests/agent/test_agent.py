@@ -451,12 +451,8 @@ async def test_a_tick_missed_beyond_misfire_grace_is_recorded_as_skipped(
     body = steps_toml('every = "1h"\nmisfire_grace = "30s"')
     async with running_agent(database, body, serve=False) as agent:
         nominal = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=45)
-        await agent.steps.on_tick(  # type: ignore[union-attr]
-            "rule_effectiveness_summary", nominal, 45.0
-        )
-        await agent.steps.on_tick(  # type: ignore[union-attr]
-            "rule_effectiveness_summary", nominal, 45.0
-        )  # a peer's view
+        await agent.steps.on_tick("rule_effectiveness_summary", nominal, 45.0)
+        await agent.steps.on_tick("rule_effectiveness_summary", nominal, 45.0)  # a peer's view
     (run,) = await runs(db)
     assert run["status"] == "skipped"
     assert run["error"] == "missed its tick by 45s (misfire_grace 30s)"

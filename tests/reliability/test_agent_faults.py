@@ -126,7 +126,6 @@ async def test_a_refused_run_write_leaves_nothing_queued_and_heals_itself(
 
         # Downstream is judged on upstream's real outcome at once, never "still running".
         nominal = datetime.now(UTC).replace(microsecond=0)
-        assert agent.steps is not None
         await agent.steps.on_tick("downstream", nominal, 0.0)
         skipped = await fetchval(
             database, "SELECT error FROM pipectl.runs WHERE step = 'downstream'"

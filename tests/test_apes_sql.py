@@ -59,11 +59,18 @@ async def test_upstream_schema_then_materialized_summaries(
                 " 'public.rule_effectiveness_summary', 'MAINTAIN')"
             )
         else:
+            # Before MAINTAIN (PostgreSQL 17) only the owner may refresh: the summaries stay
+            # with their owner, listed for pipectl.refresh_summary(), which the agent calls.
             owner = await conn.fetchval(
                 "SELECT pg_get_userbyid(relowner) FROM pg_class"
                 " WHERE relname = 'rule_effectiveness_summary'"
             )
-            assert owner == "pipectl_agent"
+            assert owner == await conn.fetchval("SELECT current_user")
+            listed = await conn.fetch(
+                "SELECT view_name FROM pipectl.refreshable WHERE schema_name = 'public'"
+                " ORDER BY view_name"
+            )
+            assert [r["view_name"] for r in listed] == list(sorted(upstream))
     finally:
         await conn.close()
 

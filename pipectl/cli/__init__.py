@@ -121,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _lost(exc: BaseException) -> int:
-    print(f"pipectl: lost the connection to the database: {lost_reason(exc)}", file=sys.stderr)
+    reason = visible(lost_reason(exc))
+    print(f"pipectl: lost the connection to the database: {reason}", file=sys.stderr)
     return EXIT_UNKNOWN
 
 

@@ -26,6 +26,7 @@ from pipectl.checks.registry import KINDS
 from pipectl.config import CheckBase, Config, ConfigError, Problem
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus
+from pipectl.resilience import safe_message, sqlstate
 from pipectl.store import CheckDefinition
 from pipectl.store.base import Conn
 
@@ -35,11 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# SQLSTATE classes whose messages name objects, settings or resources, never row values.
-_SAFE_MESSAGE_CLASSES = frozenset(
-    {"08", "0A", "25", "3D", "3F", "40", "42", "53", "54", "55", "57", "58"}
-)
 
 
 class CheckEngine:
@@ -388,9 +384,7 @@ def _error(name: str, now: datetime, message: str) -> CheckResult:
 
 
 def _describe(exc: asyncpg.PostgresError) -> str:
-    """A database error without row values: data errors are named, not quoted."""
-    state = getattr(exc, "sqlstate", None) or "?????"
-    if state[:2] in _SAFE_MESSAGE_CLASSES:
-        first = (str(exc) or type(exc).__name__).splitlines()[0]
-        return f"{first} (SQLSTATE {state})"
-    return f"{type(exc).__name__} (SQLSTATE {state})"
+    """A database error without row values (resilience.safe_message decides): data errors
+    are named, not quoted."""
+    state = sqlstate(exc) or "?????"
+    return f"{safe_message(exc) or type(exc).__name__} (SQLSTATE {state})"

@@ -23,7 +23,7 @@ from pipectl.console.messages import Connection, ConnectionChanged, DatabaseChan
 from pipectl.db import DatabaseUnavailable, connect, create_pool, describe_target
 from pipectl.listen import Listener
 from pipectl.migrate import MigrationError, ensure_current
-from pipectl.resilience import close_pool_quietly, is_transient
+from pipectl.resilience import close_pool_quietly, describe, is_transient
 from pipectl.store.base import Conn
 from pipectl.store.console import can_file_requests
 
@@ -202,10 +202,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, DatabaseUnavailable):
         return str(exc)
     if isinstance(exc, asyncpg.PostgresError):
-        return f"database error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    text = str(exc).splitlines()[0] if str(exc) else ""
+        return f"database error: {describe(exc)}"
     if not is_transient(exc):
         log.warning("console: unexpected connection failure", exc_info=exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return describe(exc)

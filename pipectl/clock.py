@@ -162,12 +162,6 @@ class FakeClock:
         """Step the wall clock alone (monotonic time does not move)."""
         self._wall += timedelta(seconds=seconds)
 
-    @property
-    def next_wake(self) -> float | None:
-        """Monotonic time of the earliest sleeper still waiting, if any."""
-        self._drop_cancelled()
-        return self._sleepers[0][0] if self._sleepers else None
-
     async def advance(self, seconds: float) -> None:
         """Move time forward by `seconds`, waking every sleeper due on the way in order."""
         target = self._mono + seconds

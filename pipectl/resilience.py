@@ -33,18 +33,6 @@ TRANSIENT_SQLSTATES = frozenset(
     }
 )
 
-# The database takes no writes for now, for reasons outside the statement: disk full, out of
-# memory, a read-only replica after a failover, recovery in progress. Writing again later may
-# work; the same statement retried at once will not.
-WRITE_REFUSED_SQLSTATES = frozenset(
-    {
-        "53100",  # disk_full
-        "53200",  # out_of_memory
-        "25006",  # read_only_sql_transaction
-        "58030",  # io_error
-    }
-)
-
 # SQLSTATE classes whose primary message names objects, settings or resources, never row
 # values: connection, feature, integrity (values are in DETAIL, which is never shown),
 # transaction state, authorization, schema and syntax, resources, limits, object state,
@@ -108,24 +96,21 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
-def is_write_refused(exc: BaseException) -> bool:
-    """The database refuses writes for now (disk full, read-only after a failover, ...)."""
-    return any(
-        isinstance(one, asyncpg.PostgresError) and sqlstate(one) in WRITE_REFUSED_SQLSTATES
-        for one in _chain(exc)
-    )
+def safe_message(exc: asyncpg.PostgresError) -> str | None:
+    """The first line of a server error's message when its class never quotes row values
+    (SAFE_MESSAGE_CLASSES); None for the others, and for an empty message."""
+    if (sqlstate(exc) or "?????")[:2] not in SAFE_MESSAGE_CLASSES:
+        return None
+    message = getattr(exc, "message", None) or (exc.args[0] if exc.args else "")
+    lines = str(message).strip().splitlines()
+    return lines[0] if lines and lines[0] else None
 
 
 def describe_error(exc: asyncpg.PostgresError) -> str:
     """A server error in one line that quotes no row values: `Name [SQLSTATE]: message` for
     classes whose message is safe to show, `Name [SQLSTATE]` for the others."""
-    state = sqlstate(exc) or "?????"
-    head = f"{type(exc).__name__} [{state}]"
-    if state[:2] not in SAFE_MESSAGE_CLASSES:
-        return head
-    message = getattr(exc, "message", None) or (exc.args[0] if exc.args else "")
-    lines = str(message).strip().splitlines()
-    first = lines[0] if lines else ""
+    head = f"{type(exc).__name__} [{sqlstate(exc) or '?????'}]"
+    first = safe_message(exc)
     return f"{head}: {first}" if first else head
 
 

@@ -20,14 +20,13 @@ from pipectl.cli.common import (
     EXIT_UNKNOWN,
     CliError,
     connection_lost,
-    lost_reason,
     run_handler,
 )
 from pipectl.config import ConfigError
 from pipectl.db import DatabaseUnavailable
 from pipectl.embedded import EmbeddedError
 from pipectl.migrate import MigrationError
-from pipectl.resilience import describe_error
+from pipectl.resilience import describe, describe_error
 from pipectl.safetext import BLOCK, visible
 
 from . import agent_cmd, check_cmd, config_cmd, db_cmd, demo_cmd, demo_fault_cmd, ops_cmd
@@ -121,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _lost(exc: BaseException) -> int:
-    reason = visible(lost_reason(exc))
+    reason = visible(describe(exc))
     print(f"pipectl: lost the connection to the database: {reason}", file=sys.stderr)
     return EXIT_UNKNOWN
 

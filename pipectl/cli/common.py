@@ -19,7 +19,6 @@ import asyncpg
 import pipectl.checks  # noqa: F401  (registers the check kinds, so configs naming them parse)
 from pipectl.config import LoadedConfig, load_config
 from pipectl.durations import MAX_DURATION, DurationError, parse_duration
-from pipectl.resilience import describe_error
 from pipectl.safetext import LiteralConsole
 
 EXIT_OK = 0
@@ -62,14 +61,6 @@ def _lost_one(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.ConnectionDoesNotExistError | ConnectionError):
         return True
     return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
-
-
-def lost_reason(exc: BaseException) -> str:
-    """One line on how the connection was lost; never a row value (no DETAIL)."""
-    if isinstance(exc, asyncpg.PostgresError):
-        return describe_error(exc)
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def text_argument(limit: int) -> Callable[[str], str]:

@@ -34,7 +34,6 @@ from pipectl.cli.common import (
     float_argument,
     int_argument,
     load,
-    lost_reason,
     print_json,
 )
 from pipectl.dag import CycleError
@@ -51,6 +50,7 @@ from pipectl.request_args import (
     describe_args,
     parse_args,
 )
+from pipectl.resilience import describe
 from pipectl.safetext import CELL, literal, visible
 from pipectl.store.base import Conn
 from pipectl.store.console import RerunPlan, rerun_plan
@@ -418,7 +418,7 @@ async def _file_request(
                 raise
             raise CliError(
                 f"request {request.id} was filed, but the connection to the database was lost"
-                f" while waiting for its outcome ({lost_reason(exc)}); an agent runs it when"
+                f" while waiting for its outcome ({describe(exc)}); an agent runs it when"
                 " the database is back: see pipectl status",
                 exit_code=EXIT_UNKNOWN,
             ) from exc

@@ -20,8 +20,8 @@ from tests.console.conftest import console_app, settle
 from tests.console.test_screens import cell, table_of
 from tests.reliability.conftest import as_user
 from tests.reliability.support import (
-    SUMMARY_STEPS,
     connected,
+    file_request,
     freshness_check,
     wait_request_done,
 )
@@ -29,6 +29,18 @@ from tests.test_cli_ops import cli
 
 STEP = "rule_effectiveness_summary"
 CHECK = "rule_performance_freshness"
+UNSCHEDULED_STEPS = f"""
+[[steps]]
+name = "{STEP}"
+kind = "matview"
+relation = "public.{STEP}"
+
+[[steps]]
+name = "user_satisfaction_summary"
+kind = "matview"
+relation = "public.user_satisfaction_summary"
+depends_on = ["{STEP}"]
+"""
 HOSTILE_KEY = "[bold red]boom[/]\x1b[2J"
 
 # (kind, target, args as JSON text, the agent's reason)
@@ -76,8 +88,11 @@ async def _insert_as_operator(database: str, operator: str) -> list[int]:
         ]
 
 
-async def _requests_screen(database: str, ids: list[int]) -> dict[str, tuple[str, str]]:
-    """The Requests screen's kind and outcome cells of each row, once all rows are shown."""
+async def _requests_screen(
+    database: str, ids: list[int], rows: int | None = None
+) -> dict[str, tuple[str, str]]:
+    """The Requests screen's kind and outcome cells of each of `ids`, once all `rows` rows
+    (by default one per id) are shown."""
     app = console_app(database, fixed_clock=False)
     async with app.run_test(size=(160, 50)) as pilot:
         await pilot.press("5")
@@ -86,7 +101,7 @@ async def _requests_screen(database: str, ids: list[int]) -> dict[str, tuple[str
             lambda: (
                 isinstance(app.screen, RequestsScreen)
                 and app.screen.snapshot is not None
-                and table_of(app).row_count == len(ids)
+                and table_of(app).row_count == (rows or len(ids))
             ),
         )
         table = table_of(app)
@@ -124,23 +139,26 @@ async def test_malformed_request_args_are_shown_then_rejected_with_the_reason(
     assert text.count("bad args") == len(MALFORMED)
     assert "\x1b" not in text and "Traceback" not in err
 
-    # The agent rejects each with the reason, and carries on with good requests.
-    body = SUMMARY_STEPS + freshness_check("1h")
-    async with running_agent(database, body):
+    # The agent rejects each with the reason, and carries on with good requests. The steps
+    # have no schedule, so every run in the table was asked for.
+    async with running_agent(database, UNSCHEDULED_STEPS + freshness_check("1h")):
         outcomes = await asyncio.gather(*(wait_request_done(database, i) for i in ids))
+        async with connected(database) as conn:
+            runs = await conn.fetchval("SELECT count(*) FROM pipectl.runs")
+            silenced = await conn.fetchval(
+                "SELECT count(*) FROM pipectl.checks WHERE silenced_until IS NOT NULL"
+            )
+        good = await file_request(database, "rerun", STEP)
+        assert await wait_request_done(database, good.id) == "succeeded"
     assert outcomes == ["rejected"] * len(MALFORMED)
+    assert runs == 0 and silenced == 0, "a rejected request changed something"
     async with connected(database) as conn:
         details = await conn.fetch(
             "SELECT id, detail FROM pipectl.requests WHERE id = ANY($1) ORDER BY id", ids
         )
-        runs = await conn.fetchval("SELECT count(*) FROM pipectl.runs")
-        silenced = await conn.fetchval(
-            "SELECT count(*) FROM pipectl.checks WHERE silenced_until IS NOT NULL"
-        )
     assert [r["detail"] for r in details] == [reason for *_, reason in MALFORMED]
-    assert runs == 0 and silenced == 0, "a rejected request changed something"
 
-    # Finished, they still show, now with the agent's reason.
-    shown = await _requests_screen(database, ids)
+    # Finished, they still show, now with the agent's reason (beside the good request).
+    shown = await _requests_screen(database, ids, rows=len(ids) + 1)
     for request_id, (_, _, _, reason) in zip(ids, MALFORMED, strict=True):
         assert shown[str(request_id)][1] == visible(reason, limit=60)

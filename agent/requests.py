@@ -38,6 +38,13 @@ class RequestQueue:
         self.handler = handler
         self.executing: set[int] = set()
         self.outage = Outage("claiming requests", log, clock=rt.clock)
+        self._parked = False
+
+    @property
+    def parked(self) -> bool:
+        """Waiting for a wake-up or the next sweep, with none pending: nothing filed from now
+        on is claimed before one of them (tests use this to know a sweep has finished)."""
+        return self._parked and not self.rt.wake_requests.is_set()
 
     def wake(self) -> None:
         self.rt.wake_requests.set()
@@ -47,7 +54,11 @@ class RequestQueue:
         wake = rt.wake_requests
         while not rt.stopping.is_set():
             sweep = max(1.0, rt.config.agent.heartbeat.total_seconds())
-            await rt.clock.wait(wake, sweep)
+            self._parked = True
+            try:
+                await rt.clock.wait(wake, sweep)
+            finally:
+                self._parked = False
             wake.clear()
             room = 2 * rt.config.agent.max_parallel_runs - len(self.executing)
             if room <= 0:

@@ -88,6 +88,7 @@ class Agent:
         self.rt: AgentRuntime | None = None
         self._parts: _Parts | None = None
         self.listener: Listener | None = None
+        self.requests: RequestQueue | None = None
         self.serving = asyncio.Event()
         """Set once serve() has started every loop."""
         self.stopped = asyncio.Event()
@@ -213,7 +214,7 @@ class Agent:
         rt = self.runtime
         parts = self.parts
         handler = RequestHandler(rt, parts.steps, parts.checks)
-        queue = RequestQueue(rt, handler)
+        queue = self.requests = RequestQueue(rt, handler)
         self.listener = self._listener(rt)
         rt.work.loop("heartbeat", parts.membership.heartbeat_loop)
         rt.work.loop("listener", self.listener.run)

@@ -197,6 +197,11 @@ async def test_a_request_missed_by_notify_is_taken_on_the_next_sweep(database: s
         assert agent.listener is not None
         agent.listener.stop()  # no NOTIFY reaches this agent any more
         await wait_for(_async(lambda: not agent.listening))
+        # The listener woke the queue when it connected (a sweep for what it missed); a request
+        # filed before that sweep ends would be claimed by it, not by the next one.
+        queue = agent.requests
+        assert queue is not None
+        await wait_for(_async(lambda: queue.parked))
         async with connected(database) as conn:
             request = await store.create_request(
                 conn, RequestKind.RERUN, "rule_effectiveness_summary", "test"

@@ -36,6 +36,7 @@ from pipectl.config import Config, LoadedConfig
 from pipectl.dag import Dag
 from pipectl.durations import format_duration
 from pipectl.resilience import close_pool_quietly
+from pipectl import store
 from pipectl.store import StepDefinition
 
 if TYPE_CHECKING:
@@ -124,6 +125,19 @@ def step_definitions(plan: AgentPlan) -> list[StepDefinition]:
         )
         for p in plan.steps.values()
     ]
+
+
+async def publish_plan(rt: AgentRuntime, plan: AgentPlan) -> None:
+    """Publish what `plan` defines as this agent's set and retire what no live agent
+    publishes any more (a step or check removed from every agent's config)."""
+    checks = plan.checks.definitions() if plan.checks is not None else []
+    retired = await rt.book(store.publish, rt.identity.id, step_definitions(plan), checks)
+    for gone in retired:
+        log.info(
+            "retired %s %s: no live agent publishes it any more",
+            gone.table.rstrip("s"),
+            gone.name,
+        )
 
 
 # ---------------------------------------------------------------------------- identity

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -11,6 +12,47 @@ from pipectl.model import Agent, CheckStatus, Run, RunStatus
 from pipectl.store.agents import alive_agents
 from pipectl.store.base import DB
 from pipectl.store.runs import _RUN_COLUMNS, _run
+
+
+def state_run(step: str) -> str:
+    """The run that decides a step's shown state, as a subquery for a LATERAL join (`step`
+    is the SQL expression naming the step): its newest unfinished run ("running"), else its
+    latest decisive run (succeeded, failed, cancelled: by finish time), else its newest
+    skipped run. A skip decides nothing while the step has a decisive run: a tick skipped
+    because a manual run held the step never hides that run's success, before or after it.
+    Three index probes (runs_step_unfinished_idx, runs_decisive_idx, runs_step_time_idx).
+    `status`, the console and the agents' metrics all read a step's state through it."""
+    return f"""(
+        SELECT * FROM (
+            (SELECT u.*, 0 AS state_rank FROM pipectl.runs u
+             WHERE u.step = {step} AND u.status IN ('queued', 'running')
+             ORDER BY u.queued_at DESC, u.id DESC LIMIT 1)
+            UNION ALL
+            (SELECT d.*, 1 FROM pipectl.runs d
+             WHERE d.step = {step} AND d.status IN ('succeeded', 'failed', 'cancelled')
+             ORDER BY d.finished_at DESC NULLS LAST, d.id DESC LIMIT 1)
+            UNION ALL
+            (SELECT k.*, 2 FROM pipectl.runs k
+             WHERE k.step = {step} AND k.status = 'skipped'
+             ORDER BY k.queued_at DESC, k.id DESC LIMIT 1)
+        ) candidates
+        ORDER BY state_rank
+        LIMIT 1
+    )"""
+
+
+async def state_runs(db: DB, steps: Sequence[str]) -> dict[str, Run]:
+    """Each step's state run (`state_run`); steps that never ran are left out."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_RUN_COLUMNS}
+        FROM unnest($1::text[]) AS s(step)
+        CROSS JOIN LATERAL {state_run("s.step")} r
+        LEFT JOIN pipectl.agents a ON a.id = r.agent_id
+        """,
+        list(steps),
+    )
+    return {r["step"]: _run(r) for r in rows}
 
 
 @dataclass(frozen=True)
@@ -25,11 +67,13 @@ class StepRow:
     paused_reason: str | None
     next_run_at: datetime | None
     last_run: Run | None
+    """The run that decides the state (views.state_run): not always the newest one."""
     last_success_at: datetime | None
 
     @property
     def state(self) -> str:
-        """One word for a step: paused, running, ok, failed, skipped, cancelled or never."""
+        """One word for a step: paused, running, ok, failed, skipped, cancelled or never.
+        Skipped only when the step has no decisive run at all."""
         if self.paused:
             return "paused"
         if self.last_run is None:
@@ -99,7 +143,8 @@ class StatusSnapshot:
 
 
 async def status_snapshot(db: DB) -> StatusSnapshot:
-    """Steps with their latest run, checks with their latest result, agents, requests."""
+    """Steps with the run that decides their state, checks with their latest result, live
+    agents, open requests. Retired definitions (enabled = false) are left out."""
     now = datetime.now(UTC)
     step_rows = await db.fetch(
         f"""
@@ -110,9 +155,8 @@ async def status_snapshot(db: DB) -> StatusSnapshot:
                last.*
         FROM pipectl.steps s
         LEFT JOIN LATERAL (
-            SELECT {_RUN_COLUMNS} FROM pipectl.runs r
+            SELECT {_RUN_COLUMNS} FROM {state_run("s.name")} r
             LEFT JOIN pipectl.agents a ON a.id = r.agent_id
-            WHERE r.step = s.name ORDER BY r.queued_at DESC, r.id DESC LIMIT 1
         ) last ON true
         WHERE s.enabled
         ORDER BY s.name

@@ -1,0 +1,123 @@
+"""A step's shown state is its latest decisive run: a skipped tick never hides a success,
+whether the success finished before or after the skip (issue 14 §2). `status`, the console's
+overview and `store.state_runs` (the agents' metrics) read it the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from pipectl import store
+from pipectl.cli import main
+
+T0 = datetime(2026, 12, 3, 12, 15, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+@pytest.fixture
+async def db(database: str) -> Any:
+    conn = await asyncpg.connect(database)
+    await conn.execute(
+        "INSERT INTO pipectl.agents (id, name, host, pid, version, heartbeat_seconds)"
+        " VALUES (gen_random_uuid(), 'a1', 'h', 1, 'v', 3600)"
+    )
+    await conn.execute("INSERT INTO pipectl.steps (name, kind) VALUES ('s', 'sql')")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def run(
+    db: asyncpg.Connection,
+    status: str,
+    queued: float,
+    finished: float | None,
+    trigger: str = "schedule",
+) -> int:
+    run_id: int = await db.fetchval(
+        "INSERT INTO pipectl.runs (step, trigger, status, queued_at, started_at, finished_at,"
+        " scheduled_for)"
+        " VALUES ('s', $1, $2, $3::timestamptz, $3, $4, CASE WHEN $1 = 'schedule' THEN $3::timestamptz END)"
+        " RETURNING id",
+        trigger,
+        status,
+        at(queued),
+        at(finished) if finished is not None else None,
+    )
+    return run_id
+
+
+async def state(db: asyncpg.Connection) -> tuple[str, int | None]:
+    snapshot = await store.status_snapshot(db)
+    (step,) = snapshot.steps
+    runs = await store.state_runs(db, ["s"])
+    assert (runs["s"].id if "s" in runs else None) == (
+        step.last_run.id if step.last_run else None
+    ), "status and the agents' metrics read the same run"
+    return step.state, step.last_run.id if step.last_run else None
+
+
+async def test_a_tick_skipped_while_a_manual_run_held_the_step_does_not_hide_its_success(
+    db: asyncpg.Connection, database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reported incident: the manual run started 12:14:58 and succeeded at 12:15:03;
+    the 12:15:00 tick found it running and was skipped (queued after the manual run)."""
+    manual = await run(db, "succeeded", -2, 3, trigger="manual")
+    await run(db, "skipped", 0, 0.1)
+    assert await state(db) == ("ok", manual)
+
+    config = tmp_path / "pipectl.toml"
+    config.write_text(f'[database]\ndsn = "{database}"\n')
+    code = await asyncio.to_thread(main, ["status", "--json", "--config", str(config)])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert out["status"] == "ok"
+    assert out["steps"][0]["status"] == "ok"
+    assert out["steps"][0]["last_run"]["id"] == manual
+
+
+async def test_a_skip_after_a_success_or_a_failure_changes_nothing(
+    db: asyncpg.Connection,
+) -> None:
+    ok = await run(db, "succeeded", 0, 1)
+    await run(db, "skipped", 60, 60)
+    assert await state(db) == ("ok", ok)
+    failed = await run(db, "failed", 120, 121)
+    await run(db, "skipped", 180, 180)
+    assert await state(db) == ("failed", failed), "a skip does not hide a failure either"
+
+
+async def test_the_latest_decisive_run_is_the_latest_to_finish(db: asyncpg.Connection) -> None:
+    """A long run queued first and finished last decides over a short one queued later."""
+    ok = await run(db, "succeeded", 0, 30, trigger="manual")
+    await run(db, "failed", 5, 6)
+    assert await state(db) == ("ok", ok)
+
+
+async def test_an_unfinished_run_shows_running_and_only_skips_show_skipped(
+    db: asyncpg.Connection,
+) -> None:
+    skipped = await run(db, "skipped", 0, 0)
+    assert await state(db) == ("skipped", skipped), "no decisive run yet: the skip is all"
+    await run(db, "succeeded", 10, 11)
+    running = await run(db, "running", 20, None, trigger="manual")
+    await run(db, "skipped", 21, 21)
+    assert await state(db) == ("running", running)
+    latest = await store.latest_unfinished(db, ["s", "other"])
+    assert {name: r.id for name, r in latest.items()} == {"s": running}
+
+
+async def test_a_step_that_never_ran_has_no_state_run(db: asyncpg.Connection) -> None:
+    assert await store.state_runs(db, ["s"]) == {}
+    snapshot = await store.status_snapshot(db)
+    assert snapshot.steps[0].state == "never"

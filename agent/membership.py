@@ -134,8 +134,11 @@ class Membership:
             self._report_lost(agent)
         if lost:  # a lost agent no longer publishes: what only it defined is retired
             for gone in await store.retire_unpublished(rt.pool):
-                log.info("retired %s %s: no live agent publishes it any more",
-                         gone.table.rstrip("s"), gone.name)
+                log.info(
+                    "retired %s %s: no live agent publishes it any more",
+                    gone.table.rstrip("s"),
+                    gone.name,
+                )
         counts = await store.queue_counts(rt.pool)
         rt.metrics.heartbeat_counts(counts.pending, counts.oldest_age, counts.alive)
 

@@ -27,6 +27,7 @@ import asyncpg
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from pipectl import store
 from pipectl.agent.bookkeeping import Bookkeeper, RunLedger
 from pipectl.agent.metrics import AgentMetrics
 from pipectl.agent.runner import StepPlan, StepRunner
@@ -36,7 +37,6 @@ from pipectl.config import Config, LoadedConfig
 from pipectl.dag import Dag
 from pipectl.durations import format_duration
 from pipectl.resilience import close_pool_quietly
-from pipectl import store
 from pipectl.store import StepDefinition
 
 if TYPE_CHECKING:

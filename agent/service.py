@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 from opentelemetry.sdk.trace import TracerProvider
 
-from pipectl import migrate, store
+from pipectl import migrate
 from pipectl.agent.bookkeeping import Bookkeeper, RunLedger
 from pipectl.agent.checking import CheckScheduler
 from pipectl.agent.membership import Membership

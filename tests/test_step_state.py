@@ -47,7 +47,8 @@ async def run(
     run_id: int = await db.fetchval(
         "INSERT INTO pipectl.runs (step, trigger, status, queued_at, started_at, finished_at,"
         " scheduled_for)"
-        " VALUES ('s', $1, $2, $3::timestamptz, $3, $4, CASE WHEN $1 = 'schedule' THEN $3::timestamptz END)"
+        " VALUES ('s', $1, $2, $3::timestamptz, $3, $4,"
+        "         CASE WHEN $1 = 'schedule' THEN $3::timestamptz END)"
         " RETURNING id",
         trigger,
         status,
@@ -62,9 +63,9 @@ async def state(db: asyncpg.Connection) -> tuple[str, int | None]:
     (step,) = snapshot.steps
     runs = await store.state_runs(db, ["s"])
     assert (runs["s"].id if "s" in runs else None) == (
-        step.last_run.id if step.last_run else None
+        step.state_run.id if step.state_run else None
     ), "status and the agents' metrics read the same run"
-    return step.state, step.last_run.id if step.last_run else None
+    return step.state, step.state_run.id if step.state_run else None
 
 
 async def test_a_tick_skipped_while_a_manual_run_held_the_step_does_not_hide_its_success(
@@ -83,7 +84,8 @@ async def test_a_tick_skipped_while_a_manual_run_held_the_step_does_not_hide_its
     assert code == 0
     assert out["status"] == "ok"
     assert out["steps"][0]["status"] == "ok"
-    assert out["steps"][0]["last_run"]["id"] == manual
+    assert out["steps"][0]["state_run_id"] == manual
+    assert out["steps"][0]["last_run"]["status"] == "skipped", "the newest run is still shown"
 
 
 async def test_a_skip_after_a_success_or_a_failure_changes_nothing(

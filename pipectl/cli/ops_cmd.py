@@ -227,6 +227,7 @@ def status_json(snapshot: store.StatusSnapshot) -> dict[str, Any]:
                 "next_run_at": s.next_run_at,
                 "last_success_at": s.last_success_at,
                 "last_run": run_json(s.last_run) if s.last_run else None,
+                "state_run_id": s.state_run.id if s.state_run else None,
             }
             for s in snapshot.steps
         ],

@@ -67,8 +67,10 @@ class StepRow:
     paused_reason: str | None
     next_run_at: datetime | None
     last_run: Run | None
-    """The run that decides the state (views.state_run): not always the newest one."""
+    """The newest run, whatever its status (a skipped tick included)."""
     last_success_at: datetime | None
+    state_run: Run | None = None
+    """The run that decides the state (`state_run`): not always the newest one."""
 
     @property
     def state(self) -> str:
@@ -76,9 +78,9 @@ class StepRow:
         Skipped only when the step has no decisive run at all."""
         if self.paused:
             return "paused"
-        if self.last_run is None:
+        if self.state_run is None:
             return "never"
-        status = self.last_run.status
+        status = self.state_run.status
         if status in (RunStatus.QUEUED, RunStatus.RUNNING):
             return "running"
         return "ok" if status == RunStatus.SUCCEEDED else str(status)
@@ -143,8 +145,9 @@ class StatusSnapshot:
 
 
 async def status_snapshot(db: DB) -> StatusSnapshot:
-    """Steps with the run that decides their state, checks with their latest result, live
-    agents, open requests. Retired definitions (enabled = false) are left out."""
+    """Steps with their newest run and the run that decides their state, checks with their
+    latest result, live agents, open requests. Retired definitions (enabled = false) are
+    left out."""
     now = datetime.now(UTC)
     step_rows = await db.fetch(
         f"""
@@ -155,14 +158,16 @@ async def status_snapshot(db: DB) -> StatusSnapshot:
                last.*
         FROM pipectl.steps s
         LEFT JOIN LATERAL (
-            SELECT {_RUN_COLUMNS} FROM {state_run("s.name")} r
+            SELECT {_RUN_COLUMNS} FROM pipectl.runs r
             LEFT JOIN pipectl.agents a ON a.id = r.agent_id
+            WHERE r.step = s.name ORDER BY r.queued_at DESC, r.id DESC LIMIT 1
         ) last ON true
         WHERE s.enabled
         ORDER BY s.name
         """
     )
-    steps = tuple(_step_row(r) for r in step_rows)
+    deciding = await state_runs(db, [r["name"] for r in step_rows])
+    steps = tuple(_step_row(r, deciding.get(r["name"])) for r in step_rows)
     check_rows = await db.fetch(
         """
         SELECT c.name, c.kind, c.target, c.status, c.status_since, c.last_value AS value,
@@ -183,7 +188,7 @@ async def status_snapshot(db: DB) -> StatusSnapshot:
     return StatusSnapshot(now, steps, checks, agents, int(pending))
 
 
-def _step_row(row: asyncpg.Record) -> StepRow:
+def _step_row(row: asyncpg.Record, state: Run | None) -> StepRow:
     data = dict(row)
     last = None
     if data.get("id") is not None:
@@ -200,6 +205,7 @@ def _step_row(row: asyncpg.Record) -> StepRow:
         next_run_at=data["next_run_at"],
         last_run=last,
         last_success_at=data["last_success_at"],
+        state_run=state,
     )
 
 

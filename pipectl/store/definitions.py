@@ -237,13 +237,15 @@ class StepState:
     paused_reason: str | None
     next_run_at: datetime | None
     definition: dict[str, Any]
+    retired_at: datetime | None = None
+    """Set when no live agent publishes the step any more (then enabled is false)."""
 
 
 async def step_states(db: DB, names: Sequence[str] | None = None) -> list[StepState]:
     rows = await db.fetch(
         """
         SELECT name, kind, relation, sql, schedule, depends_on, description, enabled, paused,
-               paused_by, paused_at, paused_reason, next_run_at, definition
+               paused_by, paused_at, paused_reason, next_run_at, definition, retired_at
         FROM pipectl.steps
         WHERE $1::text[] IS NULL OR name = ANY($1)
         ORDER BY name
@@ -284,6 +286,8 @@ class CheckState:
     silenced_by: str | None
     silence_reason: str | None
     definition: dict[str, Any]
+    retired_at: datetime | None = None
+    """Set when no live agent publishes the check any more (then enabled is false)."""
 
     def silenced_at(self, now: datetime) -> bool:
         return self.silenced_until is not None and self.silenced_until > now
@@ -293,7 +297,8 @@ async def check_states(db: DB, names: Sequence[str] | None = None) -> list[Check
     rows = await db.fetch(
         """
         SELECT name, kind, target, sql, schedule, description, enabled, status, status_since,
-               last_value, last_result_at, silenced_until, silenced_by, silence_reason, definition
+               last_value, last_result_at, silenced_until, silenced_by, silence_reason, definition,
+               retired_at
         FROM pipectl.checks
         WHERE $1::text[] IS NULL OR name = ANY($1)
         ORDER BY name

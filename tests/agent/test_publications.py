@@ -6,11 +6,14 @@ definition.retired event) and gone from `status`; published again it comes back.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import asyncpg
+import pytest
 
 from pipectl import store
 from pipectl.agent.service import Agent
+from pipectl.cli import main
 from tests.agent.conftest import past_clock, running_agent
 from tests.helpers import make_loaded
 
@@ -91,6 +94,23 @@ async def test_a_check_stays_while_any_agent_publishes_it_and_is_retired_after(
         assert await retired(db, "checks") == set()
         assert await events(db, "definition.published") == ["shared"]
         assert await events(db, "definition.changed") == []
+
+
+async def test_a_retired_step_takes_no_requests(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clock = past_clock()
+    config = tmp_path / "pipectl.toml"
+    config.write_text(f'[database]\ndsn = "{database}"\n')
+    async with running_agent(
+        database, body(steps=("kept", "dropped")), name="a", serve=False, clock=clock
+    ) as a:
+        await reload(a, database, body(steps=("kept",)))
+        args = ["--config", str(config), "rerun", "dropped", "--reason", "why"]
+        code = await asyncio.to_thread(main, args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "unknown step 'dropped'; steps: kept" in err
 
 
 async def test_a_lost_agent_stops_counting_as_a_publisher(

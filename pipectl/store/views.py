@@ -20,7 +20,7 @@ def state_run(step: str) -> str:
     latest decisive run (succeeded, failed, cancelled: by finish time), else its newest
     skipped run. A skip decides nothing while the step has a decisive run: a tick skipped
     because a manual run held the step never hides that run's success, before or after it.
-    Three index probes (runs_step_unfinished_idx, runs_decisive_idx, runs_step_time_idx).
+    Three index probes (runs_step_unfinished_idx, runs_decisive_idx, runs_step_skipped_idx).
     `status`, the console and the agents' metrics all read a step's state through it."""
     return f"""(
         SELECT * FROM (

@@ -12,6 +12,10 @@
 
 CREATE INDEX runs_step_unfinished_idx ON pipectl.runs (step, queued_at DESC, id DESC)
     WHERE status IN ('queued', 'running');
+-- A step that has never run to a decision shows its newest skip: without this index that
+-- probe walks every run of every step, newest first, for a step that was never skipped.
+CREATE INDEX runs_step_skipped_idx ON pipectl.runs (step, queued_at DESC, id DESC)
+    WHERE status = 'skipped';
 
 ALTER TABLE pipectl.agents
     ADD COLUMN published_steps text[],

@@ -133,14 +133,24 @@ class Membership:
         for agent in lost:
             self._report_lost(agent)
         if lost:  # a lost agent no longer publishes: what only it defined is retired
-            for gone in await store.retire_unpublished(rt.pool):
-                log.info(
-                    "retired %s %s: no live agent publishes it any more",
-                    gone.table.rstrip("s"),
-                    gone.name,
-                )
+            await self._retire_unpublished()
         counts = await store.queue_counts(rt.pool)
         rt.metrics.heartbeat_counts(counts.pending, counts.oldest_age, counts.alive)
+
+    async def _retire_unpublished(self) -> None:
+        """Retire what only lost peers published. A refusal is logged, never taken for the
+        heartbeat failing: the next publish (start, reload) retires it as well."""
+        try:
+            retired = await store.retire_unpublished(self.rt.pool)
+        except asyncpg.PostgresError as exc:
+            log.warning("could not retire what lost agents published: %s", describe(exc))
+            return
+        for gone in retired:
+            log.info(
+                "retired %s %s: no live agent publishes it any more",
+                gone.table.rstrip("s"),
+                gone.name,
+            )
 
     def _reachable(self) -> None:
         if self.connected_since is None:

@@ -106,7 +106,14 @@ async def _recordable(conn: Conn, engine: CheckEngine, names: Sequence[str]) -> 
     """The checks among `names` whose results may be recorded: those a live agent publishes
     with the same definition. The others are named in a note."""
     asked = [d for d in engine.definitions() if d.name in names]
-    same = await store.agent_published(conn, asked)
+    try:
+        same = await store.agent_published(conn, asked)
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+        _note(
+            "the pipectl schema is missing or older than this pipectl (pipectl db upgrade);"
+            " results are shown, not recorded"
+        )
+        return set()
     others = [d.name for d in asked if d.name not in same]
     if others:
         _note(

@@ -15,7 +15,7 @@ from pipectl import store
 from pipectl.agent.service import Agent
 from pipectl.cli import main
 from tests.agent.conftest import past_clock, running_agent
-from tests.helpers import make_loaded
+from tests.helpers import make_loaded, wait_for
 
 
 def check(name: str) -> str:
@@ -165,3 +165,58 @@ async def test_nothing_is_retired_while_a_live_agent_has_not_published_yet(
         await db.execute("UPDATE pipectl.agents SET stopped_at = now() WHERE name = 'starting'")
         await reload(a, database, body("only_a"))
         assert await retired(db, "checks") == {"shared"}
+
+
+FAST = '[agent]\nheartbeat = "1s"\n'
+
+
+async def test_a_peer_found_gone_on_a_heartbeat_stops_publishing_its_definitions(
+    database: str, db: asyncpg.Connection
+) -> None:
+    """A peer whose process is gone (no session holds its liveness lock) is declared lost
+    on a heartbeat, and what only it published is retired there and then."""
+    clock = past_clock()
+    async with running_agent(database, FAST + body("mine"), name="a", clock=clock):
+        # After the agent's start (its own publish): only a heartbeat can retire it now.
+        ghost = await db.fetchval(
+            "INSERT INTO pipectl.agents (id, name, host, pid, version, heartbeat_seconds,"
+            " last_seen, published_steps, published_checks)"
+            " VALUES (gen_random_uuid(), 'ghost', 'elsewhere', 1, 'x', 0.2, now(), '{}',"
+            " '{ghost_check}') RETURNING id"
+        )
+        await store.publish_checks(
+            db, [store.CheckDefinition("ghost_check", "volume", None, None, None, "", {})], None
+        )
+        assert await shown(db) == (set(), {"mine", "ghost_check"})
+
+        async def ghost_retired() -> bool:
+            if await retired(db, "checks") == {"ghost_check"}:
+                return True
+            await clock.advance(1.0)  # the next heartbeat (and its reaping)
+            return False
+
+        await wait_for(ghost_retired, timeout=30)
+        assert await db.fetchval(
+            "SELECT lost_at IS NOT NULL FROM pipectl.agents WHERE id = $1", ghost
+        )
+        assert await shown(db) == (set(), {"mine"})
+
+
+async def test_an_agent_declared_lost_publishes_again_when_it_rejoins(
+    database: str, db: asyncpg.Connection
+) -> None:
+    clock = past_clock()
+    async with running_agent(database, FAST + body("mine"), name="a", clock=clock) as agent:
+        first = agent.agent_id
+        await db.execute("UPDATE pipectl.agents SET lost_at = now() WHERE id = $1", first)
+
+        async def republished() -> object:
+            if agent.agent_id == first:
+                await clock.advance(1.0)  # the heartbeat that finds it lost
+                return None
+            return await db.fetchval(
+                "SELECT published_checks FROM pipectl.agents WHERE id = $1", agent.agent_id
+            )
+
+        assert await wait_for(republished, timeout=30) == ["mine"]
+        assert await retired(db, "checks") == set()

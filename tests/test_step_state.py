@@ -123,3 +123,57 @@ async def test_a_step_that_never_ran_has_no_state_run(db: asyncpg.Connection) ->
     assert await store.state_runs(db, ["s"]) == {}
     snapshot = await store.status_snapshot(db)
     assert snapshot.steps[0].state == "never"
+
+
+async def test_with_a_real_agent_a_tick_that_found_the_step_running_does_not_hide_its_end(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another session runs the step (holds its lock, its run row is 'running'); the agent's
+    tick finds the lock taken and is skipped; then that run succeeds: status says ok."""
+    from pipectl.agent.runner import LOCK_NAMESPACE
+    from tests.agent.conftest import past_clock, running_agent, tick
+    from tests.helpers import wait_for
+
+    # A long heartbeat: the agent stays alive for `status` however slow the machine.
+    body = '[agent]\nheartbeat = "1m"\n[[steps]]\nname = "s"\nkind = "sql"\nsql = "SELECT 1"\n'
+    body += 'every = "1m"\n'
+    holder = await asyncpg.connect(database)
+    db = await asyncpg.connect(database)
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT pg_advisory_xact_lock($1, hashtext('s'))", LOCK_NAMESPACE)
+        manual = await db.fetchval(
+            "INSERT INTO pipectl.runs (step, trigger, status, started_at, requested_by)"
+            " VALUES ('s', 'manual', 'running', now(), 'alice') RETURNING id"
+        )
+        clock = past_clock()
+        async with running_agent(database, body, clock=clock) as agent:
+
+            async def skipped() -> bool:
+                found = await db.fetchval(
+                    "SELECT count(*) FROM pipectl.runs WHERE step = 's' AND status = 'skipped'"
+                )
+                if not found:
+                    await tick(clock, 60, agent)
+                return bool(found)
+
+            await wait_for(skipped, timeout=30)
+            assert await state(db) == ("running", manual), "the manual run is still running"
+            await db.execute(
+                "UPDATE pipectl.runs SET status = 'succeeded', finished_at = clock_timestamp()"
+                " WHERE id = $1",
+                manual,
+            )
+            await holder.execute("ROLLBACK")
+            assert await state(db) == ("ok", manual)
+            newest = (await store.status_snapshot(db)).steps[0].last_run
+            assert newest is not None and newest.status == "skipped"
+            await store.heartbeat(db, agent.agent_id)
+            config = tmp_path / "pipectl.toml"
+            config.write_text(f'[database]\ndsn = "{database}"\n')
+            code = await asyncio.to_thread(main, ["status", "--json", "--config", str(config)])
+            out = json.loads(capsys.readouterr().out)
+            assert (code, out["status"], out["steps"][0]["status"]) == (0, "ok", "ok")
+    finally:
+        await holder.close()
+        await db.close()

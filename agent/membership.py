@@ -21,7 +21,7 @@ from collections.abc import Callable
 import asyncpg
 
 from pipectl import __version__, store
-from pipectl.agent.runtime import AgentRuntime
+from pipectl.agent.runtime import AgentRuntime, publish_plan
 from pipectl.agent.systemd import notify
 from pipectl.clock import DatabaseClock
 from pipectl.model import RunStatus
@@ -132,8 +132,25 @@ class Membership:
             lost = await store.reap_departed_agents(rt.pool, rt.identity.id, list(rt.plan.steps))
         for agent in lost:
             self._report_lost(agent)
+        if lost:  # a lost agent no longer publishes: what only it defined is retired
+            await self._retire_unpublished()
         counts = await store.queue_counts(rt.pool)
         rt.metrics.heartbeat_counts(counts.pending, counts.oldest_age, counts.alive)
+
+    async def _retire_unpublished(self) -> None:
+        """Retire what only lost peers published. A refusal is logged, never taken for the
+        heartbeat failing: the next publish (start, reload) retires it as well."""
+        try:
+            retired = await store.retire_unpublished(self.rt.pool)
+        except asyncpg.PostgresError as exc:
+            log.warning("could not retire what lost agents published: %s", describe(exc))
+            return
+        for gone in retired:
+            log.info(
+                "retired %s %s: no live agent publishes it any more",
+                gone.table.rstrip("s"),
+                gone.name,
+            )
 
     def _reachable(self) -> None:
         if self.connected_since is None:
@@ -168,6 +185,7 @@ class Membership:
         rt.runner.agent_id = rt.identity.renew()
         await self.register()
         await self._move_liveness()
+        await publish_plan(rt, rt.plan)  # a new agent row publishes nothing until it does
 
     def _report_lost(self, lost: store.LostAgent) -> None:
         log.warning(

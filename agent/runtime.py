@@ -27,6 +27,7 @@ import asyncpg
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from pipectl import store
 from pipectl.agent.bookkeeping import Bookkeeper, RunLedger
 from pipectl.agent.metrics import AgentMetrics
 from pipectl.agent.runner import StepPlan, StepRunner
@@ -124,6 +125,19 @@ def step_definitions(plan: AgentPlan) -> list[StepDefinition]:
         )
         for p in plan.steps.values()
     ]
+
+
+async def publish_plan(rt: AgentRuntime, plan: AgentPlan) -> None:
+    """Publish what `plan` defines as this agent's set and retire what no live agent
+    publishes any more (a step or check removed from every agent's config)."""
+    checks = plan.checks.definitions() if plan.checks is not None else []
+    retired = await rt.book(store.publish, rt.identity.id, step_definitions(plan), checks)
+    for gone in retired:
+        log.info(
+            "retired %s %s: no live agent publishes it any more",
+            gone.table.rstrip("s"),
+            gone.name,
+        )
 
 
 # ---------------------------------------------------------------------------- identity

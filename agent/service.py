@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 from opentelemetry.sdk.trace import TracerProvider
 
-from pipectl import migrate, store
+from pipectl import migrate
 from pipectl.agent.bookkeeping import Bookkeeper, RunLedger
 from pipectl.agent.checking import CheckScheduler
 from pipectl.agent.membership import Membership
@@ -43,7 +43,7 @@ from pipectl.agent.runtime import (
     Identity,
     Pools,
     build_plan,
-    step_definitions,
+    publish_plan,
 )
 from pipectl.agent.steps import ChainResult, StepScheduler
 from pipectl.agent.systemd import notify
@@ -200,10 +200,7 @@ class Agent:
         )
 
     async def _publish(self, plan: AgentPlan) -> None:
-        rt = self.runtime
-        await rt.book(store.publish_steps, step_definitions(plan), rt.identity.id)
-        if plan.checks is not None:
-            await rt.book(store.publish_checks, plan.checks.definitions(), rt.identity.id)
+        await publish_plan(self.runtime, plan)
         self.metrics.declare(
             {name: _interval(step, self.clock) for name, step in plan.steps.items()},
             [(c.name, c.kind) for c in plan.config.checks if c.enabled],

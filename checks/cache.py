@@ -1,8 +1,13 @@
 """cache: hit ratios of APES's cache levels and of PostgreSQL's buffer cache.
 
 - **redis**: INFO `keyspace_hits` / `keyspace_misses` of the L2 Redis. They are server-wide
-  counters since the server started, so the ratio is taken over the *delta* since the previous
-  reading. PostgreSQL's buffer counters (**postgres**: `pg_stat_database` for this database,
+  counters since the server started (every database number and every client: another tenant
+  of the same server moves them, which the message says), so the ratio is taken over the
+  *delta* since the previous reading. No per-key-prefix ratio is offered: Redis counts hits
+  and misses per server only (INFO keyspace has per-database key counts, not lookups), and
+  the APES app's own hit counters count writes as lookups. The honest per-request record of
+  which level answered is the **app** source below.
+  PostgreSQL's buffer counters (**postgres**: `pg_stat_database` for this database,
   `pg_statio_user_tables` heap blocks for each watched table) are handled the same way.
   The previous reading is the baseline of the check's last stored result: it survives agent
   restarts and is shared by every agent. An interval with fewer than `min_requests` lookups is
@@ -286,6 +291,11 @@ async def _previous(ctx: Context[CacheCheck]) -> Reading | None:
 # redis
 
 
+REDIS_LABEL = "Redis server-wide keyspace hits/misses"
+"""How a Redis result names what it measured: INFO's counters cover every database and every
+client of the server, not only APES's keys."""
+
+
 async def redis_reading(ctx: Context[CacheCheck]) -> Reading:
     """INFO once; after a server restart the pooled connection is dead, so try once more."""
     assert ctx.redis is not None
@@ -318,7 +328,7 @@ async def run_redis(ctx: Context[CacheCheck]) -> CheckResult:
         return CheckResult(
             check.name, CheckStatus.ERROR, None, f"Redis unreachable: {reason}", ctx.now
         )
-    return evaluate_counters(check, previous, current, ctx.now, ctx.source, "Redis keyspace")
+    return evaluate_counters(check, previous, current, ctx.now, ctx.source, REDIS_LABEL)
 
 
 # ---------------------------------------------------------------------------------------------

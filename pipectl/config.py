@@ -16,7 +16,7 @@ import typing
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import parse_qs, urlsplit
@@ -141,9 +141,13 @@ def _cron(value: Any) -> str:
     from apscheduler.triggers.cron import CronTrigger
 
     try:
-        CronTrigger.from_crontab(value, timezone="UTC")
+        trigger = CronTrigger.from_crontab(value, timezone="UTC")
     except ValueError as exc:
         raise ValueError(f"invalid cron expression {value!r}: {exc}") from None
+    # A date that does not exist (31 February) parses but would never run the step. Every
+    # date exists in UTC that exists anywhere, so UTC answers for every time zone.
+    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+        raise ValueError(f"cron expression {value!r} never fires: no date matches it")
     return value
 
 

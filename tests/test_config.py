@@ -212,6 +212,17 @@ MALFORMED: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "cron that never fires",
+        """
+        [[steps]]
+        name = "a"
+        kind = "matview"
+        relation = "public.a"
+        cron = "0 3 30 2 *"
+        """,
+        ["bad.toml:5: steps.a.cron: cron expression '0 3 30 2 *' never fires: no date matches it"],
+    ),
+    (
         "matview step without relation",
         """
         [[steps]]

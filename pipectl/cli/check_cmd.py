@@ -1,8 +1,10 @@
 """`pipectl check [NAME...] [--json]`: run checks now, with the agent's engine, and report.
 
-Results are recorded like the agent's (trigger 'cli', hysteresis applied) when the role may
-write; a read-only role still gets the report. Exit 0 when all are ok (nodata counts as ok),
-1 on any warn, 2 on any fail or error.
+Publishing definitions is the agents' job: this verb publishes nothing. A result is recorded
+like the agent's (trigger 'cli', hysteresis applied) only for a check that a live agent
+publishes with exactly this definition, and only when the role may write; every other result
+is printed, not recorded (a check from another file never lands in the shared state). Exit 0
+when all are ok (nodata counts as ok), 1 on any warn, 2 on any fail or error.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -19,8 +22,9 @@ from rich.text import Text
 
 from pipectl import store
 from pipectl.checks import CheckEngine, scorecard
+from pipectl.checks.validation import located
 from pipectl.cli.common import EXIT_OK, CliError, console, load, print_json
-from pipectl.config import Config
+from pipectl.config import Config, Problem
 from pipectl.db import connection, create_pool
 from pipectl.model import CheckResult, CheckStatus
 from pipectl.safetext import CELL, literal, visible
@@ -53,9 +57,18 @@ async def run_checks(args: argparse.Namespace) -> int:
     names = _chosen(config, args.names)
     engine = CheckEngine(config, config_file=str(loaded.file))
     async with connection(config, "pipectl check") as conn:
-        await engine.validate(conn, names)  # logs what is worth knowing (a missing index)
-        recording = await _publish(conn, engine)
-        results = await _run_all(engine, config, names, recording)
+        # One check whose table is missing (or whose column is wrong) is that check's error;
+        # the others still run and the report is whole.
+        broken = _problems_by_check(names, located(await engine.problems(conn, names), loaded))
+        runnable = [n for n in names if n not in broken]
+        recording = await _recordable(conn, engine, runnable)
+        found = await _run_all(engine, config, runnable, recording) if runnable else []
+        now = datetime.now(UTC)
+        by_name = {r.check: r for r in found} | {
+            name: CheckResult(name, CheckStatus.ERROR, None, message, now)
+            for name, message in broken.items()
+        }
+        results = [by_name[n] for n in names]
         scores = await scorecard.compute(conn, config, fresh=results)
     if args.json:
         print_json(
@@ -78,21 +91,46 @@ def _chosen(config: Config, asked: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(asked)) or [c.name for c in config.checks if c.enabled]
 
 
-async def _publish(conn: Conn, engine: CheckEngine) -> bool:
-    """Publish definitions; False when this role may not write (results are then not kept)."""
+def _problems_by_check(names: Sequence[str], problems: Sequence[Problem]) -> dict[str, str]:
+    """Each check's catalog problems as one message (file:line: key: what), by check name."""
+    out: dict[str, list[str]] = {}
+    for problem in problems:
+        owners = [n for n in names if problem.path.startswith(f"checks.{n}.")]
+        name = max(owners, key=len, default=None)
+        if name is not None:
+            out.setdefault(name, []).append(str(problem))
+    return {name: "; ".join(found) for name, found in out.items()}
+
+
+async def _recordable(conn: Conn, engine: CheckEngine, names: Sequence[str]) -> set[str]:
+    """The checks among `names` whose results may be recorded: those a live agent publishes
+    with the same definition. The others are named in a note."""
+    asked = [d for d in engine.definitions() if d.name in names]
     try:
-        await store.publish_checks(conn, engine.definitions(), None)
-    except asyncpg.InsufficientPrivilegeError:
-        _note("this role may not write to the pipectl schema; results are shown, not recorded")
-        return False
-    return True
+        same = await store.agent_published(conn, asked)
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+        _note(
+            "the pipectl schema is missing or older than this pipectl (pipectl db upgrade);"
+            " results are shown, not recorded"
+        )
+        return set()
+    others = [d.name for d in asked if d.name not in same]
+    if others:
+        _note(
+            "no live agent publishes "
+            + ", ".join(visible(n, limit=CELL) for n in others)
+            + " with this definition; "
+            + ("its result is" if len(others) == 1 else "their results are")
+            + " shown, not recorded"
+        )
+    return same
 
 
 async def _run_all(
     engine: CheckEngine,
     config: Config,
     names: Sequence[str],
-    recording: bool,
+    recording: set[str],
 ) -> list[CheckResult]:
     client = (
         redis.asyncio.Redis.from_url(
@@ -103,10 +141,12 @@ async def _run_all(
         if config.redis.url
         else None
     )
-    writable = recording
+    writable = True
 
     async def record(conn: Conn, result: CheckResult) -> None:
         nonlocal writable
+        if result.check not in recording:
+            return
         if writable and not await _record(conn, engine, result):
             if writable:  # said once, though probes finishing together may all be refused
                 _note("this role may not record results; the rest are shown, not recorded")

@@ -227,6 +227,7 @@ def status_json(snapshot: store.StatusSnapshot) -> dict[str, Any]:
                 "next_run_at": s.next_run_at,
                 "last_success_at": s.last_success_at,
                 "last_run": run_json(s.last_run) if s.last_run else None,
+                "state_run_id": s.state_run.id if s.state_run else None,
             }
             for s in snapshot.steps
         ],
@@ -351,13 +352,15 @@ async def show_request_history(args: argparse.Namespace) -> int:
 
 
 async def _unknown_step(conn: Conn, step: str) -> str:
-    known = [visible(s.name, limit=CELL) for s in await store.step_states(conn)]
+    steps = await store.step_states(conn)
+    known = [visible(s.name, limit=CELL) for s in steps if s.retired_at is None]
     listing = ", ".join(known) if known else "none published yet (start an agent)"
     return f"unknown step {step!r}; steps: {listing}"
 
 
 async def _unknown_check(conn: Conn, check: str) -> str:
-    known = [visible(c.name, limit=CELL) for c in await store.check_states(conn)]
+    checks = await store.check_states(conn)
+    known = [visible(c.name, limit=CELL) for c in checks if c.retired_at is None]
     listing = ", ".join(known) if known else "none published yet (start an agent)"
     return f"unknown check {check!r}; checks: {listing}"
 
@@ -396,10 +399,11 @@ async def _file_request(
     config = load(args).config
     async with connection(config, f"pipectl {kind}") as conn:
         await ensure_current(conn)
+        # A retired definition (no live agent publishes it) is unknown to every agent.
         if kind in (RequestKind.RERUN, RequestKind.PAUSE, RequestKind.RESUME):
-            if not await store.step_states(conn, [target]):
+            if not [s for s in await store.step_states(conn, [target]) if s.retired_at is None]:
                 raise CliError(await _unknown_step(conn, target))
-        elif not await store.check_states(conn, [target]):
+        elif not [c for c in await store.check_states(conn, [target]) if c.retired_at is None]:
             raise CliError(await _unknown_check(conn, target))
         try:
             request = await store.create_request(conn, kind, target, args.reason, extra)

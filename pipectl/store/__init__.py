@@ -23,14 +23,19 @@ from pipectl.store.agents import (
 )
 from pipectl.store.base import DB
 from pipectl.store.definitions import (
+    PUBLISH_LOCK,
     CheckDefinition,
     CheckState,
+    Retired,
     StepDefinition,
     StepState,
+    agent_published,
     check_states,
     claim_check_ticks,
+    publish,
     publish_checks,
     publish_steps,
+    retire_unpublished,
     set_next_run,
     set_paused,
     set_silence,
@@ -67,6 +72,7 @@ from pipectl.store.runs import (
     has_unfinished,
     last_success,
     latest_outcomes,
+    latest_unfinished,
     recent_runs,
     run_counts,
     start_run,
@@ -74,11 +80,19 @@ from pipectl.store.runs import (
 )
 from pipectl.store.samples import add_samples, has_seed, read_series, read_windows
 from pipectl.store.summaries import refresh_summary
-from pipectl.store.views import CheckRow, StatusSnapshot, StepRow, status_snapshot
+from pipectl.store.views import (
+    CheckRow,
+    StatusSnapshot,
+    StepRow,
+    state_run,
+    state_runs,
+    status_snapshot,
+)
 
 __all__ = [
     "DB",
     "LIVENESS_NAMESPACE",
+    "PUBLISH_LOCK",
     "BaselineRow",
     "Beat",
     "CheckDefinition",
@@ -86,6 +100,7 @@ __all__ = [
     "CheckState",
     "LostAgent",
     "QueueCounts",
+    "Retired",
     "Retry",
     "StatusSnapshot",
     "StepDefinition",
@@ -95,6 +110,7 @@ __all__ = [
     "TickClaim",
     "add_event",
     "add_samples",
+    "agent_published",
     "alive_agents",
     "check_states",
     "claim_check_ticks",
@@ -116,8 +132,10 @@ __all__ = [
     "last_success",
     "latest_baselines",
     "latest_outcomes",
+    "latest_unfinished",
     "list_requests",
     "prune",
+    "publish",
     "publish_checks",
     "publish_steps",
     "queue_counts",
@@ -135,11 +153,14 @@ __all__ = [
     "release_liveness",
     "release_request",
     "request_has_runs",
+    "retire_unpublished",
     "run_counts",
     "set_next_run",
     "set_paused",
     "set_silence",
     "start_run",
+    "state_run",
+    "state_runs",
     "status_snapshot",
     "step_states",
     "stop_agent",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
 from pipectl.model import CheckStatus
-from pipectl.store.base import DB
+from pipectl.store.base import DB, Conn
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,122 @@ async def publish_checks(db: DB, checks: Sequence[CheckDefinition], agent_id: UU
     )
 
 
+PUBLISH_LOCK = 1886418274
+"""The advisory lock ("ppub") under which publications are written and definitions retired
+(sql/pipectl/0007_publications.sql takes the same one)."""
+
+
+@dataclass(frozen=True)
+class Retired:
+    """A definition retired because no live agent publishes it any more."""
+
+    table: str
+    """'steps' or 'checks'."""
+    name: str
+
+
+async def publish(
+    db: DB,
+    agent_id: UUID,
+    steps: Sequence[StepDefinition],
+    checks: Sequence[CheckDefinition],
+) -> list[Retired]:
+    """An agent's whole publication, in one transaction under PUBLISH_LOCK: upsert its
+    definitions, record them as its set (bringing back any that were retired) and retire
+    what no live agent publishes any more. Two agents publishing at once take turns, so
+    neither retires what the other is publishing. Returns what was retired."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            return await _publish(conn, agent_id, steps, checks)
+    return await _publish(db, agent_id, steps, checks)
+
+
+async def _publish(
+    conn: Conn,
+    agent_id: UUID,
+    steps: Sequence[StepDefinition],
+    checks: Sequence[CheckDefinition],
+) -> list[Retired]:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", PUBLISH_LOCK)
+        await publish_steps(conn, steps, agent_id)
+        await publish_checks(conn, checks, agent_id)
+        await conn.execute(
+            "SELECT pipectl.set_publications($1, $2::text[], $3::text[])",
+            agent_id,
+            [s.name for s in steps],
+            [c.name for c in checks],
+        )
+        return await _retire(conn)
+
+
+async def retire_unpublished(db: DB) -> list[Retired]:
+    """Retire what no live agent publishes (after peers were declared lost, say)."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            return await _locked_retire(conn)
+    return await _locked_retire(db)
+
+
+async def _locked_retire(conn: Conn) -> list[Retired]:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", PUBLISH_LOCK)
+        return await _retire(conn)
+
+
+async def _retire(conn: Conn) -> list[Retired]:
+    rows = await conn.fetch("SELECT tbl, name FROM pipectl.retire_unpublished()")
+    return [Retired(r["tbl"], r["name"]) for r in rows]
+
+
+async def agent_published(db: DB, checks: Sequence[CheckDefinition]) -> set[str]:
+    """The names of `checks` that a live agent publishes with exactly this definition (for
+    `pipectl check`, which records a result only for a check the agents run as it ran it)."""
+    if not checks:
+        return set()
+    rows = await db.fetch(
+        """
+        SELECT c.name, c.kind, c.target, c.sql, c.schedule, c.description, c.definition,
+               c.enabled
+        FROM pipectl.checks c
+        WHERE c.name = ANY($1::text[]) AND c.retired_at IS NULL
+          AND EXISTS (SELECT 1 FROM pipectl.agents a
+                      WHERE a.stopped_at IS NULL AND a.lost_at IS NULL
+                        AND c.name = ANY(a.published_checks))
+        """,
+        [c.name for c in checks],
+    )
+    stored = {
+        r["name"]: {
+            **dict(r),
+            "definition": json.loads(d) if isinstance(d := r["definition"], str) else d,
+        }
+        for r in rows
+    }
+    same = set()
+    for check in checks:
+        row = stored.get(check.name)
+        if row is not None and (
+            row["kind"],
+            row["target"],
+            row["sql"],
+            row["schedule"],
+            row["description"],
+            row["definition"],
+            row["enabled"],
+        ) == (
+            check.kind,
+            check.target,
+            check.sql,
+            check.schedule,
+            check.description,
+            json.loads(json.dumps(check.definition)),
+            check.enabled,
+        ):
+            same.add(check.name)
+    return same
+
+
 @dataclass(frozen=True)
 class StepState:
     name: str
@@ -118,13 +237,15 @@ class StepState:
     paused_reason: str | None
     next_run_at: datetime | None
     definition: dict[str, Any]
+    retired_at: datetime | None = None
+    """Set when no live agent publishes the step any more (then enabled is false)."""
 
 
 async def step_states(db: DB, names: Sequence[str] | None = None) -> list[StepState]:
     rows = await db.fetch(
         """
         SELECT name, kind, relation, sql, schedule, depends_on, description, enabled, paused,
-               paused_by, paused_at, paused_reason, next_run_at, definition
+               paused_by, paused_at, paused_reason, next_run_at, definition, retired_at
         FROM pipectl.steps
         WHERE $1::text[] IS NULL OR name = ANY($1)
         ORDER BY name
@@ -165,6 +286,8 @@ class CheckState:
     silenced_by: str | None
     silence_reason: str | None
     definition: dict[str, Any]
+    retired_at: datetime | None = None
+    """Set when no live agent publishes the check any more (then enabled is false)."""
 
     def silenced_at(self, now: datetime) -> bool:
         return self.silenced_until is not None and self.silenced_until > now
@@ -174,7 +297,8 @@ async def check_states(db: DB, names: Sequence[str] | None = None) -> list[Check
     rows = await db.fetch(
         """
         SELECT name, kind, target, sql, schedule, description, enabled, status, status_since,
-               last_value, last_result_at, silenced_until, silenced_by, silence_reason, definition
+               last_value, last_result_at, silenced_until, silenced_by, silence_reason, definition,
+               retired_at
         FROM pipectl.checks
         WHERE $1::text[] IS NULL OR name = ANY($1)
         ORDER BY name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -11,6 +12,47 @@ from pipectl.model import Agent, CheckStatus, Run, RunStatus
 from pipectl.store.agents import alive_agents
 from pipectl.store.base import DB
 from pipectl.store.runs import _RUN_COLUMNS, _run
+
+
+def state_run(step: str) -> str:
+    """The run that decides a step's shown state, as a subquery for a LATERAL join (`step`
+    is the SQL expression naming the step): its newest unfinished run ("running"), else its
+    latest decisive run (succeeded, failed, cancelled: by finish time), else its newest
+    skipped run. A skip decides nothing while the step has a decisive run: a tick skipped
+    because a manual run held the step never hides that run's success, before or after it.
+    Three index probes (runs_step_unfinished_idx, runs_decisive_idx, runs_step_skipped_idx).
+    `status`, the console and the agents' metrics all read a step's state through it."""
+    return f"""(
+        SELECT * FROM (
+            (SELECT u.*, 0 AS state_rank FROM pipectl.runs u
+             WHERE u.step = {step} AND u.status IN ('queued', 'running')
+             ORDER BY u.queued_at DESC, u.id DESC LIMIT 1)
+            UNION ALL
+            (SELECT d.*, 1 FROM pipectl.runs d
+             WHERE d.step = {step} AND d.status IN ('succeeded', 'failed', 'cancelled')
+             ORDER BY d.finished_at DESC NULLS LAST, d.id DESC LIMIT 1)
+            UNION ALL
+            (SELECT k.*, 2 FROM pipectl.runs k
+             WHERE k.step = {step} AND k.status = 'skipped'
+             ORDER BY k.queued_at DESC, k.id DESC LIMIT 1)
+        ) candidates
+        ORDER BY state_rank
+        LIMIT 1
+    )"""
+
+
+async def state_runs(db: DB, steps: Sequence[str]) -> dict[str, Run]:
+    """Each step's state run (`state_run`); steps that never ran are left out."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_RUN_COLUMNS}
+        FROM unnest($1::text[]) AS s(step)
+        CROSS JOIN LATERAL {state_run("s.step")} r
+        LEFT JOIN pipectl.agents a ON a.id = r.agent_id
+        """,
+        list(steps),
+    )
+    return {r["step"]: _run(r) for r in rows}
 
 
 @dataclass(frozen=True)
@@ -25,16 +67,20 @@ class StepRow:
     paused_reason: str | None
     next_run_at: datetime | None
     last_run: Run | None
+    """The newest run, whatever its status (a skipped tick included)."""
     last_success_at: datetime | None
+    state_run: Run | None = None
+    """The run that decides the state (`state_run`): not always the newest one."""
 
     @property
     def state(self) -> str:
-        """One word for a step: paused, running, ok, failed, skipped, cancelled or never."""
+        """One word for a step: paused, running, ok, failed, skipped, cancelled or never.
+        Skipped only when the step has no decisive run at all."""
         if self.paused:
             return "paused"
-        if self.last_run is None:
+        if self.state_run is None:
             return "never"
-        status = self.last_run.status
+        status = self.state_run.status
         if status in (RunStatus.QUEUED, RunStatus.RUNNING):
             return "running"
         return "ok" if status == RunStatus.SUCCEEDED else str(status)
@@ -99,7 +145,9 @@ class StatusSnapshot:
 
 
 async def status_snapshot(db: DB) -> StatusSnapshot:
-    """Steps with their latest run, checks with their latest result, agents, requests."""
+    """Steps with their newest run and the run that decides their state, checks with their
+    latest result, live agents, open requests. Retired definitions (enabled = false) are
+    left out."""
     now = datetime.now(UTC)
     step_rows = await db.fetch(
         f"""
@@ -118,7 +166,8 @@ async def status_snapshot(db: DB) -> StatusSnapshot:
         ORDER BY s.name
         """
     )
-    steps = tuple(_step_row(r) for r in step_rows)
+    deciding = await state_runs(db, [r["name"] for r in step_rows])
+    steps = tuple(_step_row(r, deciding.get(r["name"])) for r in step_rows)
     check_rows = await db.fetch(
         """
         SELECT c.name, c.kind, c.target, c.status, c.status_since, c.last_value AS value,
@@ -139,7 +188,7 @@ async def status_snapshot(db: DB) -> StatusSnapshot:
     return StatusSnapshot(now, steps, checks, agents, int(pending))
 
 
-def _step_row(row: asyncpg.Record) -> StepRow:
+def _step_row(row: asyncpg.Record, state: Run | None) -> StepRow:
     data = dict(row)
     last = None
     if data.get("id") is not None:
@@ -156,6 +205,7 @@ def _step_row(row: asyncpg.Record) -> StepRow:
         next_run_at=data["next_run_at"],
         last_run=last,
         last_success_at=data["last_success_at"],
+        state_run=state,
     )
 
 

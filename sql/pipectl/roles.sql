@@ -50,5 +50,7 @@ GRANT UPDATE (claimed_by, claimed_at, attempts, done_at, outcome, detail)
 GRANT EXECUTE ON FUNCTION pipectl.set_step_paused(text, boolean, text, text),
                           pipectl.set_check_silence(text, timestamptz, text, text),
                           pipectl.prune(text, interval, integer),
-                          pipectl.refresh_summary(text, text, boolean)
+                          pipectl.refresh_summary(text, text, boolean),
+                          pipectl.set_publications(uuid, text[], text[]),
+                          pipectl.retire_unpublished()
     TO pipectl_agent;

@@ -104,6 +104,8 @@ async def test_redis_ratio_is_a_delta_and_a_restart_is_a_reset(
         assert delta.status == CheckStatus.WARN  # 0.75 over the interval, not ~0.5 overall
         assert delta.value == pytest.approx(0.75)
         assert delta.baseline["lookups"] == {"redis": 40}
+        # INFO's counters are the whole server's (every db, every client): the message says so.
+        assert "Redis server-wide keyspace hits/misses 0.750 over 40 lookups" in delta.message
         # Exported by the agent as counter increments (true deltas since the last reading).
         assert delta.baseline["levels"] == {"all": {"hits": 30, "lookups": 40}}
         assert delta.baseline["deltas"] is True

@@ -154,3 +154,42 @@ async def test_an_unreachable_database_is_a_note_not_a_failure(
         f"{path}: ok (5 steps, 3 checks); catalog not checked: cannot connect to"
         " postgresql://nobody:****@127.0.0.1:1/apes"
     )
+
+
+VARCHAR_FRESHNESS = """
+[[checks]]
+name = "sessions_fresh"
+kind = "freshness"
+table = "public.improvement_sessions"
+column = "session_id"
+warn_after = "1h"
+error_after = "2h"
+
+[[steps]]
+name = "tick"
+kind = "sql"
+sql = "SELECT 1"
+cron = "0 3 * * *"
+"""
+
+
+async def test_config_check_refuses_exactly_what_the_agent_refuses(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A freshness column that is varchar: `config check` and the agent's start report the
+    same problem, on the same line (one validation, checks/validation.py)."""
+    from pipectl.agent.service import Agent
+
+    path = write(tmp_path, database, VARCHAR_FRESHNESS)
+    where = f"{path}:{line(path, 'session_id')}"
+    problem = (
+        f"{where}: checks.sessions_fresh.column: column public.improvement_sessions.session_id"
+        " is character varying; expected a timestamp"
+    )
+    code, out, err = await cli(capsys, "config", "check", "--config", str(path))
+    assert (code, out, err.splitlines()) == (2, "", [problem])
+
+    agent = Agent(load_config(path, environ={}), name="validating")
+    with pytest.raises(ConfigError) as refused:
+        await agent.start()
+    assert [str(p) for p in refused.value.problems] == [problem]

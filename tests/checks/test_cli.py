@@ -1,4 +1,6 @@
-"""`pipectl check`: exit codes, JSON shape, human table, unknown names, read-only roles."""
+"""`pipectl check`: exit codes, JSON shape, human table, unknown names, read-only roles; it
+publishes nothing and records only what a live agent publishes as it ran it; one check on a
+missing table is that check's error, never the end of the report."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from tests.agent.conftest import past_clock, running_agent
 from tests.conftest import PgServer
 
 CONFIG = """
@@ -56,6 +59,11 @@ def write_config(tmp_path: Path, dsn: str, warn: str = "10m", error: str = "1h")
     path = tmp_path / "pipectl.toml"
     path.write_text(CONFIG.format(dsn=dsn, warn=warn, error=error))
     return path
+
+
+def agent_body(warn: str = "10m", error: str = "1h") -> str:
+    """The checks of CONFIG, for an in-process agent (which adds its own [database])."""
+    return CONFIG.format(dsn="", warn=warn, error=error).split('dsn = ""', 1)[1]
 
 
 async def add_row(dsn: str, minutes_old: int) -> None:
@@ -116,16 +124,76 @@ async def test_exit_codes_follow_the_worst_status_and_json_is_stable(
 
     conn = await asyncpg.connect(database)
     try:
-        stored = await conn.fetch(
-            "SELECT check_name, status, trigger FROM pipectl.check_results ORDER BY id"
-        )
+        # No agent publishes these checks: the verb neither publishes nor records them.
+        assert await conn.fetchval("SELECT count(*) FROM pipectl.checks") == 0
+        assert await conn.fetchval("SELECT count(*) FROM pipectl.check_results") == 0
     finally:
         await conn.close()
-    # The two probes ran at the same time: either may be recorded first.
-    assert sorted(tuple(r) for r in stored[-2:]) == [
-        ("fresh_rules", "fail", "cli"),
+    assert (
+        "no live agent publishes fresh_rules, rule_ids_known with this definition;"
+        " their results are shown, not recorded" in fail.stderr
+    )
+
+
+async def test_results_are_recorded_only_for_what_a_live_agent_publishes_as_run(
+    database: str, tmp_path: Path
+) -> None:
+    await add_row(database, 2)
+    async with running_agent(database, agent_body(), serve=False, clock=past_clock()):
+        same = pipectl(write_config(tmp_path, database), "--json")
+        assert same.returncode == 0, same.stderr
+        assert "not recorded" not in same.stderr
+        other = pipectl(write_config(tmp_path, database, warn="10s", error="1m"), "--json")
+        assert other.returncode == 2
+        assert (
+            "no live agent publishes fresh_rules with this definition;"
+            " its result is shown, not recorded" in other.stderr
+        )
+        conn = await asyncpg.connect(database)
+        try:
+            stored = await conn.fetch(
+                "SELECT check_name, status, trigger FROM pipectl.check_results ORDER BY id"
+            )
+            published = await conn.fetchval(
+                "SELECT definition->>'warn_after' FROM pipectl.checks WHERE name = 'fresh_rules'"
+            )
+        finally:
+            await conn.close()
+    # The first run recorded both (their probes ran at the same time: either may come first);
+    # the second only the check whose definition the agent publishes as run.
+    assert sorted(tuple(r) for r in stored[:2]) == [
+        ("fresh_rules", "ok", "cli"),
         ("rule_ids_known", "ok", "cli"),
     ]
+    assert [tuple(r) for r in stored[2:]] == [("rule_ids_known", "ok", "cli")]
+    assert published == "10m", "the verb changed nothing the agent published"
+
+
+async def test_a_missing_table_is_that_checks_error_and_the_others_still_run(
+    database: str, tmp_path: Path
+) -> None:
+    await add_row(database, 2)
+    path = write_config(tmp_path, database)
+    text = path.read_text().replace(
+        'name = "rule_ids_known"\nkind = "quality"\ntable = "public.rule_performance"',
+        'name = "rule_ids_known"\nkind = "quality"\ntable = "public.discovered_patternz"',
+    )
+    assert "discovered_patternz" in text
+    path.write_text(text)
+    done = pipectl(path, "--json")
+    assert done.returncode == 2, done.stderr
+    report = json.loads(done.stdout)
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert by_name["fresh_rules"]["status"] == "ok"
+    assert by_name["rule_ids_known"]["status"] == "error"
+    line = text.splitlines().index('table = "public.discovered_patternz"') + 1
+    assert by_name["rule_ids_known"]["message"] == (
+        f"{path}:{line}: checks.rule_ids_known.table:"
+        " public.discovered_patternz does not exist (or is not visible)"
+    )
+    table = pipectl(path)
+    assert table.returncode == 2
+    assert "discovered_patternz does not exist" in table.stdout.replace("\n", " ")
 
 
 def test_an_unknown_name_lists_the_valid_ones(database: str, tmp_path: Path) -> None:
@@ -136,12 +204,19 @@ def test_an_unknown_name_lists_the_valid_ones(database: str, tmp_path: Path) -> 
     )
 
 
-def test_a_wrong_column_is_a_config_error_naming_the_check(database: str, tmp_path: Path) -> None:
+def test_a_wrong_column_is_an_error_naming_the_check_and_its_line(
+    database: str, tmp_path: Path
+) -> None:
     path = write_config(tmp_path, database)
     path.write_text(path.read_text().replace('column = "created_at"', 'column = "created"'))
-    done = pipectl(path)
+    line = path.read_text().splitlines().index('column = "created"') + 1
+    done = pipectl(path, "--json")
     assert done.returncode == 2
-    assert f"{path}: checks.fresh_rules.column: column 'created' does not exist" in done.stderr
+    (checked,) = [c for c in json.loads(done.stdout)["checks"] if c["name"] == "fresh_rules"]
+    assert checked["status"] == "error"
+    assert checked["message"].startswith(
+        f"{path}:{line}: checks.fresh_rules.column: column 'created' does not exist"
+    )
 
 
 @asynccontextmanager
@@ -181,19 +256,19 @@ async def test_a_read_only_role_gets_the_report_without_recording(
         assert await admin.fetchval("SELECT count(*) FROM pipectl.check_results") == 0
 
 
-async def test_a_role_that_may_publish_but_not_record_is_told_once(
+async def test_a_role_that_may_not_record_is_told_once(
     database: str, pg_server: PgServer, tmp_path: Path
 ) -> None:
-    """Both probes finish and are refused at recording; the note comes once, the report
-    whole, and nothing is half-written."""
-    async with viewer_role(database, pg_server, "INSERT, UPDATE ON pipectl.checks") as (
-        as_role,
-        admin,
+    """An agent publishes both checks; both probes finish and are refused at recording: the
+    note comes once, the report whole, and nothing is half-written."""
+    async with (
+        running_agent(database, agent_body(), serve=False, clock=past_clock()),
+        viewer_role(database, pg_server) as (as_role, admin),
     ):
         await add_row(database, 1)
         done = pipectl(write_config(tmp_path, as_role), "--json")
         assert done.returncode == 0, done.stderr
         assert done.stderr.count("may not record results") == 1, done.stderr
+        assert "no live agent publishes" not in done.stderr
         assert [c["status"] for c in json.loads(done.stdout)["checks"]] == ["ok", "ok"]
-        assert await admin.fetchval("SELECT count(*) FROM pipectl.checks") == 2
         assert await admin.fetchval("SELECT count(*) FROM pipectl.check_results") == 0

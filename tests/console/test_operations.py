@@ -105,11 +105,13 @@ async def test_pause_asks_why_then_resume_undoes_it(database: str, db: asyncpg.C
 async def test_silence_for_a_period_with_a_reason_then_unsilence(
     database: str, db: asyncpg.Connection
 ) -> None:
-    await db.execute(
-        "INSERT INTO pipectl.checks (name, kind, target) VALUES ('feedback_fresh', 'freshness',"
-        " 'public.user_feedback')"
-    )
     async with running_agent(database, steps_toml() + CHECK_TOML):
+        # Shown as if published (after the agent's start, which retires what no live agent
+        # publishes: this agent's config has the check, disabled, and runs no checks).
+        await db.execute(
+            "INSERT INTO pipectl.checks (name, kind, target) VALUES ('feedback_fresh',"
+            " 'freshness', 'public.user_feedback')"
+        )
         app = console_app(database, fixed_clock=False)
         async with app.run_test(size=(120, 40)) as pilot:
             await settle(pilot, lambda: table_of(app).row_count == 2)
@@ -135,8 +137,8 @@ async def test_silence_for_a_period_with_a_reason_then_unsilence(
 
 async def test_check_now_reports_the_agents_answer(database: str) -> None:
     """This agent runs no checks, so it rejects the request: the console says so."""
-    await _publish_check(database)
     async with running_agent(database, steps_toml()):
+        await _publish_check(database)  # after the start, which would retire it
         app = console_app(database, fixed_clock=False)
         async with app.run_test(size=(120, 40)) as pilot:
             await settle(pilot, lambda: table_of(app).row_count == 2)

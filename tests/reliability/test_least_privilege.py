@@ -236,6 +236,44 @@ async def test_agent_publishes_definitions_under_its_own_name_and_changes_are_au
     assert event["detail"]["published_by"] == str(mine)
 
 
+async def test_only_an_agent_publishes_its_own_set_and_retires(
+    database: str, login_role: Callable[..., Any]
+) -> None:
+    """Publications (0007): an agent records its set under its own live id only, retiring
+    needs a live agent of the caller's, and operators may do neither."""
+    await _publish(database)
+    _, agent = await _as(database, login_role, "pipectl_agent")
+    _, other_agent = await _as(database, login_role, "pipectl_agent")
+    _, operator = await _as(database, login_role, "pipectl_operator")
+    step = store.StepDefinition("step_a", "sql", None, "SELECT 1", None, [], "a step", {}, True)
+    async with connected(other_agent) as conn:
+        foreign = await _register(conn, "other")
+    async with connected(operator) as conn:
+        await _refused(conn, "SELECT pipectl.set_publications($1, '{}', '{}')", foreign)
+        await _refused(conn, "SELECT * FROM pipectl.retire_unpublished()")
+        await _refused(conn, "UPDATE pipectl.agents SET published_checks = '{}'")
+        await _refused(conn, "UPDATE pipectl.checks SET retired_at = now()")
+    async with connected(agent) as conn:
+        await _refused(conn, "SELECT * FROM pipectl.retire_unpublished()")  # no agent yet
+        await _refused(conn, "SELECT pipectl.set_publications($1, '{}', '{}')", foreign)
+        await _refused(conn, "UPDATE pipectl.agents SET published_steps = '{}'")
+        await _refused(conn, "UPDATE pipectl.steps SET retired_at = now()")
+        mine = await _register(conn)
+        # The other agent has not published: nothing is retired yet.
+        assert await store.publish(conn, mine, [step], []) == []
+    async with connected(other_agent) as conn:
+        await conn.execute(
+            "UPDATE pipectl.agents SET stopped_at = now(), last_seen = now() WHERE id = $1",
+            foreign,
+        )
+    async with connected(agent) as conn:
+        gone = await store.publish(conn, mine, [step], [])
+        assert [(r.table, r.name) for r in gone] == [("checks", "check_a")]
+        assert await conn.fetchval(
+            "SELECT published_steps FROM pipectl.agents WHERE id = $1", mine
+        ) == ["step_a"]
+
+
 async def test_agent_cannot_pause_or_silence_on_its_own(
     database: str, login_role: Callable[..., Any]
 ) -> None:

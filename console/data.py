@@ -36,6 +36,7 @@ from pipectl.store.console import (
     step_graph,
     timeline,
 )
+from pipectl.telemetry import Telemetry, filing_span
 
 
 @dataclass(frozen=True)
@@ -135,12 +136,22 @@ class RequestDenied(Exception):
     """PostgreSQL refused the insert: the role may not file requests."""
 
 
-async def file_request(conn: Conn, intent: RequestIntent) -> Request:
-    """Insert the request row (PostgreSQL records who asked, audits it, wakes the agents)."""
+async def file_request(
+    conn: Conn, intent: RequestIntent, telemetry: Telemetry | None = None
+) -> Request:
+    """Insert the request row (PostgreSQL records who asked, audits it, wakes the agents),
+    with the trace context of its filing span when the console exports spans: the agent's
+    claim, runs and outcome continue that trace."""
     try:
-        return await store.create_request(
-            conn, RequestKind(intent.kind), intent.target, intent.reason, intent.args
-        )
+        with filing_span(telemetry, intent.kind, intent.target) as (_, traceparent):
+            return await store.create_request(
+                conn,
+                RequestKind(intent.kind),
+                intent.target,
+                intent.reason,
+                intent.args,
+                traceparent=traceparent,
+            )
     except asyncpg.InsufficientPrivilegeError as exc:
         user = await session_role(conn)
         raise RequestDenied(

@@ -217,8 +217,11 @@ async def test_spans_for_runs_with_sql_children_and_trace_id_on_the_run(database
     assert resource["deployment.environment.name"] == "test-env"
     assert "service.version" in resource
     assert "host.name" in resource
+    (attempt,) = [s for s in spans if s.name == "step rule_effectiveness_summary attempt 1"]
+    assert attempt.parent is not None and attempt.parent.span_id == run_span.context.span_id
+    assert attempt.attributes is not None and attempt.attributes["pipectl.attempt"] == 1
     children = [
-        s for s in spans if s.parent is not None and s.parent.span_id == run_span.context.span_id
+        s for s in spans if s.parent is not None and s.parent.span_id == attempt.context.span_id
     ]
     statements = " ".join(str((s.attributes or {}).get("db.statement", "")) for s in children)
     assert "REFRESH MATERIALIZED VIEW CONCURRENTLY" in statements

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,14 @@ def notify(*lines: str) -> bool:
         log.warning("systemd notify failed: %s", exc)
         return False
     return True
+
+
+def notify_reloading() -> bool:
+    """RELOADING=1 with the CLOCK_MONOTONIC time it began: systemd 253+ (Type=notify-reload)
+    requires MONOTONIC_USEC to tell this reload from an earlier one; older ones ignore it.
+    READY=1 ends the reload."""
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    return notify("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading the configuration")
 
 
 def watchdog_interval() -> float | None:

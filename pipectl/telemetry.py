@@ -256,7 +256,9 @@ def build(
             loaded = _load_exporter(choice, console)
             if loaded is not None:
                 exporters.append((loaded, choice.name == "console"))
-    provider = TracerProvider(sampler=NoHousekeeping(), resource=resource(service, environment))
+    provider = TracerProvider(
+        sampler=NoHousekeeping(), resource=resource(service, environment), shutdown_on_exit=False
+    )
     for span_exporter, at_once in exporters:
         # The console exporter and tests' exporters see each span as it ends; OTLP batches.
         processor: Any = SimpleSpanProcessor if at_once else BatchSpanProcessor

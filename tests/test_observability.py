@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import json
 import os
 import re
@@ -9,20 +12,29 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+from collections.abc import AsyncIterator
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 import yaml
+from opentelemetry import trace
+from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision
+from opentelemetry.trace import SpanKind
 
-from pipectl import store
+from pipectl import store, telemetry
 from pipectl.agent.http import MetricsServer
+from pipectl.agent.service import Agent
 from pipectl.agent.tracing import build_provider, instrument_sql
+from pipectl.db import connect
 from pipectl.model import RequestKind
 from tests.agent.conftest import running_agent, steps_toml
-from tests.helpers import wait_for
+from tests.helpers import make_config, make_loaded, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "deploy" / "prometheus" / "pipectl.rules.yml"
@@ -372,3 +384,323 @@ async def test_spans_per_check_alone_and_sharing_a_probe(database: str) -> None:
         "rp_exec_in_range": (f"{shared.context.trace_id:032x}", "2"),
         "rp_fresh": (f"{lone.context.trace_id:032x}", None),
     }
+
+
+# ------------------------------------------------------------------- OpenTelemetry environment
+
+
+def test_the_resource_follows_otel_service_name_and_resource_attributes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "apes-agent-eu1")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "team=data,deployment.environment.name=prod")
+    exporter = InMemorySpanExporter()
+    built = telemetry.build("pipectl-agent", "staging", exporter=exporter)
+    assert built is not None
+    with built.tracer("t").start_as_current_span("x"):
+        pass
+    (span,) = exporter.get_finished_spans()
+    attributes = span.resource.attributes
+    assert attributes["service.name"] == "apes-agent-eu1"
+    assert attributes["team"] == "data"
+    assert attributes["deployment.environment.name"] == "prod"  # the environment wins
+    assert attributes["service.version"]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, []),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, ["otlp_proto_http"]),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, []),
+        ({"OTEL_TRACES_EXPORTER": "console"}, ["console"]),
+        ({"OTEL_TRACES_EXPORTER": "otlp,console"}, ["otlp_proto_http", "console"]),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            ["otlp_proto_grpc"],
+        ),
+        (
+            {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+            },
+            ["otlp_proto_http"],
+        ),
+    ],
+)
+def test_exporters_asked_for_by_the_environment(env: dict[str, str], expected: list[str]) -> None:
+    assert [c.name for c in telemetry.exporter_choices(env)] == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+            "OTEL_EXPORTER_OTLP_PROTOCOL='http/json'",
+        ),
+        ({"OTEL_TRACES_EXPORTER": "none,console"}, "'none' cannot be combined"),
+    ],
+)
+def test_exporter_settings_that_cannot_be_honoured(env: dict[str, str], message: str) -> None:
+    with pytest.raises(telemetry.TelemetryError, match=re.escape(message)):
+        telemetry.exporter_choices(env)
+
+
+def test_an_unknown_exporter_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin_json_nope")
+    with pytest.raises(
+        telemetry.TelemetryError, match="no trace exporter named 'zipkin_json_nope'"
+    ):
+        telemetry.build("pipectl")
+
+
+def test_console_exporter_writes_each_span(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    out = io.StringIO()
+    built = telemetry.build("pipectl", console=out)
+    assert built is not None and built.exporting
+    with built.tracer("t").start_as_current_span("hello"):
+        pass
+    assert json.loads(out.getvalue())["name"] == "hello"
+    # The full-screen console has nowhere to print: nothing is exported, nothing stored.
+    quiet = telemetry.build("pipectl-console", console=None)
+    assert quiet is not None and not quiet.exporting
+
+
+def _grpc_exporter_installed() -> bool:
+    return any(ep.name == "otlp_proto_grpc" for ep in entry_points(group=telemetry.EXPORTER_GROUP))
+
+
+@pytest.mark.skipif(_grpc_exporter_installed(), reason="the otlp-grpc extra is installed")
+def test_grpc_without_its_extra_stops_cli_and_agent_with_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "pipectl.toml"
+    config.write_text(
+        '[database]\ndsn = "postgresql://nobody@127.0.0.1:9/none"\nconnect_timeout = "1s"\n'
+        '[agent]\nmetrics_address = "127.0.0.1:0"\n' + steps_toml()
+    )
+    env = {
+        **os.environ,
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "NO_COLOR": "1",
+    }
+    for verb in (["rerun", "rule_effectiveness_summary"], ["agent"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "pipectl", *verb, "--config", str(config)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "OTEL_EXPORTER_OTLP_PROTOCOL='grpc'" in result.stderr
+        assert "pip install 'pipectl[otlp-grpc]'" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------ sampling
+
+
+def test_no_housekeeping_drops_root_sql_spans_only() -> None:
+    sampler = telemetry.NoHousekeeping(ALWAYS_ON)
+    sql = {"db.system": "postgresql", "db.statement": "UPDATE pipectl.agents ..."}
+    dropped = sampler.should_sample(None, 1, "UPDATE", SpanKind.CLIENT, sql)
+    assert dropped.decision == Decision.DROP
+    assert sampler.should_sample(None, 1, "step x", SpanKind.INTERNAL, {}).decision.is_sampled()
+    parent = trace.set_span_in_context(
+        trace.NonRecordingSpan(
+            trace.SpanContext(1, 2, is_remote=False, trace_flags=trace.TraceFlags(1))
+        )
+    )
+    assert sampler.should_sample(parent, 1, "UPDATE", SpanKind.CLIENT, sql).decision.is_sampled()
+
+
+@contextlib.asynccontextmanager
+async def traced_agent(dsn: str, body: str, exporter: InMemorySpanExporter) -> AsyncIterator[Agent]:
+    """A serving in-process agent whose spans (SQL ones included) land in `exporter`."""
+    provider = build_provider("test-env", exporter=exporter)
+    assert provider is not None
+    instrument_sql(provider)
+    agent = Agent(make_loaded(dsn, None, body), name="traced", tracer_provider=provider)
+    task: asyncio.Task[None] | None = None
+    try:
+        await agent.start()
+        task = asyncio.create_task(agent.serve())
+        await agent.serving.wait()
+        yield agent
+    finally:
+        await agent.stop()
+        if task is not None:
+            await asyncio.wait_for(task, 5)
+        AsyncPGInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
+        provider.shutdown()
+
+
+def _is_root_sql(span: ReadableSpan) -> bool:
+    return span.parent is None and "db.system" in (span.attributes or {})
+
+
+async def test_heartbeats_claims_and_pool_resets_start_no_trace(database: str) -> None:
+    """An idle agent heartbeats, sweeps for requests and resets pool connections: none of
+    that SQL is a trace of its own; the request it then runs is exactly one trace."""
+    exporter = InMemorySpanExporter()
+    body = '[agent]\nheartbeat = "500ms"\n' + steps_toml()
+    conn = await connect(make_config(database))
+    try:
+        async with traced_agent(database, body, exporter):
+            for _ in range(2):  # two heartbeats after the first
+                seen = await conn.fetchval("SELECT last_seen FROM pipectl.agents")
+                await wait_for(
+                    lambda seen=seen: conn.fetchval(
+                        "SELECT last_seen > $1 FROM pipectl.agents", seen
+                    ),
+                    timeout=20,
+                )
+            target = "user_satisfaction_summary"
+            request = await store.create_request(conn, RequestKind.RERUN, target)
+            await wait_for(lambda: _done(conn, request.id), timeout=30)
+    finally:
+        await conn.close()
+    spans = exporter.get_finished_spans()
+    assert not [s.name for s in spans if _is_root_sql(s)]
+    roots = {s.context.trace_id for s in spans if s.parent is None}
+    (request_span,) = [s for s in spans if s.name == "request rerun"]
+    assert request_span.parent is None  # filed by SQL without a trace context: its own root
+    assert roots == {request_span.context.trace_id}
+
+
+async def _done(conn: asyncpg.Connection, request_id: int) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT done_at IS NOT NULL FROM pipectl.requests WHERE id = $1", request_id
+        )
+    )
+
+
+# ---------------------------------------------------------------------- a request is one trace
+
+FLAKY_STEP = """
+[defaults]
+retry_backoff = "50ms"
+retry_backoff_max = "100ms"
+
+[[steps]]
+name = "flaky"
+kind = "sql"
+sql = "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure'; END $$"
+retries = 2
+"""
+
+
+async def test_a_request_its_claim_runs_and_retries_are_one_trace(database: str) -> None:
+    """Filed with a traceparent (as the CLI and the console do): the agent's request span is
+    a child of the filing span, the claim and the run are children of the request, and
+    each retry is an attempt span of that run, never a trace of its own."""
+    exporter = InMemorySpanExporter()
+    cli = telemetry.build("pipectl", exporter=exporter)
+    conn = await connect(make_config(database))
+    try:
+        async with traced_agent(database, FLAKY_STEP, exporter):
+            with telemetry.filing_span(cli, "rerun", "flaky") as (filing, traceparent):
+                assert traceparent is not None
+                request = await store.create_request(
+                    conn, RequestKind.RERUN, "flaky", traceparent=traceparent
+                )
+            await wait_for(lambda: _done(conn, request.id), timeout=30)
+            runs = await conn.fetch(
+                "SELECT attempt, trace_id, status FROM pipectl.runs WHERE request_id = $1"
+                " ORDER BY attempt",
+                request.id,
+            )
+            stored = await conn.fetchval(
+                "SELECT traceparent FROM pipectl.requests WHERE id = $1", request.id
+            )
+    finally:
+        await conn.close()
+    trace_id = filing.get_span_context().trace_id
+    assert stored == traceparent
+    assert [(r["attempt"], r["status"]) for r in runs] == [
+        (1, "failed"),
+        (2, "failed"),
+        (3, "failed"),
+    ]
+    assert {r["trace_id"] for r in runs} == {f"{trace_id:032x}"}
+    spans = exporter.get_finished_spans()
+    assert {s.context.trace_id for s in spans if not _is_root_sql(s)} == {trace_id}
+    by_name = {s.name: s for s in spans}
+
+    def parent_of(name: str) -> str:
+        parent = by_name[name].parent
+        assert parent is not None, name
+        return next(s.name for s in spans if s.context.span_id == parent.span_id)
+
+    assert parent_of("request rerun") == "file request rerun"
+    assert parent_of("claim request") == "request rerun"
+    assert parent_of("step flaky") == "request rerun"
+    for attempt in (1, 2, 3):
+        assert parent_of(f"step flaky attempt {attempt}") == "step flaky"
+    outcome = by_name["request rerun"].attributes or {}
+    assert outcome["pipectl.outcome"] == "failed"
+    assert outcome["pipectl.request.id"] == request.id
+    assert (by_name["step flaky"].attributes or {})["pipectl.attempts"] == 3
+
+
+async def test_a_malformed_traceparent_is_refused_by_the_schema(database: str) -> None:
+    conn = await connect(make_config(database))
+    try:
+        with pytest.raises(asyncpg.CheckViolationError):
+            await store.create_request(conn, RequestKind.RERUN, "x", traceparent="00-zz")
+    finally:
+        await conn.close()
+    assert telemetry.context_from("00-" + "0" * 32 + "-" + "0" * 16 + "-01") is None
+
+
+async def test_the_cli_stores_its_trace_context_and_the_agent_continues_it(
+    database: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`pipectl rerun --wait` with OTEL_TRACES_EXPORTER=console: its spans go to stderr
+    (stdout stays JSON), and the agent's request span continues its trace."""
+    from pipectl.cli import main
+
+    config = tmp_path / "pipectl.toml"
+    config.write_text(f'[database]\ndsn = "{database}"\n' + steps_toml())
+    exporter = InMemorySpanExporter()
+    async with traced_agent(database, steps_toml(), exporter):
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+        code = await asyncio.to_thread(
+            main,
+            ["rerun", "rule_effectiveness_summary", "--wait", "--json", "--config", str(config)],
+        )
+        monkeypatch.delenv("OTEL_TRACES_EXPORTER")
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["outcome"] == "succeeded"
+    cli_spans = _console_spans(err)
+    (filing,) = [s for s in cli_spans if s["name"] == "file request rerun"]
+    assert filing["resource"]["attributes"]["service.name"] == "pipectl"
+    (handled,) = [s for s in exporter.get_finished_spans() if s.name == "request rerun"]
+    assert f"0x{handled.context.trace_id:032x}" == filing["context"]["trace_id"]
+    assert handled.parent is not None
+    assert f"0x{handled.parent.span_id:016x}" == filing["context"]["span_id"]
+
+
+def _console_spans(text: str) -> list[dict[str, Any]]:
+    """The JSON objects ConsoleSpanExporter wrote (one indented object per span)."""
+    decoder = json.JSONDecoder()
+    spans: list[dict[str, Any]] = []
+    at = text.find("{")
+    while at != -1:
+        try:
+            value, end = decoder.raw_decode(text, at)
+        except ValueError:
+            at = text.find("{", at + 1)
+            continue
+        if isinstance(value, dict) and "context" in value:
+            spans.append(value)
+        at = text.find("{", end)
+    return spans

@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from pipectl.agent.http import MetricsServer
 from pipectl.agent.service import Agent
 from pipectl.agent.tracing import build_provider, instrument_sql
 from pipectl.db import connect
+from pipectl.logs import setup_logging
 from pipectl.model import RequestKind
 from tests.agent.conftest import running_agent, steps_toml
 from tests.helpers import make_config, make_loaded, wait_for
@@ -704,3 +708,166 @@ def _console_spans(text: str) -> list[dict[str, Any]]:
             spans.append(value)
         at = text.find("{", end)
     return spans
+
+
+# ------------------------------------------------------------------------------ logs
+
+
+def test_json_lines_carry_the_current_trace_and_span() -> None:
+    stream = io.StringIO()
+    setup_logging("info", "json", stream)
+    built = telemetry.build("pipectl-agent", exporter=InMemorySpanExporter())
+    assert built is not None
+    try:
+        logging.getLogger("t").info("outside")
+        with built.tracer("t").start_as_current_span("step x") as span:
+            logging.getLogger("t").warning("inside")
+    finally:
+        setup_logging("info", "text", io.StringIO())
+    outside, inside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert "trace_id" not in outside and "span_id" not in outside
+    context = span.get_span_context()
+    assert inside["trace_id"] == f"{context.trace_id:032x}"
+    assert inside["span_id"] == f"{context.span_id:016x}"
+
+
+def test_syslog_priority_prefix_only_on_the_journal_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = tmp_path / "journal"
+    other = tmp_path / "other"
+    with journal.open("w") as to_journal, other.open("w") as elsewhere:
+        info = os.fstat(to_journal.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+        try:
+            for stream in (to_journal, elsewhere):
+                setup_logging("debug", "json", stream)
+                log = logging.getLogger("t")
+                log.debug("d")
+                log.info("i")
+                log.warning("w")
+                log.error("e")
+                log.critical("c")
+        finally:
+            setup_logging("info", "text", io.StringIO())
+    prefixes = [line[: line.index("{")] for line in journal.read_text().splitlines()]
+    assert prefixes == ["<7>", "<6>", "<4>", "<3>", "<2>"]
+    assert all(line.startswith("{") for line in other.read_text().splitlines())
+
+
+# ------------------------------------------------------------------------------ systemd
+
+
+class NotifySocket:
+    """A NOTIFY_SOCKET of the test's own: what the agent tells systemd, in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[list[str]] = []
+
+    def read(self) -> list[list[str]]:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode().split("\n"))
+            except BlockingIOError:
+                return self.messages
+
+    def count(self, line: str) -> int:
+        return sum(line in message for message in self.read())
+
+    async def has(self, prefix: str, at_least: int = 1) -> bool:
+        found = sum(any(x.startswith(prefix) for x in m) for m in self.read())
+        return found >= at_least
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySocket]:
+    path = tmp_path / "notify.sock"
+    sock = NotifySocket(path)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def _agent(config: Path, dsn: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipectl", "agent", "--config", str(config)],
+        cwd=REPO,
+        env={**os.environ, "PIPECTL_DATABASE_URL": dsn, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+
+
+@pytest.mark.slow
+async def test_stopping_is_sent_once_even_while_waiting_for_the_database(
+    tmp_path: Path, notify_socket: NotifySocket
+) -> None:
+    """Start-up retries (the database is down) are not stops: systemd hears STOPPING=1
+    once, when SIGTERM comes."""
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        '[database]\nconnect_timeout = "1s"\n'
+        '[agent]\nmetrics_address = "127.0.0.1:0"\nlog_format = "json"\n' + steps_toml()
+    )
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = _agent(config, f"postgresql://nobody@127.0.0.1:{port}/x", tmp_path / "agent.log")
+    try:
+        await wait_for(lambda: notify_socket.has("STATUS=waiting for the database", 3), 30)
+        assert notify_socket.count("STOPPING=1") == 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert notify_socket.count("STOPPING=1") == 1
+    assert notify_socket.count("READY=1") == 0
+
+
+@pytest.mark.slow
+async def test_reload_says_reloading_then_ready_and_why_it_was_rejected(
+    database: str, tmp_path: Path, notify_socket: NotifySocket
+) -> None:
+    config = tmp_path / "agent.toml"
+    good = (
+        '[agent]\nmetrics_address = "127.0.0.1:0"\nlog_format = "json"\nheartbeat = "500ms"\n'
+        + steps_toml()
+    )
+    config.write_text(good)
+    process = _agent(config, database, tmp_path / "agent.log")
+    try:
+        await wait_for(lambda: notify_socket.has("READY=1"), 30)
+        config.write_text(good.replace('heartbeat = "500ms"', 'heartbeat = "soon"'))
+        process.send_signal(signal.SIGHUP)
+        await wait_for(lambda: notify_socket.has("STATUS=serving the previous configuration"), 20)
+        config.write_text(good)
+        process.send_signal(signal.SIGHUP)
+        await wait_for(lambda: notify_socket.has("STATUS=serving; configuration reloaded"), 20)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    messages = notify_socket.read()
+    reloads = [m for m in messages if "RELOADING=1" in m]
+    assert len(reloads) == 2
+    for message in reloads:
+        (usec,) = [x for x in message if x.startswith("MONOTONIC_USEC=")]
+        assert int(usec.split("=")[1]) > 0
+    after = [m for m in messages[messages.index(reloads[0]) + 1 :] if "READY=1" in m]
+    rejected = next(x for x in after[0] if x.startswith("STATUS="))
+    assert "reload rejected at" in rejected
+    assert "agent.heartbeat: cannot read duration 'soon'" in rejected
+    assert any(x.startswith("STATUS=serving; configuration reloaded at") for x in after[1])
+    assert notify_socket.count("STOPPING=1") == 1

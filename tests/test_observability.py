@@ -158,21 +158,197 @@ def test_every_alert_has_summary_description_and_runbook() -> None:
         assert f"### {alert['alert'].lower()}" in doc, f"no runbook for {alert['alert']}"
 
 
-def test_dashboard_uses_only_exported_metrics_and_recording_rules(scraped: str) -> None:
-    dashboard = json.loads((REPO / "deploy" / "grafana" / "pipectl.json").read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    rules = yaml.safe_load(RULES.read_text())
-    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
-    from pipectl.agent.metrics import AgentMetrics
+DASHBOARD = REPO / "deploy" / "grafana" / "pipectl.json"
+SELECTOR = re.compile(r"\b(pipectl_\w+)(?:\{([^}]*)\})?")
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 
-    exported = {metric.name for metric in AgentMetrics().registry.collect()} | {
-        m + suffix
-        for m in {m.name for m in AgentMetrics().registry.collect()}
-        for suffix in ("_total", "_bucket", "_count", "_sum")
-    }
-    for expr in exprs:
-        for name in re.findall(r"\b(pipectl[_:][\w:]+)", expr):
-            assert name in exported or name in recorded, f"{name} in {expr!r}"
+
+def _dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return data
+
+
+def _targets(dashboard: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(p["title"], t) for p in dashboard["panels"] for t in p.get("targets", [])]
+
+
+def test_dashboard_provisions_from_a_file_with_datasource_and_job_variables() -> None:
+    """File provisioning cannot fill ${DS_PROMETHEUS} (that is for the import dialog): the
+    data source is a variable, and every query is narrowed to the chosen jobs."""
+    text = DASHBOARD.read_text()
+    dashboard = json.loads(text)
+    assert "DS_PROMETHEUS" not in text and "__inputs" not in dashboard
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    job = variables["job"]
+    assert job["type"] == "query" and job["datasource"]["uid"] == "${datasource}"
+    assert "label_values(pipectl_build_info, job)" in job["definition"]
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["targets"], panel["title"]
+    for title, target in _targets(dashboard):
+        assert target["datasource"]["uid"] == "${datasource}", title
+        selectors = SELECTOR.findall(target["expr"])
+        assert selectors, title
+        for name, matchers in selectors:
+            assert 'job=~"$job"' in matchers, f"{title}: {name} not narrowed to $job"
+
+
+SHARED_STATE = (
+    "pipectl_step_failing",
+    "pipectl_check_status",
+    "pipectl_agents_alive",
+    "pipectl_requests_pending",
+    "pipectl_step_last_success_timestamp_seconds",
+    "pipectl_freshness_age_seconds",
+    "pipectl_cache_hit_ratio",
+)
+
+
+def test_dashboard_never_sums_state_every_agent_exports() -> None:
+    """Every agent exports the pipeline's shared state: adding it up across agents counts
+    one failing step once per agent."""
+    for title, target in _targets(_dashboard()):
+        for name in SHARED_STATE:
+            assert not re.search(rf"sum\b[^()]*\(\s*{name}\b", target["expr"]), title
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each query, as a recording rule, with Grafana's variables filled."""
+    rules = [
+        {
+            "record": f"dashboard:query_{i}",
+            "expr": target["expr"].replace("$__rate_interval", "5m").replace("$job", ".+"),
+        }
+        for i, (_, target) in enumerate(_targets(_dashboard()))
+    ]
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = subprocess.run(
+        [tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+CACHE_CHECKS = """
+[[checks]]
+name = "redis_hit_ratio"
+kind = "cache"
+source = "redis"
+min_requests = 1
+every = "1s"
+
+[[checks]]
+name = "postgres_buffer_hit_ratio"
+kind = "cache"
+source = "postgres"
+tables = ["public.rule_performance"]
+min_requests = 1
+every = "1s"
+
+[[checks]]
+name = "app_cache_hit_ratio"
+kind = "cache"
+source = "app"
+table = "public.prompt_improvement_sessions"
+column = "cache_hit_level"
+time_column = "created_at"
+window = "15m"
+min_requests = 10
+every = "1s"
+"""
+
+
+def _series(scraped: str) -> list[tuple[str, dict[str, str]]]:
+    found = []
+    for line in scraped.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        match = re.match(r"(\w+)(?:\{(.*)\})? ", line)
+        assert match, line
+        found.append((match[1], dict(re.findall(r'(\w+)="([^"]*)"', match[2] or ""))))
+    return found
+
+
+def _missing(scraped: str) -> list[str]:
+    """Dashboard selectors no series of the scrape matches (job is Prometheus's label);
+    a family the agent declares without series yet counts as present by name only when
+    the selector has no other matcher."""
+    families = set(re.findall(r"^# TYPE (\w+) ", scraped, flags=re.MULTILINE))
+    series = _series(scraped)
+    missing = []
+    for _, target in _targets(_dashboard()):
+        for name, matchers in SELECTOR.findall(target["expr"]):
+            wanted = [m for m in MATCHER.findall(matchers) if m[0] != "job"]
+            family = re.sub(r"_(bucket|count|sum|total)$", "", name)
+            if not wanted:
+                if family not in families and name not in families:
+                    missing.append(name)
+                continue
+            if not any(n == name and _matches(labels, wanted) for n, labels in series):
+                missing.append(f"{name}{{{matchers}}}")
+    return missing
+
+
+def _matches(labels: dict[str, str], wanted: list[tuple[str, str, str]]) -> bool:
+    for label, op, value in wanted:
+        actual = labels.get(label, "")
+        ok = {
+            "=": actual == value,
+            "!=": actual != value,
+            "=~": re.fullmatch(value, actual) is not None,
+            "!~": re.fullmatch(value, actual) is None,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+async def test_dashboard_queries_find_series_on_a_live_agent(database: str, redis_url: str) -> None:
+    """Every metric the dashboard reads is exported by a real agent, with the labels the
+    query asks for: the app cache line (source="app") included."""
+    import redis.asyncio
+
+    conn = await asyncpg.connect(database)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await conn.execute(
+            "INSERT INTO prompt_improvement_sessions (original_prompt, enhanced_prompt,"
+            " applied_rules, response_time_ms, cache_hit_level)"
+            " SELECT 'p', 'q', '[]', 50, (ARRAY['L1', 'L2', 'L3', 'MISS'])[1 + g % 4]"
+            " FROM generate_series(1, 200) g"
+        )
+        body = steps_toml('every = "1s"') + CACHE_CHECKS
+        agent = Agent(make_loaded(database, redis_url, body), name="dashboard")
+        await agent.start()
+        serving = asyncio.create_task(agent.serve())
+        try:
+            server = MetricsServer("127.0.0.1:0")
+            server.start(agent.metrics)
+            try:
+                assert server.port is not None
+                port = server.port
+
+                async def complete() -> bool:
+                    await client.get("pipectl-test:dashboard")  # traffic between readings
+                    await conn.fetchval("SELECT count(*) FROM rule_performance")
+                    return not _missing(scrape(port))
+
+                try:
+                    await wait_for(complete, timeout=60, interval=0.5)
+                except AssertionError:
+                    pytest.fail(f"not exported: {_missing(scrape(port))}")
+            finally:
+                server.stop()
+        finally:
+            await agent.stop()
+            await asyncio.wait_for(serving, 5)
+    finally:
+        await client.aclose()
+        await conn.close()
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:

@@ -859,12 +859,14 @@ async def test_the_cli_stores_its_trace_context_and_the_agent_continues_it(
         monkeypatch.delenv("OTEL_TRACES_EXPORTER")
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert json.loads(out)["outcome"] == "succeeded"
+    filed = json.loads(out)
+    assert filed["outcome"] == "succeeded"
     cli_spans = _console_spans(err)
     (filing,) = [s for s in cli_spans if s["name"] == "file request rerun"]
     assert filing["resource"]["attributes"]["service.name"] == "pipectl"
     (handled,) = [s for s in exporter.get_finished_spans() if s.name == "request rerun"]
     assert f"0x{handled.context.trace_id:032x}" == filing["context"]["trace_id"]
+    assert f"0x{filed['trace_id']}" == filing["context"]["trace_id"]
     assert handled.parent is not None
     assert f"0x{handled.parent.span_id:016x}" == filing["context"]["span_id"]
 

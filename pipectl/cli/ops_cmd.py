@@ -508,6 +508,9 @@ def request_json(request: Request) -> dict[str, Any]:
         "done_at": request.done_at,
         "outcome": str(request.outcome) if request.outcome else None,
         "detail": request.detail,
+        # The trace the filing span began (and the agent continued), to look up in a
+        # tracing backend; null when the filer exported no spans.
+        "trace_id": request.traceparent.split("-")[1] if request.traceparent else None,
     }
 
 

@@ -1049,3 +1049,23 @@ async def test_reload_says_reloading_then_ready_and_why_it_was_rejected(
     assert "agent.heartbeat: cannot read duration 'soon'" in rejected
     assert any(x.startswith("STATUS=serving; configuration reloaded at") for x in after[1])
     assert notify_socket.count("STOPPING=1") == 1
+
+
+async def test_the_console_files_requests_with_its_trace_context(database: str) -> None:
+    from pipectl.console.data import RequestIntent, file_request
+
+    exporter = InMemorySpanExporter()
+    built = telemetry.build("pipectl-console", exporter=exporter)
+    conn = await connect(make_config(database))
+    try:
+        traced = await file_request(conn, RequestIntent("pause", "x", "vacuum"), built)
+        untraced = await file_request(conn, RequestIntent("resume", "x"), None)
+    finally:
+        await conn.close()
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "file request pause"
+    assert span.resource.attributes["service.name"] == "pipectl-console"
+    context = span.context
+    assert traced.traceparent is not None
+    assert traced.traceparent.startswith(f"00-{context.trace_id:032x}-{context.span_id:016x}-")
+    assert untraced.traceparent is None

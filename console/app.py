@@ -8,7 +8,7 @@ import functools
 import gc
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from textual import work
 from textual.app import App
@@ -42,7 +42,9 @@ from pipectl.console.screens.schema import SchemaScreen
 from pipectl.console.screens.timeline import TimelineScreen
 from pipectl.console.service import ConsoleService, NotConnected
 from pipectl.safetext import CELL, visible
-from pipectl.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from pipectl.telemetry import Telemetry
 
 Clock = Callable[[], datetime]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -36,7 +37,9 @@ from pipectl.store.console import (
     step_graph,
     timeline,
 )
-from pipectl.telemetry import Telemetry, filing_span
+
+if TYPE_CHECKING:
+    from pipectl.telemetry import Telemetry
 
 
 @dataclass(frozen=True)
@@ -143,17 +146,25 @@ async def file_request(
     with the trace context of its filing span when the console exports spans: the agent's
     claim, runs and outcome continue that trace."""
     try:
+        if telemetry is None:  # no tracing: the OpenTelemetry SDK is not even loaded
+            return await _insert(conn, intent, None)
+        from pipectl.telemetry import filing_span
+
         with filing_span(telemetry, intent.kind, intent.target) as (_, traceparent):
-            return await store.create_request(
-                conn,
-                RequestKind(intent.kind),
-                intent.target,
-                intent.reason,
-                intent.args,
-                traceparent=traceparent,
-            )
+            return await _insert(conn, intent, traceparent)
     except asyncpg.InsufficientPrivilegeError as exc:
         user = await session_role(conn)
         raise RequestDenied(
             f"permission denied: role {user!r} may not file requests (it needs pipectl_operator)"
         ) from exc
+
+
+async def _insert(conn: Conn, intent: RequestIntent, traceparent: str | None) -> Request:
+    return await store.create_request(
+        conn,
+        RequestKind(intent.kind),
+        intent.target,
+        intent.reason,
+        intent.args,
+        traceparent=traceparent,
+    )

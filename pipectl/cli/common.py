@@ -167,7 +167,11 @@ def load(args: argparse.Namespace, *, require_file: bool = False) -> LoadedConfi
 
 def request_telemetry(config: Config, service: str, console: TextIO | None) -> Telemetry | None:
     """Tracing for a verb that files requests, from the OTEL_* environment; a setting that
-    cannot be honoured is an error (exit 2) naming the variable, never silently ignored."""
+    cannot be honoured is an error (exit 2) naming the variable, never silently ignored.
+    None without any OTEL_* variable: nothing would be exported, so the SDK stays unloaded
+    and the request carries no trace context (the agent's span starts its trace)."""
+    if not any(name.startswith("OTEL_") for name in os.environ):
+        return None
     from pipectl.telemetry import TelemetryError, build
 
     try:

@@ -891,17 +891,31 @@ def _console_spans(text: str) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------ logs
 
 
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, its handlers and level put back after the test (setup_logging
+    replaces them)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield root
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logger")
 def test_json_lines_carry_the_current_trace_and_span() -> None:
     stream = io.StringIO()
     setup_logging("info", "json", stream)
     built = telemetry.build("pipectl-agent", exporter=InMemorySpanExporter())
     assert built is not None
-    try:
-        logging.getLogger("t").info("outside")
-        with built.tracer("t").start_as_current_span("step x") as span:
-            logging.getLogger("t").warning("inside")
-    finally:
-        setup_logging("info", "text", io.StringIO())
+    logging.getLogger("t").info("outside")
+    with built.tracer("t").start_as_current_span("step x") as span:
+        logging.getLogger("t").warning("inside")
     outside, inside = (json.loads(line) for line in stream.getvalue().splitlines())
     assert "trace_id" not in outside and "span_id" not in outside
     context = span.get_span_context()
@@ -909,6 +923,7 @@ def test_json_lines_carry_the_current_trace_and_span() -> None:
     assert inside["span_id"] == f"{context.span_id:016x}"
 
 
+@pytest.mark.usefixtures("root_logger")
 def test_syslog_priority_prefix_only_on_the_journal_stream(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -917,17 +932,14 @@ def test_syslog_priority_prefix_only_on_the_journal_stream(
     with journal.open("w") as to_journal, other.open("w") as elsewhere:
         info = os.fstat(to_journal.fileno())
         monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
-        try:
-            for stream in (to_journal, elsewhere):
-                setup_logging("debug", "json", stream)
-                log = logging.getLogger("t")
-                log.debug("d")
-                log.info("i")
-                log.warning("w")
-                log.error("e")
-                log.critical("c")
-        finally:
-            setup_logging("info", "text", io.StringIO())
+        for stream in (to_journal, elsewhere):
+            setup_logging("debug", "json", stream)
+            log = logging.getLogger("t")
+            log.debug("d")
+            log.info("i")
+            log.warning("w")
+            log.error("e")
+            log.critical("c")
     prefixes = [line[: line.index("{")] for line in journal.read_text().splitlines()]
     assert prefixes == ["<7>", "<6>", "<4>", "<3>", "<2>"]
     assert all(line.startswith("{") for line in other.read_text().splitlines())

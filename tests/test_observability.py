@@ -14,8 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -235,6 +237,15 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 
 CACHE_CHECKS = """
 [[checks]]
+name = "feedback_fresh"
+kind = "freshness"
+table = "public.user_feedback"
+column = "created_at"
+warn_after = "1h"
+error_after = "2h"
+every = "1s"
+
+[[checks]]
 name = "redis_hit_ratio"
 kind = "cache"
 source = "redis"
@@ -307,48 +318,152 @@ def _matches(labels: dict[str, str], wanted: list[tuple[str, str, str]]) -> bool
     return True
 
 
-async def test_dashboard_queries_find_series_on_a_live_agent(database: str, redis_url: str) -> None:
-    """Every metric the dashboard reads is exported by a real agent, with the labels the
-    query asks for: the app cache line (source="app") included."""
+@dataclass
+class LiveAgent:
+    """An agent serving /metrics on `port`; `traffic()` gives its cache checks something to
+    count between two readings."""
+
+    port: int
+    traffic: Callable[[], Awaitable[None]]
+
+
+@pytest.fixture
+async def dashboard_agent(database: str, redis_url: str) -> AsyncIterator[LiveAgent]:
+    """An agent with steps, a freshness check and the three cache sources, on data."""
     import redis.asyncio
 
     conn = await asyncpg.connect(database)
     client = redis.asyncio.Redis.from_url(redis_url)
+    await conn.execute(
+        "INSERT INTO prompt_improvement_sessions (original_prompt, enhanced_prompt,"
+        " applied_rules, response_time_ms, cache_hit_level)"
+        " SELECT 'p', 'q', '[]', 50, (ARRAY['L1', 'L2', 'L3', 'MISS'])[1 + g % 4]"
+        " FROM generate_series(1, 200) g"
+    )
+    await conn.execute(
+        "INSERT INTO user_feedback (original_prompt, improved_prompt, applied_rules)"
+        " VALUES ('p', 'q', '[]')"
+    )
+
+    async def traffic() -> None:
+        await client.get("pipectl-test:dashboard")
+        await conn.fetchval("SELECT count(*) FROM rule_performance")
+
+    body = steps_toml('every = "1s"') + CACHE_CHECKS
+    agent = Agent(make_loaded(database, redis_url, body), name="dashboard")
+    server = MetricsServer("127.0.0.1:0")
+    serving: asyncio.Task[None] | None = None
     try:
-        await conn.execute(
-            "INSERT INTO prompt_improvement_sessions (original_prompt, enhanced_prompt,"
-            " applied_rules, response_time_ms, cache_hit_level)"
-            " SELECT 'p', 'q', '[]', 50, (ARRAY['L1', 'L2', 'L3', 'MISS'])[1 + g % 4]"
-            " FROM generate_series(1, 200) g"
-        )
-        body = steps_toml('every = "1s"') + CACHE_CHECKS
-        agent = Agent(make_loaded(database, redis_url, body), name="dashboard")
         await agent.start()
         serving = asyncio.create_task(agent.serve())
-        try:
-            server = MetricsServer("127.0.0.1:0")
-            server.start(agent.metrics)
-            try:
-                assert server.port is not None
-                port = server.port
-
-                async def complete() -> bool:
-                    await client.get("pipectl-test:dashboard")  # traffic between readings
-                    await conn.fetchval("SELECT count(*) FROM rule_performance")
-                    return not _missing(scrape(port))
-
-                try:
-                    await wait_for(complete, timeout=60, interval=0.5)
-                except AssertionError:
-                    pytest.fail(f"not exported: {_missing(scrape(port))}")
-            finally:
-                server.stop()
-        finally:
-            await agent.stop()
-            await asyncio.wait_for(serving, 5)
+        server.start(agent.metrics)
+        assert server.port is not None
+        yield LiveAgent(server.port, traffic)
     finally:
+        server.stop()
+        await agent.stop()
+        if serving is not None:
+            await asyncio.wait_for(serving, 5)
         await client.aclose()
         await conn.close()
+
+
+async def test_dashboard_queries_find_series_on_a_live_agent(dashboard_agent: LiveAgent) -> None:
+    """Every metric the dashboard reads is exported by a real agent, with the labels the
+    query asks for: the app cache line (source="app") included."""
+    live = dashboard_agent
+
+    async def complete() -> bool:
+        await live.traffic()  # between two readings of the cache checks
+        return not _missing(scrape(live.port))
+
+    try:
+        await wait_for(complete, timeout=60, interval=0.5)
+    except AssertionError:
+        pytest.fail(f"not exported: {_missing(scrape(live.port))}")
+
+
+@pytest.mark.slow
+async def test_dashboard_queries_draw_in_a_real_prometheus(
+    dashboard_agent: LiveAgent, tmp_path: Path
+) -> None:
+    """A real Prometheus scrapes the agent as job pipectl-agent; each query, with $job and
+    $__rate_interval as Grafana fills them, returns data once the agent exports every series
+    it reads (a quality scorecard or an anomaly score needs checks this agent has not)."""
+    live = dashboard_agent
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        web = probe.getsockname()[1]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        json.dumps(
+            {
+                "global": {"scrape_interval": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "pipectl-agent",
+                        "static_configs": [{"targets": [f"127.0.0.1:{live.port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    prometheus = _prometheus(config, web, tmp_path)
+    queries = {
+        f"{title} {target['refId']}": target["expr"]
+        .replace("$__rate_interval", "15s")
+        .replace("$job", "pipectl-agent")
+        for title, target in _targets(_dashboard())
+    }
+    empty: dict[str, str] = dict(queries)
+
+    async def all_drawn() -> bool:
+        await live.traffic()
+        exported = {name for name, _ in _series(scrape(live.port))}
+        for key, expr in list(empty.items()):
+            names = {name for name, _ in SELECTOR.findall(expr)}
+            if not names <= exported:
+                continue  # not exported by this agent (the live test checks the names)
+            try:
+                result = _query(web, expr)
+            except OSError:
+                return False  # Prometheus still starting
+            if result:
+                del empty[key]
+        return not any({n for n, _ in SELECTOR.findall(e)} <= exported for e in empty.values())
+
+    try:
+        await wait_for(all_drawn, timeout=90, interval=1.0)
+    except AssertionError:
+        pytest.fail(f"no data from Prometheus for: {sorted(empty)}")
+    finally:
+        prometheus.terminate()
+        prometheus.wait(10)
+    # No anomaly baseline yet; the scorecard comes on its own schedule.
+    assert set(empty) <= {"Anomaly score A", "Quality scorecard (target 99.9 %) A"}
+
+
+def _prometheus(config: Path, port: int, directory: Path) -> subprocess.Popen[bytes]:
+    with (directory / "prometheus.log").open("wb") as log:
+        return subprocess.Popen(
+            [
+                tool("prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={directory / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
+def _query(port: int, expr: str) -> list[Any]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body = json.loads(response.read())
+    assert body["status"] == "success", body
+    result: list[Any] = body["data"]["result"]
+    return result
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from types import EllipsisType
 from typing import Any, TextIO
 
 from opentelemetry import trace
@@ -241,13 +242,16 @@ def build(
     environment: str | None = None,
     *,
     exporter: SpanExporter | None = None,
-    console: TextIO | None = sys.stdout,
+    console: TextIO | EllipsisType | None = ...,
 ) -> Telemetry | None:
     """The provider for one process (None when OTEL_SDK_DISABLED=true). `exporter` replaces
-    the environment's exporters (tests); `console` is where the `console` exporter writes.
-    Raises TelemetryError when the environment asks for what cannot be done."""
+    the environment's exporters (tests); `console` is where the `console` exporter writes
+    (default: sys.stdout as it is now; None: nowhere). Raises TelemetryError when the
+    environment asks for what cannot be done."""
     if tracing_disabled():
         return None
+    if isinstance(console, EllipsisType):
+        console = sys.stdout
     exporters: list[tuple[SpanExporter, bool]] = []
     if exporter is not None:
         exporters.append((exporter, True))

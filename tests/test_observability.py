@@ -1101,14 +1101,18 @@ def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
         sock.close()
 
 
-def _agent(config: Path, dsn: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipectl", "agent", "--config", str(config)],
-        cwd=REPO,
-        env={**os.environ, "PIPECTL_DATABASE_URL": dsn, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-    )
+def _agent(
+    config: Path, dsn: str, log: Path, out: Path | None = None, **env: str
+) -> subprocess.Popen[bytes]:
+    """`pipectl agent` as a process: stderr (its log) to `log`, stdout to `out`."""
+    with log.open("wb") as err, (out or Path(os.devnull)).open("wb") as stdout:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipectl", "agent", "--config", str(config)],
+            cwd=REPO,
+            env={**os.environ, "PIPECTL_DATABASE_URL": dsn, **env},
+            stdout=stdout,
+            stderr=err,
+        )
 
 
 @pytest.mark.slow
@@ -1196,3 +1200,92 @@ async def test_the_console_files_requests_with_its_trace_context(database: str) 
     assert traced.traceparent is not None
     assert traced.traceparent.startswith(f"00-{context.trace_id:032x}-{context.span_id:016x}-")
     assert untraced.traceparent is None
+
+
+@pytest.mark.slow
+async def test_one_trace_from_the_cli_through_an_agent_process(
+    database: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two real processes, both with OTEL_TRACES_EXPORTER=console: `pipectl rerun --wait`
+    files the request with its trace context; the agent's request, claim, run, attempt and
+    SQL spans are in that trace, under its OTEL_SERVICE_NAME; its log line for the run
+    carries the trace id; no SQL span of the agent starts a trace of its own."""
+    from pipectl.cli import main
+
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        '[agent]\nmetrics_address = "127.0.0.1:0"\nlog_format = "json"\nheartbeat = "500ms"\n'
+        + steps_toml()
+    )
+    log, spans_out = tmp_path / "agent.log", tmp_path / "agent-spans.json"
+    process = _agent(
+        config,
+        database,
+        log,
+        spans_out,
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_SERVICE_NAME="agent-under-test",
+    )
+    try:
+        await wait_for(lambda: _logged(log, "started"), timeout=30)
+        cli_config = tmp_path / "cli.toml"
+        cli_config.write_text(f'[database]\ndsn = "{database}"\n' + steps_toml())
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+        code = await asyncio.to_thread(
+            main,
+            ["rerun", "user_satisfaction_summary", "--wait", "--json", "--config", str(cli_config)],
+        )
+        monkeypatch.delenv("OTEL_TRACES_EXPORTER")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    (filing,) = [s for s in _console_spans(err) if s["name"] == "file request rerun"]
+    trace_id = filing["context"]["trace_id"]
+    agent_spans = _console_spans(spans_out.read_text())
+    assert agent_spans, "the agent printed no spans"
+    by_id = {s["context"]["span_id"]: s for s in agent_spans}
+
+    def parent(span: dict[str, Any]) -> str | None:
+        parent_id = span["parent_id"]
+        if parent_id == filing["context"]["span_id"]:
+            return "file request rerun"
+        return by_id[parent_id]["name"] if parent_id in by_id else None
+
+    in_trace = [s for s in agent_spans if s["context"]["trace_id"] == trace_id]
+    names = {s["name"]: s for s in in_trace}
+    assert parent(names["request rerun"]) == "file request rerun"
+    assert parent(names["claim request"]) == "request rerun"
+    assert parent(names["step user_satisfaction_summary"]) == "request rerun"
+    attempt = names["step user_satisfaction_summary attempt 1"]
+    assert parent(attempt) == "step user_satisfaction_summary"
+    assert any(
+        "REFRESH" in str(s["attributes"].get("db.statement", "")) and parent(s) == attempt["name"]
+        for s in in_trace
+    )
+    assert {s["resource"]["attributes"]["service.name"] for s in agent_spans} == {
+        "agent-under-test"
+    }
+    root_sql = [s for s in agent_spans if s["parent_id"] is None and "db.system" in s["attributes"]]
+    assert root_sql == []
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    succeeded = next(
+        line for line in lines if line["msg"].startswith("step user_satisfaction_summary succeeded")
+    )
+    assert f"0x{succeeded['trace_id']}" == trace_id
+    assert json.loads(out)["trace_id"] == trace_id.removeprefix("0x")
+
+
+async def _logged(log: Path, text: str) -> bool:
+    return text in _read(log)
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""

@@ -183,12 +183,8 @@ class AgentProcess:
 
     @staticmethod
     def _reload_rejected(why: str) -> None:
-        notify(
-            "READY=1",
-            f"STATUS=serving the previous configuration; reload rejected at {_clock_time()}: {why}"[
-                :400
-            ],
-        )
+        status = f"serving the previous configuration; reload rejected at {_clock_time()}: {why}"
+        notify("READY=1", f"STATUS={status}")
 
 
 def _clock_time() -> str:

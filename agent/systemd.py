@@ -8,17 +8,24 @@ import os
 import socket
 import time
 
+from pipectl.safetext import visible
+
 log = logging.getLogger(__name__)
+
+# systemctl status shows one line of it; longer reasons are in the log.
+STATUS_LIMIT = 400
 
 
 def notify(*lines: str) -> bool:
-    """Send e.g. notify("READY=1", "STATUS=serving"); False when not run by systemd."""
+    """Send e.g. notify("READY=1", "STATUS=serving"); False when not run by systemd. Each
+    line stays one line, control characters escaped: a reason quoting the config or a
+    server's message (a STATUS=) can never add an assignment of its own."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
     if address.startswith("@"):  # abstract namespace
         address = "\0" + address[1:]
-    payload = "\n".join(lines).encode()
+    payload = "\n".join(visible(line, limit=STATUS_LIMIT) for line in lines).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(address)

@@ -1289,3 +1289,14 @@ async def _logged(log: Path, text: str) -> bool:
 
 def _read(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_a_status_line_cannot_add_an_assignment(notify_socket: NotifySocket) -> None:
+    """A reason quoting the config or a server (STATUS=) stays one line."""
+    from pipectl.agent.systemd import notify
+
+    assert notify("READY=1", "STATUS=reload rejected: 'soon\nSTOPPING=1'")
+    (message,) = notify_socket.read()
+    assert message[0] == "READY=1"
+    assert message[1].startswith("STATUS=reload rejected: 'soon")
+    assert len(message) == 2 and not any(x == "STOPPING=1" for x in message)

@@ -9,6 +9,7 @@ import signal
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -16,12 +17,13 @@ from opentelemetry.sdk.trace import TracerProvider
 import pipectl.checks  # noqa: F401  (registers the check kinds, so a reload parses them)
 from pipectl.agent.http import MetricsServer
 from pipectl.agent.service import Agent
-from pipectl.agent.systemd import notify, watchdog_interval, watchdog_loop
+from pipectl.agent.systemd import notify, notify_reloading, watchdog_interval, watchdog_loop
 from pipectl.agent.tracing import build_provider, instrument_sql
 from pipectl.config import ConfigError, LoadedConfig, load_config
 from pipectl.db import DatabaseUnavailable
 from pipectl.migrate import MigrationError
 from pipectl.resilience import is_transient
+from pipectl.telemetry import TelemetryError
 from pipectl.webconfig import load_web_config
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,10 @@ class AgentProcess:
     _provider: TracerProvider | None = None
 
     def request_stop(self) -> None:
+        """SIGTERM/SIGINT: systemd hears STOPPING=1 once, whatever the agent was doing
+        (serving, or waiting for the database at boot)."""
+        if not self._stop.is_set():
+            notify("STOPPING=1", "STATUS=stopping")
         self._stop.set()
 
     def request_reload(self) -> None:
@@ -51,6 +57,11 @@ class AgentProcess:
     async def serve(self) -> int:
         """Run until SIGTERM/SIGINT. Exit 0 on a clean stop, 2 on a config problem."""
         self._install_signals()
+        try:
+            self._tracing()
+        except TelemetryError as exc:
+            log.error("cannot start: OpenTelemetry: %s", exc)
+            return 2
         agent = await self._start_with_retry()
         if agent is None:
             return 0 if self._stop.is_set() else 2
@@ -151,25 +162,42 @@ class AgentProcess:
         notify(f"STATUS=waiting for the database: {exc}"[:200])
 
     async def _do_reload(self, agent: Agent) -> None:
+        """SIGHUP: RELOADING=1 (with MONOTONIC_USEC, as Type=notify-reload wants), then
+        READY=1 whatever the outcome; STATUS= says whether the new configuration runs or
+        why it was rejected (`systemctl status` shows it)."""
+        notify_reloading()
         try:
             loaded = load_config(self.config_path, require_file=True)
             await agent.reload(loaded)
         except ConfigError as exc:
-            log.error(
-                "reload rejected, keeping the running configuration: %s",
-                "; ".join(str(p) for p in exc.problems),
-            )
+            why = "; ".join(str(p) for p in exc.problems)
+            log.error("reload rejected, keeping the running configuration: %s", why)
+            self._reload_rejected(why)
             return
         except Exception as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
+            self._reload_rejected(str(exc))
             return
         self.loaded = loaded
-        notify("STATUS=configuration reloaded")
+        notify("READY=1", f"STATUS=serving; configuration reloaded at {_clock_time()}")
+
+    @staticmethod
+    def _reload_rejected(why: str) -> None:
+        status = f"serving the previous configuration; reload rejected at {_clock_time()}: {why}"
+        notify("READY=1", f"STATUS={status}")
+
+
+def _clock_time() -> str:
+    return datetime.now(UTC).strftime("%H:%M:%S UTC")
 
 
 async def run_once(loaded: LoadedConfig, name: str | None = None) -> int:
     """`pipectl agent --once`: every step and check once; 0 ok, 1 warn/skip, 2 failure."""
-    provider = build_provider(loaded.config.agent.environment)
+    try:
+        provider = build_provider(loaded.config.agent.environment)
+    except TelemetryError as exc:
+        log.error("cannot start: OpenTelemetry: %s", exc)
+        return 2
     instrument_sql(provider)
     agent = Agent(loaded, name=name, tracer_provider=provider)
     try:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from typing import TypeVar
 
 import asyncpg
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from pipectl import store
 from pipectl.agent.checking import CheckScheduler
@@ -22,6 +24,7 @@ from pipectl.agent.steps import StepScheduler
 from pipectl.model import Outcome, Request, RequestKind, RunStatus, Trigger
 from pipectl.request_args import ARGS_OF, ArgsError, RequestArgs, RerunArgs, SilenceArgs
 from pipectl.resilience import Outage, describe_error, is_transient
+from pipectl.telemetry import context_from
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class RequestQueue:
             room = 2 * rt.config.agent.max_parallel_runs - len(self.executing)
             if room <= 0:
                 continue
+            began = time.time_ns()
             try:
                 claimed = await store.claim_requests(
                     rt.pool, rt.identity.id, limit=room, executing=list(self.executing)
@@ -72,15 +76,16 @@ class RequestQueue:
                 await rt.clock.sleep(1)
                 continue
             self.outage.recovered()
+            claim = (began, time.time_ns())
             for request in claimed:
                 self.executing.add(request.id)
-                rt.work.dispatch(self._execute(request))
+                rt.work.dispatch(self._execute(request, claim))
             if len(claimed) == room:
                 wake.set()  # more may be waiting: look again once there is room
 
-    async def _execute(self, request: Request) -> None:
+    async def _execute(self, request: Request, claim: tuple[int, int] | None = None) -> None:
         try:
-            await self.handler.execute(request)
+            await self.handler.execute(request, claim)
         finally:
             self.executing.discard(request.id)
             self.rt.wake_requests.set()
@@ -92,8 +97,38 @@ class RequestHandler:
         self.steps = steps
         self.checks = checks
 
-    async def execute(self, request: Request) -> None:
-        """Carry out one claimed request and record its outcome; never raises for bad input."""
+    async def execute(self, request: Request, claim: tuple[int, int] | None = None) -> None:
+        """Carry out one claimed request and record its outcome; never raises for bad input.
+
+        One span for the request, continuing the trace of whoever filed it (its stored
+        traceparent): the claim (`claim`: when the claiming statement began and ended, in
+        ns), the runs or checks it makes, and the outcome are all in that trace."""
+        tracer = self.rt.tracer
+        with tracer.start_as_current_span(
+            f"request {request.kind}",
+            context=context_from(request.traceparent),
+            kind=SpanKind.CONSUMER,
+            start_time=claim[0] if claim else None,
+            attributes={
+                "pipectl.request.id": request.id,
+                "pipectl.request.kind": str(request.kind),
+                "pipectl.request.target": request.target,
+                "pipectl.request.requested_by": request.requested_by,
+                "pipectl.agent": self.rt.identity.name,
+            },
+        ) as span:
+            if claim is not None:
+                tracer.start_span(
+                    "claim request",
+                    start_time=claim[0],
+                    attributes={"pipectl.request.id": request.id},
+                ).end(end_time=claim[1])
+            outcome = await self._execute(request)
+            span.set_attribute("pipectl.outcome", str(outcome))
+            if outcome == Outcome.FAILED:
+                span.set_status(Status(StatusCode.ERROR, "request failed"))
+
+    async def _execute(self, request: Request) -> Outcome:
         log.info(
             "request %d: %s %s by %s",
             request.id,
@@ -125,6 +160,7 @@ class RequestHandler:
             log.warning("request %d was already finished or handed to another agent", request.id)
         self.rt.metrics.request_finished(str(request.kind), str(outcome))
         log.info("request %d %s: %s", request.id, outcome, detail, extra={"request_id": request.id})
+        return outcome
 
     async def _cancelled(self, request: Request) -> None:
         """Stopped mid-way (shutdown, or declared lost). A request that changed nothing that

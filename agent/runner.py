@@ -143,7 +143,47 @@ class StepRunner:
     ) -> RunOutcome:
         """Run (and retry) until success, a final failure, a skip or cancellation.
         `attempt` is the run's attempt number (above 1 for a run taken over after its agent
-        was lost): retries stop after plan.retries in all."""
+        was lost): retries stop after plan.retries in all. One span for the run (a child of
+        the request's span when a request asked for it), one child span per attempt."""
+        with self.tracer.start_as_current_span(f"step {plan.name}") as span:
+            span.set_attributes(
+                {
+                    "pipectl.step": plan.name,
+                    "pipectl.step.kind": plan.config.kind,
+                    "pipectl.run_id": run_id,
+                    "pipectl.trigger": str(trigger),
+                    "pipectl.agent": self.agent_name,
+                }
+            )
+            if request_id is not None:
+                span.set_attribute("pipectl.request.id", request_id)
+            try:
+                outcome = await self._run(plan, run_id, trigger, requested_by, request_id, attempt)
+            except asyncio.CancelledError:
+                span.set_attribute("pipectl.outcome", str(RunStatus.CANCELLED))
+                raise
+            span.set_attributes(
+                {
+                    "pipectl.outcome": str(outcome.status),
+                    "pipectl.attempts": outcome.attempts,
+                    "pipectl.final_run_id": outcome.run_id,
+                }
+            )
+            if outcome.rows is not None:
+                span.set_attribute("pipectl.rows", outcome.rows)
+            if outcome.status == RunStatus.FAILED:
+                span.set_status(Status(StatusCode.ERROR, outcome.error or "failed"))
+            return outcome
+
+    async def _run(
+        self,
+        plan: StepPlan,
+        run_id: int,
+        trigger: Trigger,
+        requested_by: str | None,
+        request_id: int | None,
+        attempt: int,
+    ) -> RunOutcome:
         while True:
             async with self.slots:
                 result = await self._attempt(plan, run_id, trigger, attempt)
@@ -179,15 +219,13 @@ class StepRunner:
     async def _attempt(
         self, plan: StepPlan, run_id: int, trigger: Trigger, attempt: int
     ) -> _Attempt:
-        with self.tracer.start_as_current_span(f"step {plan.name}") as span:
+        with self.tracer.start_as_current_span(f"step {plan.name} attempt {attempt}") as span:
             span.set_attributes(
                 {
                     "pipectl.step": plan.name,
-                    "pipectl.step.kind": plan.config.kind,
                     "pipectl.run_id": run_id,
-                    "pipectl.trigger": str(trigger),
+                    "pipectl.trigger": str(trigger if attempt == 1 else Trigger.RETRY),
                     "pipectl.attempt": attempt,
-                    "pipectl.agent": self.agent_name,
                 }
             )
             started = self.clock.monotonic()

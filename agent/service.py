@@ -280,7 +280,6 @@ class Agent:
             await self.stopped.wait()
             return
         self._stopping.set()
-        notify("STOPPING=1", "STATUS=stopping")
         rt = self.rt
         if rt is None:
             self.stopped.set()

@@ -6,18 +6,26 @@ import asyncio
 import logging
 import os
 import socket
+import time
+
+from pipectl.safetext import visible
 
 log = logging.getLogger(__name__)
 
+# systemctl status shows one line of it; longer reasons are in the log.
+STATUS_LIMIT = 400
+
 
 def notify(*lines: str) -> bool:
-    """Send e.g. notify("READY=1", "STATUS=serving"); False when not run by systemd."""
+    """Send e.g. notify("READY=1", "STATUS=serving"); False when not run by systemd. Each
+    line stays one line, control characters escaped: a reason quoting the config or a
+    server's message (a STATUS=) can never add an assignment of its own."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
     if address.startswith("@"):  # abstract namespace
         address = "\0" + address[1:]
-    payload = "\n".join(lines).encode()
+    payload = "\n".join(visible(line, limit=STATUS_LIMIT) for line in lines).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(address)
@@ -26,6 +34,14 @@ def notify(*lines: str) -> bool:
         log.warning("systemd notify failed: %s", exc)
         return False
     return True
+
+
+def notify_reloading() -> bool:
+    """RELOADING=1 with the CLOCK_MONOTONIC time it began: systemd 253+ (Type=notify-reload)
+    requires MONOTONIC_USEC to tell this reload from an earlier one; older ones ignore it.
+    READY=1 ends the reload."""
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    return notify("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading the configuration")
 
 
 def watchdog_interval() -> float | None:

@@ -8,7 +8,7 @@ import functools
 import gc
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from textual import work
 from textual.app import App
@@ -42,6 +42,9 @@ from pipectl.console.screens.schema import SchemaScreen
 from pipectl.console.screens.timeline import TimelineScreen
 from pipectl.console.service import ConsoleService, NotConnected
 from pipectl.safetext import CELL, visible
+
+if TYPE_CHECKING:
+    from pipectl.telemetry import Telemetry
 
 Clock = Callable[[], datetime]
 
@@ -77,9 +80,12 @@ class PipectlApp(App[None]):
         clock: Clock = utc_now,
         cursor_blink: bool = True,
         service: ConsoleService | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         super().__init__()
         self.config = config
+        self.telemetry = telemetry
+        """Spans of filing requests (pipectl.telemetry); None: no tracing."""
         self.forced_read_only = read_only
         self.clock = clock
         self.cursor_blink = cursor_blink
@@ -152,7 +158,9 @@ class PipectlApp(App[None]):
 
     async def _file(self, intent: RequestIntent) -> None:
         try:
-            request = await self.service.query(functools.partial(data.file_request, intent=intent))
+            request = await self.service.query(
+                functools.partial(data.file_request, intent=intent, telemetry=self.telemetry)
+            )
         except (RequestDenied, NotConnected) as exc:
             self.post_message(RequestRefused(intent, str(exc)))
         except Exception as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -36,6 +37,9 @@ from pipectl.store.console import (
     step_graph,
     timeline,
 )
+
+if TYPE_CHECKING:
+    from pipectl.telemetry import Telemetry
 
 
 @dataclass(frozen=True)
@@ -135,14 +139,32 @@ class RequestDenied(Exception):
     """PostgreSQL refused the insert: the role may not file requests."""
 
 
-async def file_request(conn: Conn, intent: RequestIntent) -> Request:
-    """Insert the request row (PostgreSQL records who asked, audits it, wakes the agents)."""
+async def file_request(
+    conn: Conn, intent: RequestIntent, telemetry: Telemetry | None = None
+) -> Request:
+    """Insert the request row (PostgreSQL records who asked, audits it, wakes the agents),
+    with the trace context of its filing span when the console exports spans: the agent's
+    claim, runs and outcome continue that trace."""
     try:
-        return await store.create_request(
-            conn, RequestKind(intent.kind), intent.target, intent.reason, intent.args
-        )
+        if telemetry is None:  # no tracing: the OpenTelemetry SDK is not even loaded
+            return await _insert(conn, intent, None)
+        from pipectl.telemetry import filing_span
+
+        with filing_span(telemetry, intent.kind, intent.target) as (_, traceparent):
+            return await _insert(conn, intent, traceparent)
     except asyncpg.InsufficientPrivilegeError as exc:
         user = await session_role(conn)
         raise RequestDenied(
             f"permission denied: role {user!r} may not file requests (it needs pipectl_operator)"
         ) from exc
+
+
+async def _insert(conn: Conn, intent: RequestIntent, traceparent: str | None) -> Request:
+    return await store.create_request(
+        conn,
+        RequestKind(intent.kind),
+        intent.target,
+        intent.reason,
+        intent.args,
+        traceparent=traceparent,
+    )

@@ -162,6 +162,8 @@ class Request:
     done_at: datetime | None = None
     outcome: Outcome | None = None
     detail: str | None = None
+    traceparent: str | None = None
+    """W3C trace context of the span that filed it (the agent continues that trace)."""
 
     @property
     def state(self) -> str:

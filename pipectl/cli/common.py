@@ -11,15 +11,18 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 from uuid import UUID
 
 import asyncpg
 
 import pipectl.checks  # noqa: F401  (registers the check kinds, so configs naming them parse)
-from pipectl.config import LoadedConfig, load_config
+from pipectl.config import Config, LoadedConfig, load_config
 from pipectl.durations import MAX_DURATION, DurationError, parse_duration
 from pipectl.safetext import LiteralConsole
+
+if TYPE_CHECKING:
+    from pipectl.telemetry import Telemetry
 
 EXIT_OK = 0
 EXIT_WARN = 1
@@ -160,6 +163,21 @@ def run_handler(args: argparse.Namespace) -> int:
 
 def load(args: argparse.Namespace, *, require_file: bool = False) -> LoadedConfig:
     return load_config(getattr(args, "config", None), require_file=require_file)
+
+
+def request_telemetry(config: Config, service: str, console: TextIO | None) -> Telemetry | None:
+    """Tracing for a verb that files requests, from the OTEL_* environment; a setting that
+    cannot be honoured is an error (exit 2) naming the variable, never silently ignored.
+    None without any OTEL_* variable: nothing would be exported, so the SDK stays unloaded
+    and the request carries no trace context (the agent's span starts its trace)."""
+    if not any(name.startswith("OTEL_") for name in os.environ):
+        return None
+    from pipectl.telemetry import TelemetryError, build
+
+    try:
+        return build(service, config.agent.environment, console=console)
+    except TelemetryError as exc:
+        raise CliError(f"OpenTelemetry: {exc}") from None
 
 
 def console(stderr: bool = False) -> LiteralConsole:

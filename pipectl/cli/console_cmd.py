@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipectl.cli.common import EXIT_OK, load
+from pipectl.cli.common import EXIT_OK, load, request_telemetry
 
 
 def open_console(args: argparse.Namespace) -> int:
@@ -18,5 +18,12 @@ def open_console(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.CRITICAL)
     from pipectl.console.app import PipectlApp
 
-    PipectlApp(loaded.config, read_only=bool(args.read_only)).run()
+    # Requests filed here are traced (OTEL_* environment) unless the screen is all there is:
+    # the console exporter has nowhere to write.
+    tracing = request_telemetry(loaded.config, "pipectl-console", console=None)
+    try:
+        PipectlApp(loaded.config, read_only=bool(args.read_only), telemetry=tracing).run()
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
     return EXIT_OK

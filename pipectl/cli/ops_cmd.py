@@ -35,7 +35,9 @@ from pipectl.cli.common import (
     int_argument,
     load,
     print_json,
+    request_telemetry,
 )
+from pipectl.config import Config
 from pipectl.dag import CycleError
 from pipectl.db import connection, describe_connection, resolve
 from pipectl.format import STATUS_STYLE, age, band, due, number, seconds, status_text
@@ -396,7 +398,29 @@ async def request_unsilence(args: argparse.Namespace) -> int:
 async def _file_request(
     args: argparse.Namespace, kind: RequestKind, target: str, extra: RequestArgs | None
 ) -> int:
+    from pipectl.telemetry import filing_span
+
     config = load(args).config
+    # Spans go to stderr with OTEL_TRACES_EXPORTER=console: stdout may be --json.
+    tracing = request_telemetry(config, "pipectl", console=sys.stderr)
+    try:
+        with filing_span(tracing, str(kind), target) as (span, traceparent):
+            code = await _file(args, config, kind, target, extra, traceparent)
+            span.set_attribute("pipectl.exit_code", code)
+            return code
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
+
+
+async def _file(
+    args: argparse.Namespace,
+    config: Config,
+    kind: RequestKind,
+    target: str,
+    extra: RequestArgs | None,
+    traceparent: str | None,
+) -> int:
     async with connection(config, f"pipectl {kind}") as conn:
         await ensure_current(conn)
         # A retired definition (no live agent publishes it) is unknown to every agent.
@@ -406,7 +430,9 @@ async def _file_request(
         elif not [c for c in await store.check_states(conn, [target]) if c.retired_at is None]:
             raise CliError(await _unknown_check(conn, target))
         try:
-            request = await store.create_request(conn, kind, target, args.reason, extra)
+            request = await store.create_request(
+                conn, kind, target, args.reason, extra, traceparent=traceparent
+            )
         except asyncpg.InsufficientPrivilegeError as exc:
             user = await conn.fetchval("SELECT session_user")
             raise CliError(
@@ -486,6 +512,9 @@ def request_json(request: Request) -> dict[str, Any]:
         "done_at": request.done_at,
         "outcome": str(request.outcome) if request.outcome else None,
         "detail": request.detail,
+        # The trace the filing span began (and the agent continued), to look up in a
+        # tracing backend; null when the filer exported no spans.
+        "trace_id": request.traceparent.split("-")[1] if request.traceparent else None,
     }
 
 

@@ -12,7 +12,7 @@ from pipectl.request_args import RequestArgs, check_args
 from pipectl.store.base import DB
 
 _COLUMNS = """id, kind, target, args, reason, requested_by, created_at, claimed_by, claimed_at,
-              done_at, outcome, detail"""
+              done_at, outcome, detail, traceparent"""
 
 
 def _request(row: asyncpg.Record) -> Request:
@@ -23,18 +23,25 @@ def _request(row: asyncpg.Record) -> Request:
 
 
 async def create_request(
-    db: DB, kind: RequestKind, target: str, reason: str = "", args: RequestArgs | None = None
+    db: DB,
+    kind: RequestKind,
+    target: str,
+    reason: str = "",
+    args: RequestArgs | None = None,
+    traceparent: str | None = None,
 ) -> Request:
     """Insert (PostgreSQL stamps who and when, audits it and wakes the agents). `args` is
-    the kind's model (its defaults when None); a model of another kind raises ArgsError."""
+    the kind's model (its defaults when None); a model of another kind raises ArgsError.
+    `traceparent` is the W3C trace context of the span filing it (pipectl.telemetry)."""
     checked = check_args(kind, args)
     row = await db.fetchrow(
-        f"INSERT INTO pipectl.requests (kind, target, reason, args) VALUES ($1, $2, $3, $4)"
-        f" RETURNING {_COLUMNS}",
+        "INSERT INTO pipectl.requests (kind, target, reason, args, traceparent)"
+        f" VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}",
         str(kind),
         target,
         reason,
         checked.to_json(),
+        traceparent,
     )
     assert row is not None
     return _request(row)

@@ -21,9 +21,9 @@ GRANT SELECT ON ALL TABLES IN SCHEMA pipectl TO pipectl_viewer;
 -- (read-only) questions.
 GRANT EXECUTE ON FUNCTION pipectl.is_owner(oid), pipectl.is_own_agent(uuid) TO pipectl_viewer;
 
--- Operators file requests. Identity (id), authorship and time are PostgreSQL's; claim and
--- outcome are the agent's.
-GRANT INSERT (kind, target, args, reason) ON pipectl.requests TO pipectl_operator;
+-- Operators file requests (with the trace context of the span that filed them). Identity
+-- (id), authorship and time are PostgreSQL's; claim and outcome are the agent's.
+GRANT INSERT (kind, target, args, reason, traceparent) ON pipectl.requests TO pipectl_operator;
 
 -- The agent. db_user is session_user, by default and by the missing grant.
 GRANT INSERT (id, name, host, pid, version, heartbeat_seconds),

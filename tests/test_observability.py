@@ -17,9 +17,10 @@ import yaml
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from pipectl import store
+from pipectl import alert_rules, store
 from pipectl.agent.http import MetricsServer
 from pipectl.agent.tracing import build_provider, instrument_sql
+from pipectl.cli import main
 from pipectl.model import RequestKind
 from tests.agent.conftest import running_agent, steps_toml
 from tests.helpers import wait_for
@@ -34,7 +35,10 @@ def tool(name: str) -> str:
     if path is None:
         if os.environ.get("PIPECTL_REQUIRE_TOOLS") == "1":
             pytest.fail(f"{name} is required here (PIPECTL_REQUIRE_TOOLS=1) but not installed")
-        pytest.skip(f"{name} not installed (Debian: apt-get install prometheus / systemd)")
+        pytest.skip(
+            f"{name} not installed (Debian: apt-get install prometheus prometheus-alertmanager"
+            " / systemd)"
+        )
     return path
 
 
@@ -134,6 +138,81 @@ def test_alert_rules_pass_their_unit_tests() -> None:
     assert "SUCCESS" in result.stdout
 
 
+def test_the_shipped_rules_are_the_generated_ones() -> None:
+    """deploy/prometheus/pipectl.rules.yml is `pipectl config rules` with the defaults:
+    edit pipectl/alert_rules.yml.in, then regenerate."""
+    assert RULES.read_text() == alert_rules.render(), (
+        "regenerate: pipectl config rules > deploy/prometheus/pipectl.rules.yml"
+    )
+
+
+def test_config_rules_with_a_runbook_base_and_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = "https://wiki.example.com/pipectl/operating.md"
+    assert main(["config", "rules", "--runbook-base", base, "--job", "apes-agents"]) == 0
+    text = capsys.readouterr().out
+    rules = yaml.safe_load(text)
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    for alert in alerts:
+        assert alert["annotations"]["runbook_url"] == f"{base}#{alert['alert'].lower()}"
+    down = next(a for a in alerts if a["alert"] == "PipectlAgentDown")
+    assert down["expr"] == 'up{job="apes-agents"} == 0'
+    path = tmp_path / "rules.yml"
+    path.write_text(text)
+    checked = subprocess.run(
+        [tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--runbook-base", "docs/operating.md"], "expected an absolute http(s) URL"),
+        (["--runbook-base", "https://x.example/ops.md#alerts"], "has a fragment"),
+        (["--job", 'pipectl"} or vector(1) #'], "is not a job name"),
+    ],
+)
+def test_config_rules_refuses_what_it_cannot_write(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["config", "rules", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert message in captured.err and "Traceback" not in captured.err
+
+
+def test_every_aggregation_keeps_the_job() -> None:
+    """Separate deployments (one job each) never merge into one alert."""
+    rules = yaml.safe_load(RULES.read_text())
+    for rule in (r for g in rules["groups"] for r in g["rules"]):
+        for grouping in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", rule["expr"]):
+            labels = {label.strip() for label in grouping.split(",")}
+            assert "job" in labels, f"{rule.get('alert') or rule.get('record')}: {grouping}"
+        assert "without" not in rule["expr"]
+
+
+def test_alertmanager_inhibition_passes_amtool(tmp_path: Path) -> None:
+    """The shipped inhibit rules inside a minimal Alertmanager config."""
+    inhibit = yaml.safe_load((REPO / "deploy" / "alertmanager" / "pipectl-inhibit.yml").read_text())
+    config = {"route": {"receiver": "default"}, "receivers": [{"name": "default"}], **inhibit}
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [tool("amtool"), "check-config", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 inhibit rules" in result.stdout
+    # Every family has a critical alert to inhibit its warnings with.
+    rules = yaml.safe_load(RULES.read_text())
+    families: dict[str, set[str]] = {}
+    for rule in (r for g in rules["groups"] for r in g["rules"] if "alert" in r):
+        if "family" in rule["labels"]:
+            families.setdefault(rule["labels"]["family"], set()).add(rule["labels"]["severity"])
+    assert families and all(found == {"warning", "critical"} for found in families.values())
+
+
 def test_every_alert_has_summary_description_and_runbook() -> None:
     rules = yaml.safe_load(RULES.read_text())
     doc = (REPO / "docs" / "operating.md").read_text().lower()
@@ -142,7 +221,8 @@ def test_every_alert_has_summary_description_and_runbook() -> None:
     for alert in alerts:
         notes = alert["annotations"]
         assert notes["summary"] and notes["description"], alert["alert"]
-        anchor = notes["runbook_url"].split("#", 1)[1]
+        base, anchor = notes["runbook_url"].split("#", 1)
+        assert base == alert_rules.DEFAULT_RUNBOOK_BASE
         assert anchor == alert["alert"].lower()
         assert f"### {alert['alert'].lower()}" in doc, f"no runbook for {alert['alert']}"
 

@@ -6,10 +6,12 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -211,6 +213,102 @@ def test_alertmanager_inhibition_passes_amtool(tmp_path: Path) -> None:
         if "family" in rule["labels"]:
             families.setdefault(rule["labels"]["family"], set()).add(rule["labels"]["severity"])
     assert families and all(found == {"warning", "critical"} for found in families.values())
+
+
+def _cache_alert(
+    severity: str, name: str, level: str, job: str = "pipectl-agent"
+) -> dict[str, Any]:
+    labels = {"alertname": name, "severity": severity, "family": "cache_hit_ratio", "job": job}
+    return {"labels": {**labels, "source": "redis", "level": level}}
+
+
+class Alertmanager:
+    """Debian's Alertmanager on a free loopback port, with the shipped inhibit rules."""
+
+    def __init__(self, directory: Path) -> None:
+        inhibit = yaml.safe_load(
+            (REPO / "deploy" / "alertmanager" / "pipectl-inhibit.yml").read_text()
+        )
+        config = directory / "alertmanager.yml"
+        routes = {"route": {"receiver": "default"}, "receivers": [{"name": "default"}]}
+        config.write_text(yaml.safe_dump({**routes, **inhibit}))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.base = f"http://127.0.0.1:{port}/api/v2"
+        with open(directory / "alertmanager.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    tool("prometheus-alertmanager"),
+                    f"--config.file={config}",
+                    f"--storage.path={directory / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--cluster.listen-address=",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+
+    def post(self, alerts: list[dict[str, Any]]) -> bool:
+        request = urllib.request.Request(
+            f"{self.base}/alerts",
+            data=json.dumps(alerts).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def inhibited(self) -> dict[tuple[str, str, str], bool]:
+        """(alertname, level, job) -> whether the alert is inhibited."""
+        with urllib.request.urlopen(f"{self.base}/alerts", timeout=5) as response:
+            found = json.loads(response.read())
+        return {
+            (a["labels"]["alertname"], a["labels"].get("level", ""), a["labels"].get("job", "")): (
+                bool(a["status"]["inhibitedBy"])
+            )
+            for a in found
+        }
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+async def test_alertmanager_inhibits_the_warning_for_the_same_thing(tmp_path: Path) -> None:
+    """A real Alertmanager with the shipped inhibit rules: the critical cache alert mutes
+    the warning of the same job, source and level, and nothing else."""
+    alerts = [
+        _cache_alert("critical", "PipectlCacheHitRatioCritical", "all"),
+        _cache_alert("warning", "PipectlCacheHitRatioLow", "all"),  # muted
+        _cache_alert("warning", "PipectlCacheHitRatioLow", "L2"),  # another level
+        _cache_alert("warning", "PipectlCacheHitRatioLow", "all", job="pipectl-staging"),
+        {"labels": {"alertname": "PipectlCheckFailing", "severity": "warning", "check": "c"}},
+    ]
+    manager = Alertmanager(tmp_path)
+    try:
+
+        async def posted() -> bool:
+            return manager.post(alerts)
+
+        async def settled() -> dict[tuple[str, str, str], bool] | None:
+            state = manager.inhibited()  # the inhibitor takes new alerts in asynchronously
+            return state if len(state) == len(alerts) and any(state.values()) else None
+
+        await wait_for(posted, timeout=30, interval=0.2)
+        state = await wait_for(settled, timeout=30, interval=0.2)
+    finally:
+        manager.stop()
+    assert state == {
+        ("PipectlCacheHitRatioCritical", "all", "pipectl-agent"): False,
+        ("PipectlCacheHitRatioLow", "all", "pipectl-agent"): True,
+        ("PipectlCacheHitRatioLow", "L2", "pipectl-agent"): False,
+        ("PipectlCacheHitRatioLow", "all", "pipectl-staging"): False,
+        ("PipectlCheckFailing", "", ""): False,
+    }
 
 
 def test_every_alert_has_summary_description_and_runbook() -> None:

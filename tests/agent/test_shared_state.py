@@ -11,6 +11,7 @@ import socket
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 
 from pipectl import store
 from pipectl.agent.main import AgentProcess
@@ -149,9 +150,13 @@ async def test_retired_definitions_and_cancelled_runs(db: asyncpg.Connection) ->
     assert (await store.shared_state(db)).checks[0].silenced
 
 
-async def test_metrics_are_served_while_the_database_is_unreachable_at_boot() -> None:
+async def test_metrics_are_served_while_the_database_is_unreachable_at_boot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The process used to serve /metrics only once the database had been reached: during
     an outage at boot Prometheus saw the target down, not why."""
+    # The process would instrument asyncpg for the whole test session otherwise.
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         nowhere = sock.getsockname()[1]

@@ -223,7 +223,7 @@ class CheckScheduler:
         self, plan: AgentPlan, name: str, result: CheckResult, stored: store.StoredResult
     ) -> None:
         kind = plan.config.check(name).kind
-        self.rt.metrics.check_finished(kind, result, stored.status, stored.silenced)
+        self.rt.metrics.check_finished(kind, result)
         if kind in ("quality", "freshness"):
             self.scorecard_due.set()
         if stored.changed:

@@ -128,7 +128,9 @@ class MetricsServer:
         app: WsgiApp
         refused: Refused = _not_counted
         if isinstance(metrics, AgentMetrics):
-            self.exposition = app = Exposition(metrics.registry, metrics.changes)
+            self.exposition = app = Exposition(
+                metrics.registry, metrics.changes, live=metrics.process_registry
+            )
             refused = metrics.http_refusal
         else:
             app = make_wsgi_app(metrics)

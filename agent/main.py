@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import pipectl.checks  # noqa: F401  (registers the check kinds, so a reload parses them)
 from pipectl.agent.http import MetricsServer
+from pipectl.agent.metrics import AgentMetrics
 from pipectl.agent.service import Agent
 from pipectl.agent.systemd import notify, notify_reloading, watchdog_interval, watchdog_loop
 from pipectl.agent.tracing import build_provider, instrument_sql
@@ -55,34 +56,52 @@ class AgentProcess:
         self._reload.set()
 
     async def serve(self) -> int:
-        """Run until SIGTERM/SIGINT. Exit 0 on a clean stop, 2 on a config problem."""
+        """Run until SIGTERM/SIGINT. Exit 0 on a clean stop, 2 on a config problem.
+
+        /metrics is served first: while the database is unreachable at boot Prometheus
+        scrapes `pipectl_database_up 0` and no agent alive, so the alerts can say so."""
         self._install_signals()
         try:
             self._tracing()
         except TelemetryError as exc:
             log.error("cannot start: OpenTelemetry: %s", exc)
             return 2
-        agent = await self._start_with_retry()
+        metrics = AgentMetrics()
+        if not self._serve_metrics(metrics):
+            return 2
+        try:
+            return await self._serve(metrics)
+        finally:
+            if self.metrics is not None:
+                self.metrics.stop()
+
+    def _serve_metrics(self, metrics: AgentMetrics) -> bool:
+        """Start the /metrics endpoint (when an address is configured); False when it
+        cannot be (a bad web config, the port taken), said in the log."""
+        config = self.loaded.config.agent
+        address = self.metrics_address or config.metrics_address
+        if not address:
+            return True
+        web_file = config.metrics_web_config
+        try:
+            web = load_web_config(self.loaded.resolve(web_file)) if web_file else None
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("cannot start: %s", problem)
+            return False
+        server = MetricsServer(address, web)
+        try:
+            server.start(metrics)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("cannot start: cannot serve metrics on %s: %s", address, exc)
+            return False
+        self.metrics = server
+        return True
+
+    async def _serve(self, metrics: AgentMetrics) -> int:
+        agent = await self._start_with_retry(metrics)
         if agent is None:
             return 0 if self._stop.is_set() else 2
-        address = self.metrics_address or agent.config.agent.metrics_address
-        if address:
-            web_file = agent.config.agent.metrics_web_config
-            try:
-                web = load_web_config(self.loaded.resolve(web_file)) if web_file else None
-            except ConfigError as exc:
-                for problem in exc.problems:
-                    log.error("cannot start: %s", problem)
-                await agent.stop()
-                return 2
-            self.metrics = MetricsServer(address, web)
-            try:
-                self.metrics.start(agent.metrics)
-            except (OSError, ssl.SSLError) as exc:
-                log.error("cannot start: cannot serve metrics on %s: %s", address, exc)
-                self.metrics = None
-                await agent.stop()
-                return 2
         watchdog = watchdog_interval()
         tasks = [asyncio.create_task(agent.serve(), name="agent")]
         if watchdog:
@@ -104,8 +123,6 @@ class AgentProcess:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*tasks, return_exceptions=True)
-            if self.metrics is not None:
-                self.metrics.stop()
             if self._provider is not None:
                 self._provider.shutdown()
         return 0
@@ -129,11 +146,13 @@ class AgentProcess:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, handler)
 
-    async def _start_with_retry(self) -> Agent | None:
+    async def _start_with_retry(self, metrics: AgentMetrics) -> Agent | None:
         """A database that is down at boot is waited for; a config problem is not."""
         delay = 1.0
         while not self._stop.is_set():
-            agent = Agent(self.loaded, name=self.name, tracer_provider=self._tracing())
+            agent = Agent(
+                self.loaded, name=self.name, tracer_provider=self._tracing(), metrics=metrics
+            )
             try:
                 await agent.start()
             except (ConfigError, MigrationError) as exc:
@@ -152,6 +171,8 @@ class AgentProcess:
             else:
                 self.agent = agent
                 return agent
+            metrics.shared(None)  # whatever a failed attempt read is not known any more
+            metrics.database_reachable(False)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, 30)

@@ -2,9 +2,11 @@
 
 Each heartbeat refreshes `last_seen`, reads the database's clock (the one every agent
 schedules by), writes run outcomes the database refused earlier, declares lost the peers
-that stopped heartbeating or whose sessions are all gone, and exports the queue's counts. A
-heartbeat that finds this agent declared lost (it was cut off) abandons the work in flight
-and rejoins under a new id.
+that stopped heartbeating or whose sessions are all gone, and exports the shared state (steps,
+checks, agents alive, the request queue: store.shared_state, one statement), so every agent
+exports the same picture whichever of them ran what. A heartbeat that fails removes those
+series and exports no agent alive. A heartbeat that finds this agent declared lost (it was
+cut off) abandons the work in flight and rejoins under a new id.
 
 Liveness never depends on PIDs: an agent holds a shared advisory lock on its listening
 connection for as long as it lives (store.hold_liveness), which peers see in pg_locks from
@@ -134,8 +136,11 @@ class Membership:
             self._report_lost(agent)
         if lost:  # a lost agent no longer publishes: what only it defined is retired
             await self._retire_unpublished()
-        counts = await store.queue_counts(rt.pool)
-        rt.metrics.heartbeat_counts(counts.pending, counts.oldest_age, counts.alive)
+        await self.export_state()
+
+    async def export_state(self) -> None:
+        """Export the shared state as the database has it now."""
+        self.rt.metrics.shared(await store.shared_state(self.rt.pool))
 
     async def _retire_unpublished(self) -> None:
         """Retire what only lost peers published. A refusal is logged, never taken for the
@@ -164,6 +169,7 @@ class Membership:
         self.outage.failed(exc)
         self.connected_since = None
         self.rt.metrics.database_reachable(False)
+        self.rt.metrics.shared(None)  # removed, not left stale: nothing here is known now
         notify("STATUS=database unreachable, retrying")
 
     def _healthy_long_enough(self) -> bool:

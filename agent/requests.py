@@ -236,7 +236,6 @@ class RequestHandler:
         pause = request.kind == RequestKind.PAUSE
         book = self.rt.book
         await book(store.set_paused, step, pause, request.requested_by, request.reason)
-        self.rt.metrics.step_paused_is(step, pause)
         verb = "paused" if pause else "resumed"
         await book(
             store.add_event,

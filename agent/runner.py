@@ -285,7 +285,7 @@ class StepRunner:
                 plan.name,
                 extra={"step": plan.name, "run_id": run_id},
             )
-        self.metrics.run_finished(plan.name, result.status, duration, self.clock.now().timestamp())
+        self.metrics.run_finished(plan.name, result.status, duration)
         level = logging.WARNING if result.status == RunStatus.FAILED else logging.INFO
         log.log(
             level,

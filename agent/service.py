@@ -76,6 +76,7 @@ class Agent:
         name: str | None = None,
         tracer_provider: TracerProvider | None = None,
         clock: Clock | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.loaded = loaded
         identity = Identity(name="")
@@ -83,7 +84,9 @@ class Agent:
         self.identity = identity
         # Production schedules by the database's clock; tests pass a FakeClock.
         self.clock: Clock = clock or DatabaseClock()
-        self.metrics = AgentMetrics()
+        # The process serves /metrics before the database is reached (agent/main.py): it
+        # hands in the registry it serves.
+        self.metrics = metrics or AgentMetrics()
         self.tracer_provider = tracer_provider
         self.rt: AgentRuntime | None = None
         self._parts: _Parts | None = None
@@ -190,6 +193,7 @@ class Agent:
         self._parts = _Parts(steps, CheckScheduler(rt), membership)
         await membership.join()
         await self._publish(plan)
+        await membership.export_state()  # last successes and statuses from before a restart
         self.metrics.database_reachable(True)
         log.info(
             "agent %s started: %d steps, %d checks",
@@ -203,7 +207,7 @@ class Agent:
         await publish_plan(self.runtime, plan)
         self.metrics.declare(
             {name: _interval(step, self.clock) for name, step in plan.steps.items()},
-            [(c.name, c.kind) for c in plan.config.checks if c.enabled],
+            {name: plan.check_every(name).total_seconds() for name in plan.enabled_checks()},
         )
 
     async def serve(self) -> None:

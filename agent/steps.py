@@ -195,7 +195,6 @@ class StepScheduler:
         rt = self.rt
         states = await rt.book(store.step_states, [step])
         paused = bool(states and states[0].paused)
-        rt.metrics.step_paused_is(step, paused)
         if not paused:
             return None
         state = states[0]

@@ -216,7 +216,7 @@ async def run(requests: int, runs: int, idle: float) -> Section:
             preset.write_text(
                 (Path(__file__).resolve().parent.parent / "config.example.toml")
                 .read_text()
-                .replace('metrics_address = "127.0.0.1:9187"', 'metrics_address = "127.0.0.1:0"')
+                .replace('metrics_address = "127.0.0.1:10144"', 'metrics_address = "127.0.0.1:0"')
             )
             # Every step and check every 10 s (the preset says 1-15 min): the sample sees them work.
             preset.write_text(

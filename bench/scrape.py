@@ -38,17 +38,18 @@ def populated(steps: int = STEPS, checks: int = CHECKS) -> object:
     """An AgentMetrics as after a day of work: every step and check has reported."""
     from pipectl.agent.metrics import AgentMetrics
     from pipectl.model import CheckResult, CheckStatus, RunStatus
+    from pipectl.store import CheckExport, SharedState, StepExport
 
     rng = random.Random(1)
     metrics = AgentMetrics()
     step_names = {f"step_{i:02d}": 300.0 for i in range(steps)}
     check_kinds = [(f"check_{i:03d}", KINDS[i % len(KINDS)]) for i in range(checks)]
-    metrics.declare(step_names, check_kinds)
+    metrics.declare(step_names, {name: 60.0 for name, _ in check_kinds})
     now = time.time()
     for step in step_names:
         for _ in range(20):
             status = rng.choice([RunStatus.SUCCEEDED] * 8 + [RunStatus.FAILED, RunStatus.CANCELLED])
-            metrics.run_finished(step, status, rng.lognormvariate(0, 1.5), now)
+            metrics.run_finished(step, status, rng.lognormvariate(0, 1.5))
     statuses = list(CheckStatus)
     for name, kind in check_kinds:
         baseline: dict[str, object] = {}
@@ -70,11 +71,25 @@ def populated(steps: int = STEPS, checks: int = CHECKS) -> object:
             baseline=baseline,
             anomaly_score=rng.gauss(0, 2) if kind in ("volume", "metric") else None,
         )
-        metrics.check_finished(kind, result, result.status, silenced=rng.random() < 0.05)
+        metrics.check_finished(kind, result)
     for table in ("public.rule_performance", "public.user_feedback"):
         for dimension in ("completeness", "accuracy", "consistency", "timeliness"):
             metrics.quality(table, dimension, rng.random())
-    metrics.heartbeat_counts(2, 0.0, 1)
+    metrics.shared(  # the shared state as the heartbeat reads it from the database
+        SharedState(
+            steps=tuple(
+                StepExport(step, rng.random() < 0.1, now - 300, rng.random() < 0.05)
+                for step in step_names
+            ),
+            checks=tuple(
+                CheckExport(name, kind, str(rng.choice(statuses)), rng.random() < 0.05, now)
+                for name, kind in check_kinds
+            ),
+            agents_alive=1,
+            requests_pending=2,
+            requests_oldest_age=0.0,
+        )
+    )
     metrics.database_reachable(True)
     return metrics
 

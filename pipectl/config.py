@@ -224,7 +224,7 @@ def _redis_url(value: Any) -> str:
 
 def parse_address(value: Any) -> str:
     if not isinstance(value, str) or ":" not in value:
-        raise ValueError("expected HOST:PORT, such as '127.0.0.1:9187'")
+        raise ValueError("expected HOST:PORT, such as '127.0.0.1:10144'")
     host, _, port = value.rpartition(":")
     if not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"port in {value!r} must be a number from 0 (any free port) to 65535")
@@ -283,7 +283,7 @@ class AgentConfig(Strict):
     name: str | None = None
     heartbeat: WaitDuration = timedelta(seconds=5)
     lost_after: int = Field(default=3, ge=2, le=100)
-    metrics_address: Address | None = "127.0.0.1:9187"
+    metrics_address: Address | None = "127.0.0.1:10144"
     metrics_web_config: str | None = None
     timezone: TimeZone = "UTC"
     max_parallel_runs: int = Field(default=4, ge=1, le=64)

@@ -131,7 +131,7 @@ MALFORMED: list[tuple[str, str, list[str]]] = [
         [agent]
         metrics_address = "localhost"
         """,
-        ["bad.toml:2: agent.metrics_address: expected HOST:PORT, such as '127.0.0.1:9187'"],
+        ["bad.toml:2: agent.metrics_address: expected HOST:PORT, such as '127.0.0.1:10144'"],
     ),
     (
         "duplicate step names",

@@ -93,7 +93,13 @@ def test_the_wheel_installs_only_the_pipectl_package(tmp_path: Path) -> None:
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"pipectl"}
     names = set(zipfile.ZipFile(wheel).namelist())
-    for module in ("agent/service.py", "checks/engine.py", "console/app.py", "console/app.tcss"):
+    for module in (
+        "agent/service.py",
+        "checks/engine.py",
+        "console/app.py",
+        "console/app.tcss",
+        "alert_rules.yml.in",  # `pipectl config rules` renders it
+    ):
         assert f"pipectl/{module}" in names
     assert not any(n.startswith("bench/") for n in names)
 

@@ -32,10 +32,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision
 from opentelemetry.trace import SpanKind
 
-from pipectl import store, telemetry
+from pipectl import alert_rules, store, telemetry
 from pipectl.agent.http import MetricsServer
 from pipectl.agent.service import Agent
 from pipectl.agent.tracing import build_provider, instrument_sql
+from pipectl.cli import main
 from pipectl.db import connect
 from pipectl.logs import setup_logging
 from pipectl.model import RequestKind
@@ -52,7 +53,10 @@ def tool(name: str) -> str:
     if path is None:
         if os.environ.get("PIPECTL_REQUIRE_TOOLS") == "1":
             pytest.fail(f"{name} is required here (PIPECTL_REQUIRE_TOOLS=1) but not installed")
-        pytest.skip(f"{name} not installed (Debian: apt-get install prometheus / systemd)")
+        pytest.skip(
+            f"{name} not installed (Debian: apt-get install prometheus prometheus-alertmanager"
+            " / systemd)"
+        )
     return path
 
 
@@ -106,15 +110,20 @@ def test_metric_names_follow_prometheus_conventions(scraped: str) -> None:
         "le",
         "reason",  # pipectl_metrics_http_refused_total: a fixed set (HTTP_REFUSAL_REASONS)
     }
+    # The client library's process and platform collectors keep their standard names.
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes"} <= {
+        name for name, _ in families
+    }
+    assert any(name.startswith("python_") for name, _ in families)
     for name, kind in families:
-        assert name.startswith("pipectl_"), name
+        assert name.startswith(("pipectl_", "process_", "python_")), name
         samples = re.findall(rf"^({name}\w*)[{{ ]", scraped, flags=re.MULTILINE)
         if kind == "counter":
             assert name.endswith("_total"), name
             assert all(sample == name for sample in samples), name
     assert "_created" not in scraped
     for line in scraped.splitlines():
-        if line.startswith("#") or not line.strip():
+        if not line.startswith("pipectl_"):
             continue
         labels = re.findall(r'(\w+)="', line)
         assert set(labels) <= allowed_labels, line
@@ -147,6 +156,177 @@ def test_alert_rules_pass_their_unit_tests() -> None:
     assert "SUCCESS" in result.stdout
 
 
+def test_the_shipped_rules_are_the_generated_ones() -> None:
+    """deploy/prometheus/pipectl.rules.yml is `pipectl config rules` with the defaults:
+    edit pipectl/alert_rules.yml.in, then regenerate."""
+    assert RULES.read_text() == alert_rules.render(), (
+        "regenerate: pipectl config rules > deploy/prometheus/pipectl.rules.yml"
+    )
+
+
+def test_config_rules_with_a_runbook_base_and_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = "https://wiki.example.com/pipectl/operating.md"
+    assert main(["config", "rules", "--runbook-base", base, "--job", "apes-agents"]) == 0
+    text = capsys.readouterr().out
+    rules = yaml.safe_load(text)
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    for alert in alerts:
+        assert alert["annotations"]["runbook_url"] == f"{base}#{alert['alert'].lower()}"
+    down = next(a for a in alerts if a["alert"] == "PipectlAgentDown")
+    assert down["expr"] == 'up{job="apes-agents"} == 0'
+    path = tmp_path / "rules.yml"
+    path.write_text(text)
+    checked = subprocess.run(
+        [tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--runbook-base", "docs/operating.md"], "expected an absolute http(s) URL"),
+        (["--runbook-base", "https://x.example/ops.md#alerts"], "has a fragment"),
+        (["--job", 'pipectl"} or vector(1) #'], "is not a job name"),
+    ],
+)
+def test_config_rules_refuses_what_it_cannot_write(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["config", "rules", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert message in captured.err and "Traceback" not in captured.err
+
+
+def test_every_aggregation_keeps_the_job() -> None:
+    """Separate deployments (one job each) never merge into one alert."""
+    rules = yaml.safe_load(RULES.read_text())
+    for rule in (r for g in rules["groups"] for r in g["rules"]):
+        for grouping in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", rule["expr"]):
+            labels = {label.strip() for label in grouping.split(",")}
+            assert "job" in labels, f"{rule.get('alert') or rule.get('record')}: {grouping}"
+        assert "without" not in rule["expr"]
+
+
+def test_alertmanager_inhibition_passes_amtool(tmp_path: Path) -> None:
+    """The shipped inhibit rules inside a minimal Alertmanager config."""
+    inhibit = yaml.safe_load((REPO / "deploy" / "alertmanager" / "pipectl-inhibit.yml").read_text())
+    config = {"route": {"receiver": "default"}, "receivers": [{"name": "default"}], **inhibit}
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [tool("amtool"), "check-config", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 inhibit rules" in result.stdout
+    # Every family has a critical alert to inhibit its warnings with.
+    rules = yaml.safe_load(RULES.read_text())
+    families: dict[str, set[str]] = {}
+    for rule in (r for g in rules["groups"] for r in g["rules"] if "alert" in r):
+        if "family" in rule["labels"]:
+            families.setdefault(rule["labels"]["family"], set()).add(rule["labels"]["severity"])
+    assert families and all(found == {"warning", "critical"} for found in families.values())
+
+
+def _cache_alert(
+    severity: str, name: str, level: str, job: str = "pipectl-agent"
+) -> dict[str, Any]:
+    labels = {"alertname": name, "severity": severity, "family": "cache_hit_ratio", "job": job}
+    return {"labels": {**labels, "source": "redis", "level": level}}
+
+
+class Alertmanager:
+    """Debian's Alertmanager on a free loopback port, with the shipped inhibit rules."""
+
+    def __init__(self, directory: Path) -> None:
+        inhibit = yaml.safe_load(
+            (REPO / "deploy" / "alertmanager" / "pipectl-inhibit.yml").read_text()
+        )
+        config = directory / "alertmanager.yml"
+        routes = {"route": {"receiver": "default"}, "receivers": [{"name": "default"}]}
+        config.write_text(yaml.safe_dump({**routes, **inhibit}))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.base = f"http://127.0.0.1:{port}/api/v2"
+        with open(directory / "alertmanager.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    tool("prometheus-alertmanager"),
+                    f"--config.file={config}",
+                    f"--storage.path={directory / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--cluster.listen-address=",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+
+    def post(self, alerts: list[dict[str, Any]]) -> bool:
+        request = urllib.request.Request(
+            f"{self.base}/alerts",
+            data=json.dumps(alerts).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def inhibited(self) -> dict[tuple[str, str, str], bool]:
+        """(alertname, level, job) -> whether the alert is inhibited."""
+        with urllib.request.urlopen(f"{self.base}/alerts", timeout=5) as response:
+            found = json.loads(response.read())
+        return {
+            (a["labels"]["alertname"], a["labels"].get("level", ""), a["labels"].get("job", "")): (
+                bool(a["status"]["inhibitedBy"])
+            )
+            for a in found
+        }
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+async def test_alertmanager_inhibits_the_warning_for_the_same_thing(tmp_path: Path) -> None:
+    """A real Alertmanager with the shipped inhibit rules: the critical cache alert mutes
+    the warning of the same job, source and level, and nothing else."""
+    alerts = [
+        _cache_alert("critical", "PipectlCacheHitRatioCritical", "all"),
+        _cache_alert("warning", "PipectlCacheHitRatioLow", "all"),  # muted
+        _cache_alert("warning", "PipectlCacheHitRatioLow", "L2"),  # another level
+        _cache_alert("warning", "PipectlCacheHitRatioLow", "all", job="pipectl-staging"),
+        {"labels": {"alertname": "PipectlCheckFailing", "severity": "warning", "check": "c"}},
+    ]
+    manager = Alertmanager(tmp_path)
+    try:
+
+        async def posted() -> bool:
+            return manager.post(alerts)
+
+        async def settled() -> dict[tuple[str, str, str], bool] | None:
+            state = manager.inhibited()  # the inhibitor takes new alerts in asynchronously
+            return state if len(state) == len(alerts) and any(state.values()) else None
+
+        await wait_for(posted, timeout=30, interval=0.2)
+        state = await wait_for(settled, timeout=30, interval=0.2)
+    finally:
+        manager.stop()
+    assert state == {
+        ("PipectlCacheHitRatioCritical", "all", "pipectl-agent"): False,
+        ("PipectlCacheHitRatioLow", "all", "pipectl-agent"): True,
+        ("PipectlCacheHitRatioLow", "L2", "pipectl-agent"): False,
+        ("PipectlCacheHitRatioLow", "all", "pipectl-staging"): False,
+        ("PipectlCheckFailing", "", ""): False,
+    }
+
+
 def test_every_alert_has_summary_description_and_runbook() -> None:
     rules = yaml.safe_load(RULES.read_text())
     doc = (REPO / "docs" / "operating.md").read_text().lower()
@@ -155,7 +335,8 @@ def test_every_alert_has_summary_description_and_runbook() -> None:
     for alert in alerts:
         notes = alert["annotations"]
         assert notes["summary"] and notes["description"], alert["alert"]
-        anchor = notes["runbook_url"].split("#", 1)[1]
+        base, anchor = notes["runbook_url"].split("#", 1)
+        assert base == alert_rules.DEFAULT_RUNBOOK_BASE
         assert anchor == alert["alert"].lower()
         assert f"### {alert['alert'].lower()}" in doc, f"no runbook for {alert['alert']}"
 

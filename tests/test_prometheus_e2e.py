@@ -1,5 +1,7 @@
-"""End to end: a real Prometheus scrapes a running agent with our rules; a stalled feed in the
-simulator makes the stale-data alert go pending, read back through Prometheus's HTTP API."""
+"""End to end: a real Prometheus scrapes running agents with our rules; a stalled feed in the
+simulator makes the stale-data alert go pending (one agent, the shipped rules), or fire and
+resolve (two agents on one database, the rules with short `for`), read back through
+Prometheus's HTTP API."""
 
 from __future__ import annotations
 
@@ -7,19 +9,25 @@ import asyncio
 import json
 import socket
 import subprocess
+import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
+import yaml
 
+from pipectl import alert_rules
 from pipectl.agent.http import MetricsServer
 from pipectl.simulator import ApesSimulator
 from tests.agent.conftest import running_agent
 from tests.helpers import wait_for
-from tests.test_observability import RULES, tool
+from tests.test_observability import RULES, scrape, tool
 
 pytestmark = pytest.mark.slow
 
@@ -55,17 +63,19 @@ class Prometheus:
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, target: int) -> None:
+    def start(self, *targets: int, rules: Path = RULES) -> None:
         config = self.directory / "prometheus.yml"
         config.write_text(
             json.dumps(
                 {
                     "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                    "rule_files": [str(RULES)],
+                    "rule_files": [str(rules)],
                     "scrape_configs": [
                         {
                             "job_name": "pipectl-agent",
-                            "static_configs": [{"targets": [f"127.0.0.1:{target}"]}],
+                            "static_configs": [
+                                {"targets": [f"127.0.0.1:{target}" for target in targets]}
+                            ],
                         }
                     ],
                 }
@@ -134,7 +144,147 @@ async def test_stalled_feed_raises_the_stale_data_alert(
     stale = next(a for a in alerts if a["labels"]["alertname"] == "PipectlDataStale")
     assert stale["labels"]["check"] == "user_feedback_freshness"
     assert stale["labels"]["severity"] == "critical"
-    assert stale["annotations"]["runbook_url"] == "docs/operating.md#pipectldatastale"
+    assert stale["annotations"]["runbook_url"] == (
+        f"{alert_rules.DEFAULT_RUNBOOK_BASE}#pipectldatastale"
+    )
+
+
+def _quick_rules(directory: Path) -> Path:
+    """The shipped rules with `for: 2s`: the test waits for firing, not for minutes."""
+    rules = yaml.safe_load(alert_rules.render())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["for"] = "2s"
+    path = directory / "quick.rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    return path
+
+
+async def test_two_agents_on_one_database_fire_and_resolve_the_alert(
+    database: str, redis_url: str, prometheus: Prometheus, tmp_path: Path
+) -> None:
+    """Whichever agent runs the check's ticks, both export its status (read from the
+    database at their heartbeats): the alert fires once, without an instance label, and
+    resolves once the feed is back. Before, the agent that had not run the tick exported
+    nodata (4) and `max by (check)` hid the failure. Prints the timings."""
+    port = prometheus.port
+    simulator = ApesSimulator(database, redis_url, seed=5, rate=100, rhythm=False)
+    await simulator.setup()
+    stop = asyncio.Event()
+    feeding = asyncio.create_task(simulator.run(stop))
+    servers: list[MetricsServer] = []
+    try:
+        async with AsyncExitStack() as stack:
+            agents = [
+                await stack.enter_async_context(running_agent(database, BODY, name=name))
+                for name in ("agent-a", "agent-b")
+            ]
+            for agent in agents:
+                server = MetricsServer("127.0.0.1:0")
+                server.start(agent.metrics)
+                servers.append(server)
+            ports = [s.port for s in servers if s.port is not None]
+            prometheus.start(*ports, rules=_quick_rules(tmp_path))
+            await wait_for(lambda: _targets_up(port, 2), timeout=60, interval=0.5)
+            await wait_for(lambda: _statuses(port, {0.0}), timeout=60, interval=0.5)
+            # A live feed raises nothing (the rules' evaluation may lag the query by a second,
+            # after a start on a feed not yet flowing).
+            await wait_for(lambda: _resolved(port), timeout=30, interval=0.2)
+
+            faulted = time.monotonic()
+            await simulator.inject("stall", table="user_feedback")  # until cleared
+            await wait_for(lambda: _all_export(ports, 2), timeout=90, interval=0.2)
+            both_export = time.monotonic() - faulted
+            recorded_to_exported = await _since_first_fail(database)
+            firing = await wait_for(lambda: _alert(port, "firing"), timeout=90, interval=0.2)
+            fired = time.monotonic() - faulted
+            await wait_for(lambda: _statuses(port, {2.0}, count=2), timeout=30, interval=0.5)
+
+            cleared = time.monotonic()
+            await simulator.clear("stall")
+            await wait_for(lambda: _all_export(ports, 0), timeout=90, interval=0.2)
+            both_clear = time.monotonic() - cleared
+            await wait_for(lambda: _resolved(port), timeout=90, interval=0.2)
+            resolved = time.monotonic() - cleared
+    finally:
+        for server in servers:
+            server.stop()
+        stop.set()
+        await feeding
+        await simulator.close()
+    assert firing["labels"] == {
+        "alertname": "PipectlDataStale",
+        "check": "user_feedback_freshness",
+        "job": "pipectl-agent",
+        "severity": "critical",
+    }
+    ran_by = await _agents_that_ran(database)
+    print(
+        f"FIGURE two agents: fault -> both export fail {both_export:.1f}s "
+        f"(error_after 10s of it), result recorded -> both export {recorded_to_exported:.1f}s, "
+        f"fault -> firing {fired:.1f}s (for: 2s), clear -> both export ok {both_clear:.1f}s, "
+        f"clear -> resolved {resolved:.1f}s; check results recorded by {ran_by} agent(s)"
+    )
+
+
+async def _targets_up(port: int, count: int) -> bool:
+    try:
+        targets = _api(port, "/api/v1/targets")["data"]["activeTargets"]
+    except OSError:
+        return False
+    return sum(t["health"] == "up" for t in targets) == count
+
+
+async def _statuses(port: int, values: set[float], count: int = 2) -> bool:
+    """Prometheus has `count` series of the check's status, all with one of `values`."""
+    query = urllib.parse.quote('pipectl_check_status{check="user_feedback_freshness"}')
+    result = _api(port, f"/api/v1/query?query={query}")["data"]["result"]
+    return len(result) == count and all(float(r["value"][1]) in values for r in result)
+
+
+async def _all_export(ports: list[int], status: int) -> bool:
+    """Every agent's /metrics shows the check with `status`."""
+    line = f'pipectl_check_status{{check="user_feedback_freshness",kind="freshness"}} {status}.0'
+    return all(line in scrape(p) for p in ports)
+
+
+async def _alert(port: int, state: str | None = None) -> dict[str, Any] | None:
+    alerts = _api(port, "/api/v1/alerts")["data"]["alerts"]
+    found = [a for a in alerts if a["labels"]["alertname"] == "PipectlDataStale"]
+    assert len(found) <= 1, f"one alert for one check, not one per agent: {found}"
+    if found and (state is None or found[0]["state"] == state):
+        return dict(found[0])
+    return None
+
+
+async def _resolved(port: int) -> bool:
+    return await _alert(port) is None
+
+
+async def _since_first_fail(dsn: str) -> float:
+    """Seconds since the first fail result was recorded; called as soon as both agents
+    export it, it bounds the delay of the shared state (at most a heartbeat, plus polling)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        age: float = await conn.fetchval(
+            "SELECT extract(epoch FROM now() - min(observed_at))::float8"
+            " FROM pipectl.check_results WHERE status = 'fail'"
+        )
+    finally:
+        await conn.close()
+    return age
+
+
+async def _agents_that_ran(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(DISTINCT agent_id) FROM pipectl.check_results"
+        )
+    finally:
+        await conn.close()
+    return count
 
 
 async def _target_up(port: int) -> bool:

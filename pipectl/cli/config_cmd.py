@@ -1,14 +1,16 @@
-"""`pipectl config check|show`."""
+"""`pipectl config check|show|rules`."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from rich.table import Table
 
+from pipectl import alert_rules
 from pipectl.checks.validation import validate_catalog
-from pipectl.cli.common import EXIT_OK, console, load
+from pipectl.cli.common import EXIT_OK, CliError, console, load
 from pipectl.config import LoadedConfig, effective_items
 from pipectl.db import DatabaseUnavailable, connect, describe_target, resolve
 from pipectl.safetext import visible
@@ -35,6 +37,37 @@ def register(subparsers: Any) -> None:
         "show", help="print the effective config and where each value came from"
     )
     show.set_defaults(handler=show_config)
+    rules = verbs.add_parser(
+        "rules",
+        help="print the Prometheus alert rules, with your runbook URL and scrape job",
+        description="Print the Prometheus recording and alert rules (the shipped "
+        "deploy/prometheus/pipectl.rules.yml is this output with the defaults). Runbook "
+        "links are absolute: RUNBOOK_BASE#alertname.",
+    )
+    rules.add_argument(
+        "--runbook-base",
+        metavar="URL",
+        default=alert_rules.DEFAULT_RUNBOOK_BASE,
+        help="absolute URL where docs/operating.md is published "
+        f"(default: {alert_rules.DEFAULT_RUNBOOK_BASE}, a placeholder)",
+    )
+    rules.add_argument(
+        "--job",
+        metavar="NAME",
+        default=alert_rules.DEFAULT_JOB,
+        help=f"the scrape job of the agents (default: {alert_rules.DEFAULT_JOB})",
+    )
+    rules.set_defaults(handler=print_rules)
+
+
+def print_rules(args: argparse.Namespace) -> int:
+    """Reads no config and connects nowhere: the rules depend on the arguments only."""
+    try:
+        text = alert_rules.render(args.runbook_base, args.job)
+    except alert_rules.RulesError as exc:
+        raise CliError(f"config rules: {exc}") from exc
+    sys.stdout.write(text)
+    return EXIT_OK
 
 
 async def check_config(args: argparse.Namespace) -> int:

@@ -69,30 +69,6 @@ async def heartbeat(db: DB, agent_id: UUID, status_line: str | None = None) -> B
     return Beat(row["alive"], row["now"])
 
 
-@dataclass(frozen=True)
-class QueueCounts:
-    pending: int
-    oldest_age: float
-    alive: int
-
-
-async def queue_counts(db: DB) -> QueueCounts:
-    """Open requests, the age of the oldest, and agents with a recent heartbeat."""
-    row = await db.fetchrow(
-        """
-        SELECT (SELECT count(*) FROM pipectl.requests WHERE done_at IS NULL) AS pending,
-               (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)
-                  FROM pipectl.requests WHERE done_at IS NULL) AS oldest,
-               (SELECT count(*) FROM pipectl.agents
-                 WHERE stopped_at IS NULL AND lost_at IS NULL
-                   AND last_seen > now() - make_interval(secs => heartbeat_seconds * 3)
-               ) AS alive
-        """
-    )
-    assert row is not None
-    return QueueCounts(row["pending"], float(row["oldest"]), row["alive"])
-
-
 # An agent holds a shared session-level advisory lock (LIVENESS_NAMESPACE, hashtext(id)) on
 # its listening connection for as long as it lives: the kernel closes a dead process's
 # sockets, the server ends its sessions and the lock goes with them. Peers see it in

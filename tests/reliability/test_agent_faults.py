@@ -251,8 +251,8 @@ async def test_a_database_that_stops_answering_is_reported_and_stop_stays_in_tim
 ) -> None:
     """With its connections black-holed the agent used to log nothing, keep exporting
     pipectl_database_up 1 and ignore SIGTERM for 40 s. Every statement is now bounded on the
-    client: the hung database is reported within a few heartbeats, and stop() keeps to the
-    shutdown timeout."""
+    client: the hung database is reported within a few heartbeats (the shared series removed,
+    no agent alive), and stop() keeps to the shutdown timeout."""
     caplog.set_level(logging.WARNING)
     async with hanging_proxy(database) as proxy:
         body = FAST.replace("[agent]\n", '[agent]\nshutdown_timeout = "6s"\n') + SUMMARY_STEPS
@@ -272,6 +272,16 @@ async def test_a_database_that_stops_answering_is_reported_and_stop_stays_in_tim
 
             await wait_for(reported_down, timeout=15)
             noticed = time.monotonic() - hung_at
+            # Nothing shared is known now: no agent alive, and no step state left stale.
+            registry = agent.metrics.registry
+            assert registry.get_sample_value("pipectl_agents_alive") == 0
+            assert (
+                registry.get_sample_value(
+                    "pipectl_step_last_success_timestamp_seconds",
+                    {"step": "rule_effectiveness_summary"},
+                )
+                is None
+            )
             assert any("database unreachable" in r.getMessage() for r in caplog.records)
         finally:
             began = time.monotonic()

@@ -96,7 +96,7 @@ def serve() -> Iterator[Callable[[Path], str]]:
 
 
 def test_metrics_bind_loopback_by_default() -> None:
-    assert AgentConfig().metrics_address == "127.0.0.1:9187"
+    assert AgentConfig().metrics_address == "127.0.0.1:10144"
     assert AgentConfig().metrics_web_config is None
 
 

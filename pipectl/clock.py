@@ -158,6 +158,11 @@ class FakeClock:
             sleeper.cancel()
         return event.is_set()
 
+    def due(self) -> list[float]:
+        """The monotonic times sleepers wait for, soonest first (a test can tell from it that
+        a loop has gone back to sleep before it moves the clock)."""
+        return sorted(due for due, _, future in self._sleepers if not future.done())
+
     def jump(self, seconds: float) -> None:
         """Step the wall clock alone (monotonic time does not move)."""
         self._wall += timedelta(seconds=seconds)

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from pipectl import store
+from pipectl.agent.retention import PASS_EVERY
 from pipectl.agent.schedule import interval_schedule, tick_loop
 from pipectl.clock import DatabaseClock, FakeClock
 from pipectl.model import RequestKind
@@ -227,6 +228,9 @@ async def test_retention_prunes_at_start_and_then_hourly(
     )
     async with running_agent(database, body, clock=clock):
         await wait_for(lambda: _no_old_events(db))
+        # The pass at start is over once its loop sleeps for the hour: moving the clock
+        # before that would start the hour from the moved time.
+        await wait_for(_async(lambda: PASS_EVERY in clock.due()))
         await db.execute(
             "INSERT INTO pipectl.events (kind, subject, message, at)"
             " VALUES ('test.old', 'x', 'old', now() - interval '10 days')"

@@ -188,7 +188,15 @@ class Membership:
         rt = self.rt
         rt.runner.cancel_reason = "abandoned: agent was declared lost by a peer"
         rt.work.cancel_dispatched()
+        old_id = rt.identity.id
         rt.runner.agent_id = rt.identity.renew()
+        # The reaper failed what it saw; a run this agent created under its old identity
+        # in the moment before (a tick, a chained run) would otherwise stay queued for good.
+        closed = await store.close_unfinished_runs(
+            rt.pool, old_id, RunStatus.CANCELLED, rt.runner.cancel_reason
+        )
+        if closed:
+            log.info("closed %d runs left under the identity peers declared lost", len(closed))
         await self.register()
         await self._move_liveness()
         await publish_plan(rt, rt.plan)  # a new agent row publishes nothing until it does

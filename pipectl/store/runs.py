@@ -45,13 +45,23 @@ async def claim_tick(
 ) -> TickClaim:
     """Create the run for one scheduled tick, unless another agent already did, or the tick
     is more than `tolerance` ahead of the database's clock (an agent whose clock runs ahead
-    must not take tomorrow's tick today: the real one would find it taken)."""
+    must not take tomorrow's tick today: the real one would find it taken), or peers have
+    declared `agent_id` lost. The agent's row is share-locked for that: a reaper that holds
+    it first makes this claim see `lost_at` and insert nothing; a claim that holds it first
+    makes the reaper (SKIP LOCKED) come back at its next heartbeat, when it will fail this
+    run with the rest. Without it a tick claimed just after the reap stayed queued for good:
+    its agent abandons what it holds when it notices, and nobody reaps it twice."""
     row = await db.fetchrow(
         """
         WITH due AS (SELECT $2::timestamptz - (now() + $4::interval) AS ahead),
+        live AS (
+            SELECT id FROM pipectl.agents
+            WHERE id = $3 AND lost_at IS NULL AND stopped_at IS NULL
+            FOR SHARE
+        ),
         claimed AS (
             INSERT INTO pipectl.runs (step, trigger, scheduled_for, agent_id)
-            SELECT $1, 'schedule', $2, $3 FROM due WHERE due.ahead <= interval '0'
+            SELECT $1, 'schedule', $2, $3 FROM due, live WHERE due.ahead <= interval '0'
             ON CONFLICT (step, scheduled_for) WHERE trigger = 'schedule' AND attempt = 1
             DO NOTHING
             RETURNING id

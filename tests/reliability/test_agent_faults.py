@@ -372,6 +372,36 @@ async def test_a_scheduled_run_lost_with_its_agent_is_run_again(database: str) -
     assert lost == "failed"
 
 
+async def test_an_agent_declared_lost_claims_no_tick_under_that_identity(database: str) -> None:
+    """Between being declared lost and noticing it, an agent's schedule may still fire: a
+    tick claimed then stayed queued for good (its agent abandons what it holds, and nobody
+    reaps an agent twice). Such a claim is refused; a live agent's is not."""
+    cut_off, survivor = uuid.uuid4(), uuid.uuid4()
+    tick = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    async with connected(database) as conn:
+        for agent_id, name in ((cut_off, "cut-off"), (survivor, "survivor")):
+            await store.register_agent(
+                conn,
+                agent_id=agent_id,
+                name=name,
+                host="test",
+                pid=1,
+                version="test",
+                heartbeat_seconds=0.5,
+            )
+        await conn.execute(
+            "UPDATE pipectl.agents SET last_seen = now() - interval '1 hour' WHERE id = $1",
+            cut_off,
+        )
+        reaped = await store.reap_lost_agents(conn, survivor, 3, [])
+        assert [r.agent_id for r in reaped] == [cut_off]
+        refused = await store.claim_tick(conn, "upstream", tick, cut_off)
+        assert refused.run_id is None
+        assert await conn.fetchval("SELECT count(*) FROM pipectl.runs") == 0
+        taken = await store.claim_tick(conn, "upstream", tick, survivor)
+        assert taken.run_id is not None
+
+
 # ---------------------------------------------------------------------------- reload
 
 

@@ -285,7 +285,19 @@ class StepRunner:
                     f"already running elsewhere{f' ({holder})' if holder else ''}",
                     detail={"holder": holder},
                 )
-            return await _perform(conn, plan)
+            before = await store.pending_reads(conn)
+            result = await _perform(conn, plan)
+            reads = store.reads_between(before, await store.pending_reads(conn))
+        await self._record_reads(plan.name, reads)
+        return result
+
+    async def _record_reads(self, step: str, reads: store.Reads) -> None:
+        """What the refresh looked up, for the buffer-cache check to leave out; losing it
+        costs only that correction, never the run."""
+        try:
+            await store.record_own_reads(self.runs_pool, f"step {step}", reads)
+        except Exception as exc:
+            log.warning("step %s: could not record its own reads: %s", step, describe(exc))
 
 
 async def _step_lock(conn: Conn, step: str, trigger: Trigger, clock: Clock) -> bool:

@@ -37,6 +37,15 @@ from pipectl.store.definitions import (
     step_states,
 )
 from pipectl.store.events import add_event, recent_events
+from pipectl.store.own_reads import (
+    DATABASE_KEY,
+    Reads,
+    own_reads_between,
+    pending_reads,
+    prune_own_reads,
+    reads_between,
+    record_own_reads,
+)
 from pipectl.store.requests import (
     claim_requests,
     create_request,
@@ -77,6 +86,7 @@ from pipectl.store.summaries import refresh_summary
 from pipectl.store.views import CheckRow, StatusSnapshot, StepRow, status_snapshot
 
 __all__ = [
+    "DATABASE_KEY",
     "DB",
     "LIVENESS_NAMESPACE",
     "BaselineRow",
@@ -86,6 +96,7 @@ __all__ = [
     "CheckState",
     "LostAgent",
     "QueueCounts",
+    "Reads",
     "Retry",
     "StatusSnapshot",
     "StepDefinition",
@@ -117,17 +128,22 @@ __all__ = [
     "latest_baselines",
     "latest_outcomes",
     "list_requests",
+    "own_reads_between",
+    "pending_reads",
     "prune",
+    "prune_own_reads",
     "publish_checks",
     "publish_steps",
     "queue_counts",
     "read_series",
     "read_windows",
+    "reads_between",
     "reap_departed_agents",
     "reap_lost_agents",
     "recent_events",
     "recent_results",
     "recent_runs",
+    "record_own_reads",
     "record_result",
     "refresh_summary",
     "register_agent",

@@ -115,16 +115,21 @@ def demo_overrides(pace: float = PACE) -> dict[str, dict[str, Any]]:
         },
         "rule_execution_p95": {"window": "1m"},
         "request_latency_p95": {"window": "1m"},
-        "avg_user_rating": {"window": "3m"},
-        "negative_feedback_share": {"window": "3m"},
+        # Ratings come a few dozen a minute: right after the warm-up a window holds only a
+        # dozen, so the limits on their average and shares are wider than in production.
+        "avg_user_rating": {"window": "2m", "bounds": {"warn_below": 2.5, "fail_below": 1.5}},
+        "negative_feedback_share": {
+            "window": "2m",
+            "bounds": {"warn_above": 0.5, "fail_above": 0.7},
+        },
         "improvement_score_in_range": {"window": "1m"},
         "rule_ids_known": {"window": "1m"},
         "confidence_level_present": {"window": "1m"},
         "cache_level_valid": {"window": "1m"},
-        "user_rating_present": {"window": "3m"},
+        "user_rating_present": {"window": "1m", "warn_over": 0.4, "fail_over": 0.7},
         "user_rating_in_range": {"window": "1m"},
         "applied_rules_have_rule_id": {"window": "1m"},
-        "app_cache_hit_ratio": {"window": "3m"},
+        "app_cache_hit_ratio": {"window": "3m", "min_requests": 100},
     }
 
 

@@ -131,6 +131,7 @@ def _demo_command(state: Path, *extra: str) -> list[str]:
 _ENV = {**os.environ, "COLUMNS": "400"}
 
 
+@pytest.mark.timeout(900)
 def test_a_healthy_demo_hour_shows_no_warn_or_fail(tmp_path: Path) -> None:
     """An hour of APES at the demo's pace (after its warm-up): not one check's shown status
     turns warn, fail or error, the buffer-cache check included."""
@@ -184,7 +185,7 @@ VISIBLE_WITHIN_S = 150.0
 CLEAR_WITHIN_S = 240.0
 
 
-async def _shows(conn: asyncpg.Connection, signature: Signature, since: datetime) -> bool:
+async def _shows(conn: asyncpg.Pool, signature: Signature, since: datetime) -> bool:
     if signature.check is not None:
         status = await conn.fetchval(
             "SELECT status FROM pipectl.checks WHERE name = $1", signature.check
@@ -199,18 +200,18 @@ async def _shows(conn: asyncpg.Connection, signature: Signature, since: datetime
     return bool(failed)
 
 
-async def _clear(conn: asyncpg.Connection, signature: Signature, since: datetime) -> bool:
+async def _clear(conn: asyncpg.Pool, signature: Signature, since: datetime) -> bool:
     if signature.check is not None:
         status = await conn.fetchval(
             "SELECT status FROM pipectl.checks WHERE name = $1", signature.check
         )
-        return status == "ok"
+        return bool(status == "ok")
     last = await conn.fetchrow(
         "SELECT status, finished_at FROM pipectl.runs WHERE step = $1"
         " AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1",
         signature.step,
     )
-    return last is not None and last["status"] == "succeeded" and last["finished_at"] > since
+    return bool(last is not None and last["status"] == "succeeded" and last["finished_at"] > since)
 
 
 async def _until(probe: Callable[[], Awaitable[bool]], deadline_s: float, what: str) -> float:
@@ -230,9 +231,9 @@ def _dsn_from(log: Path) -> str | None:
 
 
 async def _wait_all(
-    conn: asyncpg.Connection,
+    conn: asyncpg.Pool,
     faults: list[str],
-    probe: Callable[[asyncpg.Connection, Signature, datetime], Awaitable[bool]],
+    probe: Callable[[asyncpg.Pool, Signature, datetime], Awaitable[bool]],
     since: datetime,
     limit_s: float,
     what: str,
@@ -254,7 +255,7 @@ async def _drive(dsn: str) -> dict[str, tuple[float, float]]:
     from pipectl.simulator.control import send_fault
 
     timings: dict[str, tuple[float, float]] = {}
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.create_pool(dsn, min_size=1, max_size=4)  # the faults are polled at once
     try:
         for faults in ROUNDS:
             await _wait_all(conn, faults, _clear, datetime.now(UTC) - FAULT_FOR, 240, "green")
@@ -271,6 +272,7 @@ async def _drive(dsn: str) -> dict[str, tuple[float, float]]:
     return timings
 
 
+@pytest.mark.timeout(1500)
 def test_every_fault_shows_in_the_demo_and_clears_after(tmp_path: Path) -> None:
     from pipectl.simulator import FAULTS
 
@@ -278,7 +280,8 @@ def test_every_fault_shows_in_the_demo_and_clears_after(tmp_path: Path) -> None:
     err = tmp_path / "demo.err"
     with err.open("w") as stderr:
         demo = subprocess.Popen(
-            [*_demo_command(tmp_path / "state", "--seed", "5"), "--duration", "1800"],
+            # --json: the progress lines (and the DSN) go to stderr
+            [*_demo_command(tmp_path / "state", "--seed", "5", "--json"), "--duration", "1800"],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=stderr,

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipectl import apes_sql, migrate
 from pipectl.config import Config, LoadedConfig, load_config, mask_secret_url
 from pipectl.embedded import EmbeddedServers, default_state_dir
+from pipectl.identifiers import quote_ident
 from pipectl.presets import apes_preset_path
 from pipectl.simulator import ApesSimulator
 from pipectl.simulator.rhythm import FEEDS
@@ -226,6 +227,19 @@ async def backfill(simulator: ApesSimulator, days: int, out: Console) -> None:
         out.print(f"  {result.reason or 'history kept from the last run'}")
     else:
         out.print(f"  {result.total_rows:,} rows of {days}-day history in {result.seconds:.1f}s")
+        await settle(simulator.dsn, sorted(result.rows))
+
+
+async def settle(dsn: str | None, tables: list[str]) -> None:
+    """VACUUM (ANALYZE) the tables just loaded, as one does after a restore: otherwise
+    autovacuum scans them in the demo's first minute, and its reads (of a table bigger than
+    the demo's shared_buffers) would show as a buffer-cache dip no application caused."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for table in tables:
+            await conn.execute(f"VACUUM (ANALYZE) public.{quote_ident(table)}")
+    finally:
+        await conn.close()
 
 
 async def random_faults(simulator: ApesSimulator, stop: asyncio.Event, rng: random.Random) -> None:

@@ -407,7 +407,10 @@ async def _probe_transaction(
     async with conn.transaction(readonly=True):
         milliseconds = max(int(limit.total_seconds() * 1000), 1)
         await conn.execute(f"SET LOCAL statement_timeout = {milliseconds}")
-        before = await store.pending_reads(conn) if reads is not None else {}
+        before: store.Reads = {}
+        if reads is not None:
+            await store.measure_own_reads(conn)
+            before = await store.pending_reads(conn)
         yield
         if reads is not None:
             reads.append(store.reads_between(before, await store.pending_reads(conn)))

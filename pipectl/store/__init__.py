@@ -40,6 +40,7 @@ from pipectl.store.events import add_event, recent_events
 from pipectl.store.own_reads import (
     DATABASE_KEY,
     Reads,
+    measure_own_reads,
     own_reads_between,
     pending_reads,
     prune_own_reads,
@@ -128,6 +129,7 @@ __all__ = [
     "latest_baselines",
     "latest_outcomes",
     "list_requests",
+    "measure_own_reads",
     "own_reads_between",
     "pending_reads",
     "prune",

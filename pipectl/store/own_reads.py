@@ -7,7 +7,9 @@ A session's statistics are counted per relation while its transaction runs and r
 and after a refresh or a probe (in the same transaction), their difference is exactly what
 that work looked up, relation by relation (pg_stat_database's blks_hit and blks_read are the
 sums of the same relation counts). The database-wide counter of the cache check subtracts
-every relation; a watched table's counter subtracts that table's heap.
+every relation; a watched table's counter subtracts that table's heap. Parallel workers
+keep statistics of their own, out of the session's sight: bracketed work runs without them
+(`measure_own_reads`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ WHERE pg_stat_get_xact_blocks_fetched(c.oid) > 0
 
 Reads = dict[str, tuple[int, int]]
 """relation -> (blocks fetched, of which found in shared buffers)."""
+
+
+async def measure_own_reads(conn: Conn) -> None:
+    """Keep this transaction's reads in this session: parallel workers count theirs in
+    their own statistics, which `pending_reads` cannot see, so the bracketed work runs
+    without them (SET LOCAL: until the transaction ends)."""
+    await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
 
 
 async def pending_reads(conn: Conn) -> Reads:

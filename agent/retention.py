@@ -38,6 +38,10 @@ class Retention:
     async def prune_once(self) -> dict[str, int]:
         try:
             deleted = await store.prune(self.rt.pool, self.ages())  # type: ignore[arg-type]
+            # pipectl's own reads matter only until the buffer-cache check has judged them.
+            deleted["own_reads"] = await store.prune_own_reads(
+                self.rt.pool, self.rt.config.retention.results
+            )
         except Exception as exc:
             self.outage.failed(exc)
             return {}

@@ -323,7 +323,23 @@ class StepRunner:
                     f"already running elsewhere{f' ({holder})' if holder else ''}",
                     detail={"holder": holder},
                 )
-            return await _perform(conn, plan)
+            await store.measure_own_reads(conn)
+            before = await store.pending_reads(conn)
+            result = await _perform(conn, plan)
+            reads = store.reads_between(before, await store.pending_reads(conn))
+            await _record_reads(conn, plan.name, reads)
+            return result
+
+
+async def _record_reads(conn: Conn, step: str, reads: store.Reads) -> None:
+    """What the run looked up, for the buffer-cache check to leave out: written in the run's
+    transaction (still under the step's lock), behind a savepoint, so that a refused insert
+    costs only that correction, never the run."""
+    try:
+        async with conn.transaction():
+            await store.record_own_reads(conn, f"step {step}", reads)
+    except asyncpg.PostgresError as exc:
+        log.warning("step %s: could not record its own reads: %s", step, describe(exc))
 
 
 async def _step_lock(conn: Conn, step: str, trigger: Trigger, clock: Clock) -> bool:

@@ -390,6 +390,7 @@ async def _validated(conn: Conn, plan: AgentPlan) -> AgentPlan:
     check` runs too (steps and checks, every problem on its line); no engine without
     enabled checks."""
     engine = await validate_catalog(conn, plan.loaded)
+    engine.record_own_reads = True  # the agent's role may; the buffer-cache check needs it
     return plan.with_checks(engine if plan.enabled_checks() else None)
 
 

@@ -22,7 +22,12 @@
   `cache_level_valid` reports them).
 
 Defaults (`CacheCheck.thresholds`): Redis and app warn below 0.80 and fail below 0.50;
-PostgreSQL warn below 0.95 and fail below 0.90.
+PostgreSQL warn below 0.95 and fail below 0.90. `min_requests` defaults per source
+(`MIN_REQUESTS`): 20 requests for redis and app, 2000 buffer lookups for postgres.
+
+A monitor must not fail the metric it disturbs: the postgres source leaves out the lookups
+pipectl itself made (its refreshes and probes, recorded in `pipectl.own_reads` by the agent,
+see `pipectl/store/own_reads.py`) before it counts and judges an interval.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ class CacheCheck(CheckBase):
     window: PositiveDuration = timedelta(minutes=15)
     warn_below: Ratio | None = None
     fail_below: Ratio | None = None
-    min_requests: int = Field(default=20, ge=0)
+    min_requests: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _shape(self) -> CacheCheck:
@@ -86,6 +91,16 @@ class CacheCheck(CheckBase):
     def thresholds(self) -> tuple[float, float]:
         """Warn and fail floors, defaulting to the targets in the checks issue."""
         return floors(self.source, self.warn_below, self.fail_below)
+
+    def requests_floor(self) -> int:
+        """Lookups an interval (or window) needs before it is judged: `min_requests`, else
+        the source's default (MIN_REQUESTS)."""
+        return self.min_requests if self.min_requests is not None else MIN_REQUESTS[self.source]
+
+
+MIN_REQUESTS = {"redis": 20, "app": 20, "postgres": 2000}
+"""Default min_requests per source. A buffer cache sees thousands of lookups a minute even on
+a quiet database; a ratio over a few hundred of them swings with any single scan."""
 
 
 def floors(source: str, warn_below: float | None, fail_below: float | None) -> tuple[float, float]:
@@ -162,6 +177,8 @@ class Interval:
     hits: int = 0
     misses: int = 0
     seconds: float = 0.0
+    own: int = 0
+    """pipectl's own lookups left out of hits and misses."""
 
     @property
     def lookups(self) -> int:
@@ -173,12 +190,17 @@ class Interval:
 
 
 def intervals(
-    previous: Reading | None, current: Reading, min_requests: int
+    previous: Reading | None,
+    current: Reading,
+    min_requests: int,
+    own: Mapping[str, tuple[int, int]] | None = None,
 ) -> tuple[list[Interval], Reading]:
     """Per-counter deltas, and the reading to remember for next time.
 
-    A quiet counter keeps its previous reading so that lookups accumulate until there are
-    enough to judge; any other outcome remembers the current one.
+    `own[key]` = (lookups, hits) pipectl itself made on that counter since its previous
+    reading: left out of the delta (never below zero), so a monitor does not judge its own
+    scans. A quiet counter keeps its previous reading so that lookups accumulate until
+    there are enough to judge; any other outcome remembers the current one.
     """
     found: list[Interval] = []
     remembered: dict[str, Counter] = {}
@@ -191,12 +213,16 @@ def intervals(
             found.append(Interval(key, "reset"))
         else:
             hits, misses = now.hits - before.hits, now.misses - before.misses
+            own_fetched, own_hits = (own or {}).get(key, (0, 0))
+            own_misses = own_fetched - own_hits
+            left = min(own_hits, hits) + min(own_misses, misses)
+            hits, misses = max(hits - own_hits, 0), max(misses - own_misses, 0)
             seconds = (now.at - before.at).total_seconds()
             if hits + misses < max(min_requests, 1):
-                found.append(Interval(key, "quiet", hits, misses, seconds))
+                found.append(Interval(key, "quiet", hits, misses, seconds, left))
                 remembered[key] = before
                 continue
-            found.append(Interval(key, "delta", hits, misses, seconds))
+            found.append(Interval(key, "delta", hits, misses, seconds, left))
         remembered[key] = now
     return found, Reading(current.epoch, remembered)
 
@@ -216,15 +242,18 @@ def evaluate_counters(
     now: datetime,
     source: str,
     label: str,
+    own: Mapping[str, tuple[int, int]] | None = None,
 ) -> CheckResult:
-    """Pure: judge each counter's delta; the lowest ratio judged is the check's value."""
+    """Pure: judge each counter's delta (pipectl's `own` lookups left out); the lowest ratio
+    judged is the check's value."""
     warn_below, fail_below = check.thresholds()
-    found, remember = intervals(previous, current, check.min_requests)
+    min_requests = check.requests_floor()
+    found, remember = intervals(previous, current, min_requests, own)
     judged = [i for i in found if i.ratio is not None]
     worst = min(judged, key=lambda i: i.ratio or 0.0, default=None)
     value = worst.ratio if worst is not None else None
     status = CheckStatus.NODATA if value is None else ratio_status(value, warn_below, fail_below)
-    notes = [_interval_text(item, label, check.min_requests) for item in found]
+    notes = [_interval_text(item, label, min_requests) for item in found]
     if value is not None and status != CheckStatus.OK:
         limit = fail_below if status == CheckStatus.FAIL else warn_below
         notes.insert(0, f"hit ratio {value:.3f} below the {status} limit {number(limit)}")
@@ -240,13 +269,14 @@ def evaluate_counters(
         threshold={
             "warn_below": warn_below,
             "fail_below": fail_below,
-            "min_requests": check.min_requests,
+            "min_requests": min_requests,
         },
         expected_low=warn_below,
         expected_high=1.0,
         baseline={
             **remember.as_json(),
             "lookups": {i.key: i.lookups for i in found if i.state in ("delta", "quiet")},
+            "own_lookups": {i.key: i.own for i in found if i.own},
             **metric_levels(check.source, {_level(i.key): (i.hits, i.lookups) for i in judged}),
             "deltas": True,
         },
@@ -277,9 +307,13 @@ def _interval_text(item: Interval, label: str, min_requests: int) -> str:
             "ratio from the next run"
         )
     spent = humanize_age(item.seconds)
+    own = f"; pipectl's own {item.own} left out" if item.own else ""
     if item.state == "quiet":
-        return f"{name}: only {item.lookups} lookups in {spent} (min_requests {min_requests})"
-    return f"{name} {item.ratio:.3f} over {item.lookups} lookups in {spent}"
+        return (
+            f"{name}: not enough lookups to judge, only {item.lookups} lookups in {spent}"
+            f" (min_requests {min_requests}{own})"
+        )
+    return f"{name} {item.ratio:.3f} over {item.lookups} lookups in {spent}{own}"
 
 
 async def _previous(ctx: Context[CacheCheck]) -> Reading | None:
@@ -360,7 +394,19 @@ async def run_postgres(ctx: Context[CacheCheck]) -> CheckResult:
         epoch, {r["key"]: Counter(int(r["hits"]), int(r["misses"]), ctx.now) for r in rows}
     )
     previous = await _previous(ctx)
-    return evaluate_counters(check, previous, current, ctx.now, ctx.source, "database buffers")
+    own = await _own_reads(ctx, previous, current)
+    return evaluate_counters(check, previous, current, ctx.now, ctx.source, "database buffers", own)
+
+
+async def _own_reads(
+    ctx: Context[CacheCheck], previous: Reading | None, current: Reading
+) -> dict[str, tuple[int, int]]:
+    """pipectl's own lookups (pipectl.own_reads, written by the agent around its refreshes
+    and probes) since each counter's previous reading: they are left out of the ratio."""
+    if previous is None or previous.epoch != current.epoch:
+        return {}
+    since = {key: c.at for key, c in previous.counters.items() if key in current.counters}
+    return await store.own_reads_between(ctx.conn, since, ctx.now)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,16 +449,16 @@ def evaluate_levels(
     threshold = {
         "warn_below": warn_below,
         "fail_below": fail_below,
-        "min_requests": check.min_requests,
+        "min_requests": check.requests_floor(),
     }
     baseline: dict[str, Any] = {**levels.counts, "other": levels.other}
     total = levels.answered
-    if total == 0 or total < check.min_requests:
+    if total == 0 or total < check.requests_floor():
         return CheckResult(
             check.name,
             CheckStatus.NODATA,
             None,
-            f"only {total} requests in {span} (min_requests {check.min_requests})",
+            f"not enough requests: only {total} in {span} (min_requests {check.requests_floor()})",
             now,
             threshold=threshold,
             baseline=baseline,

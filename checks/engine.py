@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import asyncpg
 
+from pipectl import store
 from pipectl.checks.base import SOURCE_BY_TRIGGER, C, Context, KindSpec
 from pipectl.checks.catalog import Catalog, Need, load_catalog, problems_for
 from pipectl.checks.registry import KINDS
@@ -48,6 +49,10 @@ class CheckEngine:
         self._validated: set[str] = set()
         self.warnings: list[str] = []
         """Things worth knowing that do not stop a check (e.g. a probe without an index)."""
+        self.record_own_reads = False
+        """Record what each probe looked up in pipectl.own_reads (the agent sets it; its
+        role may write there), so the buffer-cache check leaves pipectl's reads out."""
+        self._reads_refused = False
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -196,8 +201,9 @@ class CheckEngine:
         run_shared = _kind(members[0]).run_shared
         assert run_shared is not None  # _shared_probe_groups groups only kinds that share
         started = time.perf_counter()
+        reads: list[store.Reads] | None = [] if self.record_own_reads else None
         try:
-            async with _probe_transaction(conn, timeout):
+            async with _probe_transaction(conn, timeout, reads):
                 found = await run_shared(context, members)
         except asyncpg.QueryCanceledError:
             message = (
@@ -217,6 +223,7 @@ class CheckEngine:
             log.exception("shared probe of %s failed unexpectedly", [c.name for c in members])
             return {}
         elapsed = round((time.perf_counter() - started) * 1000, 3)
+        await self._record_reads(conn, f"check {members[0].name}", reads)
         results = {}
         for check, result in zip(members, found, strict=True):
             shared = {**result.baseline, "probe_shared_by": len(members)}
@@ -240,8 +247,11 @@ class CheckEngine:
                         check.name, now, "; ".join(f"{p.path}: {p.message}" for p in problems)
                     )
             context = self._context(check, conn, now, source, timeout, redis)
-            async with _probe_transaction(conn, timeout):
-                return await _kind(check).run(context)
+            reads: list[store.Reads] | None = [] if self.record_own_reads else None
+            async with _probe_transaction(conn, timeout, reads):
+                result = await _kind(check).run(context)
+            await self._record_reads(conn, f"check {check.name}", reads)
+            return result
         except asyncpg.QueryCanceledError:
             message = (
                 f"probe cancelled: it ran longer than its timeout ({format_duration(timeout)})"
@@ -267,6 +277,24 @@ class CheckEngine:
             return _error(check.name, now, f"internal error ({type(exc).__name__}); see the log")
 
     # --- helpers -------------------------------------------------------------------------
+
+    async def _record_reads(self, conn: Conn, what: str, reads: list[store.Reads] | None) -> None:
+        """Store what a probe looked up; a failure costs only the correction, never the
+        check's result (said once in the log)."""
+        if not reads:
+            return
+        try:
+            await store.record_own_reads(conn, what, reads[0])
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            if not self._reads_refused:
+                self._reads_refused = True
+                log.warning(
+                    "could not record pipectl's own reads (%s); the buffer-cache check counts"
+                    " them until this works",
+                    _describe(exc) if isinstance(exc, asyncpg.PostgresError) else exc,
+                )
+        else:
+            self._reads_refused = False
 
     def _timeout(self, check: CheckBase) -> timedelta:
         return check.timeout or self.config.check_defaults.timeout
@@ -371,12 +399,21 @@ def _shared_probe_groups(checks: list[CheckBase]) -> list[list[CheckBase]]:
 
 
 @asynccontextmanager
-async def _probe_transaction(conn: Conn, limit: timedelta) -> AsyncIterator[None]:
-    """Read-only, with a statement_timeout that ends with the transaction."""
+async def _probe_transaction(
+    conn: Conn, limit: timedelta, reads: list[store.Reads] | None = None
+) -> AsyncIterator[None]:
+    """Read-only, with a statement_timeout that ends with the transaction. With `reads`,
+    what the probe looked up (per relation) is appended to it when the probe succeeds."""
     async with conn.transaction(readonly=True):
         milliseconds = max(int(limit.total_seconds() * 1000), 1)
         await conn.execute(f"SET LOCAL statement_timeout = {milliseconds}")
+        before: store.Reads = {}
+        if reads is not None:
+            await store.measure_own_reads(conn)
+            before = await store.pending_reads(conn)
         yield
+        if reads is not None:
+            reads.append(store.reads_between(before, await store.pending_reads(conn)))
 
 
 def _error(name: str, now: datetime, message: str) -> CheckResult:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipectl.checks import cache, freshness, metric, quality, schema, volume
+from pipectl.checks import cache, freshness, metric, quality, schema, version, volume
 from pipectl.checks.base import KindSpec
 from pipectl.config import CHECK_KINDS
 
@@ -35,5 +35,6 @@ for spec in (
     quality.KIND,
     schema.KIND,
     cache.KIND,
+    version.KIND,
 ):
     register(spec)

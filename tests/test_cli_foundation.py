@@ -23,7 +23,7 @@ def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 def test_config_check_ok(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["config", "check", "--config", str(REPO / "config.example.toml")], capsys)
     assert code == 0
-    assert "ok (2 steps, 22 checks)" in out
+    assert "ok (2 steps, 26 checks)" in out
 
 
 def test_config_check_reports_every_problem_and_exits_2(

@@ -280,7 +280,7 @@ MALFORMED: list[tuple[str, str, list[str]]] = [
         """,
         [
             "bad.toml:1: checks.c: unknown check kind 'freshnes'; expected one of freshness, "
-            "volume, metric, quality, schema, cache"
+            "volume, metric, quality, schema, cache, version"
         ],
     ),
     (
@@ -398,7 +398,7 @@ def test_example_config_is_valid_and_complete(repo_root: Path) -> None:
         "user_satisfaction_summary",
     ]
     kinds = {c.kind for c in config.checks}
-    assert kinds == {"freshness", "volume", "metric", "quality", "schema", "cache"}
+    assert kinds == {"freshness", "volume", "metric", "quality", "schema", "cache", "version"}
     assert config.database.dsn is None  # comes from PIPECTL_DATABASE_URL
 
 

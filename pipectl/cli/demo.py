@@ -28,23 +28,118 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipectl import apes_sql, migrate
 from pipectl.config import Config, LoadedConfig, load_config, mask_secret_url
 from pipectl.embedded import EmbeddedServers, default_state_dir
+from pipectl.identifiers import quote_ident
 from pipectl.presets import apes_preset_path
 from pipectl.simulator import ApesSimulator
+from pipectl.simulator.rhythm import FEEDS
 
 log = logging.getLogger(__name__)
 
 DEMO_DATABASE = "apes"
+PACE = 20
+"""The demo runs APES this many times faster than a weekday peak, steadily (no day rhythm),
+with the preset's thresholds scaled to match (DEMO_OVERRIDES): every fault in `pipectl fault
+list` shows in the console within a minute, and a healthy run stays green."""
+WARMUP_S = 30.0
+"""The simulator writes this long before the agent starts judging, so the first windows are
+full and the start is not red."""
 # Demo speed: the preset's schedules are for production; a demo should move within a minute.
 STEP_EVERY = {"rule_effectiveness_summary": 20, "user_satisfaction_summary": 40}
 CHECK_EVERY = {
     "freshness": 10,
-    "cache": 15,
-    "volume": 30,
-    "metric": 30,
-    "quality": 60,
+    "cache": 10,
+    "volume": 10,
+    "metric": 10,
+    "quality": 10,
     "schema": 60,
+    "version": 10,
 }
-RANDOM_FAULTS = ("stall", "spike", "drop", "out_of_range", "nulls", "cache_miss_storm", "lock")
+RANDOM_FAULTS = (
+    "stall",
+    "spike",
+    "drop",
+    "out_of_range",
+    "nulls",
+    "cache_miss_storm",
+    "lock",
+    "deploy",
+)
+
+
+def _per_window(table: str, window_s: float, pace: float) -> float:
+    """Rows the steady demo writes to `table` in `window_s` seconds."""
+    return FEEDS[table].peak_per_hour / 3600 * window_s * pace
+
+
+def demo_overrides(pace: float = PACE) -> dict[str, dict[str, Any]]:
+    """The preset's thresholds scaled to the demo's pace, by check name.
+
+    Windows shrink to seconds or minutes (enough rows at this pace to judge: a share over a
+    dozen ratings would flap), freshness limits to a few gaps between rows, and the volume
+    checks judge static bounds around the steady rate instead of a seasonal baseline (the
+    backfilled history runs at production pace, so against it every demo minute would be a
+    spike). A stall, a spike or a drop is then visible within a minute.
+    """
+    volume: dict[str, dict[str, Any]] = {}
+    for name, table, window_s, low in (
+        ("rule_performance_volume", "rule_performance", 30, 0.25),
+        ("user_feedback_volume", "user_feedback", 60, 0.1),
+    ):
+        expected = _per_window(table, window_s, pace)
+        volume[name] = {
+            "window": f"{window_s}s",
+            "anomaly": None,
+            "bounds": {"warn_below": round(expected * low, 1), "warn_above": round(expected * 3)},
+        }
+    fresh = {"warn_after": "20s", "error_after": "1m"}
+    summary = {"warn_after": "40s", "error_after": "2m"}
+    return {
+        "rule_performance_freshness": fresh,
+        "user_feedback_freshness": fresh,
+        "prompt_sessions_freshness": fresh,
+        "rule_combinations_freshness": fresh,
+        # A batch job even at demo pace: a few patterns a minute, so minutes, not seconds.
+        "discovered_patterns_freshness": {"warn_after": "3m", "error_after": "10m"},
+        "rule_effectiveness_summary_freshness": summary,
+        "user_satisfaction_summary_freshness": {"warn_after": "1m30s", "error_after": "4m"},
+        "schema_version": {"notice_for": "30s"},
+        **volume,
+        "avg_improvement_score": {
+            "window": "1m",
+            "anomaly": {
+                "seasonality": "none",
+                "min_abs_change": 0.05,
+                "direction": "down",
+                "history": "30m",
+                "min_points": 10,
+            },
+        },
+        "rule_execution_p95": {"window": "1m"},
+        # ~100 requests a minute, one in ten a MISS (median 135 ms): a p95 over one minute
+        # sits in the MISS tail and swings past 200 ms by chance; three minutes hold it.
+        "request_latency_p95": {"window": "3m"},
+        # Ratings come a few dozen a minute: right after the warm-up a window holds only a
+        # dozen, so the limits on their average and shares are wider than in production.
+        "avg_user_rating": {"window": "2m", "bounds": {"warn_below": 2.5, "fail_below": 1.5}},
+        "negative_feedback_share": {
+            "window": "2m",
+            "bounds": {"warn_above": 0.5, "fail_above": 0.7},
+        },
+        "improvement_score_in_range": {"window": "1m"},
+        "rule_ids_known": {"window": "1m"},
+        "confidence_level_present": {"window": "1m"},
+        "cache_level_valid": {"window": "1m"},
+        "user_rating_present": {"window": "1m", "warn_over": 0.4, "fail_over": 0.7},
+        "user_rating_in_range": {"window": "1m"},
+        "applied_rules_have_rule_id": {"window": "1m"},
+        "app_cache_hit_ratio": {"window": "3m", "min_requests": 100},
+        # No fault aims at the buffer cache: intervals of half a minute (tens of thousands of
+        # lookups) keep a one-off burst of someone else's cold reads from swinging the ratio.
+        "postgres_buffer_hit_ratio": {"every": "30s"},
+    }
+
+
+DEMO_OVERRIDES = demo_overrides()
 
 
 @dataclass(frozen=True)
@@ -57,37 +152,40 @@ class DemoOptions:
     backfill_days: int = 30
     seed: int | None = None
     read_only: bool = False
+    warmup: float = WARMUP_S
+    pace: float = PACE
 
 
-def demo_config(dsn: str, redis_url: str) -> LoadedConfig:
-    """The APES preset, unchanged but for the demo's servers and faster schedules."""
+def demo_config(dsn: str, redis_url: str, pace: float = PACE) -> LoadedConfig:
+    """The APES preset for the demo's servers, with faster schedules and its thresholds
+    scaled to the demo's pace (`demo_overrides`)."""
     preset = load_config(apes_preset_path(), environ={})
     config = preset.config
+    overrides = demo_overrides(pace)
     steps = [
-        s.model_copy(update={"every": timedelta(seconds=STEP_EVERY.get(s.name, 30))})
+        s.model_copy(update={"every": timedelta(seconds=STEP_EVERY.get(s.name, 30))}).model_dump()
         for s in config.steps
     ]
-    checks = [
-        c.model_copy(update={"every": timedelta(seconds=CHECK_EVERY.get(c.kind, 30))})
-        for c in config.checks
-    ]
-    updated = config.model_copy(
-        update={
-            "database": config.database.model_copy(update={"dsn": dsn}),
-            "redis": config.redis.model_copy(update={"url": redis_url}),
-            "agent": config.agent.model_copy(
-                update={
-                    "name": "demo-agent",
-                    "metrics_address": "127.0.0.1:0",
-                    "environment": "demo",
-                    "heartbeat": timedelta(seconds=2),
-                }
-            ),
-            "steps": steps,
-            "checks": checks,
+    checks = []
+    for check in config.checks:
+        body = check.model_dump()
+        body["every"] = f"{CHECK_EVERY.get(check.kind, 30)}s"
+        body.update(overrides.get(check.name, {}))
+        checks.append(body)
+    updated = config.model_dump()
+    updated["database"]["dsn"] = dsn
+    updated["redis"]["url"] = redis_url
+    updated["agent"].update(
+        {
+            "name": "demo-agent",
+            "metrics_address": "127.0.0.1:0",
+            "environment": "demo",
+            "heartbeat": "2s",
         }
     )
-    return LoadedConfig(config=Config.model_validate(updated.model_dump()), file=None)
+    updated["steps"] = steps
+    updated["checks"] = checks
+    return LoadedConfig(config=Config.model_validate(updated), file=None)
 
 
 async def prepare_database(admin_dsn: str, out: Console) -> str:
@@ -134,6 +232,19 @@ async def backfill(simulator: ApesSimulator, days: int, out: Console) -> None:
         out.print(f"  {result.reason or 'history kept from the last run'}")
     else:
         out.print(f"  {result.total_rows:,} rows of {days}-day history in {result.seconds:.1f}s")
+        await settle(simulator.dsn, sorted(result.rows))
+
+
+async def settle(dsn: str | None, tables: list[str]) -> None:
+    """VACUUM (ANALYZE) the tables just loaded, as one does after a restore: otherwise
+    autovacuum scans them in the demo's first minute, and its reads (of a table bigger than
+    the demo's shared_buffers) would show as a buffer-cache dip no application caused."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for table in tables:
+            await conn.execute(f"VACUUM (ANALYZE) public.{quote_ident(table)}")
+    finally:
+        await conn.close()
 
 
 async def random_faults(simulator: ApesSimulator, stop: asyncio.Event, rng: random.Random) -> None:
@@ -178,16 +289,24 @@ async def run_demo(
 
     admin_dsn, redis_url = servers.postgres.dsn(), servers.valkey.url
     dsn = await prepare_database(admin_dsn, out)
-    loaded = demo_config(dsn, redis_url)
+    loaded = demo_config(dsn, redis_url, options.pace)
     simulator = ApesSimulator(dsn, redis_url, seed=options.seed)
     await simulator.setup()
-    await backfill(simulator, options.backfill_days, out)
+    await backfill(simulator, options.backfill_days, out)  # history at production pace
+    # Live: steadily at the demo's pace, which its thresholds are scaled to.
+    simulator.rate, simulator.rhythm = options.pace, False
     _agent_logging(options.state_dir / "agent.log")
     stop = asyncio.Event()
     agent = Agent(loaded, name="demo-agent")
     tasks: list[asyncio.Task[Any]] = []
     try:
         tasks.append(asyncio.create_task(simulator.run(stop), name="simulator"))
+        if options.warmup > 0:
+            out.print(
+                f"  simulator writing at {options.pace:g}x pace; the agent starts judging "
+                f"in {options.warmup:g}s (warm-up: full windows first)"
+            )
+            await _wait(stop, options.warmup)
         await agent.start()
         tasks.append(asyncio.create_task(agent.serve(), name="agent"))
         if options.faults == "random":

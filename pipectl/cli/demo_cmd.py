@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from pipectl.cli.common import EXIT_OK, console, float_argument, int_argument, print_json
-from pipectl.cli.demo import DemoOptions, run_demo, state_dir_or_default
+from pipectl.cli.demo import PACE, WARMUP_S, DemoOptions, run_demo, state_dir_or_default
 from pipectl.config import mask_secret_url
 from pipectl.embedded import EmbeddedServers
 
@@ -49,6 +49,21 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--seed", type=int_argument(0, 2**63 - 1), help="make the simulated data repeatable"
     )
+    parser.add_argument(
+        "--warmup",
+        type=int_argument(0, 3600),
+        default=WARMUP_S,
+        metavar="SECONDS",
+        help=f"let the simulator write this long before the agent judges (default {WARMUP_S:g})",
+    )
+    parser.add_argument(
+        "--pace",
+        type=int_argument(1, 100),
+        default=PACE,
+        metavar="N",
+        help=f"APES activity at N times a weekday peak, steadily, with the preset's thresholds "
+        f"scaled to it (default {PACE}, 1-100)",
+    )
     parser.add_argument("--json", action="store_true", help="with --headless: status as JSON")
     parser.set_defaults(handler=demo)
 
@@ -63,6 +78,8 @@ async def demo(args: argparse.Namespace) -> int:
         backfill_days=args.backfill_days,
         seed=args.seed,
         read_only=args.read_only,
+        warmup=args.warmup,
+        pace=args.pace,
     )
     out = console(stderr=args.json)
     servers = EmbeddedServers(options.state_dir)
@@ -103,6 +120,13 @@ async def _final_status(loaded: Any, as_json: bool) -> int:
         snapshot = await store.status_snapshot(conn)
         runs = await store.run_counts(conn)
         results = await store.count_results(conn)
+        events = await store.recent_events(conn, limit=10_000)
+    # Every time a check's shown status turned warn, fail or error during the run.
+    alerts = [
+        {"check": e.subject, "to": e.detail.get("to"), "at": e.at.isoformat(), "message": e.message}
+        for e in reversed(events)
+        if e.kind == "check.status" and e.detail.get("to") in ("warn", "fail", "error")
+    ]
     if as_json:
         print_json(
             {
@@ -111,6 +135,7 @@ async def _final_status(loaded: Any, as_json: bool) -> int:
                     step: {"succeeded": ok, "total": total} for step, (ok, total) in runs.items()
                 },
                 "check_results": results,
+                "alerts": alerts,
             }
         )
         return EXIT_OK
@@ -119,4 +144,5 @@ async def _final_status(loaded: Any, as_json: bool) -> int:
     refreshed = ", ".join(f"{step} {ok}/{total}" for step, (ok, total) in runs.items()) or "none"
     out.print(f"steps refreshed (succeeded/runs): {refreshed}")
     out.print(f"check results recorded: {results}")
+    out.print(f"checks that turned warn, fail or error during the run: {len(alerts)}")
     return EXIT_OK

@@ -42,7 +42,7 @@ from pipectl.dag import CycleError
 from pipectl.db import connection, describe_connection, resolve
 from pipectl.format import STATUS_STYLE, age, band, due, number, seconds, status_text
 from pipectl.migrate import ensure_current
-from pipectl.model import Outcome, Request, RequestKind, Run
+from pipectl.model import Event, Outcome, Request, RequestKind, Run
 from pipectl.request_args import (
     MAX_SILENCE,
     ArgsError,
@@ -66,10 +66,19 @@ def register(subparsers: Any) -> None:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=show_status)
 
-    history = subparsers.add_parser("history", help="recent runs (or requests), newest first")
-    history.add_argument("step", nargs="?", type=NAME_ARGUMENT, help="only this step")
+    history = subparsers.add_parser(
+        "history", help="recent runs (or requests, or events), newest first"
+    )
     history.add_argument(
-        "--requests", action="store_true", help="operator requests instead of runs"
+        "step", nargs="?", type=NAME_ARGUMENT, help="only this step (with --events: subject)"
+    )
+    shown = history.add_mutually_exclusive_group()
+    shown.add_argument("--requests", action="store_true", help="operator requests instead of runs")
+    shown.add_argument(
+        "--events",
+        action="store_true",
+        help="the event trail instead of runs: status changes, actions, deploys (a deploy "
+        "shows each check's status just before it next to its status now)",
     )
     history.add_argument(
         "--limit", type=HISTORY_LIMIT, default=20, metavar="N", help="rows to show (1-10000)"
@@ -291,6 +300,8 @@ def run_json(run: Run) -> dict[str, Any]:
 async def show_history(args: argparse.Namespace) -> int:
     if args.requests:
         return await show_request_history(args)
+    if args.events:
+        return await show_event_history(args)
     config = load(args).config
     async with connection(config, "pipectl history") as conn:
         await ensure_current(conn)
@@ -351,6 +362,72 @@ async def show_request_history(args: argparse.Namespace) -> int:
         )
     console().print(table if requests else "no requests yet")
     return EXIT_OK
+
+
+async def show_event_history(args: argparse.Namespace) -> int:
+    """Recent events; a deploy also lists the checks whose status differs from before it."""
+    config = load(args).config
+    async with connection(config, "pipectl history") as conn:
+        await ensure_current(conn)
+        events = await store.recent_events(conn, subject=args.step, limit=args.limit)
+        now_status = {c.name: str(c.status) for c in await store.check_states(conn)}
+    if args.json:
+        print_json([event_json(e) for e in events])
+        return EXIT_OK
+    now = datetime.now(UTC)
+    out = console()
+    table = Table(header_style="bold", box=None)
+    for column in ("event", "at", "kind", "subject", "by", "message"):
+        table.add_column(column)
+    for event in events:
+        table.add_row(
+            str(event.id),
+            age(event.at, now),
+            visible(event.kind, limit=CELL),
+            visible(event.subject, limit=CELL),
+            visible(event.actor, limit=CELL),
+            literal(event.message, limit=200),
+        )
+    out.print(table if events else "no events yet")
+    for event in events:
+        if event.kind == "deploy":
+            out.print(deploy_comparison(event, now_status))
+    return EXIT_OK
+
+
+def deploy_comparison(event: Event, now_status: dict[str, str]) -> Table | Text:
+    """Each check's status just before a deploy next to its status now."""
+    before = event.detail.get("checks_before")
+    if not isinstance(before, dict) or not before:
+        return Text(f"deploy {event.id}: no check statuses recorded before it", style="dim")
+    table = Table(
+        title=f"deploy {event.id}: checks before it and now", header_style="bold", box=None
+    )
+    for column in ("check", "before", "now"):
+        table.add_column(column)
+    for name, was in sorted(before.items()):
+        then = str(was.get("status", "?")) if isinstance(was, dict) else "?"
+        current = now_status.get(name, "-")
+        table.add_row(
+            visible(name, limit=CELL),
+            Text(status_text(then), style=STATUS_STYLE.get(then, "")),
+            Text(status_text(current), style=STATUS_STYLE.get(current, ""))
+            if current == then
+            else Text(status_text(current) + " (changed)", style="bold"),
+        )
+    return table
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "at": event.at.isoformat(),
+        "kind": event.kind,
+        "subject": event.subject,
+        "actor": event.actor,
+        "message": event.message,
+        "detail": event.detail,
+    }
 
 
 async def _unknown_step(conn: Conn, step: str) -> str:

@@ -62,6 +62,7 @@ STORM_L1_SHARE = 0.02
 L3_SHARE_OF_MISSES = 0.35  # misses of Redis answered from the database's stored result
 STORM_L3_SHARE_OF_MISSES = 0.1  # in a storm that store is cold too
 REQUIRED_TABLES = (*FEEDS, "rule_metadata")
+INITIAL_REVISION = "3f2a9c1d7b4e"  # alembic_version of a fresh APES database
 SESSION_DUE_SQL = """
 SELECT id, original_prompt
 FROM public.improvement_sessions
@@ -194,8 +195,31 @@ class ApesSimulator:
                 ],
             )
             await self._load_rules(conn)
+            if await conn.fetchval("SELECT to_regclass('public.alembic_version') IS NOT NULL"):
+                await conn.execute(
+                    "INSERT INTO public.alembic_version (version_num) SELECT $1"
+                    " WHERE NOT EXISTS (SELECT 1 FROM public.alembic_version)",
+                    INITIAL_REVISION,
+                )
         finally:
             await conn.close()
+
+    async def deploy(self, version: str | None = None) -> tuple[str | None, str]:
+        """What a deploy does to the database: Alembic moves `alembic_version` to the new
+        revision. Returns (old, new)."""
+        new = version or f"{self._rng.getrandbits(48):012x}"
+        conn = await self._connect(WRITER_APPLICATION)
+        try:
+            async with conn.transaction():
+                old = await conn.fetchval("SELECT max(version_num) FROM public.alembic_version")
+                await conn.execute("DELETE FROM public.alembic_version")
+                await conn.execute(
+                    "INSERT INTO public.alembic_version (version_num) VALUES ($1)", new
+                )
+        finally:
+            await conn.close()
+        log.warning("deploy: alembic_version %s -> %s", old, new)
+        return old, new
 
     async def _ensure_schema(self, conn: asyncpg.Connection) -> None:
         present = {
@@ -300,6 +324,8 @@ class ApesSimulator:
             holder = LockHolder(self._connect, Relation.parse(normalized["relation"]))
             await holder.start()
             self._lock = holder
+        if fault == "deploy":
+            _, normalized["version"] = await self.deploy(normalized["version"])
         started = datetime.now(UTC)
         active = ActiveFault(fault, normalized, started, started + duration if duration else None)
         self._faults[fault] = active

@@ -54,6 +54,12 @@ def _number(low: float, high: float, *, low_open: bool = False) -> Callable[[Any
     return parse
 
 
+def _revision(value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 32 or not value.isprintable():
+        raise FaultError(f"version must be 1 to 32 printable characters, got {value!r}")
+    return value
+
+
 def _relation(value: Any) -> str:
     if not isinstance(value, str):
         raise FaultError(f"relation must be a name such as {DEFAULT_LOCK_RELATION}")
@@ -120,6 +126,12 @@ FAULTS: dict[str, FaultSpec] = {
             "cache_miss_storm",
             "Redis lookups of keys that do not exist: misses dominate, and MISS dominates "
             "prompt_improvement_sessions.cache_hit_level",
+        ),
+        FaultSpec(
+            "deploy",
+            "a deploy: the application's migration bumps alembic_version to a new revision "
+            "(the schema_version check records it and compares the checks before and after)",
+            {"version": Param("the new revision (default: a fresh one)", _revision)},
         ),
         FaultSpec(
             "lock",

@@ -41,6 +41,16 @@ from pipectl.store.definitions import (
 )
 from pipectl.store.events import add_event, recent_events
 from pipectl.store.exported import CheckExport, SharedState, StepExport, shared_state
+from pipectl.store.own_reads import (
+    DATABASE_KEY,
+    Reads,
+    measure_own_reads,
+    own_reads_between,
+    pending_reads,
+    prune_own_reads,
+    reads_between,
+    record_own_reads,
+)
 from pipectl.store.requests import (
     claim_requests,
     create_request,
@@ -89,6 +99,7 @@ from pipectl.store.views import (
 )
 
 __all__ = [
+    "DATABASE_KEY",
     "DB",
     "LIVENESS_NAMESPACE",
     "PUBLISH_LOCK",
@@ -99,6 +110,7 @@ __all__ = [
     "CheckRow",
     "CheckState",
     "LostAgent",
+    "Reads",
     "Retired",
     "Retry",
     "SharedState",
@@ -135,17 +147,23 @@ __all__ = [
     "latest_outcomes",
     "latest_unfinished",
     "list_requests",
+    "measure_own_reads",
+    "own_reads_between",
+    "pending_reads",
     "prune",
+    "prune_own_reads",
     "publish",
     "publish_checks",
     "publish_steps",
     "read_series",
     "read_windows",
+    "reads_between",
     "reap_departed_agents",
     "reap_lost_agents",
     "recent_events",
     "recent_results",
     "recent_runs",
+    "record_own_reads",
     "record_result",
     "refresh_summary",
     "register_agent",

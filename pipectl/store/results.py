@@ -91,6 +91,9 @@ async def record_result(
         )
         silenced = bool(state["silenced_until"] and state["silenced_until"] > result.observed_at)
         crossing = await _cache_crossing(conn, result) if state["kind"] == "cache" else None
+        deploy = result.baseline.get("deploy") if state["kind"] == "version" else None
+        if isinstance(deploy, dict):
+            await _deploy_event(conn, result, deploy)
         result_id: int = await conn.fetchval(
             """
             INSERT INTO pipectl.check_results
@@ -232,6 +235,30 @@ class BaselineRow:
     check: str
     baseline: dict[str, Any]
     observed_at: datetime
+
+
+async def _deploy_event(conn: Conn, result: CheckResult, deploy: dict[str, Any]) -> None:
+    """A deploy (the schema version changed): the old and new version and every other
+    check's status just before it, so before and after can be compared."""
+    rows = await conn.fetch(
+        "SELECT name, status, last_value, last_result_at FROM pipectl.checks"
+        " WHERE name <> $1 AND enabled ORDER BY name",
+        result.check,
+    )
+    before = {
+        r["name"]: {
+            "status": r["status"],
+            "value": r["last_value"],
+            "at": r["last_result_at"].isoformat() if r["last_result_at"] else None,
+        }
+        for r in rows
+    }
+    await conn.execute(
+        "INSERT INTO pipectl.events (kind, subject, message, detail) VALUES ('deploy', $1, $2, $3)",
+        result.check,
+        result.message,
+        {**deploy, "checks_before": before},
+    )
 
 
 async def last_baseline(db: DB, check: str, key: str) -> BaselineRow | None:

@@ -46,11 +46,13 @@ GRANT INSERT, UPDATE (value, labels, source, anomaly) ON pipectl.samples TO pipe
 GRANT INSERT (at, kind, subject, actor, message, detail) ON pipectl.events TO pipectl_agent;
 GRANT UPDATE (claimed_by, claimed_at, attempts, done_at, outcome, detail)
     ON pipectl.requests TO pipectl_agent;
+GRANT INSERT (relation, fetched, hit, what) ON pipectl.own_reads TO pipectl_agent;
 
 GRANT EXECUTE ON FUNCTION pipectl.set_step_paused(text, boolean, text, text),
                           pipectl.set_check_silence(text, timestamptz, text, text),
                           pipectl.prune(text, interval, integer),
                           pipectl.refresh_summary(text, text, boolean),
                           pipectl.set_publications(uuid, text[], text[]),
-                          pipectl.retire_unpublished()
+                          pipectl.retire_unpublished(),
+                          pipectl.prune_own_reads(interval, integer)
     TO pipectl_agent;

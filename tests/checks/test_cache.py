@@ -242,4 +242,4 @@ async def test_app_cache_with_too_few_requests_is_nodata(
     await add_sessions(conn, [NOW] * 3, ["MISS"] * 3)
     result = await run("levels")
     assert result.status == CheckStatus.NODATA
-    assert result.message == "only 3 requests in the last 15m (min_requests 10)"
+    assert result.message == "not enough requests: only 3 in the last 15m (min_requests 10)"

@@ -48,6 +48,6 @@ async def test_every_preset_check_runs_without_error(
     assert results["user_rating_present"].value == 0.2  # 10 of the 50 ratings are null
     assert results["negative_feedback_share"].value == 0.25  # 10 of 40 rated are <= 2
     assert results["app_cache_hit_ratio"].status == CheckStatus.NODATA  # 3 requests in 15m
-    assert results["apes_schema"].message.startswith("recorded the shape: 5 tables")
+    assert results["apes_schema"].message.startswith("recorded the shape: 7 tables")
     stored = await conn.fetchval("SELECT count(*) FROM pipectl.check_results")
     assert stored == len(config.checks)

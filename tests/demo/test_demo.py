@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import psutil
 import pytest
+
+from pipectl.cli.demo import PACE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,3 +104,212 @@ def test_second_run_reuses_the_state_and_fresh_resets_it(tmp_path: Path) -> None
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert "rows of 1-day history" in fresh.stdout
     assert _servers_under(state) == []
+
+
+# --------------------------------------------------------------------------------------------
+# The demo's pace and thresholds (issue 14 §2 and §5)
+
+HOUR_AT_DEMO_PACE_S = 3600 / PACE  # APES's weekday-peak hour, at the demo's pace
+
+
+def _demo_command(state: Path, *extra: str, days: int = 2) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pipectl",
+        "demo",
+        "--headless",
+        "--backfill-days",
+        str(days),
+        "--state-dir",
+        str(state),
+        *extra,
+    ]
+
+
+# Rich wraps long lines at the terminal width: the DSN must stay on one line.
+_ENV = {**os.environ, "COLUMNS": "400"}
+
+
+@pytest.mark.timeout(900)
+def test_a_healthy_demo_hour_shows_no_warn_or_fail(tmp_path: Path) -> None:
+    """An hour of APES at the demo's pace (after its warm-up): not one check's shown status
+    turns warn, fail or error, the buffer-cache check included. With the demo's 30 days of
+    history, as the issue saw it: rule_performance is then bigger than a quarter of the
+    embedded server's shared_buffers, so every scan of it reads through a small ring of
+    buffers, which is what pulled the ratio down when pipectl judged its own scans."""
+    result = subprocess.run(
+        [
+            *_demo_command(tmp_path / "state", "--seed", "11", "--json", days=30),
+            "--duration",
+            str(HOUR_AT_DEMO_PACE_S),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=_ENV,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["alerts"] == []
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert set(statuses.values()) <= {"ok", "nodata"}, statuses
+    assert report["check_results"] >= 100
+    assert statuses["schema_version"] == "ok"
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Where a fault shows in the console: a check's shown status (or, for `lock`, the
+    summary's refresh runs failing)."""
+
+    check: str | None = None
+    step: str | None = None
+
+
+SIGNATURES = {
+    "stall": Signature(check="user_feedback_freshness"),
+    "spike": Signature(check="rule_performance_volume"),
+    "out_of_range": Signature(check="rule_ids_known"),
+    "nulls": Signature(check="confidence_level_present"),
+    "cache_miss_storm": Signature(check="redis_hit_ratio"),
+    "deploy": Signature(check="schema_version"),
+    "lock": Signature(step="rule_effectiveness_summary"),
+    "drop": Signature(check="rule_performance_volume"),
+}
+# Faults of one round show on different checks, so they run at the same time; a spike and a
+# drop would cancel out, so the drop has a round of its own.
+ROUNDS = [[f for f in SIGNATURES if f != "drop"], ["drop"]]
+FAULT_FOR = timedelta(seconds=45)
+# "Within a minute" is what the demo is built for (the report prints what was measured); the
+# limits asserted leave room for a slow CI machine running the whole suite.
+VISIBLE_WITHIN_S = 150.0
+CLEAR_WITHIN_S = 240.0
+
+
+async def _shows(conn: asyncpg.Pool, signature: Signature, since: datetime) -> bool:
+    if signature.check is not None:
+        status = await conn.fetchval(
+            "SELECT status FROM pipectl.checks WHERE name = $1", signature.check
+        )
+        return status in ("warn", "fail")
+    failed = await conn.fetchval(
+        "SELECT count(*) FROM pipectl.runs WHERE step = $1 AND status = 'failed'"
+        " AND finished_at > $2",
+        signature.step,
+        since,
+    )
+    return bool(failed)
+
+
+async def _clear(conn: asyncpg.Pool, signature: Signature, since: datetime) -> bool:
+    if signature.check is not None:
+        status = await conn.fetchval(
+            "SELECT status FROM pipectl.checks WHERE name = $1", signature.check
+        )
+        return bool(status == "ok")
+    last = await conn.fetchrow(
+        "SELECT status, finished_at FROM pipectl.runs WHERE step = $1"
+        " AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1",
+        signature.step,
+    )
+    return bool(last is not None and last["status"] == "succeeded" and last["finished_at"] > since)
+
+
+async def _until(probe: Callable[[], Awaitable[bool]], deadline_s: float, what: str) -> float:
+    """Seconds until `probe` holds (polled each second), failing after `deadline_s`."""
+    started = time.monotonic()
+    while not await probe():
+        waited = time.monotonic() - started
+        if waited > deadline_s:
+            raise AssertionError(f"{what}: not within {deadline_s:.0f}s")
+        await asyncio.sleep(1)
+    return time.monotonic() - started
+
+
+def _dsn_from(log: Path) -> str | None:
+    found = re.search(r"PIPECTL_DATABASE_URL=(\S+)", log.read_text(errors="replace"))
+    return found.group(1) if found and "agent running" in log.read_text() else None
+
+
+async def _wait_all(
+    conn: asyncpg.Pool,
+    faults: list[str],
+    probe: Callable[[asyncpg.Pool, Signature, datetime], Awaitable[bool]],
+    since: datetime,
+    limit_s: float,
+    what: str,
+) -> list[float]:
+    async def one(fault: str) -> float:
+        signature = SIGNATURES[fault]
+
+        async def holds() -> bool:
+            return await probe(conn, signature, since)
+
+        return await _until(holds, limit_s, f"{fault} {what}")
+
+    return list(await asyncio.gather(*(one(f) for f in faults)))
+
+
+async def _drive(dsn: str) -> dict[str, tuple[float, float]]:
+    """Each round: its signatures green, its faults injected for FAULT_FOR; seconds until each
+    shows, and from the fault's end until it is green again."""
+    from pipectl.simulator.control import send_fault
+
+    timings: dict[str, tuple[float, float]] = {}
+    conn = await asyncpg.create_pool(dsn, min_size=1, max_size=4)  # the faults are polled at once
+    try:
+        for faults in ROUNDS:
+            await _wait_all(conn, faults, _clear, datetime.now(UTC) - FAULT_FOR, 240, "green")
+            since = datetime.now(UTC)
+            for fault in faults:
+                assert await send_fault(dsn, fault, FAULT_FOR) == 1
+            shown = await _wait_all(conn, faults, _shows, since, VISIBLE_WITHIN_S, "visible")
+            ended = since + FAULT_FOR
+            await asyncio.sleep(max(0.0, (ended - datetime.now(UTC)).total_seconds()))
+            cleared = await _wait_all(conn, faults, _clear, ended, CLEAR_WITHIN_S, "cleared")
+            timings.update(zip(faults, zip(shown, cleared, strict=True), strict=True))
+    finally:
+        await conn.close()
+    return timings
+
+
+@pytest.mark.timeout(1500)
+def test_every_fault_shows_in_the_demo_and_clears_after(tmp_path: Path) -> None:
+    from pipectl.simulator import FAULTS
+
+    assert set(SIGNATURES) == set(FAULTS), "a new fault needs its signature here"
+    err = tmp_path / "demo.err"
+    with err.open("w") as stderr:
+        demo = subprocess.Popen(
+            # --json: the progress lines (and the DSN) go to stderr
+            [*_demo_command(tmp_path / "state", "--seed", "5", "--json"), "--duration", "1800"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=_ENV,
+        )
+    try:
+
+        async def started() -> bool:
+            assert demo.poll() is None, err.read_text()[-3000:]
+            return _dsn_from(err) is not None
+
+        asyncio.run(_until(started, 300, "the demo started"))
+        dsn = _dsn_from(err)
+        assert dsn is not None
+        timings = asyncio.run(_drive(dsn))
+    finally:
+        demo.send_signal(signal.SIGINT)
+        try:
+            demo.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            demo.wait()
+    print(
+        "fault -> visible / end -> ok (s): "
+        + ", ".join(f"{f} {a:.0f}/{b:.0f}" for f, (a, b) in timings.items())
+    )
+    assert set(timings) == set(SIGNATURES)
+    assert _servers_under(tmp_path / "state") == [], "no server may outlive the demo"

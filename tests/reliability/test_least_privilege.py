@@ -361,6 +361,31 @@ async def test_agent_prunes_only_through_retention_which_keeps_a_week_of_audit(
     assert left == 1, "the last week of the audit trail survives a retention of 0s"
 
 
+async def test_agent_records_its_own_reads_and_operators_only_read_them(
+    database: str, login_role: Callable[..., Any]
+) -> None:
+    _, agent = await _as(database, login_role, "pipectl_agent")
+    _, operator = await _as(database, login_role, "pipectl_operator")
+    async with connected(agent) as conn:
+        await store.record_own_reads(conn, "check c", {"public.rule_performance": (10, 9)})
+        await _refused(conn, "UPDATE pipectl.own_reads SET fetched = 0")
+        await _refused(conn, "DELETE FROM pipectl.own_reads")
+        await _refused(
+            conn,
+            "INSERT INTO pipectl.own_reads (at, relation, fetched, hit, what)"
+            " VALUES (now() - interval '1 day', 'x.y', 1, 1, 'w')",
+        )
+        # Retention only: rows younger than an hour stay whatever age is asked for.
+        assert await store.prune_own_reads(conn, timedelta(0)) == 0
+    async with connected(operator) as conn:
+        assert await conn.fetchval("SELECT sum(fetched) FROM pipectl.own_reads") == 10
+        await _refused(
+            conn,
+            "INSERT INTO pipectl.own_reads (relation, fetched, hit, what)"
+            " VALUES ('a.b', 1, 1, 'w')",
+        )
+
+
 async def test_agent_refreshes_summaries_but_cannot_drop_alter_or_grant_them(
     database: str, login_role: Callable[..., Any], pg_server: PgServer
 ) -> None:

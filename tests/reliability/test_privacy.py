@@ -92,7 +92,7 @@ async def test_the_demo_stores_and_logs_no_prompt_text(tmp_path: Path) -> None:
             )
         assert written > 0, "the demo must have written prompts for the search to mean anything"
         assert checked["outcome"] == "succeeded", "every check ran on the faulty data"
-        assert checked["detail"].startswith("22 checks ran: ")
+        assert checked["detail"].startswith("26 checks ran: ")
         assert runs > 0
         assert await schema_text_hits(apes, NEEDLES) == []
     finally:

@@ -116,7 +116,7 @@ async def test_fault_cli_injects_clears_and_lists(
 
     assert await pipectl("fault", "list") == 0
     listing = capsys.readouterr().out
-    for name in ("stall", "spike", "drop", "out_of_range", "nulls", "cache_miss_storm", "lock"):
+    for name in ("stall", "spike", "drop", "out_of_range", "nulls", "cache_miss_storm", "deploy"):
         assert name in listing
 
     assert await pipectl("fault", "inject", "meltdown") == 2

@@ -131,6 +131,7 @@ def _demo_command(state: Path, *extra: str, days: int = 2) -> list[str]:
 _ENV = {**os.environ, "COLUMNS": "400"}
 
 
+@pytest.mark.demo_long
 @pytest.mark.timeout(900)
 def test_a_healthy_demo_hour_shows_no_warn_or_fail(tmp_path: Path) -> None:
     """An hour of APES at the demo's pace (after its warm-up): not one check's shown status
@@ -275,6 +276,7 @@ async def _drive(dsn: str) -> dict[str, tuple[float, float]]:
     return timings
 
 
+@pytest.mark.demo_long
 @pytest.mark.timeout(1500)
 def test_every_fault_shows_in_the_demo_and_clears_after(tmp_path: Path) -> None:
     from pipectl.simulator import FAULTS

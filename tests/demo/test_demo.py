@@ -276,6 +276,10 @@ async def _drive(dsn: str) -> dict[str, tuple[float, float]]:
     return timings
 
 
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.demo_long
 @pytest.mark.timeout(1500)
 def test_every_fault_shows_in_the_demo_and_clears_after(tmp_path: Path) -> None:
@@ -291,6 +295,9 @@ def test_every_fault_shows_in_the_demo_and_clears_after(tmp_path: Path) -> None:
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env=_ENV,
+            # A shell without job control starts background jobs with SIGINT ignored, and
+            # the demo would inherit that: its Ctrl+C is how this test stops it.
+            preexec_fn=_interruptible,
         )
     try:
 

@@ -410,10 +410,11 @@ def deploy_comparison(event: Event, now_status: dict[str, str]) -> Table | Text:
         current = now_status.get(name, "-")
         table.add_row(
             visible(name, limit=CELL),
-            Text(status_text(then), style=STATUS_STYLE.get(then, "")),
-            Text(status_text(current), style=STATUS_STYLE.get(current, ""))
+            # `then` is read back from the event's stored detail: text others wrote.
+            literal(status_text(then), STATUS_STYLE.get(then, ""), limit=CELL),
+            literal(status_text(current), STATUS_STYLE.get(current, ""), limit=CELL)
             if current == then
-            else Text(status_text(current) + " (changed)", style="bold"),
+            else literal(status_text(current) + " (changed)", "bold", limit=CELL),
         )
     return table
 

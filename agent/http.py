@@ -253,12 +253,17 @@ class _HttpServer:
     def admit(self, client: _Client) -> bool:
         """Make room for a new connection: close the one that has waited longest for its
         request head; when every connection is being answered, refuse the newcomer."""
+        # The refusal is counted once the swap is done: whoever reads the counter (a
+        # scrape, a test on another thread) then sees the connections it resulted in.
         if len(self.connections) >= self.limits.max_connections:
             oldest = next((c for c in self.connections if not c.answering), None)
-            self.refused("connection_limit")
             if oldest is None:
+                self.refused("connection_limit")
                 return False
             oldest.abort()
+            self.connections[client] = None
+            self.refused("connection_limit")
+            return True
         self.connections[client] = None
         return True
 

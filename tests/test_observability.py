@@ -742,10 +742,14 @@ async def test_request_outcomes_are_counted(database: str) -> None:
             )
         finally:
             await conn.close()
-        value = agent.metrics.registry.get_sample_value(
-            "pipectl_requests_total", {"kind": "rerun", "status": "rejected"}
-        )
-    assert value == 1.0
+
+        # The agent counts an outcome once it is recorded: the count follows done_at.
+        async def counted() -> float | None:
+            return agent.metrics.registry.get_sample_value(
+                "pipectl_requests_total", {"kind": "rerun", "status": "rejected"}
+            )
+
+        assert await wait_for(counted) == 1.0
 
 
 async def test_scorecard_is_exported_as_metrics(database: str) -> None:

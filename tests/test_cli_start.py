@@ -143,3 +143,58 @@ def test_lazy_help_is_the_full_parsers_help() -> None:
 )
 def test_the_verb_is_found_past_the_top_level_options(argv: list[str], verb: str | None) -> None:
     assert _verb_of(build_parser(verbs=()), argv) == verb
+
+
+FAILING = """
+import sys
+import pipectl.cli as cli
+from pipectl.cli.common import CliError
+
+def failing(args):
+    raise {error}
+
+cli.run_handler = failing
+code = cli.main([])  # the console's verb: it imports neither asyncpg nor pydantic
+print("asyncpg loaded" if "asyncpg" in sys.modules else "asyncpg not loaded")
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message", "lean"),
+    [
+        ('CliError("refused", exit_code=3)', 3, "pipectl: refused", True),
+        # Describing a lost connection uses pipectl.resilience, which imports asyncpg.
+        ('ConnectionResetError("reset by peer")', 3, "lost the connection", False),
+        ("KeyboardInterrupt()", 130, "pipectl: interrupted", True),
+    ],
+)
+def test_expected_failures_of_a_verb_without_asyncpg_are_messages(
+    error: str, code: int, message: str, lean: bool
+) -> None:
+    """main() matches asyncpg's and pydantic's exception classes only once a verb imported
+    them; failures before that are still one message and their exit code, no traceback."""
+    done = subprocess.run(
+        [sys.executable, "-c", FAILING.format(error=error)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    if lean:
+        assert done.stdout.strip() == "asyncpg not loaded"
+
+
+def test_an_unexpected_error_is_not_swallowed() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FAILING.format(error='ValueError("bug")')],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "ValueError: bug" in done.stderr

@@ -139,11 +139,11 @@ def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:
 
 
 def _raised(module: str, name: str) -> Any:
-    """The exception class `module.name` if its module was imported, else `()` (which an
-    `except` clause never matches): what a verb never imported it cannot have raised, and
-    reporting a failure must not import asyncpg or pydantic for the asking."""
+    """`(module.name,)` if its module was imported, else `()` (which an `except` clause never
+    matches): what a verb never imported it cannot have raised, and reporting a failure must
+    not import asyncpg or pydantic for the asking. A tuple either way, for `except (*a, *b)`."""
     loaded = sys.modules.get(module)
-    return () if loaded is None else getattr(loaded, name)
+    return () if loaded is None else (getattr(loaded, name),)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _raised("pipectl.db", "DatabaseUnavailable") as exc:
         _error(f"pipectl: {exc}")
         return EXIT_UNKNOWN
-    except (_raised("pipectl.migrate", "MigrationError"), CliError) as exc:
+    except (*_raised("pipectl.migrate", "MigrationError"), CliError) as exc:
         _error(f"pipectl: {exc}")
         return getattr(exc, "exit_code", EXIT_FAIL)
     except _raised("asyncpg", "PostgresError") as exc:
@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `pipectl history | head`: the reader left; nothing more to say.
         sys.stderr.close()
         return EXIT_OK
-    except (_raised("asyncpg", "InterfaceError"), ConnectionError) as exc:
+    except (*_raised("asyncpg", "InterfaceError"), ConnectionError) as exc:
         if not connection_lost(exc):
             raise
         return _lost(exc)

@@ -362,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cli_start", description=__doc__)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="also write the section as Markdown"
+    )
+    parser.add_argument(
         "--compare-with",
         type=Path,
         metavar="DIR",
@@ -371,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     with shared_servers():
         section = asyncio.run(run(args.rounds, args.compare_with))
     section.print()
+    if args.markdown:
+        args.markdown.write_text(section.markdown())
     return 0
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from pipectl.cli import VERBS, _verb_of, build_parser, verb_module
+from pipectl.cli import VERBS, _verb_of, build_parser, parser_for, verb_module
 from tests.test_cli_ops import add_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,10 +139,20 @@ def test_lazy_help_is_the_full_parsers_help() -> None:
         (["--read-only"], None),
         ([], None),
         (["config", "check"], "config"),
+        (["--conf", "status", "check", "--json"], "check"),
+        (["--re", "status"], "status"),
     ],
 )
 def test_the_verb_is_found_past_the_top_level_options(argv: list[str], verb: str | None) -> None:
     assert _verb_of(build_parser(verbs=()), argv) == verb
+
+
+def test_an_abbreviated_option_before_the_verb_still_parses() -> None:
+    args = parser_for(["--conf", "status", "check", "--json"]).parse_args(
+        ["--conf", "status", "check", "--json"]
+    )
+    assert (args.config, args.verb, args.json) == ("status", "check", True)
+    assert callable(args.handler)
 
 
 FAILING = """

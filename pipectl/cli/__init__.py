@@ -96,16 +96,21 @@ def build_parser(verbs: Collection[str] | None = None) -> argparse.ArgumentParse
 
 def _verb_of(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
     """The verb `argv` names: its first word that is neither an option nor an option's value
-    (only the top-level options are before the verb)."""
-    takes_value = {
-        option
-        for action in parser._actions
-        if action.nargs != 0
-        for option in action.option_strings
+    (only the top-level options are before the verb; a long option may be abbreviated, as
+    argparse allows)."""
+    options = {
+        option: action.nargs != 0 for action in parser._actions for option in action.option_strings
     }
+
+    def takes_value(word: str) -> bool:
+        if word in options:
+            return options[word]
+        matches = [o for o in options if word.startswith("--") and o.startswith(word)]
+        return len(matches) == 1 and options[matches[0]]
+
     words = iter(argv)
     for word in words:
-        if word in takes_value:
+        if takes_value(word):
             next(words, None)
         elif not word.startswith("-"):
             return word

@@ -130,6 +130,12 @@ def _console(sizes: Sizes, quick: bool) -> list[Section]:
     return [Section("console: launch to first data, screen statements", [], [], raw=text)]
 
 
+def _cli_start(sizes: Sizes, quick: bool) -> list[Section]:
+    from bench import cli_start
+
+    return [asyncio.run(cli_start.run(5 if quick else 15))]
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "verification": ("checks against Soda Core and the floor; freshness vs size", _verification),
     "console_queries": ("console SQL against a long pipectl history", _console_queries),
@@ -138,6 +144,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "scrape": ("/metrics scrape latency", _scrape),
     "detector": ("anomaly detector precision / recall / F1", _detector),
     "backfill": ("simulator backfill figures", _backfill),
+    "cli_start": ("pipectl --help, status, rerun --wait as whole processes", _cli_start),
 }
 
 

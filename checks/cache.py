@@ -39,8 +39,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from pipectl import store
 from pipectl.checks.base import Context, KindSpec, number, point, zone
@@ -333,6 +331,10 @@ client of the server, not only APES's keys."""
 async def redis_reading(ctx: Context[CacheCheck]) -> Reading:
     """INFO once; after a server restart the pooled connection is dead, so try once more."""
     assert ctx.redis is not None
+    # Imported here: importing redis costs ~0.3 s (it loads OpenTelemetry's SDK when present),
+    # and configs are parsed with this module by verbs that never talk to Redis.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
     async with asyncio.timeout(ctx.timeout.total_seconds()):
         try:
             info = await ctx.redis.info()
@@ -354,6 +356,8 @@ async def run_redis(ctx: Context[CacheCheck]) -> CheckResult:
             "no Redis configured: set [redis] url or PIPECTL_REDIS_URL",
             ctx.now,
         )
+    from redis.exceptions import RedisError  # loaded already: ctx.redis is a client
+
     previous = await _previous(ctx)
     try:
         current = await redis_reading(ctx)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from bench import console_queries, detector, generate, scrape, verification
+from bench import cli_start, console_queries, detector, generate, scrape, verification
 from bench.__main__ import render, summary
 from bench.common import Figure, Section
 
@@ -102,3 +102,20 @@ def test_report_renders_markdown() -> None:
     assert "| f | 1 ms | <= 2 ms | 0.5 ms |" in text
     assert "## Summary" in text
     assert summary([section]).tables[0][2] == [["x", "f", "1 ms", "<= 2 ms", "0.5 ms"]]
+
+
+async def test_cli_start_times_each_verb_beside_its_baselines(database: str) -> None:
+    """One round against a real agent: every command ran (no failed run), the three verbs
+    carry the 0.3 s target and the console 0.5 s, and `--help` loads no heavy package."""
+    section = await cli_start.measure(database, 1)
+    assert [(f.name, f.target) for f in section.figures] == [
+        ("pipectl --help: first output", "<= 0.3 s"),
+        ("pipectl status: first output", "<= 0.3 s"),
+        ("pipectl rerun --wait: first output", "<= 0.3 s"),
+        ("console: first data", "<= 0.5 s"),
+    ]
+    assert all("import asyncpg" in f.baseline for f in section.figures)
+    rows = {row[0]: row for row in section.tables[0][2]}
+    assert all(row[-1] == "0" for row in rows.values()), rows
+    assert rows["pipectl --help"][5] == "none"
+    assert rows["pipectl status"][5] == "asyncpg, pydantic, rich"

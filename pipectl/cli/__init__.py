@@ -8,10 +8,11 @@ database, refused request) become one clear message on stderr, never a traceback
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
-
-import asyncpg
+from collections.abc import Collection, Sequence
+from types import ModuleType
+from typing import Any
 
 from pipectl import __version__
 from pipectl.cli.common import (
@@ -22,19 +23,48 @@ from pipectl.cli.common import (
     connection_lost,
     run_handler,
 )
-from pipectl.config import ConfigError
-from pipectl.db import DatabaseUnavailable
-from pipectl.embedded import EmbeddedError
-from pipectl.migrate import MigrationError
-from pipectl.resilience import describe, describe_error
-from pipectl.safetext import BLOCK, visible
 
-from . import agent_cmd, check_cmd, config_cmd, db_cmd, demo_cmd, demo_fault_cmd, ops_cmd
+# Every verb in `pipectl --help` order: the module (in pipectl.cli) whose `register` adds it,
+# and its line in that listing. `pipectl --help` is built from this table alone, and a verb
+# imports only its own module, so no verb pays for another's imports (asyncpg, pydantic, redis,
+# OpenTelemetry, Textual: see docs/DEVELOPING.md, "A CLI that starts at once").
+# tests/test_cli_start.py checks it against what the modules register.
+VERBS: dict[str, tuple[str, str]] = {
+    "status": ("ops_cmd", "pipeline health; exit 0 ok, 1 warnings, 2 failures"),
+    "history": ("ops_cmd", "recent runs (or requests, or events), newest first"),
+    "rerun": ("ops_cmd", "ask the agent to run a step now"),
+    "pause": ("ops_cmd", "stop a step's scheduled runs"),
+    "resume": ("ops_cmd", "undo pause"),
+    "silence": ("ops_cmd", "keep a check recording but raising no alert, for a while"),
+    "unsilence": ("ops_cmd", "end a silence now"),
+    "check": (
+        "check_cmd",
+        "run checks now with the agent's code; exit 0 ok, 1 warn, 2 fail or error",
+    ),
+    "demo": (
+        "demo_cmd",
+        "run everything locally: embedded PostgreSQL and Valkey, a live APES simulator, "
+        "the agent and the console",
+    ),
+    "fault": (
+        "demo_fault_cmd",
+        "inject or clear faults in a running demo simulator (pipectl demo)",
+    ),
+    "config": ("config_cmd", "validate or show the configuration"),
+    "db": ("db_cmd", "manage pipectl's schema in the database"),
+    "agent": ("agent_cmd", "run the agent: refresh summaries, run checks, serve metrics"),
+}
 
-VERB_MODULES = [ops_cmd, check_cmd, demo_cmd, demo_fault_cmd, config_cmd, db_cmd, agent_cmd]
+
+def verb_module(name: str) -> ModuleType:
+    """pipectl.cli.<name>, imported now."""
+    return importlib.import_module(f"{__name__}.{name}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verbs: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The `pipectl` parser. With `verbs`, only their modules are imported and register their
+    verbs in full; every other verb is listed by its name and help line from `VERBS`, which is
+    all `pipectl --help` shows of it. None: every module, every verb in full."""
     parser = argparse.ArgumentParser(
         prog="pipectl",
         description="Ops console and monitoring agent for the APES analytics pipeline. "
@@ -52,10 +82,49 @@ def build_parser() -> argparse.ArgumentParser:
         "--read-only", action="store_true", help="console: hide and refuse every write action"
     )
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
-    for module in VERB_MODULES:
-        module.register(subparsers)
+    wanted = {module for verb, (module, _) in VERBS.items() if verbs is None or verb in verbs}
+    registered: set[str] = set()
+    for verb, (module, text) in VERBS.items():
+        if module not in wanted:
+            subparsers.add_parser(verb, help=text)
+        elif module not in registered:
+            verb_module(module).register(subparsers)
+            registered.add(module)
     _accept_config_anywhere(parser)
     return parser
+
+
+def _verb_of(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """The verb `argv` names: its first word that is neither an option nor an option's value
+    (only the top-level options are before the verb; a long option may be abbreviated, as
+    argparse allows)."""
+    options = {
+        option: action.nargs != 0 for action in parser._actions for option in action.option_strings
+    }
+
+    def takes_value(word: str) -> bool:
+        if word in options:
+            return options[word]
+        matches = [o for o in options if word.startswith("--") and o.startswith(word)]
+        return len(matches) == 1 and options[matches[0]]
+
+    words = iter(argv)
+    for word in words:
+        if takes_value(word):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser for this command line: its verb's module only (the console and `--help`
+    need none); every module when the word is no verb in `VERBS`, so argparse names the
+    choices and a verb missing from the table still works."""
+    verb = _verb_of(build_parser(verbs=()), argv)
+    if verb is None:
+        return build_parser(verbs=())
+    return build_parser(verbs={verb} if verb in VERBS else None)
 
 
 def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:
@@ -74,8 +143,17 @@ def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:
                 _accept_config_anywhere(sub)
 
 
+def _raised(module: str, name: str) -> Any:
+    """`(module.name,)` if its module was imported, else `()` (which an `except` clause never
+    matches): what a verb never imported it cannot have raised, and reporting a failure must
+    not import asyncpg or pydantic for the asking. A tuple either way, for `except (*a, *b)`."""
+    loaded = sys.modules.get(module)
+    return () if loaded is None else (getattr(loaded, name),)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = parser_for(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a bad argument (argparse said which)
@@ -86,31 +164,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.handler = console_cmd.open_console
     try:
         return run_handler(args)
-    except ConfigError as exc:
+    except _raised("pipectl.config", "ConfigError") as exc:
         for problem in exc.problems:
             _error(str(problem))
         return EXIT_FAIL
-    except EmbeddedError as exc:
+    except _raised("pipectl.embedded", "EmbeddedError") as exc:
         # The message ends with the server's log, lines and all.
         _error(f"pipectl: {exc}", multiline=True)
         return EXIT_UNKNOWN
-    except DatabaseUnavailable as exc:
+    except _raised("pipectl.db", "DatabaseUnavailable") as exc:
         _error(f"pipectl: {exc}")
         return EXIT_UNKNOWN
-    except (MigrationError, CliError) as exc:
+    except (*_raised("pipectl.migrate", "MigrationError"), CliError) as exc:
         _error(f"pipectl: {exc}")
         return getattr(exc, "exit_code", EXIT_FAIL)
-    except asyncpg.PostgresError as exc:
+    except _raised("asyncpg", "PostgresError") as exc:
         if connection_lost(exc):
             return _lost(exc)
         # Never str(exc): asyncpg appends the DETAIL, which quotes the rows involved.
+        from pipectl.resilience import describe_error
+
         _error(f"pipectl: database error: {describe_error(exc)}")
         return EXIT_FAIL
     except BrokenPipeError:
         # `pipectl history | head`: the reader left; nothing more to say.
         sys.stderr.close()
         return EXIT_OK
-    except (asyncpg.InterfaceError, ConnectionError) as exc:
+    except (*_raised("asyncpg", "InterfaceError"), ConnectionError) as exc:
         if not connection_lost(exc):
             raise
         return _lost(exc)
@@ -120,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _lost(exc: BaseException) -> int:
+    from pipectl.resilience import describe
+    from pipectl.safetext import visible
+
     reason = visible(describe(exc))
     print(f"pipectl: lost the connection to the database: {reason}", file=sys.stderr)
     return EXIT_UNKNOWN
@@ -129,6 +212,8 @@ def _error(message: str, *, multiline: bool = False) -> None:
     """An expected failure on stderr. Messages quote names, values and server messages that
     others wrote: one line each (a newline in them is shown, never a new line), escapes
     instead of control characters."""
+    from pipectl.safetext import BLOCK, visible
+
     print(visible(message, limit=BLOCK, multiline=multiline), file=sys.stderr)
 
 

@@ -1,27 +1,27 @@
-"""What the verbs share: exit codes, config loading, output helpers."""
+"""What the verbs share: exit codes, config loading, output helpers.
+
+Imported by `pipectl --help` and by every verb's module, so it imports nothing heavy at the
+top (asyncpg, pydantic, rich, the check kinds): each helper imports what it needs when called
+(docs/DEVELOPING.md, "A CLI that starts at once").
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import inspect
 import json
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 from uuid import UUID
 
-import asyncpg
-
-import pipectl.checks  # noqa: F401  (registers the check kinds, so configs naming them parse)
-from pipectl.config import Config, LoadedConfig, load_config
 from pipectl.durations import MAX_DURATION, DurationError, parse_duration
-from pipectl.safetext import LiteralConsole
 
 if TYPE_CHECKING:
+    from pipectl.config import Config, LoadedConfig
+    from pipectl.safetext import LiteralConsole
     from pipectl.telemetry import Telemetry
 
 EXIT_OK = 0
@@ -59,9 +59,15 @@ def connection_lost(exc: BaseException) -> bool:
 
 
 def _lost_one(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError):
+        return True
+    # Only a verb that imported asyncpg can have met its errors: never import it to find out.
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is None:
+        return False
     if isinstance(exc, asyncpg.PostgresError):
         return getattr(exc, "sqlstate", None) in _LOST_SQLSTATES
-    if isinstance(exc, asyncpg.ConnectionDoesNotExistError | ConnectionError):
+    if isinstance(exc, asyncpg.ConnectionDoesNotExistError):
         return True
     return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
 
@@ -156,12 +162,17 @@ def run_handler(args: argparse.Namespace) -> int:
     """Call a verb's handler; coroutine handlers get their own event loop."""
     handler: Handler = args.handler
     result = handler(args)
-    if inspect.iscoroutine(result):
+    if isinstance(result, Coroutine):
+        import asyncio
+
         result = asyncio.run(result)
     return int(result or 0)
 
 
 def load(args: argparse.Namespace, *, require_file: bool = False) -> LoadedConfig:
+    import pipectl.checks  # noqa: F401  (registers the check kinds, so configs naming them parse)
+    from pipectl.config import load_config
+
     return load_config(getattr(args, "config", None), require_file=require_file)
 
 
@@ -185,6 +196,8 @@ def console(stderr: bool = False) -> LiteralConsole:
     gets wide lines instead of the 80 columns rich assumes, so names are not cut. Strings are
     printed as they are, never as markup, with control characters escaped (database text is
     data); styles come from `Text` and `Table` arguments only."""
+    from pipectl.safetext import LiteralConsole
+
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else max(160, int(os.environ.get("COLUMNS", "0") or 0))
     return LiteralConsole(

@@ -159,6 +159,8 @@ class DemoOptions:
 def demo_config(dsn: str, redis_url: str, pace: float = PACE) -> LoadedConfig:
     """The APES preset for the demo's servers, with faster schedules and its thresholds
     scaled to the demo's pace (`demo_overrides`)."""
+    import pipectl.checks  # noqa: F401  (registers the check kinds the preset names)
+
     preset = load_config(apes_preset_path(), environ={})
     config = preset.config
     overrides = demo_overrides(pace)

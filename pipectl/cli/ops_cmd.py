@@ -476,19 +476,20 @@ async def request_unsilence(args: argparse.Namespace) -> int:
 async def _file_request(
     args: argparse.Namespace, kind: RequestKind, target: str, extra: RequestArgs | None
 ) -> int:
-    from pipectl.telemetry import filing_span
-
     config = load(args).config
     # Spans go to stderr with OTEL_TRACES_EXPORTER=console: stdout may be --json.
     tracing = request_telemetry(config, "pipectl", console=sys.stderr)
+    if tracing is None:  # nothing would be exported: no span, and the SDK stays unloaded
+        return await _file(args, config, kind, target, extra, None)
+    from pipectl.telemetry import filing_span
+
     try:
         with filing_span(tracing, str(kind), target) as (span, traceparent):
             code = await _file(args, config, kind, target, extra, traceparent)
             span.set_attribute("pipectl.exit_code", code)
             return code
     finally:
-        if tracing is not None:
-            tracing.shutdown()
+        tracing.shutdown()
 
 
 async def _file(

@@ -1,0 +1,210 @@
+"""The CLI starts at once because each verb imports only what it needs (docs/DEVELOPING.md,
+"A CLI that starts at once"). These tests guard that structure, never a time: `pipectl --help`
+loads none of the heavy packages, `status` and `rerun` none they do not use, and
+`pipectl.cli.VERBS` (what `--help` lists without importing a verb's module) matches what the
+modules register. Timings are figures in bench/RESULTS.md (`python -m bench.cli_start`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from pipectl.cli import VERBS, _verb_of, build_parser, parser_for, verb_module
+from tests.test_cli_ops import add_state
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Packages that cost a tenth of a second or more to import on this machine.
+HEAVY = ("asyncpg", "pydantic", "rich", "redis", "opentelemetry", "textual", "psutil")
+
+# Runs `pipectl ARGS` in a fresh interpreter, then reports which heavy packages were loaded.
+PROBE = """
+import json, sys
+from pipectl.cli import main
+code = main(sys.argv[1:])
+loaded = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
+cli = sorted(m for m in sys.modules if m.startswith("pipectl.cli."))
+print("LOADED " + json.dumps({"code": code, "heavy": loaded, "cli": cli}), file=sys.stderr)
+"""
+
+
+def loaded_by(*args: str, env: dict[str, str] | None = None) -> tuple[int, list[str], list[str]]:
+    """(exit code, heavy packages loaded, pipectl.cli modules loaded) of `pipectl ARGS`."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    line = next((x for x in done.stderr.splitlines() if x.startswith("LOADED ")), None)
+    assert line is not None, done.stderr
+    found = json.loads(line.removeprefix("LOADED "))
+    return found["code"], found["heavy"], found["cli"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"]])
+def test_help_and_version_load_no_heavy_package(args: list[str]) -> None:
+    code, heavy, cli = loaded_by(*args)
+    assert code == 0
+    assert heavy == []
+    assert cli == ["pipectl.cli.common"]
+
+
+def test_an_unknown_verb_is_refused_with_every_choice_listed() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipectl", "statsu"], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "invalid choice: 'statsu' (choose from " in done.stderr
+    assert all(f"'{verb}'" in done.stderr for verb in VERBS)
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_a_verb_imports_only_its_own_module(verb: str) -> None:
+    """`pipectl VERB --help` imports VERB's module and no other verb's."""
+    code, _, cli = loaded_by(verb, "--help")
+    assert code == 0
+    own = f"pipectl.cli.{VERBS[verb][0]}"
+    verbs = {f"pipectl.cli.{module}" for module, _ in VERBS.values()}
+    assert own in cli
+    assert set(cli) & verbs == {own}
+
+
+async def test_status_and_rerun_load_neither_redis_nor_opentelemetry_nor_textual(
+    tmp_path: Path, database: str
+) -> None:
+    """The read and request verbs need asyncpg, pydantic (the config) and rich (the output);
+    redis (which loads OpenTelemetry's SDK), the SDK itself (no OTEL_* variable set) and
+    Textual stay unloaded."""
+    db = await asyncpg.connect(database)
+    try:
+        await add_state(db, "ok")
+    finally:
+        await db.close()
+    config = tmp_path / "pipectl.toml"
+    config.write_text(f'[database]\ndsn = "{database}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    for args, expected in [
+        (["status"], 0),
+        (["status", "--json"], 0),
+        (["rerun", "s1"], 0),
+        # Filed, then nobody takes it (no agent): exit 3 once the wait is over.
+        (["rerun", "s1", "--wait", "--timeout", "0.2"], 3),
+    ]:
+        code, heavy, _ = await asyncio.to_thread(loaded_by, *args, "--config", str(config), env=env)
+        assert code == expected, args
+        assert set(heavy) == {"asyncpg", "pydantic", "rich"}, args
+
+
+def test_the_verb_table_matches_what_the_modules_register() -> None:
+    """VERBS lists every verb in `--help` order with its module and help line: a new verb
+    goes there too (until then it works, but `--help` does not list it)."""
+    registered: list[tuple[str, str, str]] = []
+    for module in dict.fromkeys(module for module, _ in VERBS.values()):
+        parser = argparse.ArgumentParser()
+        subparsers = parser.add_subparsers()
+        verb_module(module).register(subparsers)
+        registered += [(a.dest, module, a.help or "") for a in subparsers._choices_actions]
+    listed = [(verb, module, text) for verb, (module, text) in VERBS.items()]
+    assert sorted(listed) == sorted(registered)
+    eager = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert [(a.dest, a.help) for a in eager._choices_actions] == [
+        (verb, text) for verb, (_, text) in VERBS.items()
+    ]
+
+
+def test_lazy_help_is_the_full_parsers_help() -> None:
+    assert build_parser(verbs=()).format_help() == build_parser().format_help()
+
+
+@pytest.mark.parametrize(
+    ("argv", "verb"),
+    [
+        (["status"], "status"),
+        (["-c", "status", "rerun", "x"], "rerun"),
+        (["--config", "history", "status"], "status"),
+        (["--config=rerun", "status", "--json"], "status"),
+        (["-cstatus", "--read-only"], None),
+        (["--read-only"], None),
+        ([], None),
+        (["config", "check"], "config"),
+        (["--conf", "status", "check", "--json"], "check"),
+        (["--re", "status"], "status"),
+    ],
+)
+def test_the_verb_is_found_past_the_top_level_options(argv: list[str], verb: str | None) -> None:
+    assert _verb_of(build_parser(verbs=()), argv) == verb
+
+
+def test_an_abbreviated_option_before_the_verb_still_parses() -> None:
+    args = parser_for(["--conf", "status", "check", "--json"]).parse_args(
+        ["--conf", "status", "check", "--json"]
+    )
+    assert (args.config, args.verb, args.json) == ("status", "check", True)
+    assert callable(args.handler)
+
+
+FAILING = """
+import sys
+import pipectl.cli as cli
+from pipectl.cli.common import CliError
+
+def failing(args):
+    raise {error}
+
+cli.run_handler = failing
+code = cli.main([])  # the console's verb: it imports neither asyncpg nor pydantic
+print("asyncpg loaded" if "asyncpg" in sys.modules else "asyncpg not loaded")
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message", "lean"),
+    [
+        ('CliError("refused", exit_code=3)', 3, "pipectl: refused", True),
+        # Describing a lost connection uses pipectl.resilience, which imports asyncpg.
+        ('ConnectionResetError("reset by peer")', 3, "lost the connection", False),
+        ("KeyboardInterrupt()", 130, "pipectl: interrupted", True),
+    ],
+)
+def test_expected_failures_of_a_verb_without_asyncpg_are_messages(
+    error: str, code: int, message: str, lean: bool
+) -> None:
+    """main() matches asyncpg's and pydantic's exception classes only once a verb imported
+    them; failures before that are still one message and their exit code, no traceback."""
+    done = subprocess.run(
+        [sys.executable, "-c", FAILING.format(error=error)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    if lean:
+        assert done.stdout.strip() == "asyncpg not loaded"
+
+
+def test_an_unexpected_error_is_not_swallowed() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FAILING.format(error='ValueError("bug")')],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "ValueError: bug" in done.stderr

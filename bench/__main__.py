@@ -130,6 +130,12 @@ def _console(sizes: Sizes, quick: bool) -> list[Section]:
     return [Section("console: launch to first data, screen statements", [], [], raw=text)]
 
 
+def _gates(sizes: Sizes, quick: bool) -> list[Section]:
+    from bench import gates
+
+    return [asyncio.run(gates.run(sizes.rows, 3 * sizes.repeats))]
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "verification": ("checks against Soda Core and the floor; freshness vs size", _verification),
     "console_queries": ("console SQL against a long pipectl history", _console_queries),
@@ -138,6 +144,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "scrape": ("/metrics scrape latency", _scrape),
     "detector": ("anomaly detector precision / recall / F1", _detector),
     "backfill": ("simulator backfill figures", _backfill),
+    "gates": ("the cost of a refresh's gates beside the ungated refresh", _gates),
 }
 
 

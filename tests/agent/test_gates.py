@@ -5,6 +5,7 @@ downstream steps do not run on it, and publish-anyway publishes it with the over
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -15,6 +16,7 @@ from pipectl.model import RequestKind
 from pipectl.request_args import PublishArgs, RerunArgs
 from tests.agent.conftest import running_agent
 from tests.helpers import make_config, wait_for
+from tests.test_cli_ops import cli
 
 KEYS = 16
 
@@ -238,3 +240,38 @@ async def test_gate_on_missing_column_holds_with_the_reason(
     (run,) = await _runs(db, "gt")
     assert run["status"] == "held"
     assert run["error"] == "held: not evaluated: public.gt_sum has no column no_such_column"
+
+
+async def test_cli_status_shows_held_and_publish_names_the_held_run(
+    database: str, db: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _summary(db, unique=True)
+    body = GATED.format(checks="")
+    config_file = tmp_path / "pipectl.toml"
+    config_file.write_text(f'[database]\ndsn = "{database}"\n' + body)
+    config = ("--config", str(config_file))
+    async with running_agent(database, body):
+        assert (await _rerun(db, "gt"))["outcome"] == "succeeded"
+        code, _, err = await cli(capsys, "publish", "gt", "--reason", "x", *config)
+        assert code == 2 and "gt is not held (its latest run " in err
+        await db.execute("DELETE FROM public.gt_src WHERE k >= 3")
+        assert (await _rerun(db, "gt"))["outcome"] == "failed"
+        held = (await _runs(db, "gt"))[-1]
+
+        code, data, _ = await cli(capsys, "status", "--json", *config)
+        (step,) = [s for s in data["steps"] if s["name"] == "gt"]
+        assert step["status"] == "held" and step["state_run_id"] == held["id"]
+        assert {g["gate"] for g in step["gates"] if not g["passed"]} == {"row_count", "groups"}
+        code, text, _ = await cli(capsys, "status", *config)
+        assert "‖ held" in text and "gt_sum rows 16 → 3" in text
+
+        code, _, err = await cli(capsys, "publish", "gt", *config)
+        assert code == 2 and "publish needs --reason" in err
+        code, out, _ = await cli(
+            capsys, "publish", "gt", "--reason", "pruned on purpose", "--wait", *config
+        )
+        assert code == 0, out
+        assert f"publishing held run {held['id']} of gt: held: gt_sum rows 16 → 3" in out
+    assert await db.fetchval("SELECT count(*) FROM public.gt_sum") == 3
+    request = await db.fetchrow("SELECT * FROM pipectl.requests WHERE kind = 'publish'")
+    assert request["args"] == {"run": held["id"]} and request["reason"] == "pruned on purpose"

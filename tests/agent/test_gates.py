@@ -14,6 +14,7 @@ from pipectl import store
 from pipectl.db import connect
 from pipectl.model import RequestKind
 from pipectl.request_args import PublishArgs, RerunArgs
+from pipectl.simulator import ApesSimulator
 from tests.agent.conftest import running_agent
 from tests.helpers import make_config, wait_for
 from tests.test_cli_ops import cli
@@ -275,3 +276,39 @@ async def test_cli_status_shows_held_and_publish_names_the_held_run(
     assert await db.fetchval("SELECT count(*) FROM public.gt_sum") == 3
     request = await db.fetchrow("SELECT * FROM pipectl.requests WHERE kind = 'publish'")
     assert request["args"] == {"run": held["id"]} and request["reason"] == "pruned on purpose"
+
+
+def _preset_steps() -> str:
+    """The preset's [[steps]] (with their gates), as config.example.toml has them."""
+    text = (Path(__file__).resolve().parents[2] / "config.example.toml").read_text()
+    return text[text.index("[[steps]]") : text.index("[[checks]]")]
+
+
+async def test_preset_gates_hold_the_summary_when_the_demo_input_breaks(
+    database: str, db: asyncpg.Connection
+) -> None:
+    """The demo's broken_input fault (most rules' rows gone from rule_performance) makes the
+    preset's gates hold rule_effectiveness_summary; clearing it lets the next refresh pass."""
+    sim = ApesSimulator(database, None, seed=3)
+    await sim.setup()
+    await sim.backfill(2)
+    step = "rule_effectiveness_summary"
+    try:
+        async with running_agent(database, _preset_steps()):
+            assert (await _rerun(db, step))["outcome"] == "succeeded"
+            assert (await _rerun(db, step))["outcome"] == "succeeded"
+            rules = await db.fetchval(f"SELECT count(*) FROM public.{step}")
+            assert rules > 6
+            await sim.inject("broken_input", keep=3)
+            assert (await _rerun(db, step))["outcome"] == "failed"
+            held = (await _runs(db, step))[-1]
+            assert held["status"] == "held"
+            assert held["error"].startswith(
+                f"held: {step} rows {rules} → 3, below 50 % of the previous content"
+            )
+            assert await db.fetchval(f"SELECT count(*) FROM public.{step}") == rules
+            await sim.clear("broken_input")
+            assert (await _rerun(db, step))["outcome"] == "succeeded"
+            assert await db.fetchval(f"SELECT count(*) FROM public.{step}") == rules
+    finally:
+        await sim.close()

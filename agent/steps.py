@@ -260,7 +260,9 @@ class StepScheduler:
             if run is None:
                 return f"upstream {upstream} has not succeeded yet"
             if run.status != RunStatus.SUCCEEDED:
-                error = f": {run.error}" if run.error else ""
+                # A hold's error starts "held: ", which the status already says.
+                why = (run.error or "").removeprefix("held: ")
+                error = f": {why}" if why else ""
                 return f"upstream {upstream} {run.status} (run {run.id}){error}"
         return None
 

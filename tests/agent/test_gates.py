@@ -312,3 +312,34 @@ async def test_preset_gates_hold_the_summary_when_the_demo_input_breaks(
             assert await db.fetchval(f"SELECT count(*) FROM public.{step}") == rules
     finally:
         await sim.close()
+
+
+async def test_scheduled_downstream_is_skipped_while_its_upstream_is_held(
+    database: str, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        "CREATE TABLE public.gt_nulls (x int); INSERT INTO public.gt_nulls VALUES (NULL)"
+    )
+    body = """
+    [[steps]]
+    name = "up"
+    kind = "sql"
+    sql = "SELECT 1"
+    every = "1s"
+    gates = { relation = "public.gt_nulls", not_null = ["x"] }
+
+    [[steps]]
+    name = "down"
+    kind = "sql"
+    sql = "SELECT 1"
+    every = "1s"
+    depends_on = ["up"]
+    """
+    async with running_agent(database, body):
+        await wait_for(lambda: _has(db, "down", "skipped"), timeout=15)
+    skipped = next(r for r in await _runs(db, "down") if r["status"] == "skipped")
+    held = [r for r in await _runs(db, "up") if r["status"] == "held"]
+    assert held and held[0]["error"] == "held: gt_nulls: 1 of 1 rows have NULL in x"
+    assert skipped["error"].startswith("upstream up held (run ")
+    assert skipped["error"].endswith("): gt_nulls: 1 of 1 rows have NULL in x")
+    assert not await _has(db, "down", "succeeded")

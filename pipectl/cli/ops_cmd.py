@@ -312,6 +312,8 @@ def run_json(run: Run) -> dict[str, Any]:
         "scheduled_for": run.scheduled_for,
         "error": run.error,
         "trace_id": run.trace_id,
+        "gates": run.detail.get("gates", []),
+        "gates_overridden": run.detail.get("gates_overridden"),
     }
 
 

@@ -273,6 +273,11 @@ async def test_cli_status_shows_held_and_publish_names_the_held_run(
         )
         assert code == 0, out
         assert f"publishing held run {held['id']} of gt: held: gt_sum rows 16 → 3" in out
+        code, history, _ = await cli(capsys, "history", "gt", "--json", *config)
+        published, was_held = history[0], history[1]
+        assert was_held["id"] == held["id"] and was_held["status"] == "held"
+        assert {g["gate"]: g["previous"] for g in was_held["gates"]}["row_count"] == 16
+        assert published["gates_overridden"].startswith("held: gt_sum rows 16 → 3")
     assert await db.fetchval("SELECT count(*) FROM public.gt_sum") == 3
     request = await db.fetchrow("SELECT * FROM pipectl.requests WHERE kind = 'publish'")
     assert request["args"] == {"run": held["id"]} and request["reason"] == "pruned on purpose"

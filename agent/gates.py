@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from pipectl import store
 from pipectl.config import GatesConfig, StepConfig
 from pipectl.identifiers import Relation, quote_ident
 from pipectl.model import CheckStatus
@@ -260,9 +261,12 @@ async def _check_gate(conn: Conn, name: str, engine: CheckEngine | None) -> Gate
         result = await engine.run(name, conn, redis=None, trigger="manual", now=datetime.now(UTC))
     except KeyError:
         return GateResult(gate, False, None, None, f"check {name}: not configured")
+    # The previous value: what the check last recorded, on the published content.
+    states = await store.check_states(conn, [name])
+    previous = states[0].last_value if states else None
     passed = result.status not in (CheckStatus.FAIL, CheckStatus.ERROR)
     return GateResult(
-        gate, passed, result.value, None, f"check {name} {result.status}: {result.message}"
+        gate, passed, result.value, previous, f"check {name} {result.status}: {result.message}"
     )
 
 

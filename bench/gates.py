@@ -21,7 +21,7 @@ import asyncpg
 
 from bench.common import Database, Figure, Section, ms, percentile, spread
 from pipectl.agent import gates
-from pipectl.config import load_config
+from pipectl.config import StepConfig, load_config
 
 PRESET = Path(__file__).resolve().parent.parent / "config.example.toml"
 STEP = "rule_effectiveness_summary"
@@ -35,10 +35,7 @@ async def _ungated(conn: asyncpg.Connection) -> float:
     return (time.perf_counter() - began) * 1000
 
 
-async def _gated(conn: asyncpg.Connection, step: object) -> tuple[float, float, bool]:
-    from pipectl.config import StepConfig
-
-    assert isinstance(step, StepConfig)
+async def _gated(conn: asyncpg.Connection, step: StepConfig) -> tuple[float, float, bool]:
     began = time.perf_counter()
     async with conn.transaction():
         gate_began = time.perf_counter()
@@ -51,25 +48,34 @@ async def _gated(conn: asyncpg.Connection, step: object) -> tuple[float, float, 
     return (time.perf_counter() - began) * 1000, gate * 1000, all(v.passed for v in verdicts)
 
 
-async def run(rows: int, repeats: int) -> Section:
+async def measure(
+    conn: asyncpg.Connection, repeats: int
+) -> tuple[list[float], list[float], list[float], bool]:
+    """Interleaved pairs: ungated refresh ms, gated refresh ms, ms inside the gates, and
+    whether every gate passed."""
     step = load_config(PRESET).config.step(STEP)
     assert step.gates is not None
+    await _ungated(conn)  # warm both paths once
+    await _gated(conn, step)
+    bare: list[float] = []
+    full: list[float] = []
+    gate_only: list[float] = []
+    passed = True
+    for _ in range(repeats):
+        bare.append(await _ungated(conn))
+        total, gate, ok = await _gated(conn, step)
+        full.append(total)
+        gate_only.append(gate)
+        passed = passed and ok
+    return bare, full, gate_only, passed
+
+
+async def run(rows: int, repeats: int) -> Section:
     async with Database.create(rows) as db:
         conn = await asyncpg.connect(db.dsn)
         try:
             summary_rows = await conn.fetchval(f"SELECT count(*) FROM public.{STEP}")
-            await _ungated(conn)  # warm both paths once
-            await _gated(conn, step)
-            bare: list[float] = []
-            full: list[float] = []
-            gate_only: list[float] = []
-            passed = True
-            for _ in range(repeats):
-                bare.append(await _ungated(conn))
-                total, gate, ok = await _gated(conn, step)
-                full.append(total)
-                gate_only.append(gate)
-                passed = passed and ok
+            bare, full, gate_only, passed = await measure(conn, repeats)
         finally:
             await conn.close()
     extra = [f - b for f, b in zip(full, bare, strict=True)]

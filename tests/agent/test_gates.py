@@ -211,12 +211,21 @@ async def test_sql_step_gate_holds_and_rolls_back(database: str, db: asyncpg.Con
     row_count = { min_ratio = 0.8 }
     not_null = ["total"]
     """
-    async with running_agent(database, body):
+    async with running_agent(database, body) as agent:
         assert (await _rerun(db, "daily"))["outcome"] == "succeeded"
         assert await db.fetchval("SELECT sum(total) FROM public.gt_daily") == 10
         await db.execute("DELETE FROM public.gt_feed WHERE day > 2")
         await db.execute("INSERT INTO public.gt_feed VALUES (1, 5)")
         assert (await _rerun(db, "daily"))["outcome"] == "failed"
+        (shared,) = [s for s in (await store.shared_state(db)).steps if s.name == "daily"]
+        assert shared.held and not shared.failing
+
+        # Every agent exports the hold (shared state, refreshed with its heartbeat).
+        async def exported() -> bool:
+            value = agent.metrics.registry.get_sample_value("pipectl_step_held", {"step": "daily"})
+            return value == 1.0
+
+        await wait_for(exported, timeout=20)
     held = (await _runs(db, "daily"))[-1]
     assert held["status"] == "held"
     assert held["error"] == "held: gt_daily rows 10 → 2, below 80 % of the previous content"

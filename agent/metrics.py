@@ -79,6 +79,12 @@ class SharedCollector(Collector):
             "1 when the step's latest run that succeeded or failed, failed (any agent).",
             labels=["step"],
         )
+        held = GaugeMetricFamily(
+            "pipectl_step_held",
+            "1 when the step's latest run that succeeded, failed or was held, was held: a gate"
+            " failed on the new content and readers keep the previous content (any agent).",
+            labels=["step"],
+        )
         paused = GaugeMetricFamily(
             "pipectl_step_paused", "1 while an operator has paused the step.", labels=["step"]
         )
@@ -109,6 +115,7 @@ class SharedCollector(Collector):
         if state is not None:
             for step in state.steps:
                 failing.add_metric([step.name], 1 if step.failing else 0)
+                held.add_metric([step.name], 1 if step.held else 0)
                 paused.add_metric([step.name], 1 if step.paused else 0)
                 if step.last_success is not None:
                     last_success.add_metric([step.name], step.last_success)
@@ -122,7 +129,7 @@ class SharedCollector(Collector):
             oldest.add_metric([], state.requests_oldest_age)
         else:
             alive.add_metric([], 0)
-        yield from (last_success, failing, paused, status, silenced, last_run, alive, pending)
+        yield from (last_success, failing, held, paused, status, silenced, last_run, alive, pending)
         yield oldest
 
 

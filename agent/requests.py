@@ -22,7 +22,14 @@ from pipectl.agent.checking import CheckScheduler
 from pipectl.agent.runtime import AgentRuntime
 from pipectl.agent.steps import StepScheduler
 from pipectl.model import Outcome, Request, RequestKind, RunStatus, Trigger
-from pipectl.request_args import ARGS_OF, ArgsError, RequestArgs, RerunArgs, SilenceArgs
+from pipectl.request_args import (
+    ARGS_OF,
+    ArgsError,
+    PublishArgs,
+    RequestArgs,
+    RerunArgs,
+    SilenceArgs,
+)
 from pipectl.resilience import Outage, describe_error, is_transient
 from pipectl.telemetry import context_from
 
@@ -169,7 +176,8 @@ class RequestHandler:
         moved to another agent in the meantime are left alone."""
         book = self.rt.book
         assert request.claimed_by is not None
-        if request.kind != RequestKind.RERUN or not await book(store.request_has_runs, request.id):
+        makes_runs = (RequestKind.RERUN, RequestKind.PUBLISH)
+        if request.kind not in makes_runs or not await book(store.request_has_runs, request.id):
             if await book(store.release_request, request.id, request.claimed_by):
                 log.info("request %d handed back: not started", request.id)
             return
@@ -185,6 +193,8 @@ class RequestHandler:
         _args(ARGS_OF[request.kind], request)  # malformed arguments of any kind: rejected
         if request.kind == RequestKind.RERUN:
             return await self._rerun(request)
+        if request.kind == RequestKind.PUBLISH:
+            return await self._publish(request)
         if request.kind == RequestKind.CHECK:
             return await self._check(request)
         if request.kind in (RequestKind.PAUSE, RequestKind.RESUME):
@@ -211,6 +221,38 @@ class RequestHandler:
         )
         ok = all(status == RunStatus.SUCCEEDED for _, _, status, _ in results)
         return (Outcome.SUCCEEDED if ok else Outcome.FAILED), summary
+
+    async def _publish(self, request: Request) -> tuple[Outcome, str]:
+        """Publish anyway: only the held run the operator named, only while it is still the
+        step's latest decisive run (a rerun or a later hold in between changes what would be
+        published, so the request is rejected and the operator looks again)."""
+        step = self._step(request)
+        held_run = _args(PublishArgs, request).run
+        latest = (await self.rt.book(store.latest_outcomes, [step])).get(step)
+        if latest is None or latest.id != held_run or latest.status != RunStatus.HELD:
+            now = f"run {latest.id} {latest.status}" if latest else "no decisive run"
+            raise Rejected(
+                f"run {held_run} is not the held run of {step} any more (latest: {now});"
+                " nothing published"
+            )
+        book = self.rt.book
+        await book(
+            store.add_event,
+            "step.publish",
+            step,
+            f"{step}: held run {held_run} published anyway by {request.requested_by}"
+            + (f": {request.reason}" if request.reason else ""),
+            {"request_id": request.id, "held_run": held_run, "held": latest.error},
+            request.requested_by,
+        )
+        outcome = await self.steps.publish(step, held_run, request.requested_by, request.id)
+        text = f"{step} {outcome.status} (run {outcome.run_id})"
+        if outcome.status != RunStatus.SUCCEEDED:
+            return Outcome.FAILED, f"{text}: {outcome.error}" if outcome.error else text
+        overridden = outcome.detail.get("gates_overridden")
+        return Outcome.SUCCEEDED, f"{text}, gates overridden: {overridden}" if overridden else (
+            f"{text}; its gates passed this time"
+        )
 
     async def _check(self, request: Request) -> tuple[Outcome, str]:
         plan = self.rt.plan

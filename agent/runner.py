@@ -3,7 +3,9 @@
 Each attempt is one transaction on a connection of its own:
   SET LOCAL statement_timeout / lock_timeout / application_name / TimeZone
   pg_try_advisory_xact_lock(step)   -- held elsewhere? the run is recorded as skipped
+  [the previous content, measured for the step's gates]
   REFRESH MATERIALIZED VIEW [CONCURRENTLY] ... | the step's SQL
+  [the step's gates on the new content: one fails -> ROLLBACK, the run is recorded as held]
 Transient failures (lost connection, lock timeout, serialization, deadlock) are retried with
 exponential backoff and jitter, each attempt a run row of its own; SQL errors never are.
 """
@@ -12,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
@@ -22,6 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from pipectl import store
+from pipectl.agent import gates
 from pipectl.agent.bookkeeping import Bookkeeper, RunEnd, RunLedger
 from pipectl.agent.metrics import AgentMetrics
 from pipectl.agent.schedule import Schedule
@@ -39,6 +43,9 @@ from pipectl.resilience import (
     is_transient,
 )
 from pipectl.store.base import Conn
+
+if TYPE_CHECKING:
+    from pipectl.checks.engine import CheckEngine
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +113,23 @@ class _Attempt:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+class _Held(Exception):
+    """A gate failed: raised inside the run's transaction to roll it back."""
+
+    def __init__(self, attempt: _Attempt) -> None:
+        super().__init__(attempt.error)
+        self.attempt = attempt
+
+
+@dataclass(frozen=True)
+class GateMode:
+    """How a run treats its step's gates: `checks` evaluates configured check gates;
+    `enforce` False publishes whatever they say (publish anyway), recording their values."""
+
+    checks: CheckEngine | None = None
+    enforce: bool = True
+
+
 class StepRunner:
     def __init__(
         self,
@@ -140,6 +164,7 @@ class StepRunner:
         requested_by: str | None = None,
         request_id: int | None = None,
         attempt: int = 1,
+        gate_mode: GateMode | None = None,
     ) -> RunOutcome:
         """Run (and retry) until success, a final failure, a skip or cancellation.
         `attempt` is the run's attempt number (above 1 for a run taken over after its agent
@@ -158,7 +183,15 @@ class StepRunner:
             if request_id is not None:
                 span.set_attribute("pipectl.request.id", request_id)
             try:
-                outcome = await self._run(plan, run_id, trigger, requested_by, request_id, attempt)
+                outcome = await self._run(
+                    plan,
+                    run_id,
+                    trigger,
+                    requested_by,
+                    request_id,
+                    attempt,
+                    gate_mode or GateMode(),
+                )
             except asyncio.CancelledError:
                 span.set_attribute("pipectl.outcome", str(RunStatus.CANCELLED))
                 raise
@@ -183,10 +216,11 @@ class StepRunner:
         requested_by: str | None,
         request_id: int | None,
         attempt: int,
+        gate_mode: GateMode,
     ) -> RunOutcome:
         while True:
             async with self.slots:
-                result = await self._attempt(plan, run_id, trigger, attempt)
+                result = await self._attempt(plan, run_id, trigger, attempt, gate_mode)
             if result.status != RunStatus.FAILED or not result.transient or attempt > plan.retries:
                 return RunOutcome(
                     run_id, result.status, result.error, result.rows, attempt, result.detail
@@ -217,7 +251,7 @@ class StepRunner:
             run_id, attempt = next_id, attempt + 1
 
     async def _attempt(
-        self, plan: StepPlan, run_id: int, trigger: Trigger, attempt: int
+        self, plan: StepPlan, run_id: int, trigger: Trigger, attempt: int, gate_mode: GateMode
     ) -> _Attempt:
         with self.tracer.start_as_current_span(f"step {plan.name} attempt {attempt}") as span:
             span.set_attributes(
@@ -242,7 +276,7 @@ class StepRunner:
             self.in_progress += 1
             self.metrics.runs_in_progress(self.in_progress)
             try:
-                result = await self._execute(plan, run_id, trigger)
+                result = await self._execute(plan, run_id, trigger, gate_mode)
             except asyncio.CancelledError:
                 result = _Attempt(RunStatus.CANCELLED, self.cancel_reason)
                 await asyncio.shield(self._record(plan, run_id, result, started))
@@ -286,7 +320,11 @@ class StepRunner:
                 extra={"step": plan.name, "run_id": run_id},
             )
         self.metrics.run_finished(plan.name, result.status, duration)
-        level = logging.WARNING if result.status == RunStatus.FAILED else logging.INFO
+        if result.status == RunStatus.HELD:
+            await self._held_event(plan, run_id, result)
+        level = (
+            logging.WARNING if result.status in (RunStatus.FAILED, RunStatus.HELD) else logging.INFO
+        )
         log.log(
             level,
             "step %s %s in %.3fs%s",
@@ -297,7 +335,31 @@ class StepRunner:
             extra={"step": plan.name, "run_id": run_id, "status": str(result.status)},
         )
 
-    async def _execute(self, plan: StepPlan, run_id: int, trigger: Trigger) -> _Attempt:
+    async def _held_event(self, plan: StepPlan, run_id: int, result: _Attempt) -> None:
+        """The audit trail's (and the incident timeline's) note of a hold: best effort, the
+        run row already says it all."""
+        try:
+            await self.book(
+                store.add_event,
+                "step.held",
+                plan.name,
+                f"{plan.name} run {run_id} {result.error}",
+                {"run_id": run_id, "gates": result.detail.get("gates", [])},
+            )
+        except Exception as exc:
+            log.warning(
+                "step %s: could not record its hold as an event: %s", plan.name, describe(exc)
+            )
+
+    async def _execute(
+        self, plan: StepPlan, run_id: int, trigger: Trigger, gate_mode: GateMode
+    ) -> _Attempt:
+        try:
+            return await self._transaction(plan, trigger, gate_mode)
+        except _Held as held:  # rolled back: the previous content stays
+            return held.attempt
+
+    async def _transaction(self, plan: StepPlan, trigger: Trigger, gate_mode: GateMode) -> _Attempt:
         async with self.runs_pool.acquire() as conn, conn.transaction():
             # client_connection_check_interval (PostgreSQL 14+): a killed agent's refresh
             # would otherwise go on to its end on the server, holding the step's lock
@@ -325,10 +387,50 @@ class StepRunner:
                 )
             await store.measure_own_reads(conn)
             before = await store.pending_reads(conn)
+            gated = gates.has_gates(plan.config)
+            gate_seconds = 0.0
+            previous: gates.Before | None = None
+            if gated:
+                began = time.perf_counter()
+                previous = await gates.measure_before(
+                    conn, plan.config, within=_client_deadline(plan)
+                )
+                gate_seconds += time.perf_counter() - began
             result = await _perform(conn, plan)
+            if gated and result.status == RunStatus.SUCCEEDED:
+                began = time.perf_counter()
+                verdicts = await gates.evaluate(
+                    conn,
+                    plan.config,
+                    previous,
+                    within=_client_deadline(plan),
+                    checks=gate_mode.checks,
+                )
+                gate_seconds += time.perf_counter() - began
+                result = _gated(result, verdicts, gate_seconds, gate_mode.enforce)
+                if result.status == RunStatus.HELD:
+                    raise _Held(result)
             reads = store.reads_between(before, await store.pending_reads(conn))
             await _record_reads(conn, plan.name, reads)
             return result
+
+
+def _gated(
+    result: _Attempt, verdicts: list[gates.GateResult], seconds: float, enforce: bool
+) -> _Attempt:
+    """The run's result once its gates have spoken: held when one failed and they are
+    enforced; otherwise as it was, with the gates' values (and an override noted)."""
+    held = gates.held_message(verdicts)
+    detail = {
+        **result.detail,
+        "gates": [v.to_json() for v in verdicts],
+        "gates_s": round(seconds, 4),
+    }
+    if held is not None and enforce:
+        return _Attempt(RunStatus.HELD, held, result.rows, detail=detail)
+    if held is not None:
+        detail["gates_overridden"] = held
+    return replace(result, detail=detail)
 
 
 async def _record_reads(conn: Conn, step: str, reads: store.Reads) -> None:

@@ -2,7 +2,8 @@
 
 A tick is claimed by inserting its run row (unique per step and nominal time), so each tick
 runs once across all agents. Before running, a tick waits for its upstreams' runs in flight
-and refuses to run unless each upstream's latest decisive run succeeded. Requests run chains
+and refuses to run unless each upstream's latest decisive run succeeded (a held upstream, whose
+gates kept its old content, stops it too). Requests run chains
 of steps (`run_chain`) in the DAG's order; a failure skips what depends on it.
 """
 
@@ -14,7 +15,7 @@ from datetime import datetime, timedelta
 
 from pipectl import store
 from pipectl.agent.bookkeeping import RunEnd
-from pipectl.agent.runner import RunOutcome, StepPlan
+from pipectl.agent.runner import GateMode, RunOutcome, StepPlan
 from pipectl.agent.runtime import AgentPlan, AgentRuntime
 from pipectl.agent.schedule import tick_loop
 from pipectl.durations import format_duration
@@ -120,9 +121,43 @@ class StepScheduler:
         trigger: Trigger,
         requested_by: str | None = None,
         request_id: int | None = None,
+        *,
+        enforce_gates: bool = True,
     ) -> RunOutcome:
-        outcome = await self.rt.runner.run(plan, run_id, trigger, requested_by, request_id)
-        self.rt.runs_changed.fire()
+        """One run of `plan` with its gates (measured, not enforced, when publishing anyway)."""
+        rt = self.rt
+        mode = GateMode(rt.plan.checks, enforce_gates)
+        outcome = await rt.runner.run(
+            plan, run_id, trigger, requested_by, request_id, gate_mode=mode
+        )
+        rt.runs_changed.fire()
+        return outcome
+
+    async def publish(
+        self, step: str, held_run: int, requested_by: str, request_id: int
+    ) -> RunOutcome:
+        """Publish a held step anyway: one more run of it whose gates are measured and
+        recorded but not enforced (a refresh recomputes its content: PostgreSQL cannot keep
+        the rolled-back one), then the unscheduled steps that wait on it."""
+        rt = self.rt
+        run_id = await rt.book(
+            store.create_run,
+            step,
+            Trigger.MANUAL,
+            rt.identity.id,
+            requested_by=requested_by,
+            request_id=request_id,
+            parent_run_id=held_run,
+        )
+        outcome = await self.run(
+            rt.plan.steps[step],
+            run_id,
+            Trigger.MANUAL,
+            requested_by,
+            request_id,
+            enforce_gates=False,
+        )
+        await self._after_success(step, outcome)
         return outcome
 
     async def run_retry(self, retry: store.Retry) -> None:
@@ -148,7 +183,13 @@ class StepScheduler:
         if reason := await self._blocked(retry.step) or await self._upstream_gate(retry.step, None):
             await self.skip(retry.run_id, reason)
             return
-        outcome = await rt.runner.run(plan, retry.run_id, Trigger.RETRY, attempt=retry.attempt)
+        outcome = await rt.runner.run(
+            plan,
+            retry.run_id,
+            Trigger.RETRY,
+            attempt=retry.attempt,
+            gate_mode=GateMode(rt.plan.checks),
+        )
         rt.runs_changed.fire()
         await self._after_success(retry.step, outcome)
 
@@ -166,7 +207,7 @@ class StepScheduler:
         """Run steps in the given (topological) order; a failure skips what depends on it."""
         rt = self.rt
         plan = rt.plan
-        failed: dict[str, int] = {}
+        failed: dict[str, tuple[int, RunStatus]] = {}
         results: list[ChainResult] = []
         for step in steps:
             run_id = await rt.book(
@@ -179,14 +220,17 @@ class StepScheduler:
             )
             broken = [u for u in plan.dag.ancestors(step) if u in failed]
             if broken:
-                reason = f"upstream {broken[0]} failed (run {failed[broken[0]]})"
+                broken_run, broken_status = failed[broken[0]]
+                # Not "skipped": what stopped the chain is what the operator has to look at.
+                shown = RunStatus.FAILED if broken_status == RunStatus.SKIPPED else broken_status
+                reason = f"upstream {broken[0]} {shown} (run {broken_run})"
                 await self.skip(run_id, reason)
-                failed[step] = run_id
+                failed[step] = (run_id, RunStatus.SKIPPED)
                 results.append((step, run_id, RunStatus.SKIPPED, reason))
                 continue
             outcome = await self.run(plan.steps[step], run_id, trigger, requested_by, request_id)
             if outcome.status != RunStatus.SUCCEEDED:
-                failed[step] = outcome.run_id
+                failed[step] = (outcome.run_id, outcome.status)
             results.append((step, outcome.run_id, outcome.status, outcome.error))
         return results
 
@@ -216,7 +260,9 @@ class StepScheduler:
             if run is None:
                 return f"upstream {upstream} has not succeeded yet"
             if run.status != RunStatus.SUCCEEDED:
-                error = f": {run.error}" if run.error else ""
+                # A hold's error starts "held: ", which the status already says.
+                why = (run.error or "").removeprefix("held: ")
+                error = f": {why}" if why else ""
                 return f"upstream {upstream} {run.status} (run {run.id}){error}"
         return None
 

@@ -136,6 +136,12 @@ def _cli_start(sizes: Sizes, quick: bool) -> list[Section]:
     return [asyncio.run(cli_start.run(5 if quick else 15))]
 
 
+def _gates(sizes: Sizes, quick: bool) -> list[Section]:
+    from bench import gates
+
+    return [asyncio.run(gates.run(sizes.rows, 3 * sizes.repeats))]
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "verification": ("checks against Soda Core and the floor; freshness vs size", _verification),
     "console_queries": ("console SQL against a long pipectl history", _console_queries),
@@ -145,6 +151,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "detector": ("anomaly detector precision / recall / F1", _detector),
     "backfill": ("simulator backfill figures", _backfill),
     "cli_start": ("pipectl --help, status, rerun --wait as whole processes", _cli_start),
+    "gates": ("the cost of a refresh's gates beside the ungated refresh", _gates),
 }
 
 

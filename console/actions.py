@@ -108,6 +108,15 @@ ACTIONS: tuple[ActionSpec, ...] = (
         needs_write=True,
     ),
     ActionSpec(
+        "publish",
+        "P",
+        "Publish anyway",
+        "Publish the selected held step anyway: refresh it once more without enforcing its gates",
+        (STEP,),
+        dangerous=True,
+        needs_write=True,
+    ),
+    ActionSpec(
         "pause",
         "p",
         "Pause",

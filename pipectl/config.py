@@ -318,6 +318,53 @@ class CheckDefaults(Strict):
     hysteresis: int = Field(default=2, ge=1, le=20)
 
 
+class RowCountGate(Strict):
+    """The new content's row count against the previous content's, as a ratio (new / old).
+    Not judged while the previous content is empty or not populated."""
+
+    min_ratio: float | None = Field(default=None, ge=0.0)
+    max_ratio: float | None = Field(default=None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RowCountGate:
+        if self.min_ratio is None and self.max_ratio is None:
+            raise ValueError("give 'min_ratio', 'max_ratio' or both")
+        if (
+            self.min_ratio is not None
+            and self.max_ratio is not None
+            and self.min_ratio > self.max_ratio
+        ):
+            raise ValueError("'min_ratio' is above 'max_ratio'")
+        return self
+
+
+class GroupsGate(Strict):
+    """Groups (distinct values of `keys`) of the previous content missing from the new one:
+    at most `max_lost`, as a fraction of the previous groups (0: none may go)."""
+
+    keys: list[ColumnName] = Field(min_length=1)
+    max_lost: Ratio = 0.0
+
+
+class GatesConfig(Strict):
+    """Checks on a step's new content, inside the refresh's transaction: all pass -> COMMIT;
+    one fails -> ROLLBACK, the old content stays and the run is recorded as held."""
+
+    relation: RelationName | None = None
+    """The relation the built-in gates measure: the step's own relation by default (a
+    matview step); an sql step names the table its statement rewrites."""
+    row_count: RowCountGate | None = None
+    not_null: list[ColumnName] = Field(default_factory=list)
+    """Columns (the summary's keys) no row of the new content may have NULL in."""
+    groups: GroupsGate | None = None
+    checks: list[Name] = Field(default_factory=list)
+    """Configured checks run on the new content (fail or error holds; warn passes)."""
+
+    @property
+    def builtin(self) -> bool:
+        return self.row_count is not None or bool(self.not_null) or self.groups is not None
+
+
 class StepConfig(Strict):
     """One unit of pipeline work the agent runs: refresh a summary, call a function, or watch."""
 
@@ -336,6 +383,14 @@ class StepConfig(Strict):
     lock_timeout: PostgresTimeout | None = None
     retries: int | None = Field(default=None, ge=0, le=20)
     enabled: bool = True
+    gates: GatesConfig | None = None
+
+    @property
+    def gated_relation(self) -> Relation | None:
+        """What the step's built-in gates measure (None: no built-in gates to measure)."""
+        if self.gates is None or not self.gates.builtin:
+            return None
+        return self.gates.relation or self.relation
 
     @field_validator("sql")
     @classmethod
@@ -362,6 +417,13 @@ class StepConfig(Strict):
             raise ValueError("an sql step needs 'sql' (the statement to run)")
         if self.kind != "sql" and self.sql is not None:
             raise ValueError(f"'sql' is only for kind = \"sql\", not {self.kind!r}")
+        if self.gates is not None:
+            if self.kind == "view":
+                raise ValueError("a view step refreshes nothing: it cannot have gates")
+            if self.gates.builtin and self.gated_relation is None:
+                raise ValueError(
+                    "an sql step's built-in gates need 'gates.relation' (the table it rewrites)"
+                )
         return self
 
 
@@ -959,7 +1021,31 @@ def _semantic_problems(
         if isinstance(step, str) and step not in step_names:
             path = ("checks", index, "step")
             yield Problem(label, line_of(lines, path), _dotted(path, raw), f"unknown step {step!r}")
+    yield from _gate_checks(raw, {c.get("name") for c in checks}, label, lines)
     del checks
+
+
+def _gate_checks(
+    raw: dict[str, Any], check_names: set[Any], label: str, lines: dict[KeyPath, int]
+) -> Iterable[Problem]:
+    """Every check a step's gates name must be configured."""
+    known = [n for n in check_names if isinstance(n, str)]
+    for index, step in enumerate(_items(raw, "steps")):
+        gates = step.get("gates") if isinstance(step, dict) else None
+        names = gates.get("checks") if isinstance(gates, dict) else None
+        if not isinstance(names, list):
+            continue
+        for position, name in enumerate(names):
+            if isinstance(name, str) and name not in check_names:
+                path: KeyPath = ("steps", index, "gates", "checks", position)
+                hint = difflib.get_close_matches(name, known, n=1)
+                extra = f"; did you mean {hint[0]!r}?" if hint else ""
+                yield Problem(
+                    label,
+                    line_of(lines, path),
+                    _dotted(path[:4], raw),
+                    f"unknown check {name!r}{extra}",
+                )
 
 
 def _items(raw: Mapping[str, Any], section: str) -> list[Any]:

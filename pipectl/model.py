@@ -19,6 +19,8 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
+    HELD = "held"
+    """Refreshed, but a gate failed on the new content: rolled back, the old content stays."""
 
     @property
     def finished(self) -> bool:
@@ -82,6 +84,8 @@ class RequestKind(StrEnum):
     RESUME = "resume"
     SILENCE = "silence"
     UNSILENCE = "unsilence"
+    PUBLISH = "publish"
+    """Publish a held step anyway: run it once more with its gates measured, not enforced."""
 
 
 class Outcome(StrEnum):

@@ -138,6 +138,24 @@ class UnsilenceArgs(RequestArgs):
     KIND_TEXT: ClassVar[str] = "unsilence"
 
 
+class PublishArgs(RequestArgs):
+    """Publish a held step anyway: `run` is the held run the operator saw (the agent refuses
+    when it is no longer the step's latest decisive run, so nothing else gets published)."""
+
+    KIND_TEXT: ClassVar[str] = "publish"
+    run: int
+
+    @field_validator("run", mode="before")
+    @classmethod
+    def _run_id(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+            raise ValueError("publish needs 'run': the id of the held run")
+        return value
+
+    def describe(self) -> str:
+        return f"run {self.run}"
+
+
 ARGS_OF: dict[RequestKind, type[RequestArgs]] = {
     RequestKind.RERUN: RerunArgs,
     RequestKind.CHECK: CheckArgs,
@@ -145,6 +163,7 @@ ARGS_OF: dict[RequestKind, type[RequestArgs]] = {
     RequestKind.RESUME: ResumeArgs,
     RequestKind.SILENCE: SilenceArgs,
     RequestKind.UNSILENCE: UnsilenceArgs,
+    RequestKind.PUBLISH: PublishArgs,
 }
 
 

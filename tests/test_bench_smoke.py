@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from bench import cli_start, console_queries, detector, generate, scrape, verification
+from bench import cli_start, console_queries, detector, gates, generate, scrape, verification
 from bench.__main__ import render, summary
-from bench.common import Figure, Section
+from bench.common import Figure, Section, fill_rule_performance
 
 
 async def _count(dsn: str, sql: str) -> int:
@@ -78,6 +78,18 @@ async def test_console_queries_report_every_query(database: str) -> None:
     names = [row[0] for row in section.tables[0][2]]
     assert names == list(console_queries.queries())
     assert all(len(values) == 2 for values in times.values())
+
+
+async def test_gates_bench_times_both_refreshes(database: str) -> None:
+    conn = await asyncpg.connect(database)
+    try:
+        await fill_rule_performance(conn, 2_000)
+        bare, full, inside, passed = await gates.measure(conn, 2)
+    finally:
+        await conn.close()
+    assert len(bare) == len(full) == len(inside) == 2
+    assert all(0 <= g <= f for g, f in zip(inside, full, strict=True))
+    assert passed
 
 
 def test_scrape_serves_every_metric() -> None:

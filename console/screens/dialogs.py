@@ -19,10 +19,12 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
 from pipectl.console.actions import DIALOG, bindings
+from pipectl.console.widgets.gates import gates_table
 from pipectl.durations import DurationError, format_duration, parse_duration
 from pipectl.format import STATUS_STYLE, age, seconds, status_text
+from pipectl.model import Run
 from pipectl.request_args import MAX_SILENCE
-from pipectl.safetext import CELL, literal
+from pipectl.safetext import CELL, LINE, literal
 from pipectl.store.console import RerunPlan
 
 if TYPE_CHECKING:
@@ -151,6 +153,33 @@ def _plan_table(plan: RerunPlan, app: PipectlApp) -> Table:
             last_text,
         )
     return table
+
+
+class PublishDialog(Dialog[str]):
+    """Publish anyway: names the held run and shows what its gates found."""
+
+    CONFIRM = "Publish anyway"
+
+    def __init__(self, step: str, held: Run) -> None:
+        super().__init__()
+        self.step = step
+        self.held = held
+        self.TITLE_TEXT = f"Publish {step} anyway (held run {held.id})"
+
+    def compose_body(self) -> ComposeResult:
+        yield Static(literal(self.held.error or "held", "bold", limit=LINE), id="explain")
+        yield Static(gates_table(self.held), id="gates")
+        yield Static(
+            Text(
+                "The step is refreshed once more with these gates measured, not enforced: "
+                "readers see the new content at once, and steps waiting on it run.",
+                style="dim",
+            ),
+            id="total",
+        )
+
+    def answer(self) -> tuple[str, str, str | None]:
+        return self.reason_answer()
 
 
 class PauseDialog(Dialog[str]):

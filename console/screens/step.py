@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import ClassVar
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual import on
@@ -14,13 +15,17 @@ from textual.widgets import DataTable, Static
 
 from pipectl.console import data
 from pipectl.console.actions import STEP, bindings
+from pipectl.console.data import RequestIntent
 from pipectl.console.screens.detail import DetailScreen
+from pipectl.console.screens.dialogs import PublishDialog
 from pipectl.console.screens.operations import Selected, StepOperations
 from pipectl.console.widgets.facts import Fact, facts_table
+from pipectl.console.widgets.gates import gates_table
 from pipectl.console.widgets.table import ColumnSpec, TableRow
 from pipectl.dag import dependents
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, clock_time, due, number, seconds
-from pipectl.model import Run
+from pipectl.model import Run, RunStatus
+from pipectl.request_args import PublishArgs
 from pipectl.safetext import BLOCK, LINE, first_line, literal
 from pipectl.store.base import Conn
 from pipectl.store.console import StepDetail
@@ -89,24 +94,50 @@ class StepScreen(StepOperations, DetailScreen[StepDetail | None]):
         self._show_error(self._highlighted_run())
 
     def _show_error(self, highlighted: Run | None) -> None:
-        """The highlighted run's error if it has one, else the step's last failure."""
+        """The highlighted run's error if it has one, else the step's hold (with each gate's
+        evidence) while it is held, else its last failure."""
         panel = self.query_one("#error", Static)
         snapshot = self.snapshot
         run = highlighted if highlighted and highlighted.error else None
         if run is None and snapshot is not None:
-            run = snapshot.last_failure
+            run = snapshot.held or snapshot.last_failure
         if run is None:
             panel.border_title = "Last error"
             panel.update(Text("no failures in history", style="dim"))
             return
         now = self.console.clock()
+        if run.status == RunStatus.HELD:
+            panel.border_title = f"Held by a gate · run {run.id} · {age(run.finished_at, now)}"
+            held = literal(run.error or "", "yellow", limit=BLOCK, multiline=True)
+            panel.update(Group(held, gates_table(run)))
+            return
         panel.border_title = f"Error · run {run.id} · {age(run.finished_at, now)}"
         panel.update(literal(run.error or "", "red", limit=BLOCK, multiline=True))
 
     # ------------------------------------------------------------------ actions
 
     def action_state(self, action: str) -> bool | None:
+        if action == "publish":
+            return self.snapshot is not None and self.snapshot.held is not None
         return self.step_action_state(action)
+
+    def action_publish(self) -> None:
+        """Confirm with the exact target (step, held run, its gates), then file the request
+        naming that run: the agent publishes nothing else."""
+        held = self.snapshot.held if self.snapshot is not None else None
+        if held is None:
+            return
+        step = self.step
+
+        def file(reason: str | None) -> None:
+            if reason is not None:
+                self.console.file_request(
+                    RequestIntent(
+                        "publish", step, reason, PublishArgs(run=held.id), f"{step} run {held.id}"
+                    )
+                )
+
+        self.app.push_screen(PublishDialog(step, held), file)
 
     def selected_step(self) -> Selected | None:
         snapshot = self.snapshot

@@ -1,4 +1,4 @@
-"""Operator verbs: status, history, rerun, pause, resume, silence, unsilence.
+"""Operator verbs: status, history, rerun, publish, pause, resume, silence, unsilence.
 
 The same store functions the console uses; rich tables for people, stable JSON for scripts.
 Write verbs file a request row (PostgreSQL records who asked) and, with --wait, follow it to
@@ -42,10 +42,11 @@ from pipectl.dag import CycleError
 from pipectl.db import connection, describe_connection, resolve
 from pipectl.format import STATUS_STYLE, age, band, due, number, seconds, status_text
 from pipectl.migrate import ensure_current
-from pipectl.model import Event, Outcome, Request, RequestKind, Run
+from pipectl.model import Event, Outcome, Request, RequestKind, Run, RunStatus
 from pipectl.request_args import (
     MAX_SILENCE,
     ArgsError,
+    PublishArgs,
     RequestArgs,
     RerunArgs,
     SilenceArgs,
@@ -99,6 +100,21 @@ def register(subparsers: Any) -> None:
     _request_options(rerun)
     rerun.set_defaults(handler=request_rerun)
 
+    publish = subparsers.add_parser(
+        "publish",
+        help="publish a held step anyway: refresh it once more without enforcing its gates",
+    )
+    publish.add_argument("step", type=NAME_ARGUMENT)
+    publish.add_argument(
+        "--run",
+        type=RUN_ID,
+        metavar="ID",
+        help="the held run to publish (default: the step's latest run, if it is held); the"
+        " agent refuses when it is no longer the step's latest",
+    )
+    _request_options(publish)
+    publish.set_defaults(handler=request_publish)
+
     for verb, text in (("pause", "stop a step's scheduled runs"), ("resume", "undo pause")):
         parser = subparsers.add_parser(verb, help=text)
         parser.add_argument("step", type=NAME_ARGUMENT)
@@ -144,6 +160,7 @@ def _request_options(parser: argparse.ArgumentParser) -> None:
 
 
 HISTORY_LIMIT = int_argument(1, 10_000)
+RUN_ID = int_argument(1, 2**63 - 1)
 WAIT_TIMEOUT = float_argument(above=0, at_most=86_400, unit="seconds")
 SILENCE_SPAN = duration_argument(maximum=MAX_SILENCE)
 
@@ -182,6 +199,9 @@ def render_status(snapshot: store.StatusSnapshot) -> None:
             note = f"paused by {step.paused_by}" + (
                 f": {step.paused_reason}" if step.paused_reason else ""
             )
+        elif step.state == "held" and step.state_run is not None:
+            held = step.state_run
+            note = f"{held.error} (run {held.id}: pipectl publish or rerun {step.name})"
         elif last and last.error:
             note = last.error
         steps.add_row(
@@ -239,6 +259,7 @@ def status_json(snapshot: store.StatusSnapshot) -> dict[str, Any]:
                 "last_success_at": s.last_success_at,
                 "last_run": run_json(s.last_run) if s.last_run else None,
                 "state_run_id": s.state_run.id if s.state_run else None,
+                "gates": s.state_run.detail.get("gates", []) if s.state_run else [],
             }
             for s in snapshot.steps
         ],
@@ -291,6 +312,8 @@ def run_json(run: Run) -> dict[str, Any]:
         "scheduled_for": run.scheduled_for,
         "error": run.error,
         "trace_id": run.trace_id,
+        "gates": run.detail.get("gates", []),
+        "gates_overridden": run.detail.get("gates_overridden"),
     }
 
 
@@ -456,6 +479,26 @@ async def request_rerun(args: argparse.Namespace) -> int:
     )
 
 
+async def request_publish(args: argparse.Namespace) -> int:
+    """Names the exact held run (the latest, unless --run says which) and why: a reason is
+    required, it is what the audit trail keeps of the override."""
+    if not args.reason.strip():
+        raise CliError("publish needs --reason: publishing past a gate is audited")
+    run_id = args.run
+    if run_id is None:
+        config = load(args).config
+        async with connection(config, "pipectl publish") as conn:
+            await ensure_current(conn)
+            latest = (await store.latest_outcomes(conn, [args.step])).get(args.step)
+        if latest is None or latest.status != RunStatus.HELD:
+            now = f"its latest run {latest.id} {latest.status}" if latest else "it has no run"
+            raise CliError(f"{args.step} is not held ({now}): nothing to publish")
+        run_id = latest.id
+        if not args.json:
+            console().print(f"publishing held run {run_id} of {args.step}: {latest.error or ''}")
+    return await _file_request(args, RequestKind.PUBLISH, args.step, PublishArgs(run=run_id))
+
+
 async def request_pause(args: argparse.Namespace) -> int:
     kind = RequestKind.PAUSE if args.kind == "pause" else RequestKind.RESUME
     return await _file_request(args, kind, args.step, None)
@@ -503,7 +546,7 @@ async def _file(
     async with connection(config, f"pipectl {kind}") as conn:
         await ensure_current(conn)
         # A retired definition (no live agent publishes it) is unknown to every agent.
-        if kind in (RequestKind.RERUN, RequestKind.PAUSE, RequestKind.RESUME):
+        if kind in (RequestKind.RERUN, RequestKind.PUBLISH, RequestKind.PAUSE, RequestKind.RESUME):
             if not [s for s in await store.step_states(conn, [target]) if s.retired_at is None]:
                 raise CliError(await _unknown_step(conn, target))
         elif not [c for c in await store.check_states(conn, [target]) if c.retired_at is None]:

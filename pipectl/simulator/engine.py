@@ -26,7 +26,7 @@ from pipectl.identifiers import Relation
 from pipectl.listen import Listener
 from pipectl.resilience import Backoff, Outage, close_quietly, describe, is_connection_loss
 from pipectl.simulator import backfill as history
-from pipectl.simulator import combos, faults
+from pipectl.simulator import broken, combos, faults
 from pipectl.simulator.cache import CacheCounters, CacheTraffic
 from pipectl.simulator.catalog import RULES, RuleSpec, rule_spec
 from pipectl.simulator.control import (
@@ -148,6 +148,8 @@ class ApesSimulator:
         self._faults: dict[str, ActiveFault] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._lock: LockHolder | None = None
+        self._kept_rules: frozenset[str] | None = None
+        """While broken_input lasts: the rules whose new rule_performance rows are written."""
         self._tally = _Tally()
         self._cache: CacheTraffic | None = None
         self._listener: Listener | None = None
@@ -195,6 +197,7 @@ class ApesSimulator:
                 ],
             )
             await self._load_rules(conn)
+            await broken.repair_input(conn)  # left set aside by a simulator that stopped
             if await conn.fetchval("SELECT to_regclass('public.alembic_version') IS NOT NULL"):
                 await conn.execute(
                     "INSERT INTO public.alembic_version (version_num) SELECT $1"
@@ -326,6 +329,13 @@ class ApesSimulator:
             self._lock = holder
         if fault == "deploy":
             _, normalized["version"] = await self.deploy(normalized["version"])
+        if fault == "broken_input":
+            conn = await self._connect(WRITER_APPLICATION)
+            try:
+                self._kept_rules = await broken.kept_rules(conn, int(normalized["keep"]))
+                await broken.break_input(conn, self._kept_rules)
+            finally:
+                await conn.close()
         started = datetime.now(UTC)
         active = ActiveFault(fault, normalized, started, started + duration if duration else None)
         self._faults[fault] = active
@@ -372,6 +382,13 @@ class ApesSimulator:
         if name == "lock" and self._lock is not None:
             holder, self._lock = self._lock, None
             await holder.release()
+        if name == "broken_input":
+            self._kept_rules = None
+            conn = await self._connect(WRITER_APPLICATION)
+            try:
+                await broken.repair_input(conn)
+            finally:
+                await conn.close()
         if active is not None:
             log.warning("fault stopped (%s): %s", reason, active.name, extra={"fault": name})
 
@@ -531,6 +548,12 @@ class ApesSimulator:
     async def _write(self, conn: asyncpg.Connection, batch: Batch, effects: Effects) -> None:
         if not batch.records or effects.is_stalled(batch.table):
             return
+        kept = self._kept_rules
+        if kept is not None and batch.table == "rule_performance":
+            column = list(batch.columns).index("rule_id")
+            batch.records[:] = [r for r in batch.records if r[column] in kept]
+            if not batch.records:
+                return
 
         async def copy() -> None:
             await conn.copy_records_to_table(

@@ -134,6 +134,14 @@ FAULTS: dict[str, FaultSpec] = {
             {"version": Param("the new revision (default: a fresh one)", _revision)},
         ),
         FaultSpec(
+            "broken_input",
+            "an input breaks: rule_performance keeps only a few rules (the rows of the others"
+            " in the last 31 days are set aside, and new rows of them are not written), so"
+            " rule_effectiveness_summary loses most of its rows and its gates hold the"
+            " refresh; clearing the fault puts the rows back",
+            {"keep": Param("rules that keep their rows (1-100)", _number(1, 100), 3)},
+        ),
+        FaultSpec(
             "lock",
             "hold a lock on a summary in an open transaction (LOCK TABLE ... IN EXCLUSIVE "
             "MODE on a table; ANALYZE on a materialized view, which LOCK TABLE refuses), so "

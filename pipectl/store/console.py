@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from pipectl.dag import Dag
-from pipectl.model import CheckStatus, Request, Run, Sample
+from pipectl.model import CheckStatus, Request, Run, RunStatus, Sample
 from pipectl.store.base import DB
 from pipectl.store.definitions import CheckState, StepState, check_states, step_states
 from pipectl.store.requests import get_request, list_requests
@@ -133,6 +133,9 @@ class StepDetail:
     durations: DurationStats
     last_failure: Run | None
     graph: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    held: Run | None = None
+    """The step's latest decisive run when a gate held it (its detail has the evidence):
+    what publish-anyway would publish."""
 
 
 async def step_detail(db: DB, step: str, limit: int = 60) -> StepDetail | None:
@@ -151,12 +154,14 @@ async def step_detail(db: DB, step: str, limit: int = 60) -> StepDetail | None:
         """,
         step,
     )
+    latest = (await latest_outcomes(db, [step])).get(step)
     return StepDetail(
         state=states[0],
         runs=tuple(runs),
         durations=stats[step],
         last_failure=_run(row) if row else None,
         graph=await step_graph(db),
+        held=latest if latest is not None and latest.status == RunStatus.HELD else None,
     )
 
 

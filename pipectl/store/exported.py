@@ -22,6 +22,9 @@ class StepExport:
     last_success: float | None
     """Unix time of the latest successful run; None before the first."""
     paused: bool
+    held: bool = False
+    """The latest run that succeeded, failed or was held, was held (a gate kept the old
+    content)."""
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,12 @@ class SharedState:
 _SHARED_STATE = """
 SELECT
   (SELECT coalesce(json_agg(json_build_array(
-              s.name, coalesce(d.failing, false), w.at, s.paused) ORDER BY s.name), '[]')
+              s.name, coalesce(d.status = 'failed', false), w.at, s.paused,
+              coalesce(d.status = 'held', false)) ORDER BY s.name), '[]')
      FROM pipectl.steps s
      LEFT JOIN LATERAL (
-         SELECT r.status = 'failed' AS failing FROM pipectl.runs r
-         WHERE r.step = s.name AND r.status IN ('succeeded', 'failed')
+         SELECT r.status FROM pipectl.runs r
+         WHERE r.step = s.name AND r.status IN ('succeeded', 'failed', 'held')
          ORDER BY r.finished_at DESC NULLS LAST, r.id DESC
          LIMIT 1
      ) d ON true
@@ -89,8 +93,8 @@ async def shared_state(db: DB) -> SharedState:
     assert row is not None
     return SharedState(
         steps=tuple(
-            StepExport(str(name), bool(failing), _seconds(at), bool(paused))
-            for name, failing, at, paused in _json(row["steps"])
+            StepExport(str(name), bool(failing), _seconds(at), bool(paused), bool(held))
+            for name, failing, at, paused, held in _json(row["steps"])
         ),
         checks=tuple(
             CheckExport(str(name), str(kind), str(status), bool(silenced), _seconds(at))

@@ -243,7 +243,7 @@ async def tick_exists(db: DB, step: str, scheduled_for: datetime) -> bool:
 
 
 async def latest_outcomes(db: DB, steps: Sequence[str]) -> dict[str, Run]:
-    """The latest decisive run (succeeded, failed or cancelled) of each step: one probe of
+    """The latest decisive run (succeeded, failed, cancelled or held) of each step: one probe of
     runs_decisive_idx per step, however long the history."""
     rows = await db.fetch(
         f"""
@@ -251,7 +251,7 @@ async def latest_outcomes(db: DB, steps: Sequence[str]) -> dict[str, Run]:
         FROM unnest($1::text[]) AS s(step)
         CROSS JOIN LATERAL (
             SELECT * FROM pipectl.runs x
-            WHERE x.step = s.step AND x.status IN ('succeeded', 'failed', 'cancelled')
+            WHERE x.step = s.step AND x.status IN ('succeeded', 'failed', 'cancelled', 'held')
             ORDER BY x.finished_at DESC NULLS LAST, x.id DESC
             LIMIT 1
         ) r

@@ -17,7 +17,7 @@ from pipectl.store.runs import _RUN_COLUMNS, _run
 def state_run(step: str) -> str:
     """The run that decides a step's shown state, as a subquery for a LATERAL join (`step`
     is the SQL expression naming the step): its newest unfinished run ("running"), else its
-    latest decisive run (succeeded, failed, cancelled: by finish time), else its newest
+    latest decisive run (succeeded, failed, cancelled, held: by finish time), else its newest
     skipped run. A skip decides nothing while the step has a decisive run: a tick skipped
     because a manual run held the step never hides that run's success, before or after it.
     Three index probes (runs_step_unfinished_idx, runs_decisive_idx, runs_step_skipped_idx).
@@ -29,7 +29,7 @@ def state_run(step: str) -> str:
              ORDER BY u.queued_at DESC, u.id DESC LIMIT 1)
             UNION ALL
             (SELECT d.*, 1 FROM pipectl.runs d
-             WHERE d.step = {step} AND d.status IN ('succeeded', 'failed', 'cancelled')
+             WHERE d.step = {step} AND d.status IN ('succeeded', 'failed', 'cancelled', 'held')
              ORDER BY d.finished_at DESC NULLS LAST, d.id DESC LIMIT 1)
             UNION ALL
             (SELECT k.*, 2 FROM pipectl.runs k
@@ -74,7 +74,7 @@ class StepRow:
 
     @property
     def state(self) -> str:
-        """One word for a step: paused, running, ok, failed, skipped, cancelled or never.
+        """One word for a step: paused, running, ok, failed, held, skipped, cancelled or never.
         Skipped only when the step has no decisive run at all."""
         if self.paused:
             return "paused"
@@ -95,6 +95,7 @@ class StepRow:
             "paused": CheckStatus.WARN,
             "skipped": CheckStatus.WARN,
             "cancelled": CheckStatus.WARN,
+            "held": CheckStatus.WARN,
             "failed": CheckStatus.FAIL,
         }[self.state]
 

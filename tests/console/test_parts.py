@@ -62,8 +62,8 @@ def test_read_only_filters_the_registry() -> None:
     full = ActionRegistry()
     read_only = ActionRegistry(read_only=True)
     writes = {s.name for s in ACTIONS if s.needs_write}
-    assert writes == {"rerun", "rerun_downstream", "pause", "resume", "check_now", "silence",
-                      "unsilence"}  # fmt: skip
+    assert writes == {"rerun", "rerun_downstream", "publish", "pause", "resume", "check_now",
+                      "silence", "unsilence"}  # fmt: skip
     assert {s.name for s in read_only.hidden()} == writes
     assert all(not read_only.permits(w) for w in writes)
     assert all(full.permits(w) for w in writes)

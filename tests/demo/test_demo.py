@@ -163,10 +163,11 @@ def test_a_healthy_demo_hour_shows_no_warn_or_fail(tmp_path: Path) -> None:
 @dataclass(frozen=True)
 class Signature:
     """Where a fault shows in the console: a check's shown status (or, for `lock`, the
-    summary's refresh runs failing)."""
+    summary's refresh runs failing; for `broken_input`, its gates holding them)."""
 
     check: str | None = None
     step: str | None = None
+    run_status: str = "failed"
 
 
 SIGNATURES = {
@@ -178,10 +179,12 @@ SIGNATURES = {
     "deploy": Signature(check="schema_version"),
     "lock": Signature(step="rule_effectiveness_summary"),
     "drop": Signature(check="rule_performance_volume"),
+    "broken_input": Signature(step="rule_effectiveness_summary", run_status="held"),
 }
 # Faults of one round show on different checks, so they run at the same time; a spike and a
-# drop would cancel out, so the drop has a round of its own.
-ROUNDS = [[f for f in SIGNATURES if f != "drop"], ["drop"]]
+# drop would cancel out, so the drop has a round of its own; a broken input holds the refresh
+# that the lock makes fail, and drops rule_performance's volume: a round of its own too.
+ROUNDS = [[f for f in SIGNATURES if f not in ("drop", "broken_input")], ["drop"], ["broken_input"]]
 FAULT_FOR = timedelta(seconds=45)
 # "Within a minute" is what the demo is built for (the report prints what was measured); the
 # limits asserted leave room for a slow CI machine running the whole suite.
@@ -196,10 +199,10 @@ async def _shows(conn: asyncpg.Pool, signature: Signature, since: datetime) -> b
         )
         return status in ("warn", "fail")
     failed = await conn.fetchval(
-        "SELECT count(*) FROM pipectl.runs WHERE step = $1 AND status = 'failed'"
-        " AND finished_at > $2",
+        "SELECT count(*) FROM pipectl.runs WHERE step = $1 AND status = $3 AND finished_at > $2",
         signature.step,
         since,
+        signature.run_status,
     )
     return bool(failed)
 

@@ -354,3 +354,28 @@ async def test_faults_expire_by_themselves(database: str, caplog: pytest.LogCapt
 
 async def _is(value: bool) -> bool:
     return value
+
+
+async def test_broken_input_sets_rows_aside_and_puts_them_back(database: str) -> None:
+    sim = ApesSimulator(database, None, seed=5)
+    await sim.setup()
+    await sim.backfill(1)
+    conn = await asyncpg.connect(database)
+    rules = "SELECT count(DISTINCT rule_id) FROM rule_performance"
+    try:
+        before = await conn.fetchval("SELECT count(*) FROM rule_performance")
+        assert await conn.fetchval(rules) > 6
+        await sim.inject("broken_input", keep=2)
+        assert await conn.fetchval(rules) == 2
+        async with running(sim):
+            await _ticks(sim, 3)  # the writer runs, but only for the rules kept
+            assert await conn.fetchval(rules) == 2
+            await sim.clear("broken_input")
+            assert "broken_input" not in sim.active_faults()
+            assert await conn.fetchval(rules) > 6
+        after = await conn.fetchval("SELECT count(*) FROM rule_performance")
+        assert after >= before  # every row set aside is back (and the live ones stay)
+        assert await conn.fetchval("SELECT count(*) FROM public.pipectl_demo_set_aside") == 0
+    finally:
+        await sim.close()
+        await conn.close()

@@ -33,6 +33,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "status": ("ops_cmd", "pipeline health; exit 0 ok, 1 warnings, 2 failures"),
     "history": ("ops_cmd", "recent runs (or requests, or events), newest first"),
     "rerun": ("ops_cmd", "ask the agent to run a step now"),
+    "publish": (
+        "ops_cmd",
+        "publish a held step anyway: refresh it once more without enforcing its gates",
+    ),
     "pause": ("ops_cmd", "stop a step's scheduled runs"),
     "resume": ("ops_cmd", "undo pause"),
     "silence": ("ops_cmd", "keep a check recording but raising no alert, for a while"),

@@ -8,8 +8,10 @@ database, refused request) become one clear message on stderr, never a traceback
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
@@ -34,8 +36,28 @@ from . import agent_cmd, check_cmd, config_cmd, db_cmd, demo_cmd, demo_fault_cmd
 VERB_MODULES = [ops_cmd, check_cmd, demo_cmd, demo_fault_cmd, config_cmd, db_cmd, agent_cmd]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a suggestion for a mistyped choice: `pipectl stauts` answers
+    "invalid choice: 'stauts' (did you mean 'status'?)" before listing the choices. The
+    subparsers are built with the same class, so a mistyped `pipectl fault injetc` or an
+    option's choice gets the same help."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        choices = action.choices
+        if choices is None or value in choices or not isinstance(value, str):
+            super()._check_value(action, value)
+            return
+        names = [str(choice) for choice in choices]
+        close = difflib.get_close_matches(value, names, n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        listing = ", ".join(repr(name) for name in names)
+        raise argparse.ArgumentError(
+            action, f"invalid choice: {value!r}{hint}; choose from {listing}"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pipectl",
         description="Ops console and monitoring agent for the APES analytics pipeline. "
         "With no verb, opens the console.",

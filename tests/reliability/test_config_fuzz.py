@@ -441,7 +441,8 @@ DAY = 86_400.0
 CLI_OPTIONS = [
     CliOption(("history",), "--limit", "int", 1, 10_000),
     *(CliOption((verb, "x"), "--timeout", "float", 0, DAY)
-      for verb in ("rerun", "pause", "resume", "unsilence")),
+      for verb in ("rerun", "resume", "unsilence")),
+    CliOption(("pause", "x", "--reason", "r"), "--timeout", "float", 0, DAY),
     CliOption(("silence", "x", "--for", "1h"), "--timeout", "float", 0, DAY),
     CliOption(("silence", "x"), "--for", "duration", 0, 30 * DAY),
     CliOption(("demo",), "--duration", "float", 0, 30 * DAY),

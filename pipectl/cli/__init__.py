@@ -31,9 +31,27 @@ from pipectl.migrate import MigrationError
 from pipectl.resilience import describe, describe_error
 from pipectl.safetext import BLOCK, visible
 
-from . import agent_cmd, check_cmd, config_cmd, db_cmd, demo_cmd, demo_fault_cmd, ops_cmd
+from . import (
+    agent_cmd,
+    check_cmd,
+    config_cmd,
+    db_cmd,
+    demo_cmd,
+    demo_fault_cmd,
+    ops_cmd,
+    simulate_cmd,
+)
 
-VERB_MODULES = [ops_cmd, check_cmd, demo_cmd, demo_fault_cmd, config_cmd, db_cmd, agent_cmd]
+VERB_MODULES = [
+    ops_cmd,
+    check_cmd,
+    demo_cmd,
+    demo_fault_cmd,
+    simulate_cmd,
+    config_cmd,
+    db_cmd,
+    agent_cmd,
+]
 
 
 class Parser(argparse.ArgumentParser):

@@ -297,6 +297,7 @@ async def _silence_while_loading(
     after the load has settled (the interval that held the VACUUM's reads is judged
     silenced too)."""
     from pipectl import store
+    from pipectl.db import connect
     from pipectl.model import RequestKind
     from pipectl.request_args import SilenceArgs
 
@@ -306,7 +307,7 @@ async def _silence_while_loading(
     await agent_started.wait()
     if settled.is_set():
         return
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(loaded.config, application_name="pipectl demo", dsn=dsn)
     try:
         for check in checks:
             await store.create_request(

@@ -123,3 +123,41 @@ async def test_the_header_line_follows_the_history_load(database: str) -> None:
             await conn.close()
 
     assert await wait_for(loaded)
+
+
+BUFFER_CHECK = """
+[[checks]]
+name = "pg_buffers"
+kind = "cache"
+source = "postgres"
+every = "1s"
+"""
+
+
+async def test_buffer_checks_are_silenced_while_the_history_loads(database: str) -> None:
+    from pipectl.cli.demo import HISTORY_SILENCE_REASON, _silence_while_loading
+    from tests.helpers import make_loaded
+
+    loaded = make_loaded(database, None, BUFFER_CHECK)
+    conn = await asyncpg.connect(database)
+
+    async def filed() -> list[tuple[str, str, str]]:
+        rows = await conn.fetch("SELECT kind, target, reason FROM pipectl.requests ORDER BY id")
+        return [tuple(r) for r in rows]
+
+    try:
+        agent_started, settled = asyncio.Event(), asyncio.Event()
+        agent_started.set()
+        task = asyncio.create_task(_silence_while_loading(database, loaded, agent_started, settled))
+        assert await wait_for(filed) == [("silence", "pg_buffers", HISTORY_SILENCE_REASON)]
+        args = await conn.fetchval("SELECT args FROM pipectl.requests")
+        assert '"seconds"' in args
+        settled.set()
+        await asyncio.wait_for(task, 30)
+        assert (await filed())[1:] == [("unsilence", "pg_buffers", "pipectl demo: history loaded")]
+        # A load that settled before the agent started silences nothing.
+        await conn.execute("DELETE FROM pipectl.requests")
+        await _silence_while_loading(database, loaded, agent_started, settled)
+        assert await filed() == []
+    finally:
+        await conn.close()

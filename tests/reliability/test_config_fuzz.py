@@ -450,6 +450,10 @@ CLI_OPTIONS = [
     CliOption(("demo",), "--seed", "int", 0, 2**63 - 1),
     CliOption(("demo",), "--warmup", "int", 0, 3600),
     CliOption(("demo",), "--pace", "int", 1, 100),
+    CliOption(("simulate",), "--speed", "float", 0, 1000),
+    CliOption(("simulate",), "--backfill", "int", 1, 365),
+    CliOption(("simulate",), "--duration", "float", 0, 30 * DAY),
+    CliOption(("simulate",), "--seed", "int", 0, 2**63 - 1),
     CliOption(("fault", "inject", "spike"), "--for", "duration", 0, 36_500 * DAY),
     CliOption(("fault", "inject", "spike"), "--factor", "float", -math.inf, math.inf),
 ]  # fmt: skip

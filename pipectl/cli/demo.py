@@ -308,6 +308,8 @@ async def _silence_while_loading(
     if settled.is_set():
         return
     conn = await connect(loaded.config, application_name="pipectl demo", dsn=dsn)
+    silenced: list[str] = []
+    reason = "pipectl demo: history load over"
     try:
         for check in checks:
             await store.create_request(
@@ -317,13 +319,21 @@ async def _silence_while_loading(
                 HISTORY_SILENCE_REASON,
                 SilenceArgs(seconds=3600.0),
             )
+            silenced.append(check.name)
         await settled.wait()
         await asyncio.sleep(max(c.every.total_seconds() for c in checks))
-        for check in checks:
-            await store.create_request(
-                conn, RequestKind.UNSILENCE, check.name, "pipectl demo: history loaded"
-            )
+        reason = "pipectl demo: history loaded"
+    except asyncio.CancelledError:
+        reason = "pipectl demo: stopped (the history load was rolled back)"
+        raise
+    except Exception:
+        log.exception("demo: could not silence the buffer checks during the history load")
     finally:
+        # Never leave a silence behind: a demo quit mid-load unsilences too (the request
+        # waits for the next agent if this one is already stopping).
+        with contextlib.suppress(Exception):
+            for name in silenced:
+                await store.create_request(conn, RequestKind.UNSILENCE, name, reason)
         await conn.close()
 
 

@@ -159,5 +159,15 @@ async def test_buffer_checks_are_silenced_while_the_history_loads(database: str)
         await conn.execute("DELETE FROM pipectl.requests")
         await _silence_while_loading(database, loaded, agent_started, settled)
         assert await filed() == []
+        # A demo quit mid-load leaves no silence behind.
+        task = asyncio.create_task(
+            _silence_while_loading(database, loaded, agent_started, asyncio.Event())
+        )
+        await wait_for(filed)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert [kind for kind, _, _ in await filed()] == ["silence", "unsilence"]
+        assert "stopped" in (await filed())[1][2]
     finally:
         await conn.close()

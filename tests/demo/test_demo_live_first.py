@@ -171,3 +171,64 @@ async def test_buffer_checks_are_silenced_while_the_history_loads(database: str)
         assert "stopped" in (await filed())[1][2]
     finally:
         await conn.close()
+
+
+async def test_the_console_opens_first_and_the_history_loads_behind_it(tmp_path: Path) -> None:
+    """The whole interactive start on embedded servers, the console replaced by an opener
+    that watches the header line: it is open while the history loads, the history arrives,
+    the agent starts."""
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from pipectl.cli.demo import DemoOptions, run_demo
+    from pipectl.embedded import EmbeddedServers
+
+    state = tmp_path / "state"
+    servers = EmbeddedServers(state)
+    seen: dict[str, object] = {}
+
+    async def opener(loaded: object, status: DemoStatus) -> None:
+        lines: list[str] = []
+        status.listeners.append(lines.append)
+        seen["at_open"] = status.line()
+        dsn = loaded.config.database.dsn  # type: ignore[attr-defined]
+        conn = await asyncpg.connect(dsn)
+        try:
+
+            async def loaded_and_judging() -> bool:
+                history = await conn.fetchval(
+                    "SELECT count(*) FROM rule_performance"
+                    " WHERE created_at < (now() AT TIME ZONE 'UTC') - interval '2 hours'"
+                )
+                agents = await conn.fetchval(
+                    "SELECT count(*) FROM pipectl.agents WHERE stopped_at IS NULL"
+                )
+                return bool(history) and bool(agents) and not status.history
+
+            await wait_for(loaded_and_judging, timeout=240, interval=0.2)
+        finally:
+            await conn.close()
+        seen["lines"] = list(lines)
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with servers.running():
+            options = DemoOptions(state_dir=state, backfill_days=1, warmup=0, seed=1)
+            code = await run_demo(options, servers, Console(file=io.StringIO()), opener)
+            port = servers.postgres.port
+    finally:  # the demo sends its logs to a file: give pytest its handlers back
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+    assert code == 0
+    assert seen["at_open"] == f"127.0.0.1:{port}/apes"
+    lines = seen["lines"]
+    assert isinstance(lines, list)
+    assert f"127.0.0.1:{port}/apes · loading 1-day history" in lines
+    assert lines[-1] == f"127.0.0.1:{port}/apes"

@@ -1,4 +1,8 @@
-"""The header every screen shows: where you are, the database link, and the read-only badge."""
+"""The header every screen shows: where you are, the database link, and the read-only badge.
+
+The link names the database as host/db. An entry point that knows more sets the App's
+`sub_title`, shown in its place: the demo names its embedded server as host:port/db (the
+port changes from run to run) and adds the progress of the history it is still loading."""
 
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ class ScreenTab(Static):
 class LinkStatus(Static):
     """● live / ◌ connecting / ✗ lost (retrying) / ✗ schema, with the target and user."""
 
-    def render_link(self, link: Connection) -> None:
+    def render_link(self, link: Connection, where: str = "") -> None:
         marks = {"connected": "●", "connecting": "◌", "lost": "✗", "schema": "✗"}
         words = {
             "connected": "live",
@@ -46,7 +50,8 @@ class LinkStatus(Static):
         text = Text(f"{marks[link.state]} {words[link.state]}", style="bold")
         # The user, the target and the server's words are shown literally, on this line.
         who = f"{link.user}@" if link.user else ""
-        text.append(visible(f"  {who}{_short_target(link.target)}", limit=CELL), style="dim")
+        place = where or _short_target(link.target)
+        text.append(visible(f"  {who}{place}", limit=CELL), style="dim")
         if link.state == "lost":
             retry = f", retrying in {humanize_age(link.retry_in)}" if link.retry_in else ""
             text.append(f"  {visible(link.detail)}{retry}")
@@ -79,10 +84,15 @@ class StatusHeader(Horizontal):
         for tab in self.query(ScreenTab):
             tab.set_class(tab.screen_name == app.current_mode, "-active")
         self.watch(app, "connection", self._show_link)
+        self.watch(app, "sub_title", self._show_where)
         self.watch(app, "read_only", self._show_badge)
 
     def _show_link(self, link: Connection) -> None:
-        self.query_one(LinkStatus).render_link(link)
+        self.query_one(LinkStatus).render_link(link, self.app.sub_title)
+
+    def _show_where(self, where: str) -> None:
+        app: PipectlApp = self.app  # type: ignore[assignment]
+        self.query_one(LinkStatus).render_link(app.connection, where)
 
     def _show_badge(self, read_only: bool) -> None:
         self.query_one("#badge").display = read_only

@@ -8,6 +8,7 @@ database, refused request) become one clear message on stderr, never a traceback
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 from collections.abc import Collection, Sequence
@@ -54,6 +55,11 @@ VERBS: dict[str, tuple[str, str]] = {
         "demo_fault_cmd",
         "inject or clear faults in a running demo simulator (pipectl demo)",
     ),
+    "simulate": (
+        "simulate_cmd",
+        "run the APES simulator (history, live traffic, faults) against a database you "
+        "name, e.g. a staging copy",
+    ),
     "config": ("config_cmd", "validate or show the configuration"),
     "db": ("db_cmd", "manage pipectl's schema in the database"),
     "agent": ("agent_cmd", "run the agent: refresh summaries, run checks, serve metrics"),
@@ -65,11 +71,31 @@ def verb_module(name: str) -> ModuleType:
     return importlib.import_module(f"{__name__}.{name}")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a suggestion for a mistyped choice: `pipectl stauts` answers
+    "invalid choice: 'stauts' (did you mean 'status'?)" before listing the choices. The
+    subparsers are built with the same class, so a mistyped `pipectl fault injetc` or an
+    option's choice gets the same help."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        choices = action.choices
+        if choices is None or value in choices or not isinstance(value, str):
+            super()._check_value(action, value)
+            return
+        names = [str(choice) for choice in choices]
+        close = difflib.get_close_matches(value, names, n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        listing = ", ".join(repr(name) for name in names)
+        raise argparse.ArgumentError(
+            action, f"invalid choice: {value!r}{hint}; choose from {listing}"
+        )
+
+
 def build_parser(verbs: Collection[str] | None = None) -> argparse.ArgumentParser:
     """The `pipectl` parser. With `verbs`, only their modules are imported and register their
     verbs in full; every other verb is listed by its name and help line from `VERBS`, which is
     all `pipectl --help` shows of it. None: every module, every verb in full."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pipectl",
         description="Ops console and monitoring agent for the APES analytics pipeline. "
         "With no verb, opens the console.",

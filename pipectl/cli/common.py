@@ -191,15 +191,33 @@ def request_telemetry(config: Config, service: str, console: TextIO | None) -> T
         raise CliError(f"OpenTelemetry: {exc}") from None
 
 
+PIPE_WIDTH = 100_000
+"""Columns of output that is not a terminal (`pipectl status | cat`, a file, a script):
+as wide as any line needs, so a table never narrows a column nor cuts or folds a word."""
+
+
+def interactive(stderr: bool = False) -> bool:
+    """Whether output goes to a terminal (someone reads it at its width)."""
+    return (sys.stderr if stderr else sys.stdout).isatty()
+
+
+def cell_limit(stderr: bool = False) -> int:
+    """How much of a database text a table cell shows: CELL characters on a terminal, where
+    the table must fit the screen; all of it (up to BLOCK) when the output is piped or saved,
+    since `grep` and the next reader need the words, not an ellipsis."""
+    from pipectl.safetext import BLOCK, CELL
+
+    return CELL if interactive(stderr) else BLOCK
+
+
 def console(stderr: bool = False) -> LiteralConsole:
-    """Rich console: colour only on a terminal, and never with NO_COLOR set. Piped output
-    gets wide lines instead of the 80 columns rich assumes, so names are not cut. Strings are
-    printed as they are, never as markup, with control characters escaped (database text is
-    data); styles come from `Text` and `Table` arguments only."""
+    """Rich console: colour only on a terminal, and never with NO_COLOR set. Output that is
+    not a terminal is plain and full width (PIPE_WIDTH), so names and messages are never cut
+    or folded. Strings are printed as they are, never as markup, with control characters
+    escaped (database text is data); styles come from `Text` and `Table` arguments only."""
     from pipectl.safetext import LiteralConsole
 
-    stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else max(160, int(os.environ.get("COLUMNS", "0") or 0))
+    width = None if interactive(stderr) else PIPE_WIDTH
     return LiteralConsole(
         stderr=stderr,
         no_color="NO_COLOR" in os.environ,

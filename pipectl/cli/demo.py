@@ -7,6 +7,11 @@ the live simulator, an agent on a demo-speed copy of the APES preset, and the co
 
 The agent runs in this process: it is the same engine `pipectl agent` runs, its logs go to
 <state>/agent.log so they never cut through the console.
+
+With the console, nothing waits for the history: live traffic starts first, the console
+opens at once, and the history loads in a child process (pipectl.simulator.history_process)
+up to where the live rows begin, its progress in the console's header. Headless, the
+history is loaded first, as a script expects.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 from rich.console import Console
@@ -156,6 +162,39 @@ class DemoOptions:
     pace: float = PACE
 
 
+def database_location(dsn: str) -> str:
+    """host:port/database of a DSN: what a second terminal needs to find the demo's server
+    (its port changes from run to run)."""
+    parts = urlsplit(dsn)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.hostname or 'localhost'}{port}{parts.path or ''}"
+
+
+@dataclass
+class DemoStatus:
+    """What the demo is doing, as one line for the console's header: where the database
+    is, and while it lasts, the history still loading and the warm-up before the agent."""
+
+    where: str
+    history: str = ""
+    agent: str = ""
+    listeners: list[Callable[[str], None]] = field(default_factory=list)
+
+    def line(self) -> str:
+        return " · ".join(part for part in (self.where, self.history, self.agent) if part)
+
+    def update(self, *, history: str | None = None, agent: str | None = None) -> None:
+        if history is not None:
+            self.history = history
+        if agent is not None:
+            self.agent = agent
+        for listener in self.listeners:
+            listener(self.line())
+
+
+ConsoleOpener = Callable[[LoadedConfig, DemoStatus], Awaitable[None]]
+
+
 def demo_config(dsn: str, redis_url: str, pace: float = PACE) -> LoadedConfig:
     """The APES preset for the demo's servers, with faster schedules and its thresholds
     scaled to the demo's pace (`demo_overrides`)."""
@@ -237,6 +276,114 @@ async def backfill(simulator: ApesSimulator, days: int, out: Console) -> None:
         await settle(simulator.dsn, sorted(result.rows))
 
 
+HISTORY_SILENCE_REASON = (
+    "pipectl demo: loading history in bulk (COPY, then VACUUM); its reads are not the application's"
+)
+
+
+def buffer_checks(loaded: LoadedConfig) -> list[Any]:
+    """The checks that judge PostgreSQL's buffer cache: a bulk load's reads move them."""
+    return [
+        c
+        for c in loaded.config.checks
+        if c.enabled and c.kind == "cache" and getattr(c, "source", None) == "postgres"
+    ]
+
+
+async def _silence_while_loading(
+    dsn: str, loaded: LoadedConfig, agent_started: asyncio.Event, settled: asyncio.Event
+) -> None:
+    """While the history loads behind a running agent, silence the buffer-cache checks, the
+    way an operator would around a bulk load: they keep recording, the console shows them
+    silenced with this reason, nobody is alerted. They are unsilenced one check interval
+    after the load has settled (the interval that held the VACUUM's reads is judged
+    silenced too)."""
+    from pipectl import store
+    from pipectl.db import connect
+    from pipectl.model import RequestKind
+    from pipectl.request_args import SilenceArgs
+
+    checks = buffer_checks(loaded)
+    if not checks:
+        return
+    await agent_started.wait()
+    if settled.is_set():
+        return
+    conn = await connect(loaded.config, application_name="pipectl demo", dsn=dsn)
+    silenced: list[str] = []
+    reason = "pipectl demo: history load over"
+    try:
+        for check in checks:
+            await store.create_request(
+                conn,
+                RequestKind.SILENCE,
+                check.name,
+                HISTORY_SILENCE_REASON,
+                SilenceArgs(seconds=3600.0),
+            )
+            silenced.append(check.name)
+        await settled.wait()
+        await asyncio.sleep(max(c.every.total_seconds() for c in checks))
+        reason = "pipectl demo: history loaded"
+    except asyncio.CancelledError:
+        reason = "pipectl demo: stopped (the history load was rolled back)"
+        raise
+    except Exception:
+        log.exception("demo: could not silence the buffer checks during the history load")
+    finally:
+        # Never leave a silence behind: a demo quit mid-load unsilences too (the request
+        # waits for the next agent if this one is already stopping).
+        with contextlib.suppress(Exception):
+            for name in silenced:
+                await store.create_request(conn, RequestKind.UNSILENCE, name, reason)
+        await conn.close()
+
+
+async def history_in_background(
+    simulator: ApesSimulator,
+    days: int,
+    seed: int | None,
+    status: DemoStatus,
+    settled: asyncio.Event | None = None,
+) -> None:
+    """Load the history in a child process while the demo runs, up to the first live row;
+    its progress goes to the header. A failure is logged and shown, never fatal: the live
+    demo works without history. `settled` is set when it has settled (or failed)."""
+    try:
+        await _load_history(simulator, days, seed, status)
+    finally:
+        if settled is not None:
+            settled.set()
+
+
+async def _load_history(
+    simulator: ApesSimulator, days: int, seed: int | None, status: DemoStatus
+) -> None:
+    from pipectl.simulator.history_process import HistoryLoad, HistoryLoadError
+
+    assert simulator.dsn is not None
+
+    def report(done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        status.update(history=f"loading {days}-day history {percent}%")
+
+    status.update(history=f"loading {days}-day history")
+    load = HistoryLoad(simulator.dsn, days, seed=seed, progress=report)
+    try:
+        result = await load.run()
+    except HistoryLoadError as exc:
+        log.warning("demo: %s", exc)
+        status.update(history="history not loaded (see agent.log)")
+        return
+    if result.skipped:
+        status.update(history="")
+        return
+    status.update(history=f"settling {result.total_rows:,} rows of history")
+    await settle(simulator.dsn, sorted(result.rows))
+    log.info("demo: %d rows of %d-day history in %.1fs", result.total_rows, days, result.seconds)
+    status.update(history="")
+
+
 async def settle(dsn: str | None, tables: list[str]) -> None:
     """VACUUM (ANALYZE) the tables just loaded, as one does after a restore: otherwise
     autovacuum scans them in the demo's first minute, and its reads (of a table bigger than
@@ -282,11 +429,12 @@ async def run_demo(
     options: DemoOptions,
     servers: EmbeddedServers,
     out: Console,
-    open_console: Callable[[LoadedConfig], Awaitable[None]] | None,
+    open_console: ConsoleOpener | None,
     finish: Callable[[LoadedConfig], Awaitable[int]] | None = None,
 ) -> int:
     """Everything after the servers are up. Headless, `finish` reports while the agent still
-    runs; its result is the exit code."""
+    runs; its result is the exit code. With a console, the console opens as soon as live
+    traffic flows; history, warm-up and the agent's start follow behind it."""
     from pipectl.agent.service import Agent
 
     admin_dsn, redis_url = servers.postgres.dsn(), servers.valkey.url
@@ -294,34 +442,57 @@ async def run_demo(
     loaded = demo_config(dsn, redis_url, options.pace)
     simulator = ApesSimulator(dsn, redis_url, seed=options.seed)
     await simulator.setup()
-    await backfill(simulator, options.backfill_days, out)  # history at production pace
+    interactive = open_console is not None and not options.headless
+    if not interactive:
+        await backfill(simulator, options.backfill_days, out)  # history at production pace
     # Live: steadily at the demo's pace, which its thresholds are scaled to.
     simulator.rate, simulator.rhythm = options.pace, False
     _agent_logging(options.state_dir / "agent.log")
     stop = asyncio.Event()
     agent = Agent(loaded, name="demo-agent")
     tasks: list[asyncio.Task[Any]] = []
-    try:
-        tasks.append(asyncio.create_task(simulator.run(stop), name="simulator"))
+    status = DemoStatus(where=database_location(dsn))
+    agent_started, settled = asyncio.Event(), asyncio.Event()
+
+    async def go_live() -> None:
+        # With the console open, nothing may write through its screen: the header says it.
         if options.warmup > 0:
-            out.print(
-                f"  simulator writing at {options.pace:g}x pace; the agent starts judging "
-                f"in {options.warmup:g}s (warm-up: full windows first)"
-            )
+            if not interactive:
+                out.print(
+                    f"  simulator writing at {options.pace:g}x pace; the agent starts judging "
+                    f"in {options.warmup:g}s (warm-up: full windows first)"
+                )
+            status.update(agent=f"agent starts judging in {options.warmup:g}s (warm-up)")
             await _wait(stop, options.warmup)
         await agent.start()
+        agent_started.set()
+        status.update(agent="")
         tasks.append(asyncio.create_task(agent.serve(), name="agent"))
         if options.faults == "random":
             rng = random.Random(options.seed)
             tasks.append(asyncio.create_task(random_faults(simulator, stop, rng)))
-        out.print(
-            f"  agent running (logs: {options.state_dir / 'agent.log'}); simulator writing; "
-            "inject faults with: PIPECTL_DATABASE_URL="
-            f"{mask_secret_url(dsn)} pipectl fault inject stall"
-        )
-        if open_console is not None and not options.headless:
-            await open_console(loaded)
+        if not interactive:
+            out.print(
+                f"  agent running (logs: {options.state_dir / 'agent.log'}); simulator "
+                "writing; inject faults with: PIPECTL_DATABASE_URL="
+                f"{mask_secret_url(dsn)} pipectl fault inject stall"
+            )
+
+    try:
+        tasks.append(asyncio.create_task(simulator.run(stop), name="simulator"))
+        if interactive and open_console is not None:
+            # History ends where live rows begin: start it once the first live rows are in.
+            await _first_tick(simulator, tasks[0])
+            history = history_in_background(
+                simulator, options.backfill_days, options.seed, status, settled
+            )
+            tasks.append(asyncio.create_task(history, name="history"))
+            silence = _silence_while_loading(dsn, loaded, agent_started, settled)
+            tasks.append(asyncio.create_task(silence, name="silence-while-loading"))
+            tasks.append(asyncio.create_task(_shown(go_live(), status), name="go-live"))
+            await open_console(loaded, status)
         else:
+            await go_live()
             await _wait(stop, options.duration)
             if finish is not None:
                 return await finish(loaded)
@@ -334,6 +505,22 @@ async def run_demo(
         with contextlib.suppress(Exception):
             await simulator.close()
     return 0
+
+
+async def _shown(starting: Awaitable[None], status: DemoStatus) -> None:
+    """The agent's start behind an open console: a failure goes to the log and the header
+    (the console stays up: its link line and the log say what is wrong)."""
+    try:
+        await starting
+    except Exception as exc:
+        log.exception("demo: the agent did not start")
+        status.update(agent=f"agent did not start: {type(exc).__name__} (see agent.log)")
+
+
+async def _first_tick(simulator: ApesSimulator, running: asyncio.Task[Any]) -> None:
+    """Until the simulator has written its first live rows (or its task ended)."""
+    while simulator.stats().ticks < 1 and not running.done():
+        await asyncio.wait({running}, timeout=0.05)
 
 
 async def _wait(stop: asyncio.Event, duration: float | None) -> None:

@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from pipectl.cli.common import EXIT_OK, console, float_argument, int_argument, print_json
-from pipectl.cli.demo import PACE, WARMUP_S, DemoOptions, run_demo, state_dir_or_default
-from pipectl.config import mask_secret_url
+from pipectl.cli.common import (
+    EXIT_OK,
+    CliError,
+    console,
+    float_argument,
+    int_argument,
+    print_json,
+)
+from pipectl.cli.demo import (
+    DEMO_DATABASE,
+    PACE,
+    WARMUP_S,
+    DemoOptions,
+    DemoStatus,
+    run_demo,
+    state_dir_or_default,
+)
+from pipectl.config import DATABASE_URL_ENV, REDIS_URL_ENV, mask_secret_url
 from pipectl.embedded import EmbeddedServers
 
 
@@ -65,10 +83,54 @@ def register(subparsers: Any) -> None:
         f"scaled to it (default {PACE}, 1-100)",
     )
     parser.add_argument("--json", action="store_true", help="with --headless: status as JSON")
+    parser.add_argument(
+        "--print-env",
+        action="store_true",
+        help="print the shell exports that point pipectl at the demo's servers, for a second "
+        'terminal: eval "$(pipectl demo --print-env)"; starts nothing',
+    )
     parser.set_defaults(handler=demo)
 
 
+def _port(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def print_env(state_dir: Path) -> int:
+    """The exports a second terminal needs to reach the demo: the database and Redis URLs
+    (ports come from the state directory; they change when the preferred one is taken).
+    With them, every verb works on the demo: status, history, rerun, fault inject."""
+    postgres = _port(state_dir / "postgres" / "port")
+    valkey = _port(state_dir / "valkey" / "port")
+    if postgres is None or valkey is None:
+        raise CliError(f"no demo state in {state_dir}: start one with pipectl demo")
+    database_url = f"postgresql://postgres@127.0.0.1:{postgres}/{DEMO_DATABASE}"
+    redis_url = f"redis://127.0.0.1:{valkey}/0"
+    print(f"export {DATABASE_URL_ENV}={shlex.quote(database_url)}")
+    print(f"export {REDIS_URL_ENV}={shlex.quote(redis_url)}")
+    if not _listening(postgres):
+        print(
+            f"pipectl: the demo in {state_dir} is not running (nothing listens on "
+            f"127.0.0.1:{postgres}); these are the addresses it used last",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
 async def demo(args: argparse.Namespace) -> int:
+    if args.print_env:
+        return print_env(state_dir_or_default(args.state_dir))
     options = DemoOptions(
         state_dir=state_dir_or_default(args.state_dir),
         fresh=args.fresh,
@@ -93,6 +155,8 @@ async def demo(args: argparse.Namespace) -> int:
             f" and Valkey {mask_secret_url(servers.valkey.url)} "
             f"up in {time.monotonic() - started:.1f}s"
         )
+        where = f" --state-dir {shlex.quote(args.state_dir)}" if args.state_dir else ""
+        out.print(f'  from a second terminal: eval "$(pipectl demo{where} --print-env)"')
         opener = None if options.headless else _console_opener(options.read_only)
 
         async def finish(loaded: Any) -> int:
@@ -102,10 +166,21 @@ async def demo(args: argparse.Namespace) -> int:
 
 
 def _console_opener(read_only: bool) -> Any:
-    async def open_console(loaded: Any) -> None:
+    async def open_console(loaded: Any, status: DemoStatus) -> None:
         from pipectl.console.app import PipectlApp
 
-        await PipectlApp(loaded.config, read_only=read_only).run_async()
+        app = PipectlApp(loaded.config, read_only=read_only)
+        # The header names the demo's server as host:port/db and says what is still loading.
+        app.sub_title = status.line()
+
+        def show(line: str) -> None:
+            app.sub_title = line
+
+        status.listeners.append(show)
+        try:
+            await app.run_async()
+        finally:
+            status.listeners.remove(show)
 
     return open_console
 

@@ -28,6 +28,7 @@ from pipectl.cli.common import (
     NAME_ARGUMENT,
     REASON_ARGUMENT,
     CliError,
+    cell_limit,
     connection_lost,
     console,
     duration_argument,
@@ -118,7 +119,9 @@ def register(subparsers: Any) -> None:
     for verb, text in (("pause", "stop a step's scheduled runs"), ("resume", "undo pause")):
         parser = subparsers.add_parser(verb, help=text)
         parser.add_argument("step", type=NAME_ARGUMENT)
-        _request_options(parser)
+        # As in the console's pause dialog: a paused step stays paused until someone
+        # resumes it, so whoever finds it paused must be able to read why.
+        _request_options(parser, reason_required=verb == "pause")
         parser.set_defaults(handler=request_pause, kind=verb)
 
     silence = subparsers.add_parser(
@@ -142,10 +145,18 @@ def register(subparsers: Any) -> None:
     unsilence.set_defaults(handler=request_unsilence)
 
 
-def _request_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--reason", default="", type=REASON_ARGUMENT, help="why (kept in the audit trail)"
-    )
+def _request_options(parser: argparse.ArgumentParser, *, reason_required: bool = False) -> None:
+    if reason_required:
+        parser.add_argument(
+            "--reason",
+            required=True,
+            type=REQUIRED_REASON,
+            help="why (required; kept in the audit trail and shown with the pause)",
+        )
+    else:
+        parser.add_argument(
+            "--reason", default="", type=REASON_ARGUMENT, help="why (kept in the audit trail)"
+        )
     parser.add_argument(
         "--wait", action="store_true", help="wait for the outcome; exit code follows it"
     )
@@ -159,6 +170,14 @@ def _request_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true")
 
 
+def _required_reason(text: str) -> str:
+    reason = REASON_ARGUMENT(text)
+    if not reason.strip():
+        raise argparse.ArgumentTypeError("say why: an empty reason tells the next operator nothing")
+    return reason
+
+
+REQUIRED_REASON = _required_reason
 HISTORY_LIMIT = int_argument(1, 10_000)
 RUN_ID = int_argument(1, 2**63 - 1)
 WAIT_TIMEOUT = float_argument(above=0, at_most=86_400, unit="seconds")
@@ -188,6 +207,7 @@ async def show_status(args: argparse.Namespace) -> int:
 def render_status(snapshot: store.StatusSnapshot) -> None:
     """The human form of `pipectl status` (also printed at the end of a headless demo)."""
     out = console()
+    cells = cell_limit()
     now = snapshot.taken_at
     steps = Table(title="Steps", title_justify="left", header_style="bold", box=None)
     for column in ("step", "state", "last run", "took", "rows", "next run", "note"):
@@ -205,13 +225,13 @@ def render_status(snapshot: store.StatusSnapshot) -> None:
         elif last and last.error:
             note = last.error
         steps.add_row(
-            visible(step.name, limit=CELL),
+            visible(step.name, limit=cells),
             Text(status_text(step.state), style=STATUS_STYLE.get(step.state, "")),
             age(last.finished_at or last.started_at or last.queued_at, now) if last else "-",
             seconds(last.duration_seconds) if last else "-",
             number(last.rows) if last and last.rows is not None else "-",
             due(step.next_run_at, now),
-            literal(note, "dim", limit=CELL),
+            literal(note, "dim", limit=cells),
         )
     out.print(steps if snapshot.steps else "No steps published yet (is an agent configured?)")
     checks = Table(title="Checks", title_justify="left", header_style="bold", box=None)
@@ -222,16 +242,16 @@ def render_status(snapshot: store.StatusSnapshot) -> None:
         if check.silenced(now):
             state += " (silenced)"
         checks.add_row(
-            visible(check.name, limit=CELL),
+            visible(check.name, limit=cells),
             Text(state, style=STATUS_STYLE.get(str(check.status), "")),
             number(check.value),
             band(check.expected_low, check.expected_high),
             age(check.status_since, now),
-            literal(check.message, "dim", limit=CELL),
+            literal(check.message, "dim", limit=cells),
         )
     if snapshot.checks:
         out.print(checks)
-    alive = [f"{visible(a.name, limit=CELL)} ({age(a.last_seen, now)})" for a in snapshot.agents]
+    alive = [f"{visible(a.name, limit=cells)} ({age(a.last_seen, now)})" for a in snapshot.agents]
     agents = ", ".join(alive) or "none"
     out.print(
         f"agents alive: {agents}    pending requests: {snapshot.pending_requests}    "
@@ -331,24 +351,29 @@ async def show_history(args: argparse.Namespace) -> int:
         if args.step and not await store.step_states(conn, [args.step]):
             raise CliError(await _unknown_step(conn, args.step))
         runs = await store.recent_runs(conn, [args.step] if args.step else None, args.limit)
+        reasons = await store.request_reasons(conn, [r.request_id for r in runs if r.request_id])
     if args.json:
-        print_json([run_json(r) for r in runs])
+        print_json([run_json(r) | {"reason": reasons.get(r.request_id or 0)} for r in runs])
         return EXIT_OK
     now = datetime.now(UTC)
+    cells = cell_limit()
     table = Table(header_style="bold", box=None)
-    for column in ("run", "step", "status", "trigger", "started", "took", "rows", "agent", "error"):
+    columns = ("run", "step", "status", "trigger", "by", "reason", "started", "took", "rows")
+    for column in (*columns, "agent", "error"):
         table.add_column(column)
     for run in runs:
         table.add_row(
             str(run.id),
-            visible(run.step, limit=CELL),
+            visible(run.step, limit=cells),
             Text(status_text(str(run.status)), style=STATUS_STYLE.get(str(run.status), "")),
             str(run.trigger) + (f" #{run.attempt}" if run.attempt > 1 else ""),
+            visible(run.requested_by or "-", limit=cells),
+            literal(reasons.get(run.request_id, "") if run.request_id else "", limit=cells),
             age(run.started_at, now),
             seconds(run.duration_seconds),
             number(run.rows) if run.rows is not None else "-",
-            visible(run.agent_name or "-", limit=CELL),
-            literal(run.error or "", "dim", limit=CELL),
+            visible(run.agent_name or "-", limit=cells),
+            literal(run.error or "", "dim", limit=cells),
         )
     console().print(table if runs else "no runs yet")
     return EXIT_OK
@@ -367,6 +392,7 @@ async def show_request_history(args: argparse.Namespace) -> int:
         print_json([request_json(r) for r in requests])
         return EXIT_OK
     now = datetime.now(UTC)
+    cells = cell_limit()
     table = Table(header_style="bold", box=None)
     for column in ("request", "kind", "target", "state", "by", "filed", "reason", "outcome"):
         table.add_column(column)
@@ -375,13 +401,13 @@ async def show_request_history(args: argparse.Namespace) -> int:
         kind = f"{request.kind} {describe_args(request.kind, request.args)}".rstrip()
         table.add_row(
             str(request.id),
-            Text(kind),
-            Text(request.target),
+            literal(kind, limit=cells),
+            literal(request.target, limit=cells),
             Text(status_text(state), style=STATUS_STYLE.get(state, "")),
-            Text(request.requested_by),
+            literal(request.requested_by, limit=cells),
             age(request.created_at, now),
-            Text(request.reason[:40], style="italic"),
-            Text((request.detail or "")[:70], style="dim"),
+            literal(request.reason, "italic", limit=cells),
+            literal(request.detail or "", "dim", limit=cells),
         )
     console().print(table if requests else "no requests yet")
     return EXIT_OK
@@ -399,6 +425,7 @@ async def show_event_history(args: argparse.Namespace) -> int:
         return EXIT_OK
     now = datetime.now(UTC)
     out = console()
+    cells = cell_limit()
     table = Table(header_style="bold", box=None)
     for column in ("event", "at", "kind", "subject", "by", "message"):
         table.add_column(column)
@@ -406,10 +433,10 @@ async def show_event_history(args: argparse.Namespace) -> int:
         table.add_row(
             str(event.id),
             age(event.at, now),
-            visible(event.kind, limit=CELL),
-            visible(event.subject, limit=CELL),
-            visible(event.actor, limit=CELL),
-            literal(event.message, limit=200),
+            visible(event.kind, limit=cells),
+            visible(event.subject, limit=cells),
+            visible(event.actor, limit=cells),
+            literal(event.message, limit=max(200, cells)),
         )
     out.print(table if events else "no events yet")
     for event in events:
@@ -562,7 +589,8 @@ async def _file(
                 f"(it needs pipectl_operator): {exc}"
             ) from exc
         if not args.wait:
-            return _report_filed(args, request)
+            alive = await store.alive_agents(conn)
+            return _report_filed(args, request, len(alive))
         try:
             finished = await wait_for_request(conn, request.id, args.timeout)
         except Exception as exc:
@@ -577,13 +605,22 @@ async def _file(
     return _report_outcome(args, request, finished)
 
 
-def _report_filed(args: argparse.Namespace, request: Request) -> int:
+def _report_filed(args: argparse.Namespace, request: Request, agents_alive: int) -> int:
+    """What happens next depends on whether an agent is alive to take the request: it stays
+    queued (a row) until one is, so say so rather than promise it is picked up."""
     if args.json:
-        print_json(request_json(request))
+        print_json(request_json(request) | {"agents_alive": agents_alive})
+        return EXIT_OK
+    filed = (
+        f"request {request.id} filed: {request.kind} {visible(request.target)} "
+        f"(as {visible(request.requested_by)})"
+    )
+    if agents_alive:
+        console().print(f"{filed}; an agent picks it up at once")
     else:
         console().print(
-            f"request {request.id} filed: {request.kind} {visible(request.target)} "
-            f"(as {visible(request.requested_by)}); the agent picks it up at once"
+            f"{filed}; queued; no agent alive: it runs when an agent starts "
+            "(pipectl agent; pipectl status lists the agents)"
         )
     return EXIT_OK
 

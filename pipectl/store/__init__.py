@@ -60,6 +60,7 @@ from pipectl.store.requests import (
     release_claims,
     release_request,
     request_has_runs,
+    request_reasons,
 )
 from pipectl.store.results import (
     BaselineRow,
@@ -171,6 +172,7 @@ __all__ = [
     "release_liveness",
     "release_request",
     "request_has_runs",
+    "request_reasons",
     "retire_unpublished",
     "run_counts",
     "set_next_run",

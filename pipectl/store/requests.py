@@ -174,3 +174,14 @@ async def list_requests(db: DB, limit: int = 100, open_only: bool = False) -> li
         open_only,
     )
     return [_request(r) for r in rows]
+
+
+async def request_reasons(db: DB, request_ids: Collection[int]) -> dict[int, str]:
+    """The reason each request was filed with, by id (for runs a request caused)."""
+    if not request_ids:
+        return {}
+    rows = await db.fetch(
+        "SELECT id, reason FROM pipectl.requests WHERE id = ANY($1::bigint[])",
+        sorted(set(request_ids)),
+    )
+    return {row["id"]: row["reason"] for row in rows}

@@ -441,7 +441,8 @@ DAY = 86_400.0
 CLI_OPTIONS = [
     CliOption(("history",), "--limit", "int", 1, 10_000),
     *(CliOption((verb, "x"), "--timeout", "float", 0, DAY)
-      for verb in ("rerun", "pause", "resume", "unsilence")),
+      for verb in ("rerun", "resume", "unsilence")),
+    CliOption(("pause", "x", "--reason", "r"), "--timeout", "float", 0, DAY),
     CliOption(("silence", "x", "--for", "1h"), "--timeout", "float", 0, DAY),
     CliOption(("silence", "x"), "--for", "duration", 0, 30 * DAY),
     CliOption(("demo",), "--duration", "float", 0, 30 * DAY),
@@ -449,6 +450,10 @@ CLI_OPTIONS = [
     CliOption(("demo",), "--seed", "int", 0, 2**63 - 1),
     CliOption(("demo",), "--warmup", "int", 0, 3600),
     CliOption(("demo",), "--pace", "int", 1, 100),
+    CliOption(("simulate",), "--speed", "float", 0, 1000),
+    CliOption(("simulate",), "--backfill", "int", 1, 365),
+    CliOption(("simulate",), "--duration", "float", 0, 30 * DAY),
+    CliOption(("simulate",), "--seed", "int", 0, 2**63 - 1),
     CliOption(("fault", "inject", "spike"), "--for", "duration", 0, 36_500 * DAY),
     CliOption(("fault", "inject", "spike"), "--factor", "float", -math.inf, math.inf),
 ]  # fmt: skip

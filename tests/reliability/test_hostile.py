@@ -102,7 +102,12 @@ async def test_hostile_names_on_the_command_line_execute_nothing(
     assert once.returncode == 0, once.stderr
     verbs = [["rerun", n] for n in HOSTILE] + [["silence", n, "--for", "1h"] for n in HOSTILE]
     name = HOSTILE[0]
-    verbs += [["pause", name], ["resume", name], ["history", name], ["unsilence", name]]
+    verbs += [
+        ["pause", name, "--reason", "r"],
+        ["resume", name],
+        ["history", name],
+        ["unsilence", name],
+    ]
     for verb in verbs:
         done = await asyncio.to_thread(_pipectl, config, *verb)
         assert done.returncode == 2, (verb, done.stdout, done.stderr)

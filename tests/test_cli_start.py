@@ -66,7 +66,7 @@ def test_an_unknown_verb_is_refused_with_every_choice_listed() -> None:
         [sys.executable, "-m", "pipectl", "statsu"], cwd=REPO, capture_output=True, text=True
     )
     assert done.returncode == 2
-    assert "invalid choice: 'statsu' (choose from " in done.stderr
+    assert "invalid choice: 'statsu' (did you mean 'status'?); choose from " in done.stderr
     assert all(f"'{verb}'" in done.stderr for verb in VERBS)
 
 

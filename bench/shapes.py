@@ -140,8 +140,10 @@ def _toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def config_text(dsn: str, items: list[dict[str, Any]]) -> str:
+def config_text(dsn: str, items: list[dict[str, Any]], parallel: int | None = None) -> str:
     lines = ["[database]", f"dsn = {_toml_value(dsn)}", ""]
+    if parallel is not None:
+        lines += ["[agent]", f"max_parallel_checks = {parallel}", ""]
     for item in items:
         lines.append("[[checks]]")
         lines += [f"{key} = {_toml_value(value)}" for key, value in item.items()]
@@ -149,9 +151,9 @@ def config_text(dsn: str, items: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def config_model(dsn: str, items: list[dict[str, Any]]) -> Config:
+def config_model(dsn: str, items: list[dict[str, Any]], parallel: int | None = None) -> Config:
     """The config `pipectl check` reads from config_text: both ways run the same checks."""
-    return parse_config_text(config_text(dsn, items), "bench.toml", environ={}).config
+    return parse_config_text(config_text(dsn, items, parallel), "bench.toml", environ={}).config
 
 
 class ShapeSoda(Soda):
@@ -489,6 +491,39 @@ async def continuous(dsn: str, cycles: int, folder: Path, *, with_index: bool) -
     return Section("continuous checking, composite key against all earlier rows", figures, notes)
 
 
+# --- parallel probes ------------------------------------------------------------------------
+
+
+async def parallel_gain(dsn: str, shape: Shape, rounds: int) -> Section:
+    """The six checks in-process with their probe units one at a time against at the same
+    time (agent.max_parallel_checks 1 and 4), interleaved."""
+    serial = config_model(dsn, checks(shape), parallel=1)
+    parallel = config_model(dsn, checks(shape), parallel=4)
+    series = Series({})
+    for round_ in range(rounds):
+        order = [("1", serial), ("4", parallel)]
+        for label, config in order if round_ % 2 == 0 else order[::-1]:
+            series.add(label, (await run_pipectl(dsn, config)).total_ms)
+    one, four = series.median("1"), series.median("4")
+    return Section(
+        f"parallel probes, key {shape.label}",
+        [
+            Figure(
+                "max_parallel_checks = 4",
+                ms(four),
+                "",
+                ms(one) + " (one at a time)",
+                f"{_ratio(one, four)} faster; {spread(series.values['4'])}",
+            ),
+            Figure("max_parallel_checks = 1", ms(one), "", "", spread(series.values["1"])),
+        ],
+        [
+            f"{rounds} rounds, order alternating; pipectl in-process (connect, publish, validate,"
+            f" probe, record); load average {load_average()} at the end."
+        ],
+    )
+
+
 # --- orchestration -------------------------------------------------------------------------
 
 
@@ -499,10 +534,16 @@ class Options:
     shapes: list[Shape]
     soda_in_process: bool
     index: bool
+    parallel: bool = False
 
 
 async def run_on(dsn: str, options: Options) -> list[Section]:
     sections = []
+    if options.parallel:
+        sections = [await parallel_gain(dsn, shape, options.rounds) for shape in options.shapes]
+        for section in sections:
+            section.print()
+        return sections
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for shape in options.shapes:
@@ -547,6 +588,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="continuous cycles without an index led by prompt_id (as APES has it)",
     )
+    parser.add_argument(
+        "--parallel",
+        action="store_true",
+        help="only: the checks with probes one at a time against at the same time",
+    )
     args = parser.parse_args(argv)
     options = Options(
         rounds=args.rounds,
@@ -554,6 +600,7 @@ def main(argv: list[str] | None = None) -> None:
         shapes=[s for s in SHAPES if not args.shape or s.label in args.shape],
         soda_in_process=not args.no_soda_in_process,
         index=not args.no_index,
+        parallel=args.parallel,
     )
     with shared_servers():
         asyncio.run(run(args.rows, args.dsn, options))

@@ -438,6 +438,8 @@ async def continuous(dsn: str, cycles: int, folder: Path, *, with_index: bool) -
             path = folder / f"cycle{cycle}.toml"
             path.write_text(config_text(dsn, checks(shape, window)))
             series.add("pipectl check, new rows", timed_process(pipectl_argv(path))[0])
+            help_argv = [*pipectl_argv(path)[:1], "--help"]
+            series.add("pipectl --help", timed_process(help_argv)[0])
             series.add(
                 "pipectl in-process, new rows",
                 (await run_pipectl(dsn, config_model(dsn, checks(shape, window)))).total_ms,
@@ -457,6 +459,13 @@ async def continuous(dsn: str, cycles: int, folder: Path, *, with_index: bool) -
             "",
             "",
             spread(series.values["pipectl check, new rows"]),
+        ),
+        Figure(
+            "pipectl --help (process start, same cycles)",
+            ms(series.median("pipectl --help")),
+            "",
+            "",
+            f"{spread(series.values['pipectl --help'])}; issue 16 section 3",
         ),
         Figure(
             "pipectl in-process, new rows",
@@ -546,7 +555,7 @@ async def run_on(dsn: str, options: Options) -> list[Section]:
         return sections
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for shape in options.shapes:
+        for shape in options.shapes if options.rounds else []:
             sections.append(
                 await full_shape(
                     dsn, shape, options.rounds, folder, soda_in_process=options.soda_in_process

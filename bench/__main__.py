@@ -67,6 +67,19 @@ def _verification(sizes: Sizes, quick: bool) -> list[Section]:
     )
 
 
+def _shapes(sizes: Sizes, quick: bool) -> list[Section]:
+    from bench import shapes
+
+    options = shapes.Options(
+        rounds=sizes.repeats,
+        cycles=sizes.cycles,
+        shapes=list(shapes.SHAPES),
+        soda_in_process=False,  # Soda as a process only: in-process doubles a long run
+        index=True,
+    )
+    return asyncio.run(shapes.run(sizes.rows, [], options))
+
+
 def _console_queries(sizes: Sizes, quick: bool) -> list[Section]:
     from bench import console_queries
 
@@ -144,6 +157,7 @@ def _gates(sizes: Sizes, quick: bool) -> list[Section]:
 
 BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "verification": ("checks against Soda Core and the floor; freshness vs size", _verification),
+    "shapes": ("full verification by key shape and continuous, as processes vs Soda", _shapes),
     "console_queries": ("console SQL against a long pipectl history", _console_queries),
     "console": ("the console: launch to first data, every screen statement", _console),
     "agent": ("request-to-start, refresh overhead, footprint", _agent),

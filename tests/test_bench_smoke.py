@@ -7,11 +7,21 @@ from __future__ import annotations
 
 import importlib.util
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
 
-from bench import cli_start, console_queries, detector, gates, generate, scrape, verification
+from bench import (
+    cli_start,
+    console_queries,
+    detector,
+    gates,
+    generate,
+    scrape,
+    shapes,
+    verification,
+)
 from bench.__main__ import render, summary
 from bench.common import Figure, Section, fill_rule_performance
 
@@ -59,6 +69,19 @@ async def test_verification_sections(database: str) -> None:
     assert cycles.figures[0].name.startswith("pipectl incremental")
     fresh = await verification.freshness_scaling(database, database, 3)
     assert fresh.figures[-1].target == "<= 1.5"
+
+
+async def test_shape_sections(database: str, tmp_path: Path) -> None:
+    await generate.generate(database, 3_000, days=3, tables=("rule_performance",))
+    for shape in shapes.SHAPES:
+        section = await shapes.full_shape(database, shape, 1, tmp_path, soda_in_process=False)
+        names = [f.name for f in section.figures]
+        assert names[:3] == ["floor: one SELECT, count(DISTINCT key)", "pipectl in-process",
+                             "pipectl check"]  # fmt: skip
+        assert names[-1] == "duplicate probe alone, plan chosen now"
+    cycles = await shapes.continuous(database, 1, tmp_path, with_index=True)
+    assert cycles.figures[0].name == "pipectl check, new rows (process)"
+    assert "made for the bench" in cycles.notes[0]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("soda_core") is None, reason="soda-core not installed")

@@ -77,31 +77,35 @@ async def check_config(args: argparse.Namespace) -> int:
         # its problems are ConfigErrors too
         load_web_config(loaded.resolve(config.agent.metrics_web_config))
     resolve(config.database.dsn)  # a service named but not found is a ConfigError too
-    catalog = await _check_catalog(loaded, offline=args.offline)
+    catalog, warnings = await _check_catalog(loaded, offline=args.offline)
     counts = f"{len(config.steps)} steps, {len(config.checks)} checks"
     # One line, literally: paths and server messages are not markup (console() escapes).
     summary = f"{visible(str(loaded.file), limit=None)}: ok ({counts})"
-    console().print(f"{summary}; {visible(catalog, limit=None)}", soft_wrap=True)
+    out = console()
+    out.print(f"{summary}; {visible(catalog, limit=None)}", soft_wrap=True)
+    for warning in warnings:
+        out.print(f"warning: {visible(warning, limit=None)}", soft_wrap=True)
     return EXIT_OK
 
 
-async def _check_catalog(loaded: LoadedConfig, *, offline: bool) -> str:
+async def _check_catalog(loaded: LoadedConfig, *, offline: bool) -> tuple[str, list[str]]:
     """Validate against the catalog as the agent does at start (a ConfigError listing every
-    problem); what was done, for the report. A database that cannot be reached is a note, not
-    a failure: the file itself is valid."""
+    problem); what was done, for the report, and the warnings (e.g. a probe that no index
+    keeps cheap). A database that cannot be reached is a note, not a failure: the file itself
+    is valid."""
     if offline:
-        return "catalog not checked (--offline)"
+        return "catalog not checked (--offline)", []
     if "database.dsn" not in loaded.origins:  # neither the file, the environment nor libpq's
-        return "catalog not checked: no database configured"
+        return "catalog not checked: no database configured", []
     try:
         conn = await connect(loaded.config, application_name="pipectl config check")
     except DatabaseUnavailable as exc:
-        return f"catalog not checked: {exc}"
+        return f"catalog not checked: {exc}", []
     try:
-        await validate_catalog(conn, loaded)
+        engine = await validate_catalog(conn, loaded)
     finally:
         await conn.close()
-    return f"catalog checked on {describe_target(loaded.config.database.dsn)}"
+    return f"catalog checked on {describe_target(loaded.config.database.dsn)}", engine.warnings
 
 
 def show_config(args: argparse.Namespace) -> int:

@@ -193,3 +193,38 @@ async def test_config_check_refuses_exactly_what_the_agent_refuses(
     with pytest.raises(ConfigError) as refused:
         await agent.start()
     assert [str(p) for p in refused.value.problems] == [problem]
+
+
+WINDOWED_UNIQUE = """
+[[checks]]
+name = "new_prompts_unique"
+kind = "quality"
+table = "public.rule_performance"
+time_column = "created_at"
+window = "1h"
+rule = { type = "unique", columns = ["prompt_id", "rule_id"] }
+"""
+
+
+async def test_config_check_warns_when_no_index_serves_a_windowed_key(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The config is valid (exit 0), but each new key would be looked up by reading the whole
+    table: `config check` says so, naming the check and the column."""
+    path = write(tmp_path, database, WINDOWED_UNIQUE)
+    code, out, err = await cli(capsys, "config", "check", "--config", str(path))
+    lines = out.splitlines()
+    assert (code, err, len(lines)) == (0, "", 2)
+    assert lines[0].startswith(f"{path}: ok (0 steps, 1 checks); catalog checked on ")
+    assert lines[1] == (
+        "warning: checks.new_prompts_unique.rule.columns[0]: public.rule_performance.prompt_id"
+        " has no index, so this probe reads the whole table; consider CREATE INDEX on it"
+    )
+
+    conn = await asyncpg.connect(database)
+    try:
+        await conn.execute("CREATE INDEX ON public.rule_performance (prompt_id)")
+    finally:
+        await conn.close()
+    code, out, err = await cli(capsys, "config", "check", "--config", str(path))
+    assert (code, err, len(out.splitlines())) == (0, "", 1)

@@ -200,3 +200,168 @@ async def test_empty_tables_are_nodata(conn: asyncpg.Connection, database: str) 
         result = await checks.run(check.name, conn, redis=None, now=NOW)
         assert (result.status, result.value) == (CheckStatus.NODATA, None), check.name
         assert result.message.startswith("no rows to check in")
+
+
+UNIQUE_SHAPES = """
+[[checks]]
+name = "one_rule_per_prompt"
+kind = "quality"
+table = "public.rule_performance"
+rule = { type = "unique", columns = ["prompt_id", "rule_id"] }
+
+[[checks]]
+name = "new_rule_per_prompt"
+kind = "quality"
+table = "public.rule_performance"
+time_column = "created_at"
+window = "1h"
+rule = { type = "unique", columns = ["prompt_id", "rule_id"] }
+
+[[checks]]
+name = "new_prompt_ids"
+kind = "quality"
+table = "public.rule_performance"
+time_column = "created_at"
+window = "1h"
+rule = { type = "unique", columns = ["prompt_id"] }
+
+[[checks]]
+name = "sessions_unique"
+kind = "quality"
+table = "public.improvement_sessions"
+rule = { type = "unique", columns = ["session_id", "user_id"] }
+
+[[checks]]
+name = "new_sessions_unique"
+kind = "quality"
+table = "public.improvement_sessions"
+time_column = "started_at"
+window = "1h"
+rule = { type = "unique", columns = ["session_id"] }
+"""
+
+A, B, C = (f"00000000-0000-0000-0000-00000000000{i}" for i in (1, 2, 3))
+
+
+async def add_prompts(
+    conn: asyncpg.Connection, rows: list[tuple[str | None, str, timedelta]]
+) -> None:
+    """Rule applications (prompt_id, rule_id, age before NOW); rule_id is NOT NULL upstream,
+    so a NULL key part is a NULL prompt_id."""
+    await conn.executemany(
+        "INSERT INTO public.rule_performance (rule_id, rule_name, prompt_id, created_at)"
+        " VALUES ($2, 'rule', $1::uuid, $3)",
+        [(p, r, naive_utc(NOW - age)) for p, r, age in rows],
+    )
+
+
+async def run_shape(database: str, conn: asyncpg.Connection, name: str):  # type: ignore[no-untyped-def]
+    found = CheckEngine(make_config(database, None, UNIQUE_SHAPES))
+    return await found.run(name, conn, redis=None, now=NOW)
+
+
+async def test_composite_keys_count_rows_beyond_the_first_and_ignore_null_parts(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    old, new = timedelta(days=3), timedelta(minutes=5)
+    await add_prompts(
+        conn,
+        [
+            *[(A, "x", old), (A, "x", new), (A, "x", new), (A, "y", new), (B, "x", old)],
+            *[(None, "x", new), (None, "x", old)],
+        ],
+    )
+    result = await run_shape(database, conn, "one_rule_per_prompt")
+    assert (result.value, result.baseline["rows_checked"]) == (2, 7)
+    assert "guaranteed" not in result.message
+
+
+async def test_a_windowed_key_is_checked_against_every_earlier_row(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    old, new = timedelta(days=3), timedelta(minutes=5)
+    # In the window: (A, x) twice, also held by an old row: both new rows are duplicates;
+    # (B, x) once, also old: a duplicate; (C, x) twice, new only: one beyond the first;
+    # (A, y) once, new: fine; a NULL prompt_id matching an old NULL: never a key.
+    await add_prompts(
+        conn,
+        [
+            *[(A, "x", old), (B, "x", old), (None, "x", old)],
+            *[(A, "x", new), (A, "x", new), (B, "x", new), (C, "x", new), (C, "x", new)],
+            *[(A, "y", new), (None, "x", new)],
+        ],
+    )
+    composite = await run_shape(database, conn, "new_rule_per_prompt")
+    assert (composite.value, composite.baseline["rows_checked"]) == (4, 7)
+    # One column: A (3 new rows, an old one) 3, B 1, C 1 beyond the first.
+    single = await run_shape(database, conn, "new_prompt_ids")
+    assert (single.value, single.baseline["rows_checked"]) == (5, 7)
+
+
+async def test_the_window_alone_decides_nothing_when_old_rows_are_unique(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    old, new = timedelta(days=3), timedelta(minutes=5)
+    await add_prompts(conn, [(A, "x", old), (A, "x", old), (B, "x", new), (C, "x", new)])
+    result = await run_shape(database, conn, "new_rule_per_prompt")
+    assert (result.status, result.value, result.baseline["rows_checked"]) == (
+        CheckStatus.OK,
+        0,
+        2,
+    )
+
+
+async def test_a_key_covered_by_a_unique_index_is_guaranteed_without_grouping(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    await conn.executemany(
+        "INSERT INTO public.improvement_sessions (session_id, user_id, original_prompt,"
+        " started_at) VALUES ($1, 'u', 'p', $2)",
+        [(f"s{i}", naive_utc(NOW - timedelta(minutes=i))) for i in range(1, 4)]
+        + [("s-old", naive_utc(NOW - timedelta(days=2)))],
+    )
+    result = await run_shape(database, conn, "sessions_unique")
+    assert (result.status, result.value, result.baseline["rows_checked"]) == (
+        CheckStatus.OK,
+        0,
+        4,
+    )
+    index = "improvement_sessions_session_id_key"
+    assert result.baseline["guaranteed_by"] == index
+    assert (
+        result.message
+        == f"0 of 4 rows: duplicate (session_id, user_id) (guaranteed by unique index {index})"
+    )
+    windowed = await run_shape(database, conn, "new_sessions_unique")
+    assert (windowed.value, windowed.baseline["rows_checked"]) == (0, 3)
+    assert windowed.baseline["guaranteed_by"] == index
+
+    # Without the index nothing is guaranteed: the probe groups again and finds the copy.
+    await conn.execute(f"ALTER TABLE public.improvement_sessions DROP CONSTRAINT {index}")
+    await conn.execute(
+        "INSERT INTO public.improvement_sessions (session_id, user_id, original_prompt,"
+        " started_at) VALUES ('s1', 'u', 'p', $1)",
+        naive_utc(NOW - timedelta(days=3)),
+    )
+    result = await run_shape(database, conn, "sessions_unique")
+    assert (result.value, result.baseline["rows_checked"]) == (1, 5)
+    assert "guaranteed_by" not in result.baseline
+    windowed = await run_shape(database, conn, "new_sessions_unique")
+    assert (windowed.value, windowed.baseline["rows_checked"]) == (1, 3)
+
+
+async def test_a_windowed_key_without_an_index_is_a_warning(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    found = CheckEngine(make_config(database, None, UNIQUE_SHAPES))
+    await found.validate(conn)
+    assert found.warnings == [
+        "checks.new_rule_per_prompt.rule.columns[0]: public.rule_performance.prompt_id has no"
+        " index, so this probe reads the whole table; consider CREATE INDEX on it",
+        "checks.new_prompt_ids.rule.columns[0]: public.rule_performance.prompt_id has no"
+        " index, so this probe reads the whole table; consider CREATE INDEX on it",
+    ]
+    await conn.execute("CREATE INDEX ON public.rule_performance (prompt_id)")
+    indexed = CheckEngine(make_config(database, None, UNIQUE_SHAPES))
+    await indexed.validate(conn)
+    assert indexed.warnings == []

@@ -29,9 +29,27 @@ from pipectl.migrate import MigrationError
 from pipectl.resilience import describe, describe_error
 from pipectl.safetext import BLOCK, visible
 
-from . import agent_cmd, check_cmd, config_cmd, db_cmd, demo_cmd, demo_fault_cmd, ops_cmd
+from . import (
+    agent_cmd,
+    check_cmd,
+    config_cmd,
+    db_cmd,
+    demo_cmd,
+    demo_fault_cmd,
+    lineage_cmd,
+    ops_cmd,
+)
 
-VERB_MODULES = [ops_cmd, check_cmd, demo_cmd, demo_fault_cmd, config_cmd, db_cmd, agent_cmd]
+VERB_MODULES = [
+    ops_cmd,
+    lineage_cmd,
+    check_cmd,
+    demo_cmd,
+    demo_fault_cmd,
+    config_cmd,
+    db_cmd,
+    agent_cmd,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -288,20 +288,21 @@ class Assessment:
         """The root cause in one sentence: who, what happened, since when."""
         return f"{_name(root)} {self.phrase(root)}"
 
-    def phrase(self, node: Node) -> str:
-        """What is wrong with a bad node, without its name."""
+    def phrase(self, node: Node, besides: Node | None = None) -> str:
+        """What is wrong with a bad node, without its name; a relation's checks other than
+        `besides` (the item being explained, which says its own state)."""
         if node.type == "step":
             return _step_phrase(self.steps[node.name], self.now)
         if node.type == "check":
             return _check_phrase(self.checks[node.name], self.now)
         evidence = sorted(
-            self.evidence(node),
+            (c for c in self.evidence(node) if besides != Node("check", c.name)),
             key=lambda c: (c.kind != "freshness", -c.status.severity, _time_key(c.status_since)),
         )
         parts = [_evidence_phrase(c, self.now) for c in evidence[:2]]
         if len(evidence) > 2:
             parts.append(f"and {len(evidence) - 2} more checks")
-        return "; ".join(parts) if parts else "is not ok"
+        return "; ".join(parts) if parts else "has checks failing"
 
     def chain(self, node: Node, root: Node) -> tuple[Node, ...]:
         """The shortest path from `node` up to `root` (both included)."""
@@ -337,7 +338,12 @@ class Assessment:
             text = self._fine(node, state)
             return Explanation(node, kind, state.status, state.since, text, None, (node,), impacts)
         chain = self.chain(node, root)
-        if root == node:
+        alone = node.type == "check" and root.type == "relation"
+        if alone and not [c for c in self.evidence(root) if c.name != node.name]:
+            # The check is all that says its table is wrong: it speaks for itself.
+            row = self.checks[node.name]
+            text = f"{_name(node)} on {_name(root)} {_check_phrase(row, self.now)}"
+        elif root == node:
             text = self.cause(node) + self._refresh_note(node, root)
         else:
             text = f"{_name(node)} {self._item_phrase(node, state)}: " + self._via(chain)
@@ -392,7 +398,7 @@ class Assessment:
         else:
             role = "upstream"
         via = f" (via {', '.join(_name(n) for n in between)})" if between else ""
-        return f"{role} {_name(root)}{via} {self.phrase(root)}"
+        return f"{role} {_name(root)}{via} {self.phrase(root, besides=node)}"
 
     def _refresh_note(self, node: Node, root: Node) -> str:
         """For a summary: how its last refresh relates to the cause."""
@@ -488,6 +494,17 @@ def _at(moment: datetime | None, now: datetime) -> str:
 
 def _time_key(moment: datetime | None) -> float:
     return moment.timestamp() if moment is not None else float("inf")
+
+
+def impact_groups(incident: Incident) -> list[tuple[str, list[str]]]:
+    """What an incident impacts, by type: summaries (views, matviews), steps, checks."""
+    groups: dict[str, list[str]] = {"summaries": [], "steps": [], "checks": []}
+    for impact in incident.impacts:
+        if impact.type == "relation":
+            groups["summaries"].append(impact.short)
+        else:
+            groups[f"{impact.type}s"].append(impact.short)
+    return [(label, names) for label, names in groups.items() if names]
 
 
 def healthy_text(steps: Sequence[StepRow], checks: Sequence[CheckRow], now: datetime) -> str:

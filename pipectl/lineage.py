@@ -105,6 +105,14 @@ def _qualified(relation: str) -> str:
     return relation if "." in relation else f"public.{relation}"
 
 
+_TYPE_ORDER = {"relation": 0, "step": 1, "check": 2}
+
+
+def order(node: Node) -> tuple[int, str]:
+    """How nodes are listed: relations, then steps, then checks, each by name."""
+    return (_TYPE_ORDER[node.type], node.name)
+
+
 class UnknownName(LookupError):
     """A name that is no relation, step or check of the graph; `suggestions` are the
     nearest names that are."""
@@ -175,11 +183,11 @@ class Lineage:
                     edges.add((Node("step", step), node))
         up: dict[Node, list[Node]] = {n: [] for n in kinds}
         down: dict[Node, list[Node]] = {n: [] for n in kinds}
-        for source, target in sorted(edges):
+        for source, target in sorted(edges, key=lambda e: (order(e[0]), order(e[1]))):
             up[target].append(source)
             down[source].append(target)
         return cls(
-            kinds=dict(sorted(kinds.items())),
+            kinds=dict(sorted(kinds.items(), key=lambda item: order(item[0]))),
             up={n: tuple(v) for n, v in up.items()},
             down={n: tuple(v) for n, v in down.items()},
             refreshed_by=refreshed_by,
@@ -198,9 +206,12 @@ class Lineage:
         return self.kinds[node]
 
     def label(self, node: Node) -> str:
-        """`user_feedback (table)`, `step user_satisfaction_summary`, `check x (freshness)`."""
+        """`user_feedback (table)`, `step user_satisfaction_summary`, `step x (sql)`,
+        `check x (freshness)`."""
         if node.type == "relation":
             return f"{node.short} ({self.kinds[node]})"
+        if node.type == "step" and any(n.type == "relation" for n in self.down[node]):
+            return f"step {node.name}"  # what it refreshes is shown under it
         return f"{node.type} {node.name} ({self.kinds[node]})"
 
     def resolve(self, name: str) -> Node:
@@ -257,16 +268,14 @@ class Lineage:
                     if other not in seen:
                         seen.add(other)
                         following.append(other)
-            following.sort()
+            following.sort(key=order)
             yield from following
             layer = following
 
     def roots(self) -> list[Node]:
         """Nodes nothing feeds: base tables, steps without upstream steps, orphan checks.
         Relations first, then steps, then checks (by name)."""
-        order = {"relation": 0, "step": 1, "check": 2}
-        found = [n for n in self.kinds if not self.up[n]]
-        return sorted(found, key=lambda n: (order[n.type], n.name))
+        return sorted((n for n in self.kinds if not self.up[n]), key=order)
 
     # ------------------------------------------------------------------ output
 
@@ -331,9 +340,7 @@ class Lineage:
 
         starts = [start] if start is not None else self.roots()
         if direction == "upstream" and start is None:
-            starts = sorted(
-                (n for n in self.kinds if not self.down[n]), key=lambda n: (n.type, n.name)
-            )
+            starts = sorted((n for n in self.kinds if not self.down[n]), key=order)
         for node in starts:
             visit(node, "", True, True)
         return lines

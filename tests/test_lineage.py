@@ -433,7 +433,7 @@ async def test_lineage_verb_text_and_json(
 
     code = await cli(["lineage"], database, tmp_path)
     whole = capsys.readouterr().out
-    assert "step user_satisfaction_summary (matview)" in whole
+    assert "step user_satisfaction_summary\n" in whole
     assert "check user_feedback_freshness (freshness)" in whole
 
     code = await cli(["lineage", "nope"], database, tmp_path)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -249,18 +250,22 @@ def render_incidents(snapshot: store.StatusSnapshot, incidents: Sequence[Inciden
                 f"  since {age(incident.since, snapshot.taken_at)}",
             )
         )
-        out.print(Text("  " + visible(incident.cause_text)))
+        member_names = {(m.type, m.name) for m in incident.members}
         items = ", ".join(f"{m.short} {m.status}" for m in incident.members)
-        out.print(Text("  not ok: ", style="dim") + Text(visible(items)))
-        if incident.impacts:
-            impacts = ", ".join(i.short for i in incident.impacts)
-            out.print(Text("  impacts: ", style="dim") + Text(visible(impacts)))
+        still_ok = [i for i in incident.impacts if (i.type, i.name) not in member_names]
         acts = [f"pipectl why {incident.root}"]
         if incident.rerun:
             acts.append(f"pipectl rerun {incident.rerun} --downstream")
         if incident.checks:
             acts.append(f"pipectl silence {incident.checks[0]} --for 1h")
-        out.print(Text("  act: ", style="dim") + Text(visible("  |  ".join(acts))))
+        lines = [Text(visible(incident.cause_text))]
+        lines.append(Text("not ok: ", style="dim") + Text(visible(items)))
+        if still_ok:
+            downstream = ", ".join(f"{i.short} ({i.kind})" for i in still_ok)
+            lines.append(Text("downstream, ok so far: ", style="dim") + Text(visible(downstream)))
+        lines.append(Text("act: ", style="dim") + Text(visible("  |  ".join(acts))))
+        for line in lines:
+            out.print(Padding(line, (0, 0, 0, 2), expand=False))
     out.print()
 
 

@@ -17,7 +17,6 @@ functions over immutable facts, so the agent, the CLI and the console walk the s
 from __future__ import annotations
 
 import difflib
-import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -279,31 +278,6 @@ class Lineage:
 
     # ------------------------------------------------------------------ output
 
-    def fingerprint(self) -> str:
-        """A digest of the relations' part of the graph (what the catalog decides): it
-        changes when a view's inputs or a relation's kind change, not with config."""
-        facts = sorted(
-            [f"{n.name}={self.kinds[n]}" for n in self.kinds if n.type == "relation"]
-            + [
-                f"{a.name}>{b.name}"
-                for a in self.kinds
-                if a.type == "relation"
-                for b in self.down[a]
-                if b.type == "relation"
-            ]
-        )
-        return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
-
-    def relation_edges(self) -> set[tuple[str, str]]:
-        """The catalog's edges as (input, reader) relation names."""
-        return {
-            (a.name, b.name)
-            for a in self.kinds
-            if a.type == "relation"
-            for b in self.down[a]
-            if b.type == "relation"
-        }
-
     def to_json(self, nodes: Iterable[Node] | None = None) -> dict[str, Any]:
         """Nodes and edges (of `nodes` only, when given) as plain JSON."""
         keep = set(self.kinds if nodes is None else nodes)
@@ -357,3 +331,29 @@ class Lineage:
 
 def node_json(lineage: Lineage, node: Node) -> dict[str, Any]:
     return {"id": node.id, "type": node.type, "name": node.name, "kind": lineage.kind(node)}
+
+
+def summary_reads(relations: Iterable[CatalogRelation]) -> dict[str, list[str]]:
+    """What the catalog decides of the graph: each view and matview (`schema.name (kind)`)
+    and the relations it reads. The agent records it; a difference is a schema change."""
+    return {
+        f"{r.relation} ({r.kind})": sorted(r.reads)
+        for r in sorted(relations, key=lambda r: r.relation)
+        if r.kind in SUMMARY_KINDS
+    }
+
+
+def describe_change(
+    before: Mapping[str, Sequence[str]], after: Mapping[str, Sequence[str]]
+) -> list[str]:
+    """The differences between two `summary_reads`, one phrase each (empty: no change)."""
+    changes = []
+    for name in sorted(set(before) | set(after)):
+        if name not in before:
+            changes.append(f"{name} added, reads {', '.join(after[name]) or 'nothing'}")
+        elif name not in after:
+            changes.append(f"{name} gone")
+        elif list(before[name]) != list(after[name]):
+            was = ", ".join(before[name]) or "nothing"
+            changes.append(f"{name} now reads {', '.join(after[name]) or 'nothing'} (was {was})")
+    return changes

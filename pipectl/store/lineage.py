@@ -85,3 +85,18 @@ async def published_lineage(db: DB) -> Lineage:
     the agents published."""
     steps, checks = await published_facts(db)
     return Lineage.build(await catalog_relations(db), steps, checks)
+
+
+LINEAGE_EVENT = "lineage.changed"
+
+
+async def recorded_lineage(db: DB) -> dict[str, list[str]] | None:
+    """The summaries' reads as last recorded by an agent (`summary_reads`), None before any."""
+    detail = await db.fetchval(
+        "SELECT detail FROM pipectl.events WHERE kind = $1 ORDER BY at DESC, id DESC LIMIT 1",
+        LINEAGE_EVENT,
+    )
+    if isinstance(detail, str):
+        detail = json.loads(detail)
+    reads = detail.get("reads") if isinstance(detail, dict) else None
+    return reads if isinstance(reads, dict) else None

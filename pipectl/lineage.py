@@ -296,15 +296,24 @@ class Lineage:
         """The graph as an indented tree of lines: from `start` (or from every root) along
         `direction`. A node met again is shown once more as `… (see above)`, not expanded,
         so a diamond or a shared input costs one line."""
+        return [
+            prefix + self.label(node) + ("  (see above)" if again else "")
+            for prefix, node, again in self.tree_rows(start, direction)
+        ]
+
+    def tree_rows(
+        self, start: Node | None = None, direction: Direction = "downstream"
+    ) -> list[tuple[str, Node, bool]]:
+        """`tree` as (prefix, node, shown above) rows, for callers that style each node."""
         edges = self.up if direction == "upstream" else self.down
-        lines: list[str] = []
+        rows: list[tuple[str, Node, bool]] = []
         shown: set[Node] = set()
 
         def visit(node: Node, prefix: str, last: bool, top: bool) -> None:
             connector = "" if top else ("└─ " if last else "├─ ")
             children = edges[node]
             again = node in shown and bool(children)
-            lines.append(prefix + connector + self.label(node) + ("  (see above)" if again else ""))
+            rows.append((prefix + connector, node, again))
             if again:
                 return
             shown.add(node)
@@ -312,12 +321,15 @@ class Lineage:
             for i, child in enumerate(children):
                 visit(child, inner, i == len(children) - 1, False)
 
-        starts = [start] if start is not None else self.roots()
-        if direction == "upstream" and start is None:
+        if start is not None:
+            starts = [start]
+        elif direction == "upstream":
             starts = sorted((n for n in self.kinds if not self.down[n]), key=order)
+        else:
+            starts = self.roots()
         for node in starts:
             visit(node, "", True, True)
-        return lines
+        return rows
 
     def connected(self, node: Node, direction: str | None = None) -> list[Node]:
         """`node` with everything up- and/or downstream of it."""

@@ -84,12 +84,15 @@ class IncidentsPanel(Static):
             return
         self.border_title = f"Incidents ({len(self.incidents)})"
         width = max(40, self.content_size.width or 78)
+        # On a short terminal the steps below keep their rows: one other incident, the
+        # rest counted.
+        room = 1 if self.app.size.height < 30 else _OTHERS
         body = Text()
         others = 0
         for index, incident in enumerate(self.incidents):
             if index == self.selected:
                 part = render_incident(incident, now, read_only=read_only)
-            elif others < _OTHERS:
+            elif others < room:
                 others += 1
                 part = render_line(incident, now, width)
             else:

@@ -479,3 +479,27 @@ async def test_status_says_healthy_plainly(
     text = capsys.readouterr().out
     assert code == 0
     assert "Healthy: all 0 checks ok, 0 steps ok (1 step not run yet)" in text
+
+
+async def test_the_readme_prints_the_real_lineage_of_the_apes_preset(database: str) -> None:
+    """The tree in README.md is what `pipectl lineage` prints for the preset on the APES
+    schema with materialized summaries (what the agent publishes from config.example.toml)."""
+    from pipectl.agent.lineage import facts
+    from pipectl.config import load_config
+    from pipectl.presets import apes_preset_path
+
+    block = readme_block("$ pipectl lineage\n")
+    config = load_config(apes_preset_path(), environ={}).config
+    conn = await asyncpg.connect(database)
+    try:
+        relations = await catalog_relations(conn)
+    finally:
+        await conn.close()
+    steps, checks = facts(config)
+    assert Lineage.build(relations, steps, checks).tree() == block
+
+
+def readme_block(after: str) -> list[str]:
+    """The lines of README.md's code block that starts with `after`."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    return readme.split(after, 1)[1].split("```", 1)[0].splitlines()

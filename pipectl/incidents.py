@@ -149,6 +149,8 @@ class Assessment:
         self.steps = {s.name: s for s in steps}
         self.checks = {c.name: c for c in checks}
         self._own: dict[Node, _State] = {}
+        self._ancestry: dict[Node, list[Node]] = {}
+        self._roots: dict[Node, Node | None] = {}
         for s in steps:
             self._own[Node("step", s.name)] = _step_state(s)
         for c in checks:
@@ -170,7 +172,11 @@ class Assessment:
         return self.lineage.downstream(node) if node in self.lineage else ()
 
     def _ancestors(self, node: Node) -> list[Node]:
-        return self.lineage.ancestors(node) if node in self.lineage else []
+        found = self._ancestry.get(node)
+        if found is None:
+            found = self.lineage.ancestors(node) if node in self.lineage else []
+            self._ancestry[node] = found
+        return found
 
     def kind(self, node: Node) -> str:
         if node in self.lineage:
@@ -200,11 +206,15 @@ class Assessment:
     def root(self, node: Node) -> Node | None:
         """The earliest bad thing upstream of `node` (or `node` itself); None when nothing
         upstream of it is bad."""
+        if node in self._roots:
+            return self._roots[node]
         candidates = [a for a in [node, *self._ancestors(node)] if self.bad(a)]
         tops = [c for c in candidates if not any(self.bad(a) for a in self._ancestors(c))]
-        if not tops:
-            return None
-        return min(tops, key=lambda c: (_time_key(self._own[c].since), c.type, c.name))
+        root = None
+        if tops:
+            root = min(tops, key=lambda c: (_time_key(self._own[c].since), c.type, c.name))
+        self._roots[node] = root
+        return root
 
     def state(self, node: Node) -> _State:
         """Its own state, or `stale` for a summary downstream of something bad."""

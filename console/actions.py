@@ -172,7 +172,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
         "incident_silence",
         "z",
         "Incident: silence",
-        "Silence the first failing check of the selected incident for a while",
+        "Mute the first failing check of the selected incident for a while (it keeps recording)",
         (OVERVIEW,),
         dangerous=True,
         needs_write=True,

@@ -142,7 +142,8 @@ class Lineage:
     ) -> Lineage:
         """The graph from the catalog's relations, the steps and the checks. A relation the
         catalog lacks (named by a step or check, since dropped) still appears, of kind
-        `missing`; a base table nothing reads nor watches is left out."""
+        `missing`. A table nothing reads nor watches is a node without edges: it can be
+        looked up, and whole-graph trees leave it out."""
         catalog = {r.relation: r for r in relations}
         kinds: dict[Node, str] = {}
         edges: set[tuple[Node, Node]] = set()
@@ -156,6 +157,7 @@ class Lineage:
             return node
 
         for r in catalog.values():
+            relation(r.relation)
             if r.kind in SUMMARY_KINDS:
                 target = relation(r.relation)
                 for read in r.reads:
@@ -272,15 +274,20 @@ class Lineage:
             layer = following
 
     def roots(self) -> list[Node]:
-        """Nodes nothing feeds: base tables, steps without upstream steps, orphan checks.
-        Relations first, then steps, then checks (by name)."""
-        return sorted((n for n in self.kinds if not self.up[n]), key=order)
+        """Nodes nothing feeds: base tables, steps without upstream steps, orphan checks;
+        relations first, then steps, then checks (by name). A relation with no edges at all
+        (nothing reads or watches it) is not part of the pipeline and is left out."""
+        return sorted((n for n in self.kinds if not self.up[n] and self._linked(n)), key=order)
+
+    def _linked(self, node: Node) -> bool:
+        return node.type != "relation" or bool(self.up[node] or self.down[node])
 
     # ------------------------------------------------------------------ output
 
     def to_json(self, nodes: Iterable[Node] | None = None) -> dict[str, Any]:
-        """Nodes and edges (of `nodes` only, when given) as plain JSON."""
-        keep = set(self.kinds if nodes is None else nodes)
+        """Nodes and edges (of `nodes` only, when given; else of the pipeline, relations
+        without any edge left out as in `tree`) as plain JSON."""
+        keep = set(filter(self._linked, self.kinds) if nodes is None else nodes)
         return {
             "nodes": [node_json(self, n) for n in self.kinds if n in keep],
             "edges": [
@@ -324,7 +331,9 @@ class Lineage:
         if start is not None:
             starts = [start]
         elif direction == "upstream":
-            starts = sorted((n for n in self.kinds if not self.down[n]), key=order)
+            starts = sorted(
+                (n for n in self.kinds if not self.down[n] and self._linked(n)), key=order
+            )
         else:
             starts = self.roots()
         for node in starts:

@@ -170,7 +170,10 @@ async def test_the_graph_follows_views_over_views_and_matviews_down_to_base_tabl
         Node("relation", "public.user_feedback")
     )
     assert lineage.kind(Node("relation", "public.user_feedback")) == "table"
-    assert Node("relation", "public.ab_experiments") not in lineage, "nothing reads it"
+    experiments = Node("relation", "public.ab_experiments")
+    assert lineage.resolve("ab_experiments") == experiments, "nothing reads it: still known"
+    assert not lineage.upstream(experiments) and not lineage.downstream(experiments)
+    assert not any(line.startswith("ab_experiments") for line in lineage.tree()), "not shown"
 
 
 async def test_steps_and_checks_join_the_catalog_graph(db: asyncpg.Connection) -> None:

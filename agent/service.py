@@ -30,6 +30,7 @@ import asyncpg
 from opentelemetry.sdk.trace import TracerProvider
 
 from pipectl import migrate
+from pipectl.agent import lineage
 from pipectl.agent.bookkeeping import Bookkeeper, RunLedger
 from pipectl.agent.checking import CheckScheduler
 from pipectl.agent.membership import Membership
@@ -52,6 +53,7 @@ from pipectl.checks.validation import validate_catalog
 from pipectl.clock import Clock, DatabaseClock
 from pipectl.config import Config, LoadedConfig
 from pipectl.db import connect, create_pool
+from pipectl.lineage import Lineage
 from pipectl.listen import Listener
 from pipectl.model import CheckStatus, CheckTrigger, RunStatus, Trigger
 from pipectl.resilience import Throttle, close_pool_quietly
@@ -92,6 +94,8 @@ class Agent:
         self._parts: _Parts | None = None
         self.listener: Listener | None = None
         self.requests: RequestQueue | None = None
+        self.lineage: Lineage | None = None
+        """The graph as last read from the catalog (start, reload)."""
         self.serving = asyncio.Event()
         """Set once serve() has started every loop."""
         self.stopped = asyncio.Event()
@@ -193,6 +197,7 @@ class Agent:
         self._parts = _Parts(steps, CheckScheduler(rt), membership)
         await membership.join()
         await self._publish(plan)
+        self.lineage = await lineage.reread(rt, config)
         await membership.export_state()  # last successes and statuses from before a restart
         self.metrics.database_reachable(True)
         log.info(
@@ -367,6 +372,7 @@ class Agent:
         rt.plan = plan
         self.loaded = loaded
         await self._publish(plan)
+        self.lineage = await lineage.reread(rt, loaded.config)
         self.steps.start(plan)
         self.checks.start(plan)
         log.info(

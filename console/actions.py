@@ -23,6 +23,7 @@ TIMELINE = "timeline"
 REQUESTS = "requests"
 DIALOG = "dialog"
 SCHEMA = "schema"
+LINEAGE = "lineage"
 
 TABLE_SCREENS = (OVERVIEW, STEP, CHECKS, CHECK, TIMELINE, REQUESTS)
 DETAIL_SCREENS = (STEP, CHECK)
@@ -85,7 +86,15 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ),
     ActionSpec("help", "question_mark", "Help", "Keys and actions of this screen", (APP,)),
     ActionSpec("quit", "q", "Quit", "Leave the console", (APP, SCHEMA)),
-    ActionSpec("back", "escape", "Back", "Back to the previous screen", DETAIL_SCREENS),
+    ActionSpec(
+        "lineage",
+        "l",
+        "Lineage",
+        "What reads what, and why it is in its state: on the selected step or check, or all",
+        (APP,),
+        footer=False,
+    ),
+    ActionSpec("back", "escape", "Back", "Back to the previous screen", (*DETAIL_SCREENS, LINEAGE)),
     ActionSpec(
         "open", "enter", "Open", "Open the selected row's detail", TABLE_SCREENS, footer=False
     ),
@@ -157,6 +166,42 @@ ACTIONS: tuple[ActionSpec, ...] = (
         "End the selected check's silence now",
         (CHECKS, CHECK),
         needs_write=True,
+    ),
+    ActionSpec(
+        "incident_rerun",
+        "x",
+        "Incident: rerun",
+        "Rerun the step the selected incident points to, with everything downstream of it",
+        (OVERVIEW,),
+        dangerous=True,
+        needs_write=True,
+        footer=False,
+    ),
+    ActionSpec(
+        "incident_silence",
+        "z",
+        "Incident: silence",
+        "Mute the first failing check of the selected incident for a while (it keeps recording)",
+        (OVERVIEW,),
+        dangerous=True,
+        needs_write=True,
+        footer=False,
+    ),
+    ActionSpec(
+        "incident_why",
+        "i",
+        "Incident: why",
+        "Open the selected incident's root cause: its lineage, state and impact",
+        (OVERVIEW,),
+        footer=False,
+    ),
+    ActionSpec(
+        "incident_next",
+        "n",
+        "Incident: next",
+        "Select the next incident (the keys x, z and i act on it)",
+        (OVERVIEW,),
+        footer=False,
     ),
     ActionSpec("window", "w", "Window", "Show a longer or shorter time window", (CACHE, TIMELINE)),
     ActionSpec("filter", "slash", "Filter", "Filter the rows by text", TABLE_SCREENS),

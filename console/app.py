@@ -36,6 +36,7 @@ from pipectl.console.screens.base import DataScreen
 from pipectl.console.screens.cache import CacheScreen
 from pipectl.console.screens.checks import ChecksScreen
 from pipectl.console.screens.help import HelpScreen, scope_of
+from pipectl.console.screens.lineage import LineageScreen, lineage_subject
 from pipectl.console.screens.overview import OverviewScreen
 from pipectl.console.screens.requests import RequestsScreen
 from pipectl.console.screens.schema import SchemaScreen
@@ -238,6 +239,9 @@ class PipectlApp(App[None]):
         screen = self.screen
         scope = scope_of(screen)
         self.push_screen(HelpScreen(self.registry, scope, scope.title()))
+
+    def action_lineage(self) -> None:
+        self.push_screen(LineageScreen(lineage_subject(self.screen)))
 
     def action_reload(self) -> None:
         if not self.connection.connected:

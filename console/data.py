@@ -16,6 +16,7 @@ import asyncpg
 
 from pipectl import store
 from pipectl.checks.cache import published_floors
+from pipectl.lineage import Lineage
 from pipectl.model import Request, RequestKind
 from pipectl.request_args import RequestArgs
 from pipectl.store.base import Conn
@@ -37,6 +38,7 @@ from pipectl.store.console import (
     step_graph,
     timeline,
 )
+from pipectl.store.lineage import published_lineage
 
 if TYPE_CHECKING:
     from pipectl.telemetry import Telemetry
@@ -46,12 +48,16 @@ if TYPE_CHECKING:
 class OverviewData:
     status: store.StatusSnapshot
     cache: tuple[CacheSeries, ...]
+    lineage: Lineage | None = None
+    """The graph the incidents panel walks (pipectl.incidents)."""
 
 
 async def overview(conn: Conn) -> OverviewData:
-    """The `pipectl status` read model plus the latest reading of each cache check."""
+    """The `pipectl status` read model plus the latest reading of each cache check, and the
+    lineage graph its incidents are found with."""
     latest = await cache_latest(conn, published_floors)
-    return OverviewData(await store.status_snapshot(conn), tuple(latest))
+    status = await store.status_snapshot(conn)
+    return OverviewData(status, tuple(latest), await published_lineage(conn))
 
 
 @dataclass(frozen=True)

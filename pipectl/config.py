@@ -45,6 +45,7 @@ from pipectl.durations import (
     parse_duration,
 )
 from pipectl.identifiers import IdentifierError, Relation, check_name, parse_column
+from pipectl.lineage import watched_by_check
 from pipectl.sqlscan import SqlScanError, step_sql_escapes
 from pipectl.tomlpos import Path as KeyPath
 from pipectl.tomlpos import line_of, locate_keys
@@ -444,6 +445,10 @@ class CheckBase(Strict):
     hysteresis: int | None = Field(default=None, ge=1, le=20)
     enabled: bool = True
     kind: str
+
+    def watches(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The relations (`schema.name`) and steps this check watches: its lineage edges."""
+        return watched_by_check(self.model_dump(mode="json"))
 
 
 class UnregisteredCheckKinds(RuntimeError):

@@ -15,8 +15,10 @@ from pipectl.console import data
 from pipectl.console.actions import OVERVIEW, bindings
 from pipectl.console.data import OverviewData
 from pipectl.console.screens.base import TableScreen
-from pipectl.console.screens.operations import CheckOperations, Selected, StepOperations
+from pipectl.console.screens.lineage import IncidentOperations
+from pipectl.console.screens.operations import Selected
 from pipectl.console.screens.step import StepScreen
+from pipectl.console.widgets.incidents import IncidentsPanel, incidents_of
 from pipectl.console.widgets.table import ColumnSpec, TableRow
 from pipectl.console.widgets.tiles import TileData, TileRow, node_id
 from pipectl.format import STATUS_MARK, STATUS_STYLE, age, due, number, percent, seconds
@@ -29,7 +31,7 @@ from pipectl.store.console import CacheSeries
 SOURCE_NAMES = {"redis": "Redis", "app": "App cache", "postgres": "PostgreSQL"}
 
 
-class OverviewScreen(StepOperations, CheckOperations, TableScreen[OverviewData]):
+class OverviewScreen(IncidentOperations, TableScreen[OverviewData]):
     SCOPE = OVERVIEW
     BINDINGS: ClassVar[list[BindingType]] = bindings(OVERVIEW)  # type: ignore[assignment]
     INTERESTS = frozenset({"runs", "steps", "checks", "check_results", "requests"})
@@ -45,6 +47,7 @@ class OverviewScreen(StepOperations, CheckOperations, TableScreen[OverviewData])
     )
 
     def compose_body(self) -> ComposeResult:
+        yield IncidentsPanel(id="incidents")
         yield TileRow(id="tiles")
         yield from self.compose_table()
         yield Static("", id="empty")
@@ -54,6 +57,9 @@ class OverviewScreen(StepOperations, CheckOperations, TableScreen[OverviewData])
 
     def show(self, snapshot: OverviewData) -> None:
         now = self.console.clock()
+        incidents = incidents_of(snapshot.lineage, snapshot.status, now)
+        read_only = self.console.registry.read_only
+        self.query_one(IncidentsPanel).show(incidents, snapshot.status, now, read_only=read_only)
         self.query_one(TileRow).show(tiles(snapshot, now))
         self.show_table(snapshot)
         empty = self.query_one("#empty", Static)

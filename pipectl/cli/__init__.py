@@ -33,6 +33,14 @@ from pipectl.cli.common import (
 VERBS: dict[str, tuple[str, str]] = {
     "status": ("ops_cmd", "pipeline health; exit 0 ok, 1 warnings, 2 failures"),
     "history": ("ops_cmd", "recent runs (or requests, or events), newest first"),
+    "lineage": (
+        "lineage_cmd",
+        "what reads what: relations (from the catalog), steps and checks, as a tree",
+    ),
+    "why": (
+        "lineage_cmd",
+        "why a relation, step or check is not ok: its root cause and impact",
+    ),
     "rerun": ("ops_cmd", "ask the agent to run a step now"),
     "publish": (
         "ops_cmd",

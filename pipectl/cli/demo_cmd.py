@@ -190,12 +190,16 @@ async def _final_status(loaded: Any, as_json: bool) -> int:
     from pipectl import store
     from pipectl.cli.ops_cmd import render_status, status_json
     from pipectl.db import connection
+    from pipectl.incidents import assess
+    from pipectl.store.lineage import published_lineage
 
     async with connection(loaded.config, "pipectl demo") as conn:
         snapshot = await store.status_snapshot(conn)
         runs = await store.run_counts(conn)
         results = await store.count_results(conn)
         events = await store.recent_events(conn, limit=10_000)
+        lineage = await published_lineage(conn)
+    incidents = assess(lineage, snapshot.steps, snapshot.checks, snapshot.taken_at).incidents()
     # Every time a check's shown status turned warn, fail or error during the run.
     alerts = [
         {"check": e.subject, "to": e.detail.get("to"), "at": e.at.isoformat(), "message": e.message}
@@ -205,7 +209,7 @@ async def _final_status(loaded: Any, as_json: bool) -> int:
     if as_json:
         print_json(
             {
-                **status_json(snapshot),
+                **status_json(snapshot, incidents),
                 "runs": {
                     step: {"succeeded": ok, "total": total} for step, (ok, total) in runs.items()
                 },
@@ -214,7 +218,7 @@ async def _final_status(loaded: Any, as_json: bool) -> int:
             }
         )
         return EXIT_OK
-    render_status(snapshot)
+    render_status(snapshot, incidents)
     out = console()
     refreshed = ", ".join(f"{step} {ok}/{total}" for step, (ok, total) in runs.items()) or "none"
     out.print(f"steps refreshed (succeeded/runs): {refreshed}")

@@ -13,10 +13,12 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -42,6 +44,7 @@ from pipectl.config import Config
 from pipectl.dag import CycleError
 from pipectl.db import connection, describe_connection, resolve
 from pipectl.format import STATUS_STYLE, age, band, due, number, seconds, status_text
+from pipectl.incidents import Incident, assess, healthy_text, incident_json
 from pipectl.migrate import ensure_current
 from pipectl.model import Event, Outcome, Request, RequestKind, Run, RunStatus
 from pipectl.request_args import (
@@ -58,6 +61,7 @@ from pipectl.resilience import describe
 from pipectl.safetext import CELL, literal, visible
 from pipectl.store.base import Conn
 from pipectl.store.console import RerunPlan, rerun_plan
+from pipectl.store.lineage import published_lineage
 
 
 def register(subparsers: Any) -> None:
@@ -196,19 +200,26 @@ async def show_status(args: argparse.Namespace) -> int:
             print(f"pipectl: connected to {where}", file=sys.stderr)
         await ensure_current(conn)
         snapshot = await store.status_snapshot(conn)
+        lineage = await published_lineage(conn)
+    incidents = assess(lineage, snapshot.steps, snapshot.checks, snapshot.taken_at).incidents()
     code = snapshot.worst.exit_code
     if args.json:
-        print_json(status_json(snapshot))
+        print_json(status_json(snapshot, incidents))
     else:
-        render_status(snapshot)
+        render_status(snapshot, incidents)
     return code
 
 
-def render_status(snapshot: store.StatusSnapshot) -> None:
-    """The human form of `pipectl status` (also printed at the end of a headless demo)."""
+def render_status(
+    snapshot: store.StatusSnapshot, incidents: Sequence[Incident] | None = None
+) -> None:
+    """The human form of `pipectl status` (also printed at the end of a headless demo):
+    incidents first (when given), then steps and checks."""
     out = console()
     cells = cell_limit()
     now = snapshot.taken_at
+    if incidents is not None:
+        render_incidents(snapshot, incidents)
     steps = Table(title="Steps", title_justify="left", header_style="bold", box=None)
     for column in ("step", "state", "last run", "took", "rows", "next run", "note"):
         steps.add_column(column)
@@ -259,7 +270,48 @@ def render_status(snapshot: store.StatusSnapshot) -> None:
     )
 
 
-def status_json(snapshot: store.StatusSnapshot) -> dict[str, Any]:
+def render_incidents(snapshot: store.StatusSnapshot, incidents: Sequence[Incident]) -> None:
+    """Each incident: its root cause with times, the items it groups, what it impacts and
+    what to do; or one line saying all is well."""
+    out = console()
+    if not incidents:
+        text = healthy_text(snapshot.steps, snapshot.checks, snapshot.taken_at)
+        out.print(Text(text, style="green"))
+        out.print()
+        return
+    out.print(Text(f"Incidents ({len(incidents)})", style="bold"))
+    for incident in incidents:
+        severity = str(incident.severity)
+        out.print(
+            Text.assemble(
+                (status_text(severity), STATUS_STYLE.get(severity, "")),
+                " ",
+                (visible(f"{incident.root} ({incident.root_kind})"), "bold"),
+                f"  since {age(incident.since, snapshot.taken_at)}",
+            )
+        )
+        member_names = {(m.type, m.name) for m in incident.members}
+        items = ", ".join(f"{m.short} {m.status}" for m in incident.members)
+        still_ok = [i for i in incident.impacts if (i.type, i.name) not in member_names]
+        acts = [f"pipectl why {incident.root}"]
+        if incident.rerun:
+            acts.append(f"pipectl rerun {incident.rerun} --downstream")
+        if incident.checks:
+            acts.append(f"pipectl silence {incident.checks[0]} --for 1h")
+        lines = [Text(visible(incident.cause_text))]
+        lines.append(Text("not ok: ", style="dim") + Text(visible(items)))
+        if still_ok:
+            downstream = ", ".join(f"{i.short} ({i.kind})" for i in still_ok)
+            lines.append(Text("downstream, ok so far: ", style="dim") + Text(visible(downstream)))
+        lines.append(Text("act: ", style="dim") + Text(visible("  |  ".join(acts))))
+        for line in lines:
+            out.print(Padding(line, (0, 0, 0, 2), expand=False))
+    out.print()
+
+
+def status_json(
+    snapshot: store.StatusSnapshot, incidents: Sequence[Incident] = ()
+) -> dict[str, Any]:
     now = snapshot.taken_at
     return {
         "taken_at": now,
@@ -311,6 +363,7 @@ def status_json(snapshot: store.StatusSnapshot) -> dict[str, Any]:
             for a in snapshot.agents
         ],
         "pending_requests": snapshot.pending_requests,
+        "incidents": [incident_json(i) for i in incidents],
     }
 
 

@@ -63,7 +63,7 @@ def test_read_only_filters_the_registry() -> None:
     read_only = ActionRegistry(read_only=True)
     writes = {s.name for s in ACTIONS if s.needs_write}
     assert writes == {"rerun", "rerun_downstream", "publish", "pause", "resume", "check_now",
-                      "silence", "unsilence"}  # fmt: skip
+                      "silence", "unsilence", "incident_rerun", "incident_silence"}  # fmt: skip
     assert {s.name for s in read_only.hidden()} == writes
     assert all(not read_only.permits(w) for w in writes)
     assert all(full.permits(w) for w in writes)
@@ -71,6 +71,8 @@ def test_read_only_filters_the_registry() -> None:
     assert all(s.dangerous <= s.needs_write for s in ACTIONS), "dangerous implies a write"
     assert [s.name for s in read_only.for_scope("overview")] == [
         "open",
+        "incident_why",
+        "incident_next",
         "filter",
         "sort",
         "reverse",

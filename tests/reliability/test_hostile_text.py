@@ -156,9 +156,10 @@ async def test_status_history_and_errors(
     # Notes (paused reasons, errors), check messages, agent names.
     assert_visible(out, [*ALL_NEEDLES, HOSTILE_NAME_NEEDLE, "[/] stray"])
     assert ":warning: :skull:" in out, "emoji codes are printed as typed"
+    tables = out[out.index("Steps") :]  # after the incidents, which quote them too
     for entry in CORPUS:
         # Each paused step's reason and each failing step's error, on its own row.
-        rows = [line for line in out.splitlines() if f"_{entry.key} " in line]
+        rows = [line for line in tables.splitlines() if f"_{entry.key} " in line]
         assert len(rows) >= 2 and all(entry.needle in row for row in rows[:2]), entry.key
 
     code, out, _ = await cli(capsys, "history", "--limit", "100", *config)

@@ -37,6 +37,17 @@ window = "1h"
 bounds = { warn_above = 500, fail_above = 2000 }
 
 [[checks]]
+name = "p95_exec_sampled"
+kind = "metric"
+table = "public.rule_performance"
+time_column = "created_at"
+aggregate = "p95"
+column = "execution_time_ms"
+window = "1h"
+min_rows = 50
+bounds = { warn_above = 500, fail_above = 2000 }
+
+[[checks]]
 name = "negative_share"
 kind = "metric"
 table = "public.user_feedback"
@@ -103,6 +114,26 @@ async def test_p95_matches_postgres_percentile(conn: asyncpg.Connection, databas
     await add_rule_performance(conn, recent(100), exec_ms=[3000] * 100)
     slow = await engine(database).run("p95_exec", conn, redis=None, now=NOW)
     assert slow.status == CheckStatus.FAIL and slow.value == 3000
+
+
+async def test_a_window_with_fewer_than_min_rows_is_nodata_not_a_verdict(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    checks = engine(database)
+    await add_rule_performance(conn, recent(49), exec_ms=[3000] * 49)
+    few = await checks.run("p95_exec_sampled", conn, redis=None, now=NOW)
+    assert (few.status, few.value, few.samples) == (CheckStatus.NODATA, None, ())
+    assert few.message == (
+        "p95(execution_time_ms): only 49 rows in the last 1h, too few to judge (min_rows 50)"
+    )
+    assert few.threshold == {"min_rows": 50}
+    assert few.baseline == {"rows": 49}
+    unlimited = await checks.run("p95_exec", conn, redis=None, now=NOW)
+    assert unlimited.status == CheckStatus.FAIL  # the same rows, judged without min_rows
+    await add_rule_performance(conn, recent(1), exec_ms=[3000])
+    enough = await checks.run("p95_exec_sampled", conn, redis=None, now=NOW)
+    assert (enough.status, enough.value) == (CheckStatus.FAIL, 3000)
+    assert enough.baseline["rows"] == 50
 
 
 async def test_share_with_filters_is_exact(conn: asyncpg.Connection, database: str) -> None:

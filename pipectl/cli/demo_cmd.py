@@ -8,7 +8,14 @@ import time
 from typing import Any
 
 from pipectl.cli.common import EXIT_OK, console, float_argument, int_argument, print_json
-from pipectl.cli.demo import PACE, WARMUP_S, DemoOptions, run_demo, state_dir_or_default
+from pipectl.cli.demo import (
+    PACE,
+    WARMUP_LIMIT_S,
+    WARMUP_S,
+    DemoOptions,
+    run_demo,
+    state_dir_or_default,
+)
 from pipectl.config import mask_secret_url
 from pipectl.embedded import EmbeddedServers
 
@@ -54,7 +61,9 @@ def register(subparsers: Any) -> None:
         type=int_argument(0, 3600),
         default=WARMUP_S,
         metavar="SECONDS",
-        help=f"let the simulator write this long before the agent judges (default {WARMUP_S:g})",
+        help=f"let the simulator write at least this long, then until every watched table has a "
+        f"live row (at most {WARMUP_LIMIT_S:g}s in all), before the agent judges; 0: no "
+        f"warm-up (default {WARMUP_S:g})",
     )
     parser.add_argument(
         "--pace",

@@ -127,6 +127,7 @@ def seed_query(check: MetricCheck, now: datetime) -> Query:
         now,
         check.window,
         history,
+        check.min_rows,
     )
 
 

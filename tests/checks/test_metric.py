@@ -76,6 +76,17 @@ aggregate = "avg"
 column = "improvement_score"
 window = "1h"
 anomaly = { seasonality = "none", direction = "down", min_abs_change = 0.05 }
+
+[[checks]]
+name = "score_trend_sampled"
+kind = "metric"
+table = "public.rule_performance"
+time_column = "created_at"
+aggregate = "avg"
+column = "improvement_score"
+window = "1h"
+min_rows = 6
+anomaly = { seasonality = "none", direction = "down", min_abs_change = 0.05 }
 """
 
 
@@ -186,3 +197,23 @@ async def test_a_falling_average_is_flagged_against_seeded_history(
     assert fallen.status == CheckStatus.WARN and "unusually low" in fallen.message
     assert fallen.expected_low is not None and fallen.value is not None
     assert fallen.value < fallen.expected_low
+
+
+async def test_earlier_windows_with_fewer_than_min_rows_teach_the_baseline_nothing(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    times, scores = [], []
+    for hour in range(1, 24 * 5):
+        rows = 6 if hour % 2 == 0 else 3  # every other hour too few to judge
+        for i in range(rows):
+            times.append(NOW - timedelta(hours=hour, minutes=5 + i * 8))
+            scores.append(0.7 if rows == 6 else 0.1)
+    await add_rule_performance(conn, times, scores=scores)
+    await add_rule_performance(conn, recent(6), scores=[0.7] * 6)
+    checks = engine(database)
+    await store.publish_checks(conn, checks.definitions(), None)
+    sampled = await checks.run("score_trend_sampled", conn, redis=None, now=NOW)
+    assert sampled.baseline["seeded"] == len(range(2, 24 * 5, 2))
+    assert sampled.status == CheckStatus.OK, sampled.message
+    everything = await checks.run("score_trend", conn, redis=None, now=NOW)
+    assert everything.baseline["seeded"] == 24 * 5 - 1

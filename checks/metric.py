@@ -3,7 +3,9 @@ ratings, ...) against static bounds and, optionally, a seasonal baseline.
 
 Probe: `SELECT aggregate, count(*) FROM table WHERE time in window AND filters`, aggregated
 inside PostgreSQL. Filter operators come from a fixed map; filter values are bound parameters
-converted to the column's type. An empty window is nodata (except for `count`, which is 0).
+converted to the column's type. An empty window is nodata (except for `count`, which is 0),
+and so is a window with fewer than `min_rows` rows: a p95 or a share over a few dozen rows is
+noise, and judging it would cry wolf.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from pipectl.config import (
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus
 
+MAX_MIN_ROWS = 1_000_000_000
+"""More rows than any window is meant to hold: a larger min_rows is a typo, not a wish."""
+
 
 class MetricCheck(CheckBase):
     kind: Literal["metric"]
@@ -54,6 +59,7 @@ class MetricCheck(CheckBase):
     timezone: TimeZone = "UTC"
     bounds: Bounds = Bounds()
     anomaly: AnomalyConfig | None = None
+    min_rows: int | None = Field(default=None, ge=1, le=MAX_MIN_ROWS)
 
     @model_validator(mode="after")
     def _shape(self) -> MetricCheck:
@@ -61,6 +67,12 @@ class MetricCheck(CheckBase):
             raise ValueError("aggregate 'share' needs 'share_of' (the rows to count)")
         if self.aggregate not in ("count", "share") and self.column is None:
             raise ValueError(f"aggregate {self.aggregate!r} needs 'column'")
+        if self.aggregate == "count" and self.min_rows is not None:
+            # A count below min_rows would read "nodata" exactly when rows stop coming.
+            raise ValueError(
+                "min_rows does not apply to aggregate 'count' (the count is the rows: a drop"
+                " must be judged, not hidden); use bounds.warn_below"
+            )
         return self
 
 
@@ -115,6 +127,7 @@ def seed_query(check: MetricCheck, now: datetime) -> Query:
         now,
         check.window,
         history,
+        check.min_rows,
     )
 
 
@@ -160,12 +173,24 @@ def _filter_text(item: Filter) -> str:
 def evaluate(
     check: MetricCheck, observation: Observation, hist: History, now: datetime, source: str
 ) -> CheckResult:
-    """Pure: the aggregate against bounds and the baseline; an empty window is nodata."""
+    """Pure: the aggregate against bounds and the baseline; an empty window, or one with fewer
+    rows than `min_rows`, is nodata."""
     span = timeseries.window_text(check.window)
     if observation.value is None:
         reason = "no rows" if observation.rows == 0 else "no values"
         return CheckResult(
             check.name, CheckStatus.NODATA, None, f"{label(check)}: {reason} in {span}", now
+        )
+    if too_few_rows(check, observation):
+        return CheckResult(
+            check.name,
+            CheckStatus.NODATA,
+            None,
+            f"{label(check)}: only {observation.rows} rows in {span}, too few to judge"
+            f" (min_rows {check.min_rows})",
+            now,
+            threshold={"min_rows": check.min_rows},
+            baseline={"rows": observation.rows},
         )
     judged = timeseries.judge(observation.value, check.bounds, check.anomaly, hist.values)
     what = f"{label(check)} = {number(observation.value)} over {span} ({observation.rows} rows)"
@@ -181,9 +206,14 @@ def evaluate(
     )
 
 
+def too_few_rows(check: MetricCheck, observation: Observation) -> bool:
+    return check.min_rows is not None and observation.rows < check.min_rows
+
+
 async def run(ctx: Context[MetricCheck]) -> CheckResult:
     observation = await probe(ctx)
-    hist = History([]) if observation.value is None else await load_history(ctx)
+    judged = observation.value is not None and not too_few_rows(ctx.check, observation)
+    hist = await load_history(ctx) if judged else History([])
     return evaluate(ctx.check, observation, hist, ctx.now, ctx.source)
 
 

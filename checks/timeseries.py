@@ -86,11 +86,13 @@ def seed_query(
     now: datetime,
     window: timedelta,
     history: timedelta,
+    min_rows: int | None = None,
 ) -> Query:
     """The value of each earlier window, numbered k = 1, 2, ... back from `now`, in one query.
 
     Window k is (now - (k+1)*window, now - k*window], the same tiling the live probe uses.
-    Reads one index range of `time_column`.
+    Reads one index range of `time_column`. With `min_rows`, a window with fewer rows has no
+    value (the check would not have judged it either).
     """
     params = Params()
     anchor = params.add(now, as_column=time_column)
@@ -99,10 +101,11 @@ def seed_query(
     span = window_predicate(time_column, params, now - (periods + 1) * window, now - window)
     value = value_sql(params)
     where = filters(params)
+    having = f" HAVING count(*) >= {params.add(min_rows)}" if min_rows is not None else ""
     return Query(
         f"SELECT floor(extract(epoch FROM ({anchor} - {col(time_column)})) / {seconds}::float8)"
         f"::int AS k, ({value})::float8 AS value"
-        f" FROM {table.sql} WHERE {span} AND {where} GROUP BY 1",
+        f" FROM {table.sql} WHERE {span} AND {where} GROUP BY 1{having}",
         params,
     )
 

@@ -134,6 +134,36 @@ MALFORMED: list[tuple[str, str, list[str]]] = [
         ["bad.toml:2: agent.metrics_address: expected HOST:PORT, such as '127.0.0.1:10144'"],
     ),
     (
+        "metric min_rows below one",
+        """
+        [[checks]]
+        name = "p95"
+        kind = "metric"
+        table = "public.prompt_improvement_sessions"
+        time_column = "created_at"
+        aggregate = "p95"
+        column = "response_time_ms"
+        min_rows = 0
+        """,
+        ["bad.toml:8: checks.p95.min_rows: Input should be greater than or equal to 1"],
+    ),
+    (
+        "metric min_rows on a count",
+        """
+        [[checks]]
+        name = "requests"
+        kind = "metric"
+        table = "public.prompt_improvement_sessions"
+        time_column = "created_at"
+        aggregate = "count"
+        min_rows = 10
+        """,
+        [
+            "bad.toml:1: checks.requests: min_rows does not apply to aggregate 'count' (the"
+            " count is the rows: a drop must be judged, not hidden); use bounds.warn_below"
+        ],
+    ),
+    (
         "duplicate step names",
         STEP + STEP,
         [

@@ -21,6 +21,7 @@ from pipectl.cli.common import (
 from pipectl.cli.demo import (
     DEMO_DATABASE,
     PACE,
+    WARMUP_LIMIT_S,
     WARMUP_S,
     DemoOptions,
     DemoStatus,
@@ -72,7 +73,9 @@ def register(subparsers: Any) -> None:
         type=int_argument(0, 3600),
         default=WARMUP_S,
         metavar="SECONDS",
-        help=f"let the simulator write this long before the agent judges (default {WARMUP_S:g})",
+        help=f"let the simulator write at least this long, then until every watched table has a "
+        f"live row (at most {WARMUP_LIMIT_S:g}s in all), before the agent judges; 0: no "
+        f"warm-up (default {WARMUP_S:g})",
     )
     parser.add_argument(
         "--pace",

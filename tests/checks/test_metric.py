@@ -37,6 +37,17 @@ window = "1h"
 bounds = { warn_above = 500, fail_above = 2000 }
 
 [[checks]]
+name = "p95_exec_sampled"
+kind = "metric"
+table = "public.rule_performance"
+time_column = "created_at"
+aggregate = "p95"
+column = "execution_time_ms"
+window = "1h"
+min_rows = 50
+bounds = { warn_above = 500, fail_above = 2000 }
+
+[[checks]]
 name = "negative_share"
 kind = "metric"
 table = "public.user_feedback"
@@ -64,6 +75,17 @@ time_column = "created_at"
 aggregate = "avg"
 column = "improvement_score"
 window = "1h"
+anomaly = { seasonality = "none", direction = "down", min_abs_change = 0.05 }
+
+[[checks]]
+name = "score_trend_sampled"
+kind = "metric"
+table = "public.rule_performance"
+time_column = "created_at"
+aggregate = "avg"
+column = "improvement_score"
+window = "1h"
+min_rows = 6
 anomaly = { seasonality = "none", direction = "down", min_abs_change = 0.05 }
 """
 
@@ -103,6 +125,26 @@ async def test_p95_matches_postgres_percentile(conn: asyncpg.Connection, databas
     await add_rule_performance(conn, recent(100), exec_ms=[3000] * 100)
     slow = await engine(database).run("p95_exec", conn, redis=None, now=NOW)
     assert slow.status == CheckStatus.FAIL and slow.value == 3000
+
+
+async def test_a_window_with_fewer_than_min_rows_is_nodata_not_a_verdict(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    checks = engine(database)
+    await add_rule_performance(conn, recent(49), exec_ms=[3000] * 49)
+    few = await checks.run("p95_exec_sampled", conn, redis=None, now=NOW)
+    assert (few.status, few.value, few.samples) == (CheckStatus.NODATA, None, ())
+    assert few.message == (
+        "p95(execution_time_ms): only 49 rows in the last 1h, too few to judge (min_rows 50)"
+    )
+    assert few.threshold == {"min_rows": 50}
+    assert few.baseline == {"rows": 49}
+    unlimited = await checks.run("p95_exec", conn, redis=None, now=NOW)
+    assert unlimited.status == CheckStatus.FAIL  # the same rows, judged without min_rows
+    await add_rule_performance(conn, recent(1), exec_ms=[3000])
+    enough = await checks.run("p95_exec_sampled", conn, redis=None, now=NOW)
+    assert (enough.status, enough.value) == (CheckStatus.FAIL, 3000)
+    assert enough.baseline["rows"] == 50
 
 
 async def test_share_with_filters_is_exact(conn: asyncpg.Connection, database: str) -> None:
@@ -155,3 +197,23 @@ async def test_a_falling_average_is_flagged_against_seeded_history(
     assert fallen.status == CheckStatus.WARN and "unusually low" in fallen.message
     assert fallen.expected_low is not None and fallen.value is not None
     assert fallen.value < fallen.expected_low
+
+
+async def test_earlier_windows_with_fewer_than_min_rows_teach_the_baseline_nothing(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    times, scores = [], []
+    for hour in range(1, 24 * 5):
+        rows = 6 if hour % 2 == 0 else 3  # every other hour too few to judge
+        for i in range(rows):
+            times.append(NOW - timedelta(hours=hour, minutes=5 + i * 8))
+            scores.append(0.7 if rows == 6 else 0.1)
+    await add_rule_performance(conn, times, scores=scores)
+    await add_rule_performance(conn, recent(6), scores=[0.7] * 6)
+    checks = engine(database)
+    await store.publish_checks(conn, checks.definitions(), None)
+    sampled = await checks.run("score_trend_sampled", conn, redis=None, now=NOW)
+    assert sampled.baseline["seeded"] == len(range(2, 24 * 5, 2))
+    assert sampled.status == CheckStatus.OK, sampled.message
+    everything = await checks.run("score_trend", conn, redis=None, now=NOW)
+    assert everything.baseline["seeded"] == 24 * 5 - 1

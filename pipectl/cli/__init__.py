@@ -33,14 +33,6 @@ from pipectl.cli.common import (
 VERBS: dict[str, tuple[str, str]] = {
     "status": ("ops_cmd", "pipeline health; exit 0 ok, 1 warnings, 2 failures"),
     "history": ("ops_cmd", "recent runs (or requests, or events), newest first"),
-    "lineage": (
-        "lineage_cmd",
-        "what reads what: relations (from the catalog), steps and checks, as a tree",
-    ),
-    "why": (
-        "lineage_cmd",
-        "why a relation, step or check is not ok: its root cause and impact",
-    ),
     "rerun": ("ops_cmd", "ask the agent to run a step now"),
     "publish": (
         "ops_cmd",
@@ -50,6 +42,14 @@ VERBS: dict[str, tuple[str, str]] = {
     "resume": ("ops_cmd", "undo pause"),
     "silence": ("ops_cmd", "keep a check recording but raising no alert, for a while"),
     "unsilence": ("ops_cmd", "end a silence now"),
+    "lineage": (
+        "lineage_cmd",
+        "what reads what: relations (from the catalog), steps and checks, as a tree",
+    ),
+    "why": (
+        "lineage_cmd",
+        "why a relation, step or check is not ok: its root cause and impact",
+    ),
     "check": (
         "check_cmd",
         "run checks now with the agent's code; exit 0 ok, 1 warn, 2 fail or error",

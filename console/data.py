@@ -8,7 +8,7 @@ from the console's clock.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -24,7 +24,9 @@ from pipectl.store.console import (
     CacheSeries,
     CheckDetail,
     RequestRow,
+    RunSpan,
     StepDetail,
+    StepHealth,
     TimelineEntry,
     cache_history,
     cache_latest,
@@ -32,9 +34,11 @@ from pipectl.store.console import (
     check_trends,
     request_with_agent,
     requests_with_agents,
+    run_spans,
     session_role,
     step_detail,
     step_graph,
+    step_health,
     timeline,
 )
 
@@ -42,16 +46,38 @@ if TYPE_CHECKING:
     from pipectl.telemetry import Telemetry
 
 
+# What the wide Overview draws over time: the last hours, in buckets of a few minutes.
+OVERVIEW_WINDOW = timedelta(hours=6)
+OVERVIEW_BUCKET = timedelta(minutes=5)
+
+
 @dataclass(frozen=True)
 class OverviewData:
     status: store.StatusSnapshot
     cache: tuple[CacheSeries, ...]
+    health: dict[str, StepHealth] = field(default_factory=dict)
+    since: datetime | None = None
+    until: datetime | None = None
+    spans: dict[str, tuple[RunSpan, ...]] = field(default_factory=dict)
+    """Each step's runs in [since, until): only read for a wide terminal."""
+    cache_history: tuple[CacheSeries, ...] = ()
+    """Each cache check's ratio per bucket of [since, until): only for a wide terminal."""
 
 
-async def overview(conn: Conn) -> OverviewData:
-    """The `pipectl status` read model plus the latest reading of each cache check."""
+async def overview(conn: Conn, now: datetime | None = None, wide: bool = False) -> OverviewData:
+    """The `pipectl status` read model, why each step looks as it does (`step_health`), the
+    latest reading of each cache check and, for a wide terminal, the last hours of runs and
+    cache ratios (`now` is the console's clock)."""
+    status = await store.status_snapshot(conn)
     latest = await cache_latest(conn, published_floors)
-    return OverviewData(await store.status_snapshot(conn), tuple(latest))
+    names = [s.name for s in status.steps]
+    health = await step_health(conn, names)
+    if not wide or now is None:
+        return OverviewData(status, tuple(latest), health)
+    since = now - OVERVIEW_WINDOW
+    spans = await run_spans(conn, names, since, now)
+    history = await cache_history(conn, since, now, OVERVIEW_BUCKET, published_floors)
+    return OverviewData(status, tuple(latest), health, since, now, spans, tuple(history))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from textual.widgets import Sparkline, Static
 
 from pipectl.console.live import Change
 from pipectl.console.screens.base import TableScreen
+from pipectl.console.widgets.chart import TimeChart
 from pipectl.safetext import BLOCK, literal, visible
 
 T = TypeVar("T")
@@ -24,6 +25,8 @@ class DetailScreen(TableScreen[T]):
 
     SIDE_PANELS: ClassVar[tuple[str, ...]] = ()
     NOUN: ClassVar[str] = ""
+    CHART: ClassVar[bool] = False
+    """A time chart (TimeChart) instead of the sparkline."""
 
     def __init__(self, subject: str) -> None:
         super().__init__()
@@ -34,7 +37,10 @@ class DetailScreen(TableScreen[T]):
             with Vertical(id="main"):
                 yield Static(id="info")
                 yield Static(id="spark-label")
-                yield Sparkline([], id="trend")
+                if self.CHART:
+                    yield TimeChart(id="chart")
+                else:
+                    yield Sparkline([], id="trend")
                 yield from self.compose_table()
             with Vertical(id="side"):
                 for panel in self.SIDE_PANELS:

@@ -132,7 +132,12 @@ def info_table(detail: StepDetail, now: datetime) -> Table:
     rows: list[tuple[str, Fact, str, Fact]] = [
         ("step", literal(state.name, "bold", limit=LINE), "kind", state.kind),
         ("state", status_cell, "relation", state.relation or "-"),
-        ("schedule", state.schedule or "on request", "next run", due(state.next_run_at, now)),
+        (
+            "schedule",
+            state.schedule or "on request",
+            "next run",
+            "none while paused" if state.paused else due(state.next_run_at, now),
+        ),
         (
             "expected",
             f"p50 {seconds(stats.p50)} · p95 {seconds(stats.p95)} (n={stats.samples})",

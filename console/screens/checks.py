@@ -37,7 +37,7 @@ from pipectl.format import (
     spark,
 )
 from pipectl.model import CheckStatus
-from pipectl.safetext import CELL, LINE, first_line, literal
+from pipectl.safetext import CELL, LINE, first_line, literal, visible
 from pipectl.store import CheckRow
 from pipectl.store.base import Conn
 from pipectl.store.console import CheckDetail
@@ -258,7 +258,9 @@ def judged_against(detail: CheckDetail) -> Text | Table:
     for key, value in latest.baseline.items():
         table.add_row(literal(f"baseline {_words(str(key))}", limit=CELL), _value_text(value))
     if latest.duration_ms is not None:
-        table.add_row("probe took", f"{latest.duration_ms:.0f} ms ({latest.trigger})")
+        table.add_row(
+            "probe took", f"{latest.duration_ms:.0f} ms ({visible(latest.trigger, limit=CELL)})"
+        )
     return table
 
 
@@ -287,7 +289,7 @@ def cadence(detail: CheckDetail) -> float | None:
 def schedule_text(detail: CheckDetail) -> Text:
     """The published schedule and, when results arrive at another pace, the one in force."""
     published = detail.state.schedule or "-"
-    text = Text(published)
+    text = literal(published, limit=CELL)
     observed = cadence(detail)
     if observed is None:
         return text
@@ -308,7 +310,8 @@ def status_explained(detail: CheckDetail, now: datetime) -> Text:
     text = status_cell(status, False)
     if state.silenced_at(now) and state.silenced_until is not None:
         text.append(
-            f" (silenced until {clock_time(state.silenced_until, now)} by {state.silenced_by})",
+            f" (silenced until {clock_time(state.silenced_until, now)}"
+            f" by {visible(state.silenced_by or '-', limit=CELL)})",
             "dim",
         )
     results = detail.results

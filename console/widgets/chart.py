@@ -204,7 +204,8 @@ class TimeSeries:
 
 
 def time_axis(since: datetime, until: datetime, width: int, indent: int) -> Text:
-    """Clock labels under `width` columns covering [since, until), as many as fit."""
+    """Clock labels (local time) under `width` columns covering [since, until), as many as
+    fit, on round steps (5 minutes to a day)."""
     span = (until - since).total_seconds()
     if width <= 0 or span <= 0:
         return Text(" " * indent)
@@ -215,7 +216,8 @@ def time_axis(since: datetime, until: datetime, width: int, indent: int) -> Text
     tick = first
     while tick < until.timestamp():
         column = int((tick - since.timestamp()) / span * width)
-        moment = since + timedelta(seconds=tick - since.timestamp())
+        # Local wall time, as clock_time shows times everywhere else.
+        moment = (since + timedelta(seconds=tick - since.timestamp())).astimezone()
         label = f"╵{moment:%H:%M}" if step < 86400 else f"╵{moment:%d %b}"
         if column + len(label) <= width and all(c == " " for c in line[column : column + 7]):
             line[column : column + len(label)] = label
@@ -308,7 +310,8 @@ class TimeChart(Widget):
                 text.append(f" ◂ {number(latest)}"[:TIME_MARGIN], "bold")
             elif threshold is not None:
                 text.append(
-                    f" {threshold.label} {number(threshold.value)}"[:TIME_MARGIN], threshold.style
+                    f" {visible(threshold.label)} {number(threshold.value)}"[:TIME_MARGIN],
+                    threshold.style,
                 )
             out.append(text)
         out.append(time_axis(series.since, series.until, width, TIME_GUTTER))

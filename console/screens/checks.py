@@ -132,7 +132,6 @@ def check_row(check: CheckRow, trend: tuple[float, ...], now: datetime) -> Table
 class CheckScreen(CheckOperations, DetailScreen[CheckDetail | None]):
     SCOPE = CHECK
     NOUN = "Check"
-    CHART = True
     SIDE_PANELS = ("threshold", "sql")
     BINDINGS: ClassVar[list[BindingType]] = bindings(CHECK)  # type: ignore[assignment]
     INTERESTS = frozenset({"checks", "check_results"})

@@ -77,13 +77,16 @@ def _state_style(value: float, series: RatioSeries) -> str:
 
 class RatioChart(Widget):
     """Bars coloured by floor (ok / warn / fail), the target line between them (drawn with its
-    own character, so it reads without colour), the latest reading at the right."""
+    own character, so it reads without colour), the latest reading at the right, a clock axis
+    under them."""
 
     series: reactive[RatioSeries | None] = reactive(None)
 
     def render(self) -> Text:
         series = self.series
-        height = max(1, self.size.height)
+        # The last row is the clock axis once there is room for bars above it.
+        axis = self.size.height >= 3
+        height = max(1, self.size.height - (1 if axis else 0))
         width = max(0, self.size.width - GUTTER - MARGIN)
         if series is None or not any(r is not None for _, r in series.points):
             return Text("no readings in this window", style="dim")
@@ -106,6 +109,8 @@ class RatioChart(Widget):
             if row == latest_row and latest is not None:
                 line.append(f" ◂ {percent(latest)}", _state_style(latest, series))
             lines.append(line)
+        if axis:
+            lines.append(time_axis(series.since, series.until, width, GUTTER))
         return Text("\n").join(lines)
 
 

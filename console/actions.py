@@ -205,7 +205,14 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ),
     ActionSpec("window", "w", "Window", "Show a longer or shorter time window", (CACHE, TIMELINE)),
     ActionSpec("filter", "slash", "Filter", "Filter the rows by text", TABLE_SCREENS),
-    ActionSpec("sort", "s", "Sort", "Sort by the next column", TABLE_SCREENS),
+    ActionSpec(
+        "clear_filter",
+        "escape",
+        "Clear filter",
+        "Clear the filter applied to the rows (on a detail screen, then Esc goes back)",
+        TABLE_SCREENS,
+    ),
+    ActionSpec("sort", "s", "Sort", "Sort by the next column", TABLE_SCREENS, footer=False),
     ActionSpec("reverse", "S", "Reverse", "Reverse the sort order", TABLE_SCREENS, footer=False),
     ActionSpec("cancel", "escape", "Cancel", "Close without doing anything", (DIALOG,)),
     ActionSpec(

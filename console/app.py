@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar, cast
 from textual import work
 from textual.app import App
 from textual.binding import BindingType
-from textual.notifications import SeverityLevel
+from textual.notifications import Notification, Notify, SeverityLevel
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker
@@ -95,6 +95,7 @@ class PipectlApp(App[None]):
         self.changes = ChangeRouter(self.set_timer)
         self.feedback = RequestFeedback()
         self._schema_screen: SchemaScreen | None = None
+        self._request_toasts: dict[int, Notification] = {}
         self.set_reactive(PipectlApp.read_only, read_only)
         self.set_reactive(PipectlApp.connection, Connection(target=self.service.target))
 
@@ -199,20 +200,32 @@ class PipectlApp(App[None]):
             self._toast(toast)
 
     def _toast(self, toast: Toast) -> None:
+        """One toast per request: its next state (claimed, done) replaces the one shown."""
         timeout = 10.0 if toast.severity == "error" else 6.0
-        self.notify(
-            toast.message, title=toast.title, severity=toast.severity, timeout=timeout, markup=False
+        shown = self._request_toasts.pop(toast.request_id, None) if toast.request_id else None
+        if shown is not None and shown in self._notifications:
+            self._unnotify(shown)
+        notification = Notification(
+            visible(toast.message),
+            visible(toast.title, limit=CELL),
+            toast.severity,
+            timeout,
+            markup=False,
         )
+        if toast.request_id is not None and not toast.final:
+            self._request_toasts[toast.request_id] = notification
+        self.post_message(Notify(notification))
 
     # ------------------------------------------------------------------ app-wide actions
 
     async def action_show_screen(self, name: str) -> None:
-        """Number keys: go to that screen; pressed again, back to its top level."""
-        if self.current_mode == name:
-            while len(self.screen_stack) > 1:
-                self.pop_screen()
-            return
-        await self.switch_mode(name)
+        """Number keys: go to the screen named, at its top level. The detail screens open on
+        this mode are closed first, so that no mode keeps a stale detail to come back to.
+        The schema problem stays up: it leaves by itself once the schema is usable."""
+        while len(self.screen_stack) > 1 and self.screen is not self._schema_screen:
+            self.pop_screen()
+        if self.current_mode != name:
+            await self.switch_mode(name)
 
     def notify(
         self,

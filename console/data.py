@@ -8,7 +8,7 @@ from the console's clock.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,9 @@ from pipectl.store.console import (
     CacheSeries,
     CheckDetail,
     RequestRow,
+    RunSpan,
     StepDetail,
+    StepHealth,
     TimelineEntry,
     cache_history,
     cache_latest,
@@ -33,9 +35,11 @@ from pipectl.store.console import (
     check_trends,
     request_with_agent,
     requests_with_agents,
+    run_spans,
     session_role,
     step_detail,
     step_graph,
+    step_health,
     timeline,
 )
 from pipectl.store.lineage import published_lineage
@@ -44,20 +48,44 @@ if TYPE_CHECKING:
     from pipectl.telemetry import Telemetry
 
 
+# What the wide Overview draws over time: the last hours, in buckets of a few minutes.
+OVERVIEW_WINDOW = timedelta(hours=6)
+OVERVIEW_BUCKET = timedelta(minutes=5)
+
+
 @dataclass(frozen=True)
 class OverviewData:
     status: store.StatusSnapshot
     cache: tuple[CacheSeries, ...]
+    health: dict[str, StepHealth] = field(default_factory=dict)
+    since: datetime | None = None
+    until: datetime | None = None
+    spans: dict[str, tuple[RunSpan, ...]] = field(default_factory=dict)
+    """Each step's runs in [since, until): only read for a wide terminal."""
+    cache_history: tuple[CacheSeries, ...] = ()
+    """Each cache check's ratio per bucket of [since, until): only for a wide terminal."""
     lineage: Lineage | None = None
     """The graph the incidents panel walks (pipectl.incidents)."""
 
 
-async def overview(conn: Conn) -> OverviewData:
-    """The `pipectl status` read model plus the latest reading of each cache check, and the
-    lineage graph its incidents are found with."""
-    latest = await cache_latest(conn, published_floors)
+async def overview(conn: Conn, now: datetime | None = None, wide: bool = False) -> OverviewData:
+    """The `pipectl status` read model, why each step looks as it does (`step_health`), the
+    latest reading of each cache check, the lineage graph its incidents are found with and,
+    for a wide terminal, the last hours of runs and cache ratios (`now` is the console's
+    clock)."""
     status = await store.status_snapshot(conn)
-    return OverviewData(status, tuple(latest), await published_lineage(conn))
+    latest = await cache_latest(conn, published_floors)
+    names = [s.name for s in status.steps]
+    health = await step_health(conn, names)
+    lineage = await published_lineage(conn)
+    if not wide or now is None:
+        return OverviewData(status, tuple(latest), health, lineage=lineage)
+    since = now - OVERVIEW_WINDOW
+    spans = await run_spans(conn, names, since, now)
+    history = await cache_history(conn, since, now, OVERVIEW_BUCKET, published_floors)
+    return OverviewData(
+        status, tuple(latest), health, since, now, spans, tuple(history), lineage=lineage
+    )
 
 
 @dataclass(frozen=True)

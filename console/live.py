@@ -87,6 +87,10 @@ class Toast:
     message: str
     title: str
     severity: Severity = "information"
+    request_id: int | None = None
+    """The request it tells about: its next toast replaces this one."""
+    final: bool = False
+    """The request's outcome: nothing replaces it."""
 
 
 SEVERITY: dict[Outcome, Severity] = {
@@ -116,6 +120,7 @@ class RequestFeedback:
         return Toast(
             f"{request.kind} {what}" + (f" — {request.reason}" if request.reason else ""),
             f"Request {request.id} filed",
+            request_id=request.id,
         )
 
     def refused(self, intent: RequestIntent, error: str) -> Toast:
@@ -133,6 +138,7 @@ class RequestFeedback:
                 Toast(
                     f"{request.kind} {request.target} is being carried out",
                     f"Request {request.id} claimed by {row.agent or 'an agent'}",
+                    request_id=request.id,
                 )
             )
         if request.done_at is not None and "done" not in told:
@@ -145,6 +151,8 @@ class RequestFeedback:
                     f"Request {request.id} {outcome} in {took:.1f}s"
                     + (f" by {row.agent}" if row.agent else ""),
                     SEVERITY[outcome],
+                    request_id=request.id,
+                    final=True,
                 )
             )
             self._mine.pop(request.id, None)

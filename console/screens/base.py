@@ -269,6 +269,30 @@ class TableScreen(DataScreen[T]):
     def _filter_closed(self) -> None:
         self.query_one(FilterInput).display = bool(self.filter_text)
         self.table.focus()
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Esc clears an applied filter first; without one it is Back (detail screens)."""
+        if action == "clear_filter":
+            return bool(self.filter_text) and self.console.registry.permits(action)
+        return super().check_action(action, parameters)
+
+    def action_back(self) -> None:
+        """On a detail screen Esc is Back, but an applied filter is cleared first."""
+        if self.filter_text:
+            self.action_clear_filter()
+            return
+        super().action_back()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one(FilterInput)
+        box.value = ""
+        self.filter_text = ""
+        box.display = False
+        if self.snapshot is not None:
+            self.show_table(self.snapshot)
+        self.table.focus()
+        self.refresh_bindings()
 
     def action_sort(self) -> None:
         self.ordering = self.ordering.next(self.COLUMNS)

@@ -1,19 +1,18 @@
-"""What the step and check detail screens share: facts on top, a trend, the history table,
+"""What the step and check detail screens share: facts on top, a time chart, the history table,
 and side panels — stacked on narrow terminals, beside each other on wide ones."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar, TypeVar
 
 from rich.syntax import Syntax
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Sparkline, Static
+from textual.widgets import Static
 
 from pipectl.console.live import Change
 from pipectl.console.screens.base import TableScreen
+from pipectl.console.widgets.chart import TimeChart
 from pipectl.safetext import BLOCK, literal, visible
 
 T = TypeVar("T")
@@ -34,7 +33,7 @@ class DetailScreen(TableScreen[T]):
             with Vertical(id="main"):
                 yield Static(id="info")
                 yield Static(id="spark-label")
-                yield Sparkline([], id="trend")
+                yield TimeChart(id="chart")
                 yield from self.compose_table()
             with Vertical(id="side"):
                 for panel in self.SIDE_PANELS:
@@ -47,13 +46,6 @@ class DetailScreen(TableScreen[T]):
         self.query_one("#info", Static).update(
             literal(f"{self.NOUN} {self.subject!r} is not published (any more).", "bold")
         )
-
-    def show_trend(self, values: Sequence[float], label: Text) -> None:
-        spark = self.query_one("#trend", Sparkline)
-        spark.data = list(values) or [0.0]
-        # One column per point at most: fewer points than columns would leave gaps.
-        spark.styles.max_width = max(1, len(values))
-        self.query_one("#spark-label", Static).update(label)
 
     def show_sql(self, sql: str | None, otherwise: str) -> None:
         """The SQL as published (by whoever could write the row): highlighted, never run,

@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Static
+from textual.widgets import Button, Input, Label, Static
 
 from pipectl.console.actions import DIALOG, bindings
 from pipectl.console.widgets.gates import gates_table
@@ -43,7 +43,8 @@ class Dialog(ModalScreen[R]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="-dangerous"):
             yield from self.compose_body()
-            yield Input(placeholder="reason (kept in the audit trail)", id="reason")
+            yield Label("Why (kept in the audit trail)", classes="field-label")
+            yield Input(placeholder="reason", id="reason")
             yield Static("", id="problem")
             with Horizontal(id="buttons"):
                 yield Button("Cancel", id="cancel")
@@ -227,7 +228,11 @@ class SilenceDialog(Dialog[tuple[float, str]]):
             ),
             id="explain",
         )
-        yield Input(value=self.default, placeholder="for how long: 30m, 2h, 1d", id="span")
+        yield Label(
+            f"For how long (30m, 2h, 1d; at most {format_duration(MAX_SILENCE)})",
+            classes="field-label",
+        )
+        yield Input(value=self.default, placeholder="30m, 2h, 1d", id="span")
 
     def answer(self) -> tuple[str, str, tuple[float, str] | None]:
         text = self.query_one("#span", Input).value

@@ -3,7 +3,7 @@ its upstream and downstream steps, and its expected duration (p50 / p95 from his
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import ClassVar
 
 from rich.console import Group
@@ -19,6 +19,7 @@ from pipectl.console.data import RequestIntent
 from pipectl.console.screens.detail import DetailScreen
 from pipectl.console.screens.dialogs import PublishDialog
 from pipectl.console.screens.operations import Selected, StepOperations
+from pipectl.console.widgets.chart import TimeChart, TimeSeries
 from pipectl.console.widgets.facts import Fact, facts_table
 from pipectl.console.widgets.gates import gates_table
 from pipectl.console.widgets.table import ColumnSpec, TableRow
@@ -61,16 +62,20 @@ class StepScreen(StepOperations, DetailScreen[StepDetail | None]):
             self.show_missing()
             return
         self.query_one("#info", Static).update(info_table(snapshot, self.console.clock()))
-        finished = [r.duration_seconds for r in reversed(snapshot.runs) if r.duration_seconds]
+        now = self.console.clock()
+        series = duration_series(snapshot, now)
         stats = snapshot.durations
-        self.show_trend(
-            finished,
-            Text.assemble(
-                ("duration ", "bold"),
-                (f"last {len(finished)} runs · ", "dim"),
-                (f"p50 {seconds(stats.p50)}  p95 {seconds(stats.p95)}"),
-            ),
+        label = Text.assemble(
+            ("duration ", "bold"),
+            (f"last {len(series.points)} runs · ", "dim"),
+            (f"p50 {seconds(stats.p50)}  p95 {seconds(stats.p95)} · ", ""),
         )
+        label.append("░", "green")
+        label.append(" p50 to p95  ", "dim")
+        label.append("◆", "bold red")
+        label.append(" failed or slower", "dim")
+        self.query_one("#spark-label", Static).update(label)
+        self.query_one("#chart", TimeChart).series = series
         self.show_sql(snapshot.state.sql, f"refreshes {snapshot.state.relation or '-'}")
         self._show_error(self._highlighted_run())
         self.show_table(snapshot)
@@ -146,6 +151,26 @@ class StepScreen(StepOperations, DetailScreen[StepDetail | None]):
         return Selected(snapshot.state.name, snapshot.state.paused)
 
 
+def duration_series(detail: StepDetail, now: datetime) -> TimeSeries:
+    """How long each recent run took, over the time they cover: the expected band from the
+    step's p50 to its p95, failed runs and runs slower than p95 marked."""
+    runs = sorted(
+        (r for r in detail.runs if r.started_at and r.duration_seconds is not None),
+        key=lambda r: r.started_at or r.queued_at,
+    )
+    points = tuple((r.started_at or r.queued_at, r.duration_seconds or 0.0) for r in runs)
+    since = points[0][0] if points else now - timedelta(hours=1)
+    since = min(since, now - timedelta(minutes=10))
+    p50, p95 = detail.durations.p50, detail.durations.p95
+    band = ((since, p50, p95),) if p95 is not None else ()
+    anomalies = tuple(
+        (at, value)
+        for (at, value), run in zip(points, runs, strict=True)
+        if run.status == RunStatus.FAILED or (p95 is not None and value > p95)
+    )
+    return TimeSeries(since, now, points, band, (), anomalies)
+
+
 def info_table(detail: StepDetail, now: datetime) -> Table:
     state = detail.state
     last = detail.runs[0] if detail.runs else None
@@ -163,7 +188,12 @@ def info_table(detail: StepDetail, now: datetime) -> Table:
     rows: list[tuple[str, Fact, str, Fact]] = [
         ("step", literal(state.name, "bold", limit=LINE), "kind", state.kind),
         ("state", status_cell, "relation", state.relation or "-"),
-        ("schedule", state.schedule or "on request", "next run", due(state.next_run_at, now)),
+        (
+            "schedule",
+            state.schedule or "on request",
+            "next run",
+            "none while paused" if state.paused else due(state.next_run_at, now),
+        ),
         (
             "expected",
             f"p50 {seconds(stats.p50)} · p95 {seconds(stats.p95)} (n={stats.samples})",

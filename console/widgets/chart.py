@@ -77,13 +77,16 @@ def _state_style(value: float, series: RatioSeries) -> str:
 
 class RatioChart(Widget):
     """Bars coloured by floor (ok / warn / fail), the target line between them (drawn with its
-    own character, so it reads without colour), the latest reading at the right."""
+    own character, so it reads without colour), the latest reading at the right, a clock axis
+    under them."""
 
     series: reactive[RatioSeries | None] = reactive(None)
 
     def render(self) -> Text:
         series = self.series
-        height = max(1, self.size.height)
+        # The last row is the clock axis once there is room for bars above it.
+        axis = self.size.height >= 3
+        height = max(1, self.size.height - (1 if axis else 0))
         width = max(0, self.size.width - GUTTER - MARGIN)
         if series is None or not any(r is not None for _, r in series.points):
             return Text("no readings in this window", style="dim")
@@ -106,6 +109,8 @@ class RatioChart(Widget):
             if row == latest_row and latest is not None:
                 line.append(f" ◂ {percent(latest)}", _state_style(latest, series))
             lines.append(line)
+        if axis:
+            lines.append(time_axis(series.since, series.until, width, GUTTER))
         return Text("\n").join(lines)
 
 
@@ -173,3 +178,190 @@ def bars(values: Sequence[float | None]) -> str:
     return "".join(
         " " if v is None else SPARK_BARS[min(top, max(0, int(v * len(SPARK_BARS))))] for v in values
     )
+
+
+# ------------------------------------------------------------------------------ time series
+
+# A line one fifth of a row thick: the scan line nearest the value, top to bottom.
+SCAN_LINES = "⎺⎻─⎼⎽"
+TIME_GUTTER = 9  # left: the value scale
+TIME_MARGIN = 16  # right: the latest value, threshold names
+
+
+@dataclass(frozen=True)
+class Threshold:
+    label: str
+    value: float
+    style: str
+
+
+@dataclass(frozen=True)
+class TimeSeries:
+    """A check's values over [since, until): the line, the expected band behind it (as each
+    result judged it), thresholds as lines, anomalies (results not ok) marked."""
+
+    since: datetime
+    until: datetime
+    points: tuple[tuple[datetime, float], ...]
+    band: tuple[tuple[datetime, float | None, float | None], ...] = ()
+    thresholds: tuple[Threshold, ...] = ()
+    anomalies: tuple[tuple[datetime, float], ...] = ()
+
+
+def time_axis(since: datetime, until: datetime, width: int, indent: int) -> Text:
+    """Clock labels (local time) under `width` columns covering [since, until), as many as
+    fit, on round steps (5 minutes to a day)."""
+    span = (until - since).total_seconds()
+    if width <= 0 or span <= 0:
+        return Text(" " * indent)
+    line = [" "] * width
+    steps = (300, 900, 1800, 3600, 7200, 3 * 3600, 6 * 3600, 12 * 3600, 86400)
+    step = next((s for s in steps if span / s * 8 <= width), steps[-1])
+    first = math.floor(since.timestamp() / step + 1) * step
+    tick = first
+    while tick < until.timestamp():
+        column = int((tick - since.timestamp()) / span * width)
+        # Local wall time, as clock_time shows times everywhere else.
+        moment = (since + timedelta(seconds=tick - since.timestamp())).astimezone()
+        label = f"╵{moment:%H:%M}" if step < 86400 else f"╵{moment:%d %b}"
+        if column + len(label) <= width and all(c == " " for c in line[column : column + 7]):
+            line[column : column + len(label)] = label
+        tick += step
+    return Text(" " * indent + "".join(line), style="dim", no_wrap=True, overflow="crop")
+
+
+def _slices(
+    since: datetime, until: datetime, width: int, points: Sequence[tuple[datetime, float]]
+) -> list[float | None]:
+    span = (until - since).total_seconds()
+    sums = [0.0] * width
+    counts = [0] * width
+    for at, value in points:
+        index = int((at - since).total_seconds() / span * width)
+        if 0 <= index < width:
+            sums[index] += value
+            counts[index] += 1
+    return [s / c if c else None for s, c in zip(sums, counts, strict=True)]
+
+
+def _band_columns(series: TimeSeries, width: int) -> list[tuple[float | None, float | None]]:
+    """Each column's band: the one the latest result at or before it judged with."""
+    span = (series.until - series.since).total_seconds()
+    out: list[tuple[float | None, float | None]] = []
+    ordered = sorted(series.band)
+    index = 0
+    current: tuple[float | None, float | None] = (None, None)
+    for column in range(width):
+        end = series.since + timedelta(seconds=span * (column + 1) / width)
+        while index < len(ordered) and ordered[index][0] < end:
+            current = (ordered[index][1], ordered[index][2])
+            index += 1
+        out.append(current if index else (None, None))
+    return out
+
+
+def scale_of(series: TimeSeries) -> tuple[float, float]:
+    """The value range drawn: the values, the band and the thresholds, a little padded."""
+    values = [v for _, v in series.points]
+    values += [v for _, lo, hi in series.band for v in (lo, hi) if v is not None]
+    values += [t.value for t in series.thresholds]
+    low, high = min(values), max(values)
+    pad = (high - low) * 0.08 or abs(high) * 0.1 or 1.0
+    return low - pad, high + pad
+
+
+class TimeChart(Widget):
+    """A line over time with a clock axis: the expected band shaded behind it (░), thresholds
+    as dashed lines with their names at the right, anomalies as ◆. Marks carry the meaning
+    without colour."""
+
+    series: reactive[TimeSeries | None] = reactive(None)
+
+    def render(self) -> Text:
+        series = self.series
+        height = max(2, self.size.height) - 1  # the last row is the time axis
+        width = max(0, self.size.width - TIME_GUTTER - TIME_MARGIN)
+        if series is None or not series.points or width <= 0:
+            return Text("no values in this window", style="dim")
+        low, high = scale_of(series)
+        rows = height * len(SCAN_LINES)
+
+        def position(value: float) -> int:
+            """Sub-row from the top (0) to the bottom (rows - 1)."""
+            fraction = (high - value) / (high - low)
+            return min(rows - 1, max(0, int(fraction * rows)))
+
+        line = _slices(series.since, series.until, width, series.points)
+        marked = _slices(series.since, series.until, width, series.anomalies)
+        bands = _band_columns(series, width)
+        threshold_rows = {position(t.value) // len(SCAN_LINES): t for t in series.thresholds}
+        latest = series.points[-1][1] if series.points else None
+        latest_row = position(latest) // len(SCAN_LINES) if latest is not None else -1
+        out = []
+        for row in range(height):
+            text = Text(no_wrap=True, overflow="crop")
+            text.append(_scale_label(row, height, low, high).rjust(TIME_GUTTER - 1) + " ", "dim")
+            threshold = threshold_rows.get(row)
+            previous: float | None = None
+            for column in range(width):
+                value = line[column]
+                cell = _time_cell(row, value, marked[column], bands[column], threshold, position)
+                if _joins(row, previous, value, position) and cell[0] in " ░┄":
+                    cell = ("│", "cyan")
+                text.append(*cell)
+                if value is not None:
+                    previous = value
+            if row == latest_row and latest is not None:
+                text.append(f" ◂ {number(latest)}"[:TIME_MARGIN], "bold")
+            elif threshold is not None:
+                text.append(
+                    f" {visible(threshold.label)} {number(threshold.value)}"[:TIME_MARGIN],
+                    threshold.style,
+                )
+            out.append(text)
+        out.append(time_axis(series.since, series.until, width, TIME_GUTTER))
+        return Text("\n").join(out)
+
+
+def _joins(
+    row: int, previous: float | None, value: float | None, position: Callable[[float], int]
+) -> bool:
+    """Whether the line's vertical stroke from the previous value to this one crosses `row`
+    (so that a jump reads as a line, not as scattered dots)."""
+    if previous is None or value is None:
+        return False
+    lines = len(SCAN_LINES)
+    a, b = sorted((position(previous) // lines, position(value) // lines))
+    return a < row < b
+
+
+def _scale_label(row: int, height: int, low: float, high: float) -> str:
+    if row == 0:
+        return number(high)
+    if row == height - 1:
+        return number(low)
+    return ""
+
+
+def _time_cell(
+    row: int,
+    value: float | None,
+    anomaly: float | None,
+    band: tuple[float | None, float | None],
+    threshold: Threshold | None,
+    position: Callable[[float], int],
+) -> tuple[str, str]:
+    lines = len(SCAN_LINES)
+    if anomaly is not None and position(anomaly) // lines == row:
+        return ("◆", "bold red")
+    if value is not None and position(value) // lines == row:
+        return (SCAN_LINES[position(value) % lines], "bold cyan")
+    if threshold is not None:
+        return ("┄", threshold.style)
+    low, high = band
+    if low is not None or high is not None:
+        top = position(high) // lines if high is not None else 0
+        bottom = position(low) // lines if low is not None else 10**6
+        if top <= row <= bottom:
+            return ("░", "green")
+    return (" ", "")

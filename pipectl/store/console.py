@@ -22,6 +22,7 @@ from pipectl.store.requests import get_request, list_requests
 from pipectl.store.results import ResultRow, recent_results
 from pipectl.store.runs import _RUN_COLUMNS, _run, latest_outcomes, recent_runs
 from pipectl.store.samples import read_series
+from pipectl.store.views import state_run
 
 # ------------------------------------------------------------------------------ privileges
 
@@ -163,6 +164,159 @@ async def step_detail(db: DB, step: str, limit: int = 60) -> StepDetail | None:
         graph=await step_graph(db),
         held=latest if latest is not None and latest.status == RunStatus.HELD else None,
     )
+
+
+@dataclass(frozen=True)
+class StepHealth:
+    """Why a step looks the way it does, beyond the run that decides its state: the retries
+    in progress after failures, how many attempts failed since the last success, the newest
+    skip and who held the lock then. `state_run` decides the state; this only explains it
+    and tells a step that keeps failing from one that is merely running."""
+
+    step: str
+    retries: int | None
+    """Retries the publishing agent allows after a failed attempt (None: not published)."""
+    state_status: str | None
+    state_attempt: int
+    last_decisive: str | None
+    last_error: str | None
+    failures: int
+    """Failed attempts since the last success (counted up to FAILURE_WINDOW)."""
+    skip_error: str | None = None
+    skip_holder: str | None = None
+
+    @property
+    def attempts(self) -> int | None:
+        return None if self.retries is None else self.retries + 1
+
+    @property
+    def failing(self) -> bool:
+        """Its latest decisive run failed and what runs now is one more attempt: shown red,
+        not as an ordinary run, until an attempt succeeds."""
+        return self.last_decisive == "failed" and self.state_status in ("queued", "running")
+
+    def note(self) -> str:
+        """Why, in words: the attempt in progress, the failures in a row, the error."""
+        parts: list[str] = []
+        if self.failing:
+            of = f" of {self.attempts}" if self.attempts else ""
+            parts.append(f"attempt {self.state_attempt}{of} {self.state_status}")
+        if self.last_decisive == "failed" and self.failures:
+            parts.append(
+                f"failed {_times(self.failures)} since its last success"
+                if self.failures > 1
+                else "last attempt failed"
+            )
+        if self.last_decisive == "failed" and self.last_error:
+            parts.append(_first_line(self.last_error))
+        if self.state_status == "skipped" and self.skip_holder:
+            parts.append(f"skipped: lock held by {self.skip_holder}")
+        elif self.state_status == "skipped" and self.skip_error:
+            parts.append(f"skipped: {_first_line(self.skip_error)}")
+        return " · ".join(parts)
+
+
+FAILURE_WINDOW = 100
+
+
+def _first_line(text: str) -> str:
+    return text.strip().split("\n", 1)[0]
+
+
+def _times(count: int) -> str:
+    return f"{count}+ times" if count >= FAILURE_WINDOW else f"{count} times"
+
+
+async def step_health(db: DB, steps: Sequence[str]) -> dict[str, StepHealth]:
+    """Each step's StepHealth: its state run (`views.state_run`, the one definition), its
+    latest decisive run, the failed attempts since its last success (at most
+    FAILURE_WINDOW read) and its newest skip. Index probes per step."""
+    rows = await db.fetch(
+        f"""
+        SELECT s.name,
+               CASE WHEN jsonb_typeof(s.definition->'effective'->'retries') = 'number'
+                    THEN (s.definition->'effective'->>'retries')::int END AS retries,
+               st.status AS state_status, coalesce(st.attempt, 1) AS state_attempt,
+               d.status AS last_decisive, d.error AS last_error,
+               (SELECT count(*) FROM (
+                    SELECT 1 FROM pipectl.runs f
+                    WHERE f.step = s.name AND f.status = 'failed'
+                      AND f.finished_at > coalesce(
+                          (SELECT max(x.finished_at) FROM pipectl.runs x
+                            WHERE x.step = s.name AND x.status = 'succeeded'), '-infinity')
+                    ORDER BY f.finished_at DESC LIMIT $2
+                ) recent) AS failures,
+               sk.error AS skip_error, sk.detail->>'holder' AS skip_holder
+        FROM pipectl.steps s
+        LEFT JOIN LATERAL {state_run("s.name")} st ON true
+        LEFT JOIN LATERAL (
+            SELECT status, error, finished_at FROM pipectl.runs r
+            WHERE r.step = s.name AND r.status IN ('succeeded', 'failed', 'cancelled')
+            ORDER BY r.finished_at DESC NULLS LAST, r.id DESC LIMIT 1
+        ) d ON true
+        LEFT JOIN LATERAL (
+            SELECT error, detail FROM pipectl.runs k
+            WHERE k.step = s.name AND k.status = 'skipped'
+            ORDER BY k.queued_at DESC, k.id DESC LIMIT 1
+        ) sk ON true
+        WHERE s.name = ANY($1::text[])
+        """,
+        list(steps),
+        FAILURE_WINDOW,
+    )
+    found = {}
+    for r in rows:
+        failures = 0
+        if r["last_decisive"] == "failed":
+            failures = int(r["failures"] or 0)
+        found[r["name"]] = StepHealth(
+            r["name"],
+            r["retries"],
+            r["state_status"],
+            r["state_attempt"],
+            r["last_decisive"],
+            r["last_error"],
+            failures,
+            r["skip_error"],
+            r["skip_holder"],
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class RunSpan:
+    """One run on the overview's timeline strip."""
+
+    step: str
+    status: str
+    start: datetime
+    end: datetime | None
+
+
+async def run_spans(
+    db: DB, steps: Sequence[str], since: datetime, until: datetime, limit: int = 20000
+) -> dict[str, tuple[RunSpan, ...]]:
+    """The runs of each step queued in [since, until), oldest first (runs_step_time_idx)."""
+    rows = await db.fetch(
+        """
+        SELECT r.step, r.status, coalesce(r.started_at, r.queued_at) AS start, r.finished_at
+        FROM unnest($1::text[]) AS s(step)
+        CROSS JOIN LATERAL (
+            SELECT step, status, queued_at, started_at, finished_at FROM pipectl.runs
+            WHERE step = s.step AND queued_at >= $2 AND queued_at < $3
+            ORDER BY queued_at DESC LIMIT $4
+        ) r
+        ORDER BY r.step, r.queued_at
+        """,
+        list(steps),
+        since,
+        until,
+        limit,
+    )
+    spans: dict[str, list[RunSpan]] = {step: [] for step in steps}
+    for r in rows:
+        spans[r["step"]].append(RunSpan(r["step"], r["status"], r["start"], r["finished_at"]))
+    return {step: tuple(found) for step, found in spans.items()}
 
 
 # ------------------------------------------------------------------------------ checks

@@ -30,7 +30,8 @@ from pipectl.console.screens.overview import OverviewScreen
 from pipectl.console.screens.requests import RequestsScreen
 from pipectl.console.screens.step import StepScreen
 from pipectl.console.screens.timeline import TimelineScreen
-from pipectl.console.widgets.chart import LevelLines, RatioChart
+from pipectl.console.widgets.chart import LevelLines, RatioChart, TimeChart
+from pipectl.console.widgets.overtime import Drawn
 from pipectl.console.widgets.table import LiveTable
 from pipectl.identifiers import quote_ident
 from tests.console.conftest import console_app, settle
@@ -86,7 +87,7 @@ def widget_text(widget: Widget) -> list[str]:
             cells = [as_text(cell) for cell in widget.get_row_at(index)]
             assert not any("\n" in cell for cell in cells), "a cell is one line"
             parts += cells
-    elif isinstance(widget, Toast | RatioChart | LevelLines):
+    elif isinstance(widget, Toast | RatioChart | LevelLines | TimeChart | Drawn):
         parts.append(as_text(widget.render()))
     elif isinstance(widget, Static):
         visual = widget.visual

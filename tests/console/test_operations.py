@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+from textual.notifications import Notify
 
 from pipectl.console.messages import RequestFiled, RequestProgress
 from pipectl.console.screens.checks import ChecksScreen
@@ -53,10 +54,13 @@ async def test_rerun_with_downstream_confirms_the_exact_steps_and_runs_them(
             filed = await settle(pilot, lambda: recorder.of(RequestFiled))
             request_id = filed[0].request.id
             await settle(pilot, lambda: any("succeeded" in t for t in toasts(app)))
-            # Filed, then finished (claimed may be folded into the outcome when quick).
-            said = toasts(app)
+            # Filed, then finished (claimed may be folded into the outcome when quick), each
+            # toast replacing the one before: one on screen per request.
+            notes = [m.notification for m in recorder.of(Notify)]
+            said = [f"{n.title}: {n.message}" for n in notes]
             assert said[0].startswith(f"Request {request_id} filed: rerun ")
             assert any(f"Request {request_id} succeeded" in t for t in said)
+            assert len([t for t in toasts(app) if f"Request {request_id} " in t]) == 1
             assert all(m.row.request.id == request_id for m in recorder.of(RequestProgress))
             await settle(pilot, lambda: cell(table, "user_satisfaction_summary", "state") == "✓ ok")
     row = await db.fetchrow("SELECT * FROM pipectl.requests WHERE id = $1", request_id)

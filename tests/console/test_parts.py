@@ -55,7 +55,12 @@ def test_keys_are_unique_per_screen_except_toggle_pairs() -> None:
         doubled = {k for k, n in keys.items() if n > 1}
         pairs = {frozenset(s.name for s in ACTIONS if scope in s.scopes and s.key == k)
                  for k in doubled}  # fmt: skip
-        assert pairs <= {frozenset({"pause", "resume"}), frozenset({"silence", "unsilence"})}
+        # Esc on a detail screen: an applied filter is cleared first, then it goes back.
+        assert pairs <= {
+            frozenset({"pause", "resume"}),
+            frozenset({"silence", "unsilence"}),
+            frozenset({"back", "clear_filter"}),
+        }
 
 
 def test_read_only_filters_the_registry() -> None:
@@ -74,6 +79,7 @@ def test_read_only_filters_the_registry() -> None:
         "incident_why",
         "incident_next",
         "filter",
+        "clear_filter",
         "sort",
         "reverse",
     ]

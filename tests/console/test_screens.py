@@ -210,8 +210,8 @@ async def test_check_detail_shows_samples_threshold_and_silence(incident: str) -
         detail = app.screen.snapshot
         assert isinstance(detail, CheckDetail)
         assert len(detail.samples) == 120 and len(detail.results) == 60
-        assert "last 120 samples" in plain(app.screen.query_one("#spark-label"))
-        assert "warn_above" in plain(app.screen.query_one("#threshold"))
+        assert "value 120 samples" in plain(app.screen.query_one("#spark-label"))
+        assert "warn above     200" in plain(app.screen.query_one("#threshold"))
 
 
 async def test_filter_and_sort(incident: str) -> None:

@@ -386,6 +386,30 @@ async def test_a_held_step_is_an_incident_with_its_gates_verdict(db: asyncpg.Con
     assert step.rerun == "rule_effectiveness_summary"
 
 
+async def test_a_step_retrying_after_a_failure_stays_an_incident(db: asyncpg.Connection) -> None:
+    """Failing on every attempt: between attempts the step must not read as running (ok)."""
+    await publish(db)
+    await db.execute(
+        "INSERT INTO pipectl.runs (step, trigger, status, queued_at, started_at, finished_at,"
+        " error, attempt) VALUES ('rule_effectiveness_summary', 'retry', 'failed', $1, $1, $1,"
+        " 'lock not available', 2)",
+        NOW - timedelta(minutes=3),
+    )
+    await db.execute(
+        "INSERT INTO pipectl.runs (step, trigger, status, queued_at, attempt)"
+        " VALUES ('rule_effectiveness_summary', 'retry', 'queued', $1, 3)",
+        NOW - timedelta(minutes=2),
+    )
+    lineage = await published_lineage(db)
+    snapshot = await store.status_snapshot(db)
+    assessment = assess(lineage, snapshot.steps, snapshot.checks, NOW)
+    step = {i.root: i for i in assessment.incidents()}["rule_effectiveness_summary"]
+    assert step.severity == CheckStatus.FAIL
+    assert step.cause_text == (
+        "step `rule_effectiveness_summary` failed and is retrying: attempt 3 queued since 03:43"
+    )
+
+
 # ---------------------------------------------------------------------- the verbs
 
 

@@ -251,7 +251,7 @@ async def step_health(db: DB, steps: Sequence[str]) -> dict[str, StepHealth]:
         LEFT JOIN LATERAL {state_run("s.name")} st ON true
         LEFT JOIN LATERAL (
             SELECT status, error, finished_at FROM pipectl.runs r
-            WHERE r.step = s.name AND r.status IN ('succeeded', 'failed', 'cancelled')
+            WHERE r.step = s.name AND r.status IN ('succeeded', 'failed', 'cancelled', 'held')
             ORDER BY r.finished_at DESC NULLS LAST, r.id DESC LIMIT 1
         ) d ON true
         LEFT JOIN LATERAL (

@@ -1,0 +1,111 @@
+"""Probing a streaming replica: replication lag, and checks judged as of the replica's data.
+
+A replica shows the primary as it was `lag` ago. Its probes are therefore judged at
+`now - lag`: a freshness age is the age the data had at that instant (the replication lag is
+not counted as staleness), and a window ends where the replica's data ends (a lagging replica
+does not look like a drop in volume). A replica further behind than `replica_max_lag` is not
+probed: its checks are `error` with "replica 6m behind", never "stale data".
+
+Lag is `now() - pg_last_xact_replay_timestamp()` while the replica has WAL it has received but
+not replayed; a replica that replayed all it received is not behind (an idle primary writes no
+commits, so the time of the last one replayed says nothing then), and neither is one that has
+replayed nothing yet since it started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from redis.asyncio import Redis
+
+from pipectl.checks.engine import CheckEngine
+from pipectl.config import CheckBase
+from pipectl.durations import format_duration, humanize_age
+from pipectl.model import CheckResult, CheckStatus
+from pipectl.store.base import Conn
+
+_LAG_SQL = """
+SELECT pg_is_in_recovery() AS replica,
+       CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn()
+                 OR pg_last_xact_replay_timestamp() IS NULL
+            THEN 0
+            ELSE greatest(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)
+       END::float8 AS lag_s
+"""
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    replica: bool
+    """The server is in recovery (a standby); False: `replica_dsn` names a primary."""
+    lag: timedelta
+
+
+async def replica_state(conn: Conn) -> ReplicaState:
+    row = await conn.fetchrow(_LAG_SQL)
+    assert row is not None
+    return ReplicaState(bool(row["replica"]), timedelta(seconds=float(row["lag_s"] or 0.0)))
+
+
+def on_replica(check: CheckBase) -> bool:
+    """Whether the check's probe may read the replica: all but the buffer-cache check, which
+    measures the primary's own cache."""
+    return not (check.kind == "cache" and getattr(check, "source", None) == "postgres")
+
+
+def behind(
+    names: Sequence[str], lag: timedelta, limit: timedelta, now: datetime
+) -> dict[str, CheckResult]:
+    """The results of checks not probed because the replica is too far behind."""
+    message = (
+        f"replica {humanize_age(lag.total_seconds())} behind (limit"
+        f" {format_duration(limit)}): not checked, its data is older than the primary's"
+    )
+    return {
+        name: CheckResult(
+            check=name,
+            status=CheckStatus.ERROR,
+            value=None,
+            message=message,
+            observed_at=now,
+            baseline={"replica_lag_s": lag.total_seconds()},
+        )
+        for name in names
+    }
+
+
+def as_of_replica(result: CheckResult, lag: timedelta, now: datetime) -> CheckResult:
+    """A result judged at `now - lag`, said in its message and baseline, dated `now`."""
+    if lag <= timedelta(0):
+        return replace(result, observed_at=now, baseline={**result.baseline, "replica_lag_s": 0.0})
+    note = f" (on a replica {humanize_age(lag.total_seconds())} behind: judged as of its data)"
+    return replace(
+        result,
+        observed_at=now,
+        message=result.message + note,
+        baseline={**result.baseline, "replica_lag_s": lag.total_seconds()},
+    )
+
+
+async def run_on_replica(
+    engine: CheckEngine,
+    names: Sequence[str],
+    conn: Conn,
+    *,
+    max_lag: timedelta,
+    redis: Redis | None,
+    trigger: Literal["schedule", "manual", "cli"],
+    now: datetime,
+    state: ReplicaState | None = None,
+) -> dict[str, CheckResult]:
+    """`engine.run_many` on a replica's connection, judged as of the replica's data; checks
+    of a replica more than `max_lag` behind are `error`, not probed. `state` is measured on
+    `conn` when not given (tests pass a fixed one)."""
+    state = state or await replica_state(conn)
+    if state.lag > max_lag:
+        return behind(names, state.lag, max_lag, now)
+    found = await engine.run_many(names, conn, redis=redis, trigger=trigger, now=now - state.lag)
+    return {name: as_of_replica(result, state.lag, now) for name, result in found.items()}

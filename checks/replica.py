@@ -6,10 +6,11 @@ not counted as staleness), and a window ends where the replica's data ends (a la
 does not look like a drop in volume). A replica further behind than `replica_max_lag` is not
 probed: its checks are `error` with "replica 6m behind", never "stale data".
 
-Lag is `now() - pg_last_xact_replay_timestamp()` while the replica has WAL it has received but
+Lag is `now - pg_last_xact_replay_timestamp()` while the replica has WAL it has received but
 not replayed; a replica that replayed all it received is not behind (an idle primary writes no
 commits, so the time of the last one replayed says nothing then), and neither is one that has
-replayed nothing yet since it started.
+replayed nothing yet since it started. `now` is the instant the checks are judged at, so the
+window a probe reads ends exactly at the last commit the replica shows.
 """
 
 from __future__ import annotations
@@ -29,11 +30,9 @@ from pipectl.store.base import Conn
 
 _LAG_SQL = """
 SELECT pg_is_in_recovery() AS replica,
-       CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn()
-                 OR pg_last_xact_replay_timestamp() IS NULL
-            THEN 0
-            ELSE greatest(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)
-       END::float8 AS lag_s
+       CASE WHEN pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn()
+            THEN pg_last_xact_replay_timestamp()
+       END AS replayed_at
 """
 
 
@@ -41,13 +40,21 @@ SELECT pg_is_in_recovery() AS replica,
 class ReplicaState:
     replica: bool
     """The server is in recovery (a standby); False: `replica_dsn` names a primary."""
-    lag: timedelta
+    replayed_at: datetime | None
+    """Commit time of the last transaction replayed, while WAL received waits to be replayed;
+    None when the replica is not behind (or has replayed nothing yet)."""
+
+    def lag(self, now: datetime) -> timedelta:
+        """How far behind `now` the replica's data is (never negative)."""
+        if self.replayed_at is None:
+            return timedelta(0)
+        return max(now - self.replayed_at, timedelta(0))
 
 
 async def replica_state(conn: Conn) -> ReplicaState:
     row = await conn.fetchrow(_LAG_SQL)
     assert row is not None
-    return ReplicaState(bool(row["replica"]), timedelta(seconds=float(row["lag_s"] or 0.0)))
+    return ReplicaState(bool(row["replica"]), row["replayed_at"])
 
 
 def on_replica(check: CheckBase) -> bool:
@@ -105,7 +112,8 @@ async def run_on_replica(
     of a replica more than `max_lag` behind are `error`, not probed. `state` is measured on
     `conn` when not given (tests pass a fixed one)."""
     state = state or await replica_state(conn)
-    if state.lag > max_lag:
-        return behind(names, state.lag, max_lag, now)
-    found = await engine.run_many(names, conn, redis=redis, trigger=trigger, now=now - state.lag)
-    return {name: as_of_replica(result, state.lag, now) for name, result in found.items()}
+    lag = state.lag(now)
+    if lag > max_lag:
+        return behind(names, lag, max_lag, now)
+    found = await engine.run_many(names, conn, redis=redis, trigger=trigger, now=now - lag)
+    return {name: as_of_replica(result, lag, now) for name, result in found.items()}

@@ -8,9 +8,11 @@ logic is also run with a fixed lag against the session's server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from pipectl.model import CheckResult, CheckStatus
 from pipectl.sqlfiles import sql_dir
 from tests.checks.conftest import NOW
 from tests.checks.data import add_rule_performance
+from tests.checks.test_cli import MAIN
 from tests.helpers import make_config, wait_for
 
 CHECKS = """
@@ -155,17 +158,18 @@ async def test_a_replica_behind_is_reported_and_ages_are_corrected(pair: Pair) -
         await add_rule_performance(primary, [newest])
         await wait_for(lambda: _replayed(replica, 1))
         caught_up = await replica_state(replica)
-        assert caught_up.lag == timedelta(0)  # replayed all it received: not behind
+        assert caught_up == ReplicaState(True, None)  # replayed all it received: not behind
         await replica.execute("SELECT pg_wal_replay_pause()")
         try:
             await add_rule_performance(primary, [datetime.now(UTC)])
 
             async def lagging() -> ReplicaState | None:
                 state = await replica_state(replica)
-                return state if state.lag > timedelta(seconds=1) else None
+                return state if state.lag(datetime.now(UTC)) > timedelta(seconds=1) else None
 
             state = await wait_for(lagging)
             now = datetime.now(UTC)
+            lag = state.lag(now)
             late = await run_on_replica(
                 engine,
                 ["fresh", "arrivals"],
@@ -193,7 +197,7 @@ async def test_a_replica_behind_is_reported_and_ages_are_corrected(pair: Pair) -
             fresh = judged["fresh"]
             assert fresh.status == CheckStatus.OK
             # The age of the newest row the replica has, at the instant its data is from.
-            expected = (now - state.lag - newest).total_seconds()
+            expected = (now - lag - newest).total_seconds()
             assert fresh.value == pytest.approx(expected, abs=1e-3)
             assert "on a replica" in fresh.message
             assert fresh.observed_at == now
@@ -210,7 +214,7 @@ async def test_fixed_lag_on_the_session_server(conn: asyncpg.Connection, databas
     await add_rule_performance(conn, [NOW - timedelta(minutes=10)])
     engine = CheckEngine(make_config(database, None, CHECKS))
     state = await replica_state(conn)
-    assert state == ReplicaState(False, timedelta(0))  # a primary is never behind
+    assert state == ReplicaState(False, None)  # a primary is never behind
 
     async def run(lag: timedelta) -> dict[str, CheckResult]:
         return await run_on_replica(
@@ -221,7 +225,7 @@ async def test_fixed_lag_on_the_session_server(conn: asyncpg.Connection, databas
             redis=None,
             trigger="cli",
             now=NOW,
-            state=ReplicaState(True, lag),
+            state=ReplicaState(True, NOW - lag),
         )
 
     behind = await run(timedelta(minutes=6))
@@ -236,3 +240,52 @@ async def test_fixed_lag_on_the_session_server(conn: asyncpg.Connection, databas
     assert judged["fresh"].baseline["replica_lag_s"] == 120.0
     # The window ends where the replica's data ends: (NOW - 1h02m, NOW - 2m] holds the row.
     assert judged["arrivals"].value == 1
+
+
+def _pipectl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", MAIN, "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+async def test_pipectl_check_probes_the_replica(pair: Pair, tmp_path: Path) -> None:
+    primary = await asyncpg.connect(pair.primary)
+    replica = await asyncpg.connect(pair.replica)
+    try:
+        await primary.execute("TRUNCATE rule_performance")
+        await primary.execute("DELETE FROM pipectl.check_results")
+        now = datetime.now(UTC)
+        await add_rule_performance(primary, [now - timedelta(minutes=m) for m in range(5)])
+        await wait_for(lambda: _replayed(replica, 5))
+        config = tmp_path / "pipectl.toml"
+        config.write_text(
+            f'[database]\ndsn = "{pair.primary}"\nreplica_dsn = "{pair.replica}"\n' + CHECKS
+        )
+        await replica.execute("SELECT pg_wal_replay_pause()")
+        try:
+            await add_rule_performance(primary, [datetime.now(UTC)])  # not on the replica yet
+
+            async def lagging() -> bool:
+                state = await replica_state(replica)
+                return state.lag(datetime.now(UTC)) > timedelta(0)
+
+            await wait_for(lagging)
+            done = _pipectl(config, "check", "--json")
+        finally:
+            await replica.execute("SELECT pg_wal_replay_resume()")
+        assert done.returncode == 0, done.stderr
+        report = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+        assert report["fresh"]["status"] == "ok"
+        assert "(on a replica " in report["fresh"]["message"]
+        # The replica's rows, not the primary's six.
+        assert report["arrivals"]["value"] == 5
+        assert await primary.fetchval("SELECT count(*) FROM rule_performance") == 6
+        shown = _pipectl(config, "config", "show")
+        assert "database.replica_dsn" in shown.stdout
+    finally:
+        await primary.close()
+        await replica.close()

@@ -190,11 +190,14 @@ class CheckScheduler:
         return done
 
     def _on_replica(self, plan: AgentPlan, names: Sequence[str]) -> bool:
-        """Probe on the replica pool: there is one, and every check of the unit may."""
+        """Probe on the replica pool: there is one (opened at start), the config still names
+        a replica, and every check of the unit may read it."""
         from pipectl.checks.replica import on_replica  # loaded with the engine
 
-        return self.rt.pools.replica is not None and all(
-            on_replica(plan.config.check(name)) for name in names
+        return (
+            self.rt.pools.replica is not None
+            and plan.config.database.replica_dsn is not None
+            and all(on_replica(plan.config.check(name)) for name in names)
         )
 
     async def _probe_replica(

@@ -58,9 +58,10 @@ async def replica_state(conn: Conn) -> ReplicaState:
 
 
 def on_replica(check: CheckBase) -> bool:
-    """Whether the check's probe may read the replica: all but the buffer-cache check, which
-    measures the primary's own cache."""
-    return not (check.kind == "cache" and getattr(check, "source", None) == "postgres")
+    """Whether the check's probe may read the replica: all but the cache checks of PostgreSQL's
+    buffers (they measure the primary's own cache) and of Redis (no database load to move,
+    and their previous reading must be the latest one recorded)."""
+    return check.kind != "cache" or getattr(check, "source", None) == "app"
 
 
 def behind(

@@ -24,7 +24,7 @@ import pytest
 
 from pipectl import migrate
 from pipectl.checks import CheckEngine
-from pipectl.checks.replica import ReplicaState, replica_state, run_on_replica
+from pipectl.checks.replica import ReplicaState, on_replica, replica_state, run_on_replica
 from pipectl.config import LoadedConfig, parse_config_text
 from pipectl.embedded import PG_SERVICE_USER, EmbeddedPostgres
 from pipectl.model import CheckResult, CheckStatus
@@ -289,3 +289,37 @@ async def test_pipectl_check_probes_the_replica(pair: Pair, tmp_path: Path) -> N
     finally:
         await primary.close()
         await replica.close()
+
+
+def test_cache_checks_but_the_apps_own_record_stay_on_the_primary() -> None:
+    body = (
+        CHECKS
+        + """
+    [[checks]]
+    name = "buffers"
+    kind = "cache"
+    source = "postgres"
+
+    [[checks]]
+    name = "l2"
+    kind = "cache"
+    source = "redis"
+
+    [[checks]]
+    name = "levels"
+    kind = "cache"
+    source = "app"
+    table = "public.prompt_improvement_sessions"
+    column = "cache_hit_level"
+    time_column = "created_at"
+    """
+    )
+    config = make_config(None, None, body)
+    placed = {check.name: on_replica(check) for check in config.checks}
+    assert placed == {
+        "fresh": True,
+        "arrivals": True,
+        "buffers": False,
+        "l2": False,
+        "levels": True,
+    }

@@ -25,7 +25,7 @@ import pytest
 from pipectl import migrate
 from pipectl.checks import CheckEngine
 from pipectl.checks.replica import ReplicaState, on_replica, replica_state, run_on_replica
-from pipectl.config import LoadedConfig, parse_config_text
+from pipectl.config import ConfigError, LoadedConfig, effective_items, parse_config_text
 from pipectl.embedded import PG_SERVICE_USER, EmbeddedPostgres
 from pipectl.model import CheckResult, CheckStatus
 from pipectl.sqlfiles import sql_dir
@@ -323,3 +323,19 @@ def test_cache_checks_but_the_apps_own_record_stay_on_the_primary() -> None:
         "l2": False,
         "levels": True,
     }
+
+
+def test_replica_dsn_is_validated_and_masked() -> None:
+    text = (
+        '[database]\ndsn = "postgresql://a:one@primary/apes"\n'
+        'replica_dsn = "postgresql://a:two@replica/apes"\nreplica_max_lag = "30s"\n'
+    )
+    loaded = parse_config_text(text, "test.toml", environ={})
+    assert loaded.config.database.replica_max_lag == timedelta(seconds=30)
+    shown = {key: value for key, value, _ in effective_items(loaded)}
+    assert "two" not in shown["database.replica_dsn"]
+    assert shown["database.replica_dsn"].startswith("postgresql://a:")
+    with pytest.raises(ConfigError, match="replica_dsn"):
+        parse_config_text('[database]\nreplica_dsn = "mysql://x"\n', "test.toml", environ={})
+    with pytest.raises(ConfigError, match="replica_max_lag"):
+        parse_config_text('[database]\nreplica_max_lag = "0s"\n', "test.toml", environ={})

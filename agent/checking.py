@@ -169,6 +169,13 @@ class CheckScheduler:
         done: dict[str, Recorded] = {}
         while pending := [n for n in unit if n not in done]:
             try:
+                if self._on_replica(plan, pending):
+                    found = await self._probe_replica(plan, engine, pending, trigger)
+                    async with rt.pools.checks.acquire() as conn:
+                        for name, result in found.items():
+                            stored = await self._record(conn, plan, result, trigger, lone)
+                            done[name] = (result, stored)
+                    continue
                 async with rt.pools.checks.acquire() as conn:
                     found = await engine.run_many(pending, conn, redis=rt.redis, trigger=trigger)
                     for name, result in found.items():
@@ -181,6 +188,36 @@ class CheckScheduler:
                 await rt.clock.sleep(2)
         self.probes.recovered()
         return done
+
+    def _on_replica(self, plan: AgentPlan, names: Sequence[str]) -> bool:
+        """Probe on the replica pool: there is one (opened at start), the config still names
+        a replica, and every check of the unit may read it."""
+        from pipectl.checks.replica import on_replica  # loaded with the engine
+
+        return (
+            self.rt.pools.replica is not None
+            and plan.config.database.replica_dsn is not None
+            and all(on_replica(plan.config.check(name)) for name in names)
+        )
+
+    async def _probe_replica(
+        self, plan: AgentPlan, engine: CheckEngine, names: list[str], trigger: CheckTrigger
+    ) -> dict[str, CheckResult]:
+        """Probe on a replica connection, judged as of its data (pipectl.checks.replica)."""
+        from pipectl.checks.replica import run_on_replica
+
+        replica = self.rt.pools.replica
+        assert replica is not None
+        async with replica.acquire() as conn:
+            return await run_on_replica(
+                engine,
+                names,
+                conn,
+                max_lag=plan.config.database.replica_max_lag,
+                redis=self.rt.redis,
+                trigger=trigger,
+                now=self.rt.clock.now(),
+            )
 
     async def _record(
         self,

@@ -261,12 +261,13 @@ class Pools:
     book: asyncpg.Pool
     runs: asyncpg.Pool
     checks: asyncpg.Pool
+    replica: asyncpg.Pool | None = None
+    """Probes of checks on `[database] replica_dsn`, when set (results go to `checks`)."""
 
     async def close(self, within: float = 3.0) -> None:
-        """Close all three at once, gracefully within `within` seconds, else terminated."""
-        await asyncio.gather(
-            *(close_pool_quietly(pool, within) for pool in (self.runs, self.checks, self.book))
-        )
+        """Close them all at once, gracefully within `within` seconds, else terminated."""
+        pools = [self.runs, self.checks, self.book, *([self.replica] if self.replica else [])]
+        await asyncio.gather(*(close_pool_quietly(pool, within) for pool in pools))
 
 
 @dataclass

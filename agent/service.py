@@ -396,7 +396,9 @@ async def _validated(conn: Conn, plan: AgentPlan) -> AgentPlan:
     check` runs too (steps and checks, every problem on its line); no engine without
     enabled checks."""
     engine = await validate_catalog(conn, plan.loaded)
-    engine.record_own_reads = True  # the agent's role may; the buffer-cache check needs it
+    # The agent's role may; the buffer-cache check needs it. Probes on a replica do not touch
+    # the primary's cache (and a replica takes no writes): nothing to record then.
+    engine.record_own_reads = plan.config.database.replica_dsn is None
     return plan.with_checks(engine if plan.enabled_checks() else None)
 
 
@@ -448,6 +450,17 @@ async def _open_pools(config: Config, name: str) -> Pools:
                 command_timeout=(probe_limit + timedelta(seconds=10)).total_seconds(),
             )
         )
+        if config.database.replica_dsn:
+            opened.append(
+                await create_pool(
+                    config,
+                    min_size=0,
+                    max_size=config.agent.max_parallel_checks,
+                    application_name=f"{app} replica"[:63],
+                    dsn=config.database.replica_dsn,
+                    command_timeout=(probe_limit + timedelta(seconds=10)).total_seconds(),
+                )
+            )
     except BaseException:
         for pool in opened:
             await close_pool_quietly(pool)

@@ -8,7 +8,8 @@
   the APES app's own hit counters count writes as lookups. The honest per-request record of
   which level answered is the **app** source below.
   PostgreSQL's buffer counters (**postgres**: `pg_stat_database` for this database,
-  `pg_statio_user_tables` heap blocks for each watched table) are handled the same way.
+  `pg_statio_user_tables` heap blocks for each watched table; a partitioned table is the sum
+  of its leaf partitions, which is where PostgreSQL counts) are handled the same way.
   The previous reading is the baseline of the check's last stored result: it survives agent
   restarts and is shared by every agent. An interval with fewer than `min_requests` lookups is
   nodata and keeps the older reading, so quiet periods add up instead of never being judged.
@@ -374,18 +375,25 @@ async def run_redis(ctx: Context[CacheCheck]) -> CheckResult:
 
 
 def postgres_query(check: CacheCheck) -> Query:
+    """One row for the database and one per watched table: its heap blocks, summed over its
+    leaf partitions when it is partitioned (`parts` names the relations summed)."""
     params = Params()
     schemas = params.add([t.schema for t in check.tables])
     names = params.add([t.name for t in check.tables])
     return Query(
         "SELECT 'database' AS key, blks_hit AS hits, blks_read AS misses,"
-        " stats_reset::text AS epoch"
+        " stats_reset::text AS epoch, NULL::text[] AS parts"
         " FROM pg_stat_database WHERE datname = current_database()"
         " UNION ALL"
-        " SELECT s.schemaname || '.' || s.relname, coalesce(s.heap_blks_hit, 0),"
-        " coalesce(s.heap_blks_read, 0), NULL"
-        f" FROM pg_statio_user_tables s JOIN unnest({schemas}::text[], {names}::text[])"
-        " AS w(schema, name) ON s.schemaname = w.schema AND s.relname = w.name",
+        " SELECT w.schema || '.' || w.name, coalesce(sum(s.heap_blks_hit), 0),"
+        " coalesce(sum(s.heap_blks_read), 0), NULL,"
+        " array_agg(s.schemaname || '.' || s.relname ORDER BY s.relid)"
+        f" FROM unnest({schemas}::text[], {names}::text[]) AS w(schema, name)"
+        " JOIN pg_namespace n ON n.nspname = w.schema"
+        " JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.name"
+        " JOIN pg_statio_user_tables s ON s.relid = c.oid OR (c.relkind = 'p' AND s.relid IN"
+        " (SELECT t.relid FROM pg_partition_tree(c.oid) t WHERE t.isleaf))"
+        " GROUP BY w.schema, w.name",
         params,
     )
 
@@ -397,20 +405,31 @@ async def run_postgres(ctx: Context[CacheCheck]) -> CheckResult:
     current = Reading(
         epoch, {r["key"]: Counter(int(r["hits"]), int(r["misses"]), ctx.now) for r in rows}
     )
+    parts = {r["key"]: list(r["parts"] or [r["key"]]) for r in rows}
     previous = await _previous(ctx)
-    own = await _own_reads(ctx, previous, current)
+    own = await _own_reads(ctx, previous, current, parts)
     return evaluate_counters(check, previous, current, ctx.now, ctx.source, "database buffers", own)
 
 
 async def _own_reads(
-    ctx: Context[CacheCheck], previous: Reading | None, current: Reading
+    ctx: Context[CacheCheck],
+    previous: Reading | None,
+    current: Reading,
+    parts: Mapping[str, list[str]],
 ) -> dict[str, tuple[int, int]]:
     """pipectl's own lookups (pipectl.own_reads, written by the agent around its refreshes
-    and probes) since each counter's previous reading: they are left out of the ratio."""
+    and probes) since each counter's previous reading: they are left out of the ratio. They
+    are recorded per relation read, so a partitioned table's are its partitions' summed."""
     if previous is None or previous.epoch != current.epoch:
         return {}
-    since = {key: c.at for key, c in previous.counters.items() if key in current.counters}
-    return await store.own_reads_between(ctx.conn, since, ctx.now)
+    keys = [key for key in previous.counters if key in current.counters]
+    since = {part: previous.counters[key].at for key in keys for part in parts.get(key, [key])}
+    found = await store.own_reads_between(ctx.conn, since, ctx.now)
+    own: dict[str, tuple[int, int]] = {}
+    for key in keys:
+        summed = [found.get(part, (0, 0)) for part in parts.get(key, [key])]
+        own[key] = (sum(fetched for fetched, _ in summed), sum(hit for _, hit in summed))
+    return own
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ JSON_TYPES = frozenset({"json", "jsonb"})
 COMPARABLE_TYPES = NUMERIC_TYPES | TEXT_TYPES | {"bool", "uuid"}
 _UTC = ZoneInfo("UTC")
 READABLE_KINDS = frozenset({"r", "p", "v", "m", "f"})
-STATS_KINDS = frozenset({"r", "m"})
+STATS_KINDS = frozenset({"r", "p", "m"})
+"""Relations with buffer statistics (a partitioned table through its partitions)."""
 
 _KIND_NAMES = {
     "r": "table",

@@ -273,6 +273,11 @@ class DatabaseConfig(Strict):
     dsn: DatabaseUrl | None = None
     connect_timeout: WaitDuration = timedelta(seconds=10)
     application_name: str = "pipectl"
+    replica_dsn: DatabaseUrl | None = None
+    """A streaming replica of `dsn` that the checks' probes read (results are written to
+    `dsn`); None probes `dsn` itself."""
+    replica_max_lag: PositiveDuration = timedelta(minutes=5)
+    """A replica further behind than this is reported (checks `error`), not probed."""
 
 
 class RedisConfig(Strict):
@@ -1239,7 +1244,7 @@ def effective_items(loaded: LoadedConfig) -> list[tuple[str, str, str]]:
 def _show_value(key: str, value: Any) -> str:
     if value is None:
         return "(not set)"
-    if isinstance(value, str) and key in ("database.dsn", "redis.url"):
+    if isinstance(value, str) and key in ("database.dsn", "database.replica_dsn", "redis.url"):
         return mask_secret_url(value)
     if isinstance(value, str):
         return value if "\n" not in value else value.strip().replace("\n", " ")

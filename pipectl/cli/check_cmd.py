@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -160,13 +160,61 @@ async def _run_all(
         max_size=config.agent.max_parallel_checks,
         application_name="pipectl check",
     )
+    replica: asyncpg.Pool | None = None
     try:
-        found = await engine.run_all(names, pool, redis=client, trigger="cli", record=record)
+        if config.database.replica_dsn:
+            replica = await create_pool(
+                config,
+                min_size=0,
+                max_size=config.agent.max_parallel_checks,
+                application_name="pipectl check (replica)",
+                dsn=config.database.replica_dsn,
+            )
+            found = await _run_on_replica(engine, config, names, pool, replica, client, record)
+        else:
+            found = await engine.run_all(names, pool, redis=client, trigger="cli", record=record)
     finally:
         await pool.close()
+        if replica is not None:
+            await replica.close()
         if client is not None:
             await client.aclose()
     return list(found.values())
+
+
+async def _run_on_replica(
+    engine: CheckEngine,
+    config: Config,
+    names: Sequence[str],
+    pool: asyncpg.Pool,
+    replica: asyncpg.Pool,
+    client: redis.asyncio.Redis | None,
+    record: Callable[[Conn, CheckResult], Awaitable[None]],
+) -> dict[str, CheckResult]:
+    """As run_all, with each probe unit on the replica when all its checks may read it
+    (pipectl.checks.replica); results are recorded on the primary."""
+    from pipectl.checks.engine import gather_units
+    from pipectl.checks.replica import on_replica, run_on_replica
+
+    when = datetime.now(UTC)
+    max_lag = config.database.replica_max_lag
+
+    async def unit(members: list[str]) -> dict[str, CheckResult]:
+        if all(on_replica(config.check(name)) for name in members):
+            async with replica.acquire() as conn:
+                found = await run_on_replica(
+                    engine, members, conn, max_lag=max_lag, redis=client, trigger="cli", now=when
+                )
+        else:
+            async with pool.acquire() as conn:
+                found = await engine.run_many(members, conn, redis=client, trigger="cli", now=when)
+        async with pool.acquire() as conn:
+            for result in found.values():
+                await record(conn, result)
+        return found
+
+    merged = await gather_units(engine.probe_units(names), unit)
+    return {name: merged[name] for name in dict.fromkeys(names)}
 
 
 async def _record(conn: Conn, engine: CheckEngine, result: CheckResult) -> bool:

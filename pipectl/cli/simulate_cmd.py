@@ -148,7 +148,7 @@ async def _preflight(dsn: str, create_schema: bool) -> None:
     import asyncpg
 
     from pipectl.db import DatabaseUnavailable, connect_failure_reason, describe_target
-    from pipectl.simulator.engine import CONNECT_TIMEOUT_S, REQUIRED_TABLES
+    from pipectl.simulator.engine import CONNECT_TIMEOUT_S, apes_tables_present
 
     try:
         conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
@@ -156,15 +156,7 @@ async def _preflight(dsn: str, create_schema: bool) -> None:
         reason = connect_failure_reason(e)
         raise DatabaseUnavailable(f"cannot connect to {describe_target(dsn)}: {reason}") from None
     try:
-        present = {
-            row["relname"]
-            for row in await conn.fetch(
-                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"
-                " AND c.relname = ANY($1::text[])",
-                list(REQUIRED_TABLES),
-            )
-        }
+        present = await apes_tables_present(conn)
         database = await conn.fetchval("SELECT current_database()")
     finally:
         await conn.close()

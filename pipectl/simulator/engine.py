@@ -117,6 +117,17 @@ class _Tally:
         self.nulls.update(batch.nulls)
 
 
+async def apes_tables_present(conn: asyncpg.Connection) -> set[str]:
+    """Which of the tables the simulator writes exist in `public` (plain or partitioned)."""
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"
+        " AND c.relname = ANY($1::text[])",
+        list(REQUIRED_TABLES),
+    )
+    return {row["relname"] for row in rows}
+
+
 class ApesSimulator:
     """Writes APES activity into `dsn` and cache traffic into `redis_url`.
 
@@ -225,15 +236,7 @@ class ApesSimulator:
         return old, new
 
     async def _ensure_schema(self, conn: asyncpg.Connection) -> None:
-        present = {
-            row["relname"]
-            for row in await conn.fetch(
-                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"
-                " AND c.relname = ANY($1::text[])",
-                list(REQUIRED_TABLES),
-            )
-        }
+        present = await apes_tables_present(conn)
         missing = [t for t in REQUIRED_TABLES if t not in present]
         if not missing:
             return

@@ -1,11 +1,15 @@
-"""SVG snapshots of the main screens at 80x24 and 160x48, on the seeded incident.
+"""SVG snapshots of the main screens at 80x24 and 160x48, on the seeded incident; and of the
+Overview healthy, with one incident, with a stalled feed (several not-ok items, one incident),
+and with a step failing on a lock.
 
-The database has a fixed name (it shows in the header), the clock is the incident's NOW, the
-cursor does not blink; colours are on (one snapshot checks NO_COLOR)."""
+Each variant has its own database with a fixed name (it shows in the header), the clock is
+the incident's NOW, the cursor does not blink; colours are on (one snapshot checks NO_COLOR)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -14,9 +18,12 @@ from textual.pilot import Pilot
 
 from pipectl.console.screens.base import DataScreen
 from pipectl.console.screens.dialogs import Dialog
+from pipectl.console.screens.overview import OverviewScreen
+from pipectl.console.widgets.incidents import IncidentsPanel
+from pipectl.durations import parse_duration
 from tests.conftest import PgServer
-from tests.console.conftest import console_app, settle
-from tests.console.seed import seed
+from tests.console.conftest import console_app, plain, settle
+from tests.console.seed import AGENT_ID, NOW, seed
 from tests.console.test_overview import fail_on_a_lock
 from tests.helpers import dsn_for
 
@@ -82,6 +89,119 @@ async def _healthy(dsn: str) -> None:
         await conn.close()
 
 
+# What the agent publishes as each seeded check's definition (its config's model_dump): the
+# relation it watches (`table`) and, for a freshness check of a summary, the step that
+# refreshes it. Lineage reads these to group failing checks by root cause; the seed itself
+# publishes `{}` (every failing check its own incident).
+DEFINITIONS: dict[str, dict[str, Any]] = {
+    "rule_performance_freshness": {"kind": "freshness", "table": "public.rule_performance",
+                                   "column": "created_at", "warn_after": "15m",
+                                   "error_after": "1h"},
+    "request_latency_p95": {"kind": "metric", "table": "public.prompt_improvement_sessions",
+                            "time_column": "created_at", "aggregate": "p95",
+                            "column": "response_time_ms"},
+    "avg_improvement_score": {"kind": "metric", "table": "public.rule_performance",
+                              "time_column": "created_at", "aggregate": "avg",
+                              "column": "improvement_score"},
+    "redis_hit_ratio": {"kind": "cache", "source": "redis"},
+    "app_cache_hit_ratio": {"kind": "cache", "source": "app",
+                            "table": "public.prompt_improvement_sessions"},
+    "postgres_buffer_hit_ratio": {"kind": "cache", "source": "postgres"},
+    "user_rating_present": {"kind": "quality", "table": "public.user_feedback",
+                            "rule": {"type": "not_null", "column": "user_rating"}},
+}  # fmt: skip
+
+# The user_feedback feed stalled: its newest row is from 09:12. Its freshness check fails
+# (error after 2h: since 11:12), its volume check warns, and the summary built on it is stale,
+# its own freshness check (tied to its refresh step) failing too.
+# name, kind, target, status, minutes since, value, message, definition
+STALLED = [
+    ("user_feedback_freshness", "freshness", "public.user_feedback", "fail", 48, 10050.0,
+     "newest row 2h 48m old (error after 2h)",
+     {"kind": "freshness", "table": "public.user_feedback", "column": "created_at",
+      "warn_after": "30m", "error_after": "2h"}),
+    ("user_feedback_volume", "volume", "public.user_feedback", "warn", 108, 0.0,
+     "0 rows in the last hour, below 40",
+     {"kind": "volume", "table": "public.user_feedback", "column": "created_at",
+      "window": "1h", "bounds": {"warn_below": 40}}),
+    ("user_satisfaction_summary_fresh", "freshness", "public.user_satisfaction_summary", "fail",
+     30, 10050.0, "newest feedback 2h 48m old (error after 2h)",
+     {"kind": "freshness", "table": "public.user_satisfaction_summary",
+      "column": "feedback_date", "step": "user_satisfaction_summary", "warn_after": "30m",
+      "error_after": "2h"}),
+]  # fmt: skip
+
+
+async def _publish_definitions(conn: asyncpg.Connection) -> None:
+    await conn.executemany(
+        "UPDATE pipectl.checks SET definition = $2 WHERE name = $1",
+        [(name, json.dumps(definition)) for name, definition in DEFINITIONS.items()],
+    )
+
+
+async def _one_incident(dsn: str) -> None:
+    """Healthy, but for one failing metric on `rule_performance`: one incident."""
+    await _healthy(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await _publish_definitions(conn)
+        since = NOW - timedelta(minutes=35)
+        await conn.execute(
+            "UPDATE pipectl.checks SET status = 'fail', status_since = $1"
+            " WHERE name = 'avg_improvement_score'",
+            since,
+        )
+        await conn.execute(
+            "UPDATE pipectl.check_results SET status = 'fail'"
+            " WHERE check_name = 'avg_improvement_score' AND observed_at >= $1",
+            since,
+        )
+    finally:
+        await conn.close()
+
+
+def _expected(definition: dict[str, Any]) -> tuple[float | None, float | None, str]:
+    """The bounds and threshold a result carries, as the freshness and volume kinds write
+    them (a freshness check's limit, shown in Input freshness, is its warn_after)."""
+    if definition["kind"] == "freshness":
+        warn, error = (parse_duration(definition[k]).total_seconds() for k in
+                       ("warn_after", "error_after"))  # fmt: skip
+        return 0.0, warn, json.dumps({"warn_after_s": warn, "error_after_s": error})
+    bounds = definition["bounds"]
+    return bounds["warn_below"], None, json.dumps(bounds)
+
+
+async def _stalled_feed(dsn: str) -> None:
+    """Healthy, but for the stalled user_feedback feed: three failing checks and a stale
+    summary, one incident rooted at `user_feedback`."""
+    await _healthy(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await _publish_definitions(conn)
+        await conn.executemany(
+            "INSERT INTO pipectl.checks (name, kind, target, schedule, status, status_since,"
+            " last_value, last_result_at, definition, published_by)"
+            " VALUES ($1, $2, $3, 'every 1m', $4, $5, $6, $7, $8, $9)",
+            [
+                (name, kind, target, status, NOW - timedelta(minutes=minutes), value,
+                 NOW - timedelta(seconds=30), json.dumps(definition), AGENT_ID)
+                for name, kind, target, status, minutes, value, _m, definition in STALLED
+            ],
+        )  # fmt: skip
+        await conn.executemany(
+            "INSERT INTO pipectl.check_results (check_name, status, value, expected_low,"
+            " expected_high, threshold, message, observed_at, agent_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            [
+                (name, status, value, *_expected(definition), message,
+                 NOW - timedelta(seconds=30), AGENT_ID)
+                for name, _k, _t, status, _min, value, message, definition in STALLED
+            ],
+        )  # fmt: skip
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="module")
 async def snapshot_db(pg_server: PgServer, template_database: str) -> AsyncIterator[str]:
     yield await _snapshot_db(pg_server, template_database, SNAPSHOT_DB, _as_seeded)
@@ -100,6 +220,20 @@ async def healthy_db(pg_server: PgServer, template_database: str) -> AsyncIterat
 async def lock_db(pg_server: PgServer, template_database: str) -> AsyncIterator[str]:
     name = f"{SNAPSHOT_DB}_lock"
     yield await _snapshot_db(pg_server, template_database, name, fail_on_a_lock)
+    await _drop(pg_server, name)
+
+
+@pytest.fixture(scope="module")
+async def one_incident_db(pg_server: PgServer, template_database: str) -> AsyncIterator[str]:
+    name = f"{SNAPSHOT_DB}_one_incident"
+    yield await _snapshot_db(pg_server, template_database, name, _one_incident)
+    await _drop(pg_server, name)
+
+
+@pytest.fixture(scope="module")
+async def stalled_db(pg_server: PgServer, template_database: str) -> AsyncIterator[str]:
+    name = f"{SNAPSHOT_DB}_stalled_feed"
+    yield await _snapshot_db(pg_server, template_database, name, _stalled_feed)
     await _drop(pg_server, name)
 
 
@@ -156,6 +290,75 @@ def test_overview_step_failing_on_a_lock(
 ) -> None:
     """A step whose retries keep failing on a lock: red, with the attempt and the error."""
     assert snap(snap_compare, lock_db, size, ["down", "down"])
+
+
+async def _panel(dsn: str, size: tuple[int, int]) -> tuple[IncidentsPanel, str]:
+    """The Overview's incidents panel once its snapshot (with lineage) is shown, and its text."""
+    app = console_app(dsn)
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot, lambda: isinstance(app.screen, OverviewScreen) and _ready(pilot))
+        shown = app.screen.query_one(IncidentsPanel)
+        return shown, plain(shown)
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_overview_one_incident_content(one_incident_db: str, size: tuple[int, int]) -> None:
+    """One failing metric on rule_performance: one incident rooted at the table, the summary
+    built on it stale."""
+    shown, text = await _panel(one_incident_db, size)
+    assert [i.root for i in shown.incidents] == ["rule_performance"]
+    assert shown.border_title == "Incidents (1)"
+    incident = shown.incidents[0]
+    assert incident.root_kind == "table"
+    assert incident.since == NOW - timedelta(minutes=35)
+    assert {(m.name, m.status) for m in incident.members} == {
+        ("avg_improvement_score", "fail"),
+        ("public.rule_effectiveness_summary", "stale"),
+    }
+    assert "▶ ✗ rule_performance (table)  since 35m ago" in text
+    assert "not ok: avg_improvement_score fail, rule_effectiveness_summary stale" in text
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_overview_stalled_feed_content(stalled_db: str, size: tuple[int, int]) -> None:
+    """A stalled feed: three failing checks and a stale summary are ONE incident, its root
+    the input table, since when its freshness failed, what it impacts."""
+    shown, text = await _panel(stalled_db, size)
+    assert [i.root for i in shown.incidents] == ["user_feedback"]
+    assert shown.border_title == "Incidents (1)"
+    incident = shown.incidents[0]
+    assert incident.root_kind == "table"
+    assert incident.since == NOW - timedelta(minutes=108)
+    assert sorted((m.type, m.short) for m in incident.members) == [
+        ("check", "user_feedback_freshness"),
+        ("check", "user_feedback_volume"),
+        ("check", "user_satisfaction_summary_fresh"),
+        ("relation", "user_satisfaction_summary"),
+    ]
+    assert "user_satisfaction_summary" in [i.short for i in incident.impacts]
+    assert "▶ ✗ user_feedback (table)  since 1.8h ago" in text
+    assert "`user_feedback` stopped receiving rows at 09:12 (freshness failing since 11:12)" in text
+    assert "not ok: user_feedback_freshness fail, 2 more checks, user_satisfaction_summary" in text
+    assert "; has user_feedback_volume warning since 10:12 (0 rows in the last hour, below 40)" in (
+        text
+    )
+    assert "downstream, ok so far: user_rating_present" in text
+    assert "x rerun user_satisfaction_summary+down · z silence user_feedback_freshness" in text
+
+
+@pytest.mark.usefixtures("colours")
+@pytest.mark.parametrize("size", SIZES)
+def test_overview_one_incident(
+    snap_compare: Any, one_incident_db: str, size: tuple[int, int]
+) -> None:
+    assert snap(snap_compare, one_incident_db, size)
+
+
+@pytest.mark.usefixtures("colours")
+@pytest.mark.parametrize("size", SIZES)
+def test_overview_stalled_feed(snap_compare: Any, stalled_db: str, size: tuple[int, int]) -> None:
+    """Three failing checks and a stale summary, one incident: the feed they all read."""
+    assert snap(snap_compare, stalled_db, size)
 
 
 @pytest.mark.usefixtures("colours")

@@ -203,11 +203,12 @@ def interactive(stderr: bool = False) -> bool:
 
 def cell_limit(stderr: bool = False) -> int:
     """How much of a database text a table cell shows: CELL characters on a terminal, where
-    the table must fit the screen; all of it (up to BLOCK) when the output is piped or saved,
-    since `grep` and the next reader need the words, not an ellipsis."""
-    from pipectl.safetext import BLOCK, CELL
+    the table must fit the screen; a whole line's worth (LINE) when the output is piped or
+    saved, since `grep` and the next reader need the words, not an ellipsis. Not more: a
+    table has dozens of cells that anyone with a login can fill with a megabyte each."""
+    from pipectl.safetext import CELL, LINE
 
-    return CELL if interactive(stderr) else BLOCK
+    return CELL if interactive(stderr) else LINE
 
 
 def console(stderr: bool = False) -> LiteralConsole:

@@ -17,7 +17,6 @@ import pytest
 from textual.pilot import Pilot
 
 from pipectl.console.screens.base import DataScreen
-from pipectl.console.screens.dialogs import Dialog
 from pipectl.console.screens.overview import OverviewScreen
 from pipectl.console.widgets.incidents import IncidentsPanel
 from pipectl.durations import parse_duration
@@ -250,17 +249,25 @@ def loaded(*keys: str) -> Callable[[Pilot[Any]], Any]:
         for key in keys:
             await pilot.press(key)
             await settle(pilot, lambda: _ready(pilot))
+        # A key that moves the cursor scrolls the table smoothly: the picture is taken once
+        # the scroll has arrived, not halfway (a scrollbar thumb between two rows).
+        await pilot.wait_for_scheduled_animations()
         await pilot.pause()
 
     return run
 
 
 def _ready(pilot: Pilot[Any]) -> bool:
-    screen = pilot.app.screen
-    if isinstance(screen, Dialog):
-        return True
-    return not isinstance(screen, DataScreen) or (
+    """Every screen on the stack loaded and no worker busy: a dialog opens at once, but the
+    screen behind it may still be showing what the last key asked for (its scrollbar is in
+    the picture)."""
+    app = pilot.app
+    if any(w.group != "connection" and not w.is_finished for w in app.workers):
+        return False
+    return all(
         screen.snapshot is not None and not screen._loading
+        for screen in app.screen_stack
+        if isinstance(screen, DataScreen)
     )
 
 

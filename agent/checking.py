@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from pipectl.agent.runtime import AgentPlan, AgentRuntime
 from pipectl.agent.schedule import interval_schedule, tick_loop
 from pipectl.agent.tracing import trace_id_of
 from pipectl.model import CheckResult, CheckStatus, CheckTrigger
-from pipectl.resilience import Outage, is_transient
+from pipectl.resilience import Outage, Throttle, is_transient
 from pipectl.store.base import Conn
 
 if TYPE_CHECKING:
@@ -40,13 +41,24 @@ CLOCK_TOLERANCE = timedelta(seconds=5)
 Recorded = tuple[CheckResult, store.StoredResult]
 
 
+@dataclass
+class _Batch:
+    """Checks that tick at one instant and share one probe; `done` is set when their run
+    ended (the checks that joined wait for it, so they stay in flight until then)."""
+
+    names: list[str]
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class CheckScheduler:
     def __init__(self, rt: AgentRuntime) -> None:
         self.rt = rt
         self.scorecard_due = asyncio.Event()
         self.claims = Outage("claiming check ticks", log, clock=rt.clock)
         self.probes = Outage("running checks", log, clock=rt.clock)
-        self._batches: dict[tuple[object, datetime, timedelta], list[str]] = {}
+        self._batches: dict[tuple[object, datetime, timedelta], _Batch] = {}
+        self._in_flight: set[str] = set()
+        self._behind = Throttle(log, clock=rt.clock)
 
     # ------------------------------------------------------------------ schedules
 
@@ -70,7 +82,31 @@ class CheckScheduler:
             )
 
     def _tick(self, name: str, every: timedelta, nominal: datetime, _late: float) -> None:
-        self.rt.work.dispatch(self.on_tick(name, nominal, every))
+        """Dispatch the tick, unless the check's previous tick has not finished yet (its
+        probe is waiting for a connection or still running): then this one is coalesced into
+        it. The run in flight measures up to when it starts, and the next tick covers
+        everything after; queueing a run per tick instead would, once the agent is behind,
+        grow a backlog without bound (every check waiting behind every other's queued
+        ticks) and drain it as runs moments apart, each judging an interval of a second."""
+        if name in self._in_flight:
+            self._behind.warning(
+                f"check:{name}",
+                "check %s: tick %s skipped, the previous tick has not finished yet"
+                " (the agent's checks are behind: slow probes, or too few connections in"
+                " agent.max_parallel_checks)",
+                name,
+                nominal.isoformat(timespec="seconds"),
+            )
+            self.rt.metrics.check_tick_skipped(name)
+            return
+        self._in_flight.add(name)
+        self.rt.work.dispatch(self._tick_in_flight(name, nominal, every))
+
+    async def _tick_in_flight(self, name: str, nominal: datetime, every: timedelta) -> None:
+        try:
+            await self.on_tick(name, nominal, every)
+        finally:
+            self._in_flight.discard(name)
 
     async def on_tick(self, name: str, nominal: datetime, every: timedelta) -> None:
         plan = self.rt.plan
@@ -89,16 +125,20 @@ class CheckScheduler:
         batch_key = (key, nominal, every)
         batch = self._batches.get(batch_key)
         if batch is not None:
-            batch.append(name)
+            batch.names.append(name)
+            await batch.done.wait()
             return
-        batch = self._batches[batch_key] = [name]
+        batch = self._batches[batch_key] = _Batch([name])
         try:
-            await self.rt.clock.sleep(SHARED_PROBE_WAIT)
+            try:
+                await self.rt.clock.sleep(SHARED_PROBE_WAIT)
+            finally:
+                del self._batches[batch_key]
+            claimed = await self._claim(batch.names, nominal, every)
+            if claimed:
+                await self.run_checks([n for n in batch.names if n in claimed], "schedule", plan)
         finally:
-            del self._batches[batch_key]
-        claimed = await self._claim(batch, nominal, every)
-        if claimed:
-            await self.run_checks([n for n in batch if n in claimed], "schedule", plan)
+            batch.done.set()
 
     async def _claim(self, names: list[str], nominal: datetime, every: timedelta) -> set[str]:
         rt = self.rt

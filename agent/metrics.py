@@ -197,6 +197,13 @@ class AgentMetrics:
             ["check", "status"],
             registry=r,
         )
+        self.check_ticks_skipped = Counter(
+            "pipectl_check_ticks_skipped_total",
+            "Scheduled check ticks this agent skipped because the check's previous tick had"
+            " not finished (coalesced into it): the agent's checks are behind.",
+            ["check"],
+            registry=r,
+        )
         self.anomaly_score = Gauge(
             "pipectl_check_anomaly_score",
             "Robust z-score of the last value this agent observed against its baseline.",
@@ -309,6 +316,9 @@ class AgentMetrics:
         if duration is not None and status in (RunStatus.SUCCEEDED, RunStatus.FAILED):
             self.step_duration.labels(step).observe(duration)
         self.changes.bump()
+
+    def check_tick_skipped(self, check: str) -> None:
+        self.check_ticks_skipped.labels(check).inc()
 
     def check_finished(self, kind: str, result: CheckResult) -> None:
         check = result.check

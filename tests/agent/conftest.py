@@ -47,11 +47,17 @@ def steps_toml(schedule_a: str = "", schedule_b: str = "") -> str:
 
 @asynccontextmanager
 async def running_agent(
-    dsn: str, body: str, *, name: str = "test-agent", serve: bool = True, clock: Clock | None = None
+    dsn: str,
+    body: str,
+    *,
+    name: str = "test-agent",
+    serve: bool = True,
+    clock: Clock | None = None,
+    redis_url: str | None = None,
 ) -> AsyncIterator[Agent]:
     """An in-process agent; stopped (runs recorded as cancelled) when the block ends. With a
     FakeClock it schedules, sleeps and times out only when the test moves the clock."""
-    agent = Agent(make_loaded(dsn, None, body), name=name, clock=clock)
+    agent = Agent(make_loaded(dsn, redis_url, body), name=name, clock=clock)
     task: asyncio.Task[None] | None = None
     try:
         await agent.start()

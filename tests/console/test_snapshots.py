@@ -258,10 +258,14 @@ def loaded(*keys: str) -> Callable[[Pilot[Any]], Any]:
 
 
 def _ready(pilot: Pilot[Any]) -> bool:
-    """Every screen on the stack loaded and no worker busy: a dialog opens at once, but the
-    screen behind it may still be showing what the last key asked for (its scrollbar is in
-    the picture)."""
+    """Connected, every screen on the stack loaded and no worker busy: a dialog opens at once,
+    but the screen behind it may still be showing what the last key asked for (its scrollbar
+    is in the picture)."""
     app = pilot.app
+    # Connecting refetches every screen (ChangeRouter.everything): before that, a screen may
+    # be redrawn under the picture.
+    if not app.connection.connected or app.changes._timer is not None:
+        return False
     if any(w.group != "connection" and not w.is_finished for w in app.workers):
         return False
     return all(

@@ -51,7 +51,7 @@ _BAD_CHECK = frozenset({CheckStatus.WARN, CheckStatus.FAIL, CheckStatus.ERROR})
 _STEP_SEVERITY = {
     "failed": CheckStatus.FAIL,
     "held": CheckStatus.WARN,  # its gates kept the previous content: readers see no harm yet
-    "retrying": CheckStatus.FAIL,  # running again after a failed attempt: failing until it works
+    "failing": CheckStatus.FAIL,  # running again after a failed attempt: failing until it works
     "skipped": CheckStatus.WARN,
     "cancelled": CheckStatus.WARN,
     "paused": CheckStatus.WARN,
@@ -441,18 +441,8 @@ def _check_state(row: CheckRow, now: datetime) -> _State:
     return _State(str(row.status), CheckStatus.OK, row.status_since, False)
 
 
-def step_state(step: StepRow) -> str:
-    """The step's state as incidents see it: `retrying` when its state run is a retry
-    (attempt 2 or later, queued or running), which only follows a failed attempt; so a step
-    failing on every attempt stays red between them instead of reading "running"."""
-    run = step.state_run
-    if step.state == "running" and run is not None and run.attempt > 1:
-        return "retrying"
-    return step.state
-
-
 def _step_state(step: StepRow) -> _State:
-    state = step_state(step)
+    state = step.state
     severity = _STEP_SEVERITY.get(state)
     if severity is None:
         return _State(state, CheckStatus.OK, None, False)
@@ -464,13 +454,13 @@ def _step_state(step: StepRow) -> _State:
 
 
 def _step_phrase(step: StepRow, now: datetime) -> str:
-    state = step_state(step)
+    state = step.state
     if state == "paused":
         by = f" by {step.paused_by}" if step.paused_by else ""
         return f"is paused{by}" + (f": {step.paused_reason}" if step.paused_reason else "")
     run = step.state_run
     when = run.finished_at or run.started_at or run.queued_at if run else None
-    if state == "retrying" and run is not None:
+    if state == "failing" and run is not None:
         return f"failed and is retrying: attempt {run.attempt} {run.status} since {_at(when, now)}"
     verb = {
         "failed": "failed",
@@ -538,7 +528,7 @@ def healthy_text(steps: Sequence[StepRow], checks: Sequence[CheckRow], now: date
     """What to say when there is no incident: `Healthy: all 21 checks ok, 2 steps ok`, with
     what is not judged yet (no data, never ran) or silenced said too."""
     ok_checks = sum(1 for c in checks if c.status == CheckStatus.OK)
-    ok_steps = sum(1 for s in steps if step_state(s) in ("ok", "running"))
+    ok_steps = sum(1 for s in steps if s.state in ("ok", "running"))
     checks_part = (
         f"all {ok_checks} checks ok" if ok_checks == len(checks) else f"{ok_checks} checks ok"
     )

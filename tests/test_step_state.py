@@ -177,3 +177,69 @@ async def test_with_a_real_agent_a_tick_that_found_the_step_running_does_not_hid
     finally:
         await holder.close()
         await db.close()
+
+
+async def shown_everywhere(
+    db: asyncpg.Connection, database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[str, str, str, str]:
+    """Step `s` as `pipectl status --json`, its table, the console's Overview row and the
+    incidents show it (the incident member's status; "-" when it is no incident)."""
+    from pipectl.console.screens.overview import step_row
+    from pipectl.incidents import assess
+    from pipectl.store.lineage import published_lineage
+
+    config = tmp_path / "pipectl.toml"
+    config.write_text(f'[database]\ndsn = "{database}"\n')
+    await asyncio.to_thread(main, ["status", "--json", "--config", str(config)])
+    as_json = json.loads(capsys.readouterr().out)["steps"][0]["status"]
+    await asyncio.to_thread(main, ["status", "--config", str(config)])
+    table = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(" s "))
+    snapshot = await store.status_snapshot(db)
+    (step,) = snapshot.steps
+    console = str(step_row(step, snapshot.taken_at).cells[1])
+    lineage = await published_lineage(db)
+    members = [
+        m.status
+        for incident in assess(lineage, snapshot.steps, (), snapshot.taken_at).incidents()
+        for m in incident.members
+        if m.name == "s"
+    ]
+    return as_json, table.split()[2], console.split()[1], members[0] if members else "-"
+
+
+@pytest.mark.parametrize("trigger", ["retry", "manual"])
+async def test_status_console_and_incidents_agree_on_a_step_failing_between_attempts(
+    db: asyncpg.Connection,
+    database: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    trigger: str,
+) -> None:
+    """A failed attempt, then the next one queued (the agent's retry, or an operator's rerun,
+    attempt 1 again): red everywhere, "failing", never "running"."""
+    await run(db, "failed", 0, 1)
+    await db.execute(
+        "INSERT INTO pipectl.runs (step, trigger, status, queued_at, attempt)"
+        " VALUES ('s', $1, 'queued', $2, $3)",
+        trigger,
+        at(30),
+        2 if trigger == "retry" else 1,
+    )
+    assert await shown_everywhere(db, database, tmp_path, capsys) == ("failing",) * 4
+    await db.execute(
+        "UPDATE pipectl.runs SET status = 'succeeded', started_at = $1, finished_at = $1"
+        " WHERE status = 'queued'",
+        at(31),
+    )
+    assert await shown_everywhere(db, database, tmp_path, capsys) == ("ok", "ok", "ok", "-")
+
+
+async def test_status_console_and_incidents_agree_on_a_held_and_a_paused_step(
+    db: asyncpg.Connection, database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await run(db, "held", 0, 1)
+    assert await shown_everywhere(db, database, tmp_path, capsys) == ("held",) * 4
+    await run(db, "failed", 10, 11)
+    await run(db, "running", 20, None, trigger="retry")
+    await db.execute("UPDATE pipectl.steps SET paused = true, paused_by = 'alice'")
+    assert await shown_everywhere(db, database, tmp_path, capsys) == ("paused",) * 4

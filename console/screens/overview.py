@@ -192,21 +192,13 @@ def legend() -> Text:
     return text
 
 
-def shown_state(step: StepRow, health: StepHealth | None) -> str:
-    """The step's state as `state_run` decides it, except that a step whose latest decisive
-    run failed stays `failing` (red) while its next attempt is queued or running."""
-    if not step.paused and health is not None and health.failing:
-        return "failing"
-    return step.state
-
-
 def step_note(step: StepRow, health: StepHealth | None) -> str:
     """Why the step looks as it does: paused by whom, or its failures and the attempt now."""
     if step.paused:
         return f"paused by {step.paused_by}" + (
             f": {step.paused_reason}" if step.paused_reason else ""
         )
-    if health is not None and (note := health.note()):
+    if health is not None and (note := health.note(step)):
         return note
     last = step.last_run
     if last is not None and last.error and step.state != "ok":
@@ -218,10 +210,10 @@ def step_row(step: StepRow, now: datetime, health: StepHealth | None = None) -> 
     last = step.last_run
     when = (last.finished_at or last.started_at or last.queued_at) if last else None
     note = step_note(step, health)
-    state = shown_state(step, health)
-    mark = STATUS_MARK["failed"] if state == "failing" else STATUS_MARK.get(state, "?")
-    style = STATUS_STYLE["failed"] if state == "failing" else STATUS_STYLE.get(state, "")
-    severity = CheckStatus.FAIL.severity if state == "failing" else step.health.severity
+    state = step.state
+    mark = STATUS_MARK.get(state, "?")
+    style = STATUS_STYLE.get(state, "")
+    severity = step.health.severity
     cells = (
         literal(step.name, "bold", limit=CELL),
         Text(f"{mark} {state}", style=style),

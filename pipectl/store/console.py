@@ -20,9 +20,9 @@ from pipectl.store.base import DB
 from pipectl.store.definitions import CheckState, StepState, check_states, step_states
 from pipectl.store.requests import get_request, list_requests
 from pipectl.store.results import ResultRow, recent_results
-from pipectl.store.runs import _RUN_COLUMNS, _run, latest_outcomes, recent_runs
+from pipectl.store.runs import _RUN_COLUMNS, _run, recent_runs
 from pipectl.store.samples import read_series
-from pipectl.store.views import state_run
+from pipectl.store.views import StepRow, latest_outcomes
 
 # ------------------------------------------------------------------------------ privileges
 
@@ -168,18 +168,13 @@ async def step_detail(db: DB, step: str, limit: int = 60) -> StepDetail | None:
 
 @dataclass(frozen=True)
 class StepHealth:
-    """Why a step looks the way it does, beyond the run that decides its state: the retries
-    in progress after failures, how many attempts failed since the last success, the newest
-    skip and who held the lock then. `state_run` decides the state; this only explains it
-    and tells a step that keeps failing from one that is merely running."""
+    """Why a step looks the way it does, beyond its state (`StepRow.state`, the one
+    definition, failing between attempts included): how many attempts it gets, how many failed
+    since the last success, the newest skip and who held the lock then."""
 
     step: str
     retries: int | None
     """Retries the publishing agent allows after a failed attempt (None: not published)."""
-    state_status: str | None
-    state_attempt: int
-    last_decisive: str | None
-    last_error: str | None
     failures: int
     """Failed attempts since the last success (counted up to FAILURE_WINDOW)."""
     skip_error: str | None = None
@@ -189,29 +184,27 @@ class StepHealth:
     def attempts(self) -> int | None:
         return None if self.retries is None else self.retries + 1
 
-    @property
-    def failing(self) -> bool:
-        """Its latest decisive run failed and what runs now is one more attempt: shown red,
-        not as an ordinary run, until an attempt succeeds."""
-        return self.last_decisive == "failed" and self.state_status in ("queued", "running")
-
-    def note(self) -> str:
+    def note(self, row: StepRow) -> str:
         """Why, in words: the attempt in progress, the failures in a row, the error."""
         parts: list[str] = []
-        if self.failing:
+        state = row.state_run
+        if row.state == "failing" and state is not None:
             of = f" of {self.attempts}" if self.attempts else ""
-            parts.append(f"attempt {self.state_attempt}{of} {self.state_status}")
-        if self.last_decisive == "failed" and self.failures:
-            parts.append(
-                f"failed {_times(self.failures)} since its last success"
-                if self.failures > 1
-                else "last attempt failed"
-            )
-        if self.last_decisive == "failed" and self.last_error:
-            parts.append(_first_line(self.last_error))
-        if self.state_status == "skipped" and self.skip_holder:
+            parts.append(f"attempt {state.attempt}{of} {state.status}")
+        failed = row.last_decisive
+        if failed is not None and failed.status == RunStatus.FAILED:
+            if self.failures:
+                parts.append(
+                    f"failed {_times(self.failures)} since its last success"
+                    if self.failures > 1
+                    else "last attempt failed"
+                )
+            if failed.error:
+                parts.append(_first_line(failed.error))
+        skipped = state is not None and state.status == RunStatus.SKIPPED
+        if skipped and self.skip_holder:
             parts.append(f"skipped: lock held by {self.skip_holder}")
-        elif self.state_status == "skipped" and self.skip_error:
+        elif skipped and self.skip_error:
             parts.append(f"skipped: {_first_line(self.skip_error)}")
         return " · ".join(parts)
 
@@ -228,16 +221,14 @@ def _times(count: int) -> str:
 
 
 async def step_health(db: DB, steps: Sequence[str]) -> dict[str, StepHealth]:
-    """Each step's StepHealth: its state run (`views.state_run`, the one definition), its
-    latest decisive run, the failed attempts since its last success (at most
-    FAILURE_WINDOW read) and its newest skip. Index probes per step."""
+    """Each step's StepHealth: its retries, the failed attempts since its last success (at
+    most FAILURE_WINDOW read) and its newest skip. Index probes per step; the state itself
+    and the runs it rests on are the status snapshot's (`StepRow`)."""
     rows = await db.fetch(
-        f"""
+        """
         SELECT s.name,
                CASE WHEN jsonb_typeof(s.definition->'effective'->'retries') = 'number'
                     THEN (s.definition->'effective'->>'retries')::int END AS retries,
-               st.status AS state_status, coalesce(st.attempt, 1) AS state_attempt,
-               d.status AS last_decisive, d.error AS last_error,
                (SELECT count(*) FROM (
                     SELECT 1 FROM pipectl.runs f
                     WHERE f.step = s.name AND f.status = 'failed'
@@ -248,12 +239,6 @@ async def step_health(db: DB, steps: Sequence[str]) -> dict[str, StepHealth]:
                 ) recent) AS failures,
                sk.error AS skip_error, sk.detail->>'holder' AS skip_holder
         FROM pipectl.steps s
-        LEFT JOIN LATERAL {state_run("s.name")} st ON true
-        LEFT JOIN LATERAL (
-            SELECT status, error, finished_at FROM pipectl.runs r
-            WHERE r.step = s.name AND r.status IN ('succeeded', 'failed', 'cancelled', 'held')
-            ORDER BY r.finished_at DESC NULLS LAST, r.id DESC LIMIT 1
-        ) d ON true
         LEFT JOIN LATERAL (
             SELECT error, detail FROM pipectl.runs k
             WHERE k.step = s.name AND k.status = 'skipped'
@@ -264,23 +249,12 @@ async def step_health(db: DB, steps: Sequence[str]) -> dict[str, StepHealth]:
         list(steps),
         FAILURE_WINDOW,
     )
-    found = {}
-    for r in rows:
-        failures = 0
-        if r["last_decisive"] == "failed":
-            failures = int(r["failures"] or 0)
-        found[r["name"]] = StepHealth(
-            r["name"],
-            r["retries"],
-            r["state_status"],
-            r["state_attempt"],
-            r["last_decisive"],
-            r["last_error"],
-            failures,
-            r["skip_error"],
-            r["skip_holder"],
+    return {
+        r["name"]: StepHealth(
+            r["name"], r["retries"], int(r["failures"] or 0), r["skip_error"], r["skip_holder"]
         )
-    return found
+        for r in rows
+    }
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,9 @@ class SharedState:
 
 # One statement, so one snapshot. Each step costs two probes of the runs' partial indexes
 # (runs_decisive_idx, runs_last_success_idx), however long its history; checks and agents are
-# a few rows each; open requests are found through requests_open_idx.
+# a few rows each; open requests are found through requests_open_idx. `failing` and `held`
+# read the latest of views.DECISIVE_STATUSES but cancelled: an operator cancelling a retry
+# does not clear the failure an alert is about.
 _SHARED_STATE = """
 SELECT
   (SELECT coalesce(json_agg(json_build_array(

@@ -242,26 +242,6 @@ async def tick_exists(db: DB, step: str, scheduled_for: datetime) -> bool:
     return found
 
 
-async def latest_outcomes(db: DB, steps: Sequence[str]) -> dict[str, Run]:
-    """The latest decisive run (succeeded, failed, cancelled or held) of each step: one probe of
-    runs_decisive_idx per step, however long the history."""
-    rows = await db.fetch(
-        f"""
-        SELECT {_RUN_COLUMNS}
-        FROM unnest($1::text[]) AS s(step)
-        CROSS JOIN LATERAL (
-            SELECT * FROM pipectl.runs x
-            WHERE x.step = s.step AND x.status IN ('succeeded', 'failed', 'cancelled', 'held')
-            ORDER BY x.finished_at DESC NULLS LAST, x.id DESC
-            LIMIT 1
-        ) r
-        LEFT JOIN pipectl.agents a ON a.id = r.agent_id
-        """,
-        list(steps),
-    )
-    return {r["step"]: _run(r) for r in rows}
-
-
 async def latest_unfinished(db: DB, steps: Sequence[str]) -> dict[str, Run]:
     """The newest queued or running run of each step that has one: one probe of
     runs_step_unfinished_idx per step."""

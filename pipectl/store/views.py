@@ -13,6 +13,23 @@ from pipectl.store.agents import alive_agents
 from pipectl.store.base import DB
 from pipectl.store.runs import _RUN_COLUMNS, _run
 
+DECISIVE_STATUSES: tuple[str, ...] = ("succeeded", "failed", "cancelled", "held")
+"""The run statuses that decide a step's outcome (queued, running and skipped decide nothing):
+the predicate of the partial index runs_decisive_idx (sql/pipectl/0011_h17_gates.sql)."""
+
+DECISIVE = "(" + ", ".join(f"'{status}'" for status in DECISIVE_STATUSES) + ")"
+"""DECISIVE_STATUSES as an SQL list, for `status IN {DECISIVE}`."""
+
+
+def decisive_run(step: str, alias: str = "d") -> str:
+    """A step's latest decisive run (by finish time), as a subquery for a LATERAL join (`step`
+    is the SQL expression naming the step): one probe of runs_decisive_idx."""
+    return f"""(
+        SELECT {alias}.* FROM pipectl.runs {alias}
+        WHERE {alias}.step = {step} AND {alias}.status IN {DECISIVE}
+        ORDER BY {alias}.finished_at DESC NULLS LAST, {alias}.id DESC LIMIT 1
+    )"""
+
 
 def state_run(step: str) -> str:
     """The run that decides a step's shown state, as a subquery for a LATERAL join (`step`
@@ -28,9 +45,7 @@ def state_run(step: str) -> str:
              WHERE u.step = {step} AND u.status IN ('queued', 'running')
              ORDER BY u.queued_at DESC, u.id DESC LIMIT 1)
             UNION ALL
-            (SELECT d.*, 1 FROM pipectl.runs d
-             WHERE d.step = {step} AND d.status IN ('succeeded', 'failed', 'cancelled', 'held')
-             ORDER BY d.finished_at DESC NULLS LAST, d.id DESC LIMIT 1)
+            (SELECT d.*, 1 FROM {decisive_run(step)} d)
             UNION ALL
             (SELECT k.*, 2 FROM pipectl.runs k
              WHERE k.step = {step} AND k.status = 'skipped'
@@ -55,6 +70,21 @@ async def state_runs(db: DB, steps: Sequence[str]) -> dict[str, Run]:
     return {r["step"]: _run(r) for r in rows}
 
 
+async def latest_outcomes(db: DB, steps: Sequence[str]) -> dict[str, Run]:
+    """The latest decisive run (`decisive_run`) of each step that has one: one probe of
+    runs_decisive_idx per step, however long the history."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_RUN_COLUMNS}
+        FROM unnest($1::text[]) AS s(step)
+        CROSS JOIN LATERAL {decisive_run("s.step", "x")} r
+        LEFT JOIN pipectl.agents a ON a.id = r.agent_id
+        """,
+        list(steps),
+    )
+    return {r["step"]: _run(r) for r in rows}
+
+
 @dataclass(frozen=True)
 class StepRow:
     name: str
@@ -71,18 +101,24 @@ class StepRow:
     last_success_at: datetime | None
     state_run: Run | None = None
     """The run that decides the state (`state_run`): not always the newest one."""
+    last_decisive: Run | None = None
+    """The latest decisive run (`decisive_run`): what an unfinished state run follows."""
 
     @property
     def state(self) -> str:
-        """One word for a step: paused, running, ok, failed, held, skipped, cancelled or never.
-        Skipped only when the step has no decisive run at all."""
+        """One word for a step: paused, running, failing, ok, failed, held, skipped, cancelled
+        or never. `failing` is a step whose latest decisive run failed while its next attempt
+        is queued or running: red between attempts until one succeeds, never "running".
+        Skipped only when the step has no decisive run at all. The console, the incidents and
+        `pipectl status` all read this one word."""
         if self.paused:
             return "paused"
         if self.state_run is None:
             return "never"
         status = self.state_run.status
         if status in (RunStatus.QUEUED, RunStatus.RUNNING):
-            return "running"
+            decisive = self.last_decisive
+            return "failing" if decisive and decisive.status == RunStatus.FAILED else "running"
         return "ok" if status == RunStatus.SUCCEEDED else str(status)
 
     @property
@@ -97,6 +133,7 @@ class StepRow:
             "cancelled": CheckStatus.WARN,
             "held": CheckStatus.WARN,
             "failed": CheckStatus.FAIL,
+            "failing": CheckStatus.FAIL,
         }[self.state]
 
 
@@ -146,9 +183,9 @@ class StatusSnapshot:
 
 
 async def status_snapshot(db: DB) -> StatusSnapshot:
-    """Steps with their newest run and the run that decides their state, checks with their
-    latest result, live agents, open requests. Retired definitions (enabled = false) are
-    left out."""
+    """Steps with their newest run, the run that decides their state and their latest decisive
+    run, checks with their latest result, live agents, open requests. Retired definitions
+    (enabled = false) are left out."""
     now = datetime.now(UTC)
     step_rows = await db.fetch(
         f"""
@@ -167,8 +204,10 @@ async def status_snapshot(db: DB) -> StatusSnapshot:
         ORDER BY s.name
         """
     )
-    deciding = await state_runs(db, [r["name"] for r in step_rows])
-    steps = tuple(_step_row(r, deciding.get(r["name"])) for r in step_rows)
+    names = [r["name"] for r in step_rows]
+    deciding = await state_runs(db, names)
+    decisive = await latest_outcomes(db, names)
+    steps = tuple(_step_row(r, deciding.get(r["name"]), decisive.get(r["name"])) for r in step_rows)
     check_rows = await db.fetch(
         """
         SELECT c.name, c.kind, c.target, c.status, c.status_since, c.last_value AS value,
@@ -189,7 +228,7 @@ async def status_snapshot(db: DB) -> StatusSnapshot:
     return StatusSnapshot(now, steps, checks, agents, int(pending))
 
 
-def _step_row(row: asyncpg.Record, state: Run | None) -> StepRow:
+def _step_row(row: asyncpg.Record, state: Run | None, decisive: Run | None) -> StepRow:
     data = dict(row)
     last = None
     if data.get("id") is not None:
@@ -207,6 +246,7 @@ def _step_row(row: asyncpg.Record, state: Run | None) -> StepRow:
         last_run=last,
         last_success_at=data["last_success_at"],
         state_run=state,
+        last_decisive=decisive,
     )
 
 

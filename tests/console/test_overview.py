@@ -13,7 +13,9 @@ from textual.widgets._footer import FooterKey
 from pipectl.console.screens.overview import OverviewScreen
 from pipectl.console.widgets.overtime import Drawn
 from pipectl.console.widgets.tiles import Tile
+from pipectl.model import Run, RunStatus, Trigger
 from pipectl.store.console import StepHealth, step_health
+from pipectl.store.views import StepRow, status_snapshot
 from tests.console.conftest import console_app, plain, settle
 from tests.console.seed import AGENT_ID, NOW
 from tests.console.test_screens import cell, table_of
@@ -89,25 +91,34 @@ async def test_step_health_counts_failures_since_the_last_success(incident: str)
     await fail_on_a_lock(incident)
     conn = await asyncpg.connect(incident)
     try:
+        rows = {s.name: s for s in (await status_snapshot(conn)).steps}
         health = await step_health(conn, ["session_cleanup", "rule_effectiveness_summary"])
     finally:
         await conn.close()
-    failing = health["session_cleanup"]
-    assert failing.failing and failing.attempts == 4 and failing.state_attempt == 3
+    failing, row = health["session_cleanup"], rows["session_cleanup"]
+    assert row.state == "failing" and row.state_run and row.state_run.attempt == 3
+    assert failing.attempts == 4
     # The two seeded timeouts, then the two lock failures.
     assert failing.failures == 4
     ok = health["rule_effectiveness_summary"]
-    assert not ok.failing and ok.failures == 0 and ok.note() == ""
+    assert ok.failures == 0 and ok.note(rows["rule_effectiveness_summary"]) == ""
+
+
+def step_row(state: Run, decisive: Run | None = None) -> StepRow:
+    return StepRow(
+        "s", "sql", None, None, (), False, None, None, None, state, None, state, decisive
+    )
 
 
 def test_a_skipped_step_names_who_held_its_lock() -> None:
-    skipped = StepHealth(
-        "s", 3, "skipped", 1, None, None, 0, "already running elsewhere", "pid 42 (agent b)"
-    )
-    assert skipped.note() == "skipped: lock held by pid 42 (agent b)"
-    unknown = StepHealth("s", None, "running", 2, "failed", "boom\nCONTEXT: x", 1)
-    assert unknown.failing
-    assert unknown.note() == "attempt 2 running · last attempt failed · boom"
+    skip = Run(1, "s", Trigger.SCHEDULE, RunStatus.SKIPPED, NOW)
+    skipped = StepHealth("s", 3, 0, "already running elsewhere", "pid 42 (agent b)")
+    assert skipped.note(step_row(skip)) == "skipped: lock held by pid 42 (agent b)"
+    failed = Run(1, "s", Trigger.SCHEDULE, RunStatus.FAILED, NOW, error="boom\nCONTEXT: x")
+    retry = Run(2, "s", Trigger.RETRY, RunStatus.RUNNING, NOW, attempt=2)
+    unknown = StepHealth("s", None, 1)
+    assert step_row(retry, failed).state == "failing"
+    assert unknown.note(step_row(retry, failed)) == "attempt 2 running · last attempt failed · boom"
 
 
 async def test_checks_tile_has_words_and_leaves_silenced_checks_out(incident: str) -> None:

@@ -151,16 +151,10 @@ def lineage_subject(screen: object) -> str | None:
     subject = getattr(screen, "subject", None)
     if scope in (STEP, CHECK) and isinstance(subject, str):
         return f"{scope}:{subject}"
-    for getter, prefix in (("selected_step", "step"), ("selected_check", "check")):
-        pick = getattr(screen, getter, None)
-        if not callable(pick):
-            continue
-        try:
-            selected = pick()
-        except NotImplementedError:
-            continue
-        if selected is not None:
-            return f"{prefix}:{selected.name}"
+    if isinstance(screen, StepOperations) and (step := screen.selected_step()) is not None:
+        return f"step:{step.name}"
+    if isinstance(screen, CheckOperations) and (check := screen.selected_check()) is not None:
+        return f"check:{check.name}"
     return None
 
 

@@ -37,6 +37,7 @@ class StepOperations(ConsoleScreen):
     """Rerun (alone or with downstream), pause, resume the selected step."""
 
     def selected_step(self) -> Selected | None:
+        """The step the actions apply to (None: none selected); every screen implements it."""
         raise NotImplementedError
 
     def step_action_state(self, action: str) -> bool | None:
@@ -118,6 +119,7 @@ class CheckOperations(ConsoleScreen):
     """Run checks now, silence and unsilence the selected check."""
 
     def selected_check(self) -> Selected | None:
+        """The check the actions apply to (None: none selected); every screen implements it."""
         raise NotImplementedError
 
     def check_action_state(self, action: str) -> bool | None:

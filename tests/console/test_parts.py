@@ -16,6 +16,7 @@ from pipectl.console.live import Change, ChangeRouter, RequestFeedback
 from pipectl.console.screens.cache import CacheScreen
 from pipectl.console.screens.checks import CheckScreen, ChecksScreen
 from pipectl.console.screens.dialogs import Dialog
+from pipectl.console.screens.operations import CheckOperations, StepOperations
 from pipectl.console.screens.overview import OverviewScreen
 from pipectl.console.screens.requests import RequestsScreen
 from pipectl.console.screens.schema import SchemaScreen
@@ -47,6 +48,16 @@ def test_every_binding_comes_from_the_registry_and_has_a_handler() -> None:
     for spec in ACTIONS:
         handlers = [o for o in owners if hasattr(o, f"action_{spec.name}")]
         assert handlers or spec.name == "quit", f"no handler for {spec.action}"
+
+
+def test_every_screen_with_step_or_check_actions_says_what_is_selected() -> None:
+    """The base getters are abstract: a screen offering step (check) actions tells which step
+    (check) it has selected, so `l` (lineage_subject) and the actions may simply ask it."""
+    for screen in SCREENS:
+        if issubclass(screen, StepOperations):
+            assert screen.selected_step is not StepOperations.selected_step, screen
+        if issubclass(screen, CheckOperations):
+            assert screen.selected_check is not CheckOperations.selected_check, screen
 
 
 def test_keys_are_unique_per_screen_except_toggle_pairs() -> None:

@@ -2,15 +2,18 @@
 Overview healthy, with one incident, with a stalled feed (several not-ok items, one incident),
 and with a step failing on a lock.
 
-Each variant has its own database with a fixed name (it shows in the header), the clock is
-the incident's NOW, the cursor does not blink; colours are on (one snapshot checks NO_COLOR)."""
+Each variant has its own database, named per session (two sessions on one server must not
+drop each other's); the header shows it under its stable name (`shown_as`), the clock is the
+incident's NOW, the cursor does not blink; colours are on (one snapshot checks NO_COLOR)."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -27,6 +30,8 @@ from tests.console.test_overview import fail_on_a_lock
 from tests.helpers import dsn_for
 
 SNAPSHOT_DB = "pipectl_console_snapshots"
+SESSION = uuid.uuid4().hex[:8]
+"""The suffix of this session's snapshot databases: not shown (`shown_as`)."""
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48")]
 
 
@@ -49,9 +54,19 @@ INSERT INTO pipectl.samples_hourly (series, hour, n, total)
 """
 
 
+def shown_as(dsn: str) -> str:
+    """Where the header says the console is: host/database, without the session's suffix, so
+    the pictures are the same whichever session took them."""
+    parts = urlsplit(dsn)
+    return f"{parts.hostname}{parts.path.removesuffix(f'_{SESSION}')}"
+
+
 async def _snapshot_db(
-    pg_server: PgServer, template: str, name: str, then: Callable[[str], Awaitable[None]]
-) -> str:
+    pg_server: PgServer, template: str, stable: str, then: Callable[[str], Awaitable[None]]
+) -> AsyncIterator[str]:
+    """A database of the seeded incident, changed by `then`, for the module: `stable` (what
+    the header shows) with this session's suffix; dropped at the end."""
+    name = f"{stable}_{SESSION}"
     admin = await asyncpg.connect(pg_server.dsn)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -65,10 +80,7 @@ async def _snapshot_db(
     finally:
         await conn.close()
     await then(dsn)
-    return dsn
-
-
-async def _drop(pg_server: PgServer, name: str) -> None:
+    yield dsn
     admin = await asyncpg.connect(pg_server.dsn)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -203,37 +215,36 @@ async def _stalled_feed(dsn: str) -> None:
 
 @pytest.fixture(scope="module")
 async def snapshot_db(pg_server: PgServer, template_database: str) -> AsyncIterator[str]:
-    yield await _snapshot_db(pg_server, template_database, SNAPSHOT_DB, _as_seeded)
-    await _drop(pg_server, SNAPSHOT_DB)
+    async for dsn in _snapshot_db(pg_server, template_database, SNAPSHOT_DB, _as_seeded):
+        yield dsn
 
 
 @pytest.fixture(scope="module")
 async def healthy_db(pg_server: PgServer, template_database: str) -> AsyncIterator[str]:
-    """The header shows the database's name, so each variant's name is fixed too."""
     name = f"{SNAPSHOT_DB}_healthy"
-    yield await _snapshot_db(pg_server, template_database, name, _healthy)
-    await _drop(pg_server, name)
+    async for dsn in _snapshot_db(pg_server, template_database, name, _healthy):
+        yield dsn
 
 
 @pytest.fixture(scope="module")
 async def lock_db(pg_server: PgServer, template_database: str) -> AsyncIterator[str]:
     name = f"{SNAPSHOT_DB}_lock"
-    yield await _snapshot_db(pg_server, template_database, name, fail_on_a_lock)
-    await _drop(pg_server, name)
+    async for dsn in _snapshot_db(pg_server, template_database, name, fail_on_a_lock):
+        yield dsn
 
 
 @pytest.fixture(scope="module")
 async def one_incident_db(pg_server: PgServer, template_database: str) -> AsyncIterator[str]:
     name = f"{SNAPSHOT_DB}_one_incident"
-    yield await _snapshot_db(pg_server, template_database, name, _one_incident)
-    await _drop(pg_server, name)
+    async for dsn in _snapshot_db(pg_server, template_database, name, _one_incident):
+        yield dsn
 
 
 @pytest.fixture(scope="module")
 async def stalled_db(pg_server: PgServer, template_database: str) -> AsyncIterator[str]:
     name = f"{SNAPSHOT_DB}_stalled_feed"
-    yield await _snapshot_db(pg_server, template_database, name, _stalled_feed)
-    await _drop(pg_server, name)
+    async for dsn in _snapshot_db(pg_server, template_database, name, _stalled_feed):
+        yield dsn
 
 
 @pytest.fixture
@@ -279,6 +290,7 @@ def snap(
     snap_compare: Any, dsn: str, size: tuple[int, int], keys: Iterable[str] = (), **kw: Any
 ) -> bool:
     app = console_app(dsn, **kw)
+    app.sub_title = shown_as(dsn)
     return bool(snap_compare(app, terminal_size=size, run_before=loaded(*keys)))
 
 

@@ -107,6 +107,16 @@ async def test_status_and_rerun_load_neither_redis_nor_opentelemetry_nor_textual
         assert set(heavy) == {"asyncpg", "pydantic", "rich"}, args
 
 
+def test_fault_list_loads_only_rich() -> None:
+    """The faults' table is static: listing it needs neither the simulator's engine nor
+    Redis, asyncpg, psutil or the config (importing a simulator module no longer imports the
+    whole simulator package)."""
+    code, heavy, cli = loaded_by("fault", "list")
+    assert code == 0
+    assert heavy == ["rich"]
+    assert cli == ["pipectl.cli.common", "pipectl.cli.demo_fault_cmd"]
+
+
 def test_the_verb_table_matches_what_the_modules_register() -> None:
     """VERBS lists every verb in `--help` order with its module and help line: a new verb
     goes there too (until then it works, but `--help` does not list it)."""

@@ -18,7 +18,6 @@ from pipectl.cli.common import (
     load,
 )
 from pipectl.durations import format_duration
-from pipectl.simulator.control import send_clear, send_fault
 from pipectl.simulator.faults import FAULTS, FaultError, validate, validate_name
 
 
@@ -74,6 +73,8 @@ async def inject_fault(args: argparse.Namespace) -> int:
         validate(args.name, params)
     except FaultError as exc:
         raise CliError(str(exc)) from None
+    from pipectl.simulator.control import send_fault
+
     dsn = load(args).config.database.dsn
     listeners = await send_fault(dsn, args.name, duration, params)
     shown = ", ".join(f"{k}={v}" for k, v in params.items())
@@ -84,6 +85,8 @@ async def inject_fault(args: argparse.Namespace) -> int:
 async def clear_fault(args: argparse.Namespace) -> int:
     if args.name is not None:
         _check_name(args.name)
+    from pipectl.simulator.control import send_clear
+
     dsn = load(args).config.database.dsn
     listeners = await send_clear(dsn, args.name)
     return _report(listeners, f"clear {args.name or 'all faults'}")

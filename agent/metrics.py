@@ -204,6 +204,13 @@ class AgentMetrics:
             ["check"],
             registry=r,
         )
+        self.step_ticks_skipped = Counter(
+            "pipectl_step_ticks_skipped_total",
+            "Scheduled step ticks this agent skipped because the step's previous tick had"
+            " not finished (coalesced into it): its run waits or runs longer than its interval.",
+            ["step"],
+            registry=r,
+        )
         self.anomaly_score = Gauge(
             "pipectl_check_anomaly_score",
             "Robust z-score of the last value this agent observed against its baseline.",
@@ -319,6 +326,9 @@ class AgentMetrics:
 
     def check_tick_skipped(self, check: str) -> None:
         self.check_ticks_skipped.labels(check).inc()
+
+    def step_tick_skipped(self, step: str) -> None:
+        self.step_ticks_skipped.labels(step).inc()
 
     def check_finished(self, kind: str, result: CheckResult) -> None:
         check = result.check

@@ -37,6 +37,7 @@ class StepScheduler:
         self.rt = rt
         self.claims = Outage("claiming step ticks", log, clock=rt.clock)
         self._throttle = Throttle(log, clock=rt.clock)
+        self._in_flight: set[str] = set()
 
     # ------------------------------------------------------------------ schedules
 
@@ -60,7 +61,36 @@ class StepScheduler:
             )
 
     def _tick(self, step: str, nominal: datetime, lateness: float) -> None:
-        self.rt.work.dispatch(self.on_tick(step, nominal, lateness))
+        """Dispatch the tick, unless the step's previous tick has not finished yet: then this
+        one is coalesced into it, as a check's are. A tick's run can wait long after its
+        claim (for upstream runs in flight, for a connection of the runs' pool when
+        `max_parallel_runs` are busy, between retries); queueing a run per tick meanwhile
+        claimed a run row each and, once the wait ended, refreshed the step again and again,
+        moments apart. The run in flight refreshes from the data as it is when it starts, so
+        the skipped ticks lose nothing."""
+        if step in self._in_flight:
+            self._throttle.warning(
+                f"behind:{step}",
+                "step %s: tick %s skipped, the previous tick has not finished yet (its run"
+                " waits for upstream runs, a connection of agent.max_parallel_runs or a retry,"
+                " or runs longer than its schedule's interval)",
+                step,
+                nominal.isoformat(timespec="seconds"),
+            )
+            self.rt.metrics.step_tick_skipped(step)
+            return
+        self._in_flight.add(step)
+        self.rt.work.dispatch(self._tick_in_flight(step, nominal, lateness))
+
+    async def _tick_in_flight(self, step: str, nominal: datetime, lateness: float) -> None:
+        """The tick's own run is in flight; the unscheduled steps after it are not (the next
+        tick of this step need not wait for them)."""
+        try:
+            outcome = await self._scheduled_run(step, nominal, lateness)
+        finally:
+            self._in_flight.discard(step)
+        if outcome is not None:
+            await self._after_success(step, outcome)
 
     def _next_run(self, step: str, at: datetime) -> None:
         """Shown to operators ("next run"): best effort, never fails the agent."""
@@ -73,17 +103,26 @@ class StepScheduler:
             log.debug("could not record the next run of %s: %s", step, exc)
 
     async def on_tick(self, step: str, nominal: datetime, lateness: float) -> None:
+        """One tick: claimed, run, then the unscheduled steps that wait on the step."""
+        outcome = await self._scheduled_run(step, nominal, lateness)
+        if outcome is not None:
+            await self._after_success(step, outcome)
+
+    async def _scheduled_run(
+        self, step: str, nominal: datetime, lateness: float
+    ) -> RunOutcome | None:
+        """Claim the tick and run it; None when it was not this agent's to run, or skipped."""
         rt = self.rt
         plan = rt.plan.steps.get(step)
         if plan is None or plan.schedule is None:
-            return
+            return None
         # Not retried: a tick that cannot be claimed now (the database is away) is missed,
         # and the next one comes; retrying would pile up late ticks behind an outage.
         try:
             claim = await store.claim_tick(rt.pool, step, nominal, rt.identity.id, CLOCK_TOLERANCE)
         except Exception as exc:
             self.claims.failed(exc)
-            return
+            return None
         self.claims.recovered()
         if claim.ahead is not None:
             self._throttle.warning(
@@ -93,9 +132,9 @@ class StepScheduler:
                 nominal.isoformat(timespec="seconds"),
                 claim.ahead.total_seconds(),
             )
-            return
+            return None
         if claim.run_id is None:
-            return  # another agent took this tick
+            return None  # another agent took this tick
         run_id = claim.run_id
         grace = plan.schedule.misfire_grace.total_seconds()
         if lateness > grace:
@@ -104,13 +143,12 @@ class StepScheduler:
                 f"missed its tick by {lateness:.0f}s (misfire_grace "
                 f"{format_duration(plan.schedule.misfire_grace)})",
             )
-            return
+            return None
         await rt.clock.sleep(plan.schedule.jitter_delay())
         if reason := await self._blocked(step) or await self._upstream_gate(step, nominal):
             await self.skip(run_id, reason)
-            return
-        outcome = await self.run(plan, run_id, Trigger.SCHEDULE)
-        await self._after_success(step, outcome)
+            return None
+        return await self.run(plan, run_id, Trigger.SCHEDULE)
 
     # ------------------------------------------------------------------ runs
 

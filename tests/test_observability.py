@@ -382,6 +382,7 @@ def test_dashboard_provisions_from_a_file_with_datasource_and_job_variables() ->
 
 SHARED_STATE = (
     "pipectl_step_failing",
+    "pipectl_step_held",
     "pipectl_check_status",
     "pipectl_agents_alive",
     "pipectl_requests_pending",
@@ -389,6 +390,17 @@ SHARED_STATE = (
     "pipectl_freshness_age_seconds",
     "pipectl_cache_hit_ratio",
 )
+
+
+def test_dashboard_shows_held_steps_beside_failing_ones() -> None:
+    """A held step (its gates kept the previous content) is counted on the first row, next
+    to the failing ones, in the warning colour."""
+    panels = [p for p in _dashboard()["panels"] if p["gridPos"]["y"] == 1]
+    assert [p["title"] for p in panels[:2]] == ["Steps failing", "Steps held"]
+    assert sum(p["gridPos"]["w"] for p in panels) == 24
+    held = panels[1]
+    assert "pipectl_step_held" in held["targets"][0]["expr"]
+    assert held["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["color"] == "yellow"
 
 
 def test_dashboard_never_sums_state_every_agent_exports() -> None:

@@ -76,7 +76,9 @@ RANDOM_FAULTS = (
     "cache_miss_storm",
     "lock",
     "deploy",
+    "broken_input",
 )
+"""`--faults random` draws from every fault (tests/demo/test_warmup.py holds it to FAULTS)."""
 
 
 LATENCY_WINDOW_ROWS = 1000

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from pipectl.cli.demo import demo_config, warm_up, watched_feeds
-from pipectl.simulator import ApesSimulator
+from pipectl.cli.demo import RANDOM_FAULTS, demo_config, warm_up, watched_feeds
+from pipectl.simulator import FAULTS, ApesSimulator
 from tests.simulator.support import running
 
 FEEDS = [
@@ -21,6 +21,12 @@ FEEDS = [
 def test_the_demo_watches_every_feed_a_freshness_check_reads() -> None:
     config = demo_config("postgresql://demo@127.0.0.1/apes", "redis://127.0.0.1:6379/0").config
     assert watched_feeds(config) == FEEDS
+
+
+def test_random_faults_draw_from_every_fault() -> None:
+    """`--faults random` (the soak) breaks the demo every way the simulator can, a held
+    refresh (`broken_input`) included; the healthy hour runs without it."""
+    assert sorted(RANDOM_FAULTS) == sorted(FAULTS)
 
 
 async def test_the_warm_up_lasts_until_each_watched_feed_has_a_live_row(database: str) -> None:

@@ -21,10 +21,10 @@ from opentelemetry.trace import Span
 
 from pipectl import store
 from pipectl.agent.runtime import AgentPlan, AgentRuntime
-from pipectl.agent.schedule import interval_schedule, tick_loop
+from pipectl.agent.schedule import InFlight, interval_schedule, tick_loop
 from pipectl.agent.tracing import trace_id_of
 from pipectl.model import CheckResult, CheckStatus, CheckTrigger
-from pipectl.resilience import Outage, Throttle, is_transient
+from pipectl.resilience import Outage, is_transient
 from pipectl.store.base import Conn
 
 if TYPE_CHECKING:
@@ -57,8 +57,14 @@ class CheckScheduler:
         self.claims = Outage("claiming check ticks", log, clock=rt.clock)
         self.probes = Outage("running checks", log, clock=rt.clock)
         self._batches: dict[tuple[object, datetime, timedelta], _Batch] = {}
-        self._in_flight: set[str] = set()
-        self._behind = Throttle(log, clock=rt.clock)
+        self._in_flight = InFlight(
+            "check",
+            "the agent's checks are behind: slow probes, or too few connections in"
+            " agent.max_parallel_checks",
+            log,
+            rt.clock,
+            lambda name: self.rt.metrics.check_tick_skipped(name),
+        )
 
     # ------------------------------------------------------------------ schedules
 
@@ -88,25 +94,14 @@ class CheckScheduler:
         everything after; queueing a run per tick instead would, once the agent is behind,
         grow a backlog without bound (every check waiting behind every other's queued
         ticks) and drain it as runs moments apart, each judging an interval of a second."""
-        if name in self._in_flight:
-            self._behind.warning(
-                f"check:{name}",
-                "check %s: tick %s skipped, the previous tick has not finished yet"
-                " (the agent's checks are behind: slow probes, or too few connections in"
-                " agent.max_parallel_checks)",
-                name,
-                nominal.isoformat(timespec="seconds"),
-            )
-            self.rt.metrics.check_tick_skipped(name)
-            return
-        self._in_flight.add(name)
-        self.rt.work.dispatch(self._tick_in_flight(name, nominal, every))
+        if self._in_flight.admit(name, nominal):
+            self.rt.work.dispatch(self._tick_in_flight(name, nominal, every))
 
     async def _tick_in_flight(self, name: str, nominal: datetime, every: timedelta) -> None:
         try:
             await self.on_tick(name, nominal, every)
         finally:
-            self._in_flight.discard(name)
+            self._in_flight.done(name)
 
     async def on_tick(self, name: str, nominal: datetime, every: timedelta) -> None:
         plan = self.rt.plan

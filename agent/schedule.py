@@ -20,6 +20,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from pipectl.clock import SYSTEM_CLOCK, Clock
 from pipectl.durations import format_duration
+from pipectl.resilience import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +118,44 @@ async def tick_loop(
         planned = schedule.next_after(max(now, planned))
         if on_next is not None:
             on_next(planned)
+
+
+class InFlight:
+    """At most one tick in flight per step or check. A tick that comes while the previous one
+    has not finished is skipped (it coalesces into the one in flight), counted by `count` and
+    logged at most once a minute per name. Queueing a run per tick instead grows a backlog
+    while the runs wait, then drains it as runs moments apart."""
+
+    def __init__(
+        self,
+        kind: str,
+        why: str,
+        logger: logging.Logger,
+        clock: Clock,
+        count: Callable[[str], None],
+    ) -> None:
+        self.kind = kind
+        self.why = why
+        self._count = count
+        self._throttle = Throttle(logger, clock=clock)
+        self._names: set[str] = set()
+
+    def admit(self, name: str, nominal: datetime) -> bool:
+        """Whether the tick may run now; False (skipped, counted, logged) while another of
+        `name` is in flight. An admitted tick ends with `done(name)`."""
+        if name in self._names:
+            self._throttle.warning(
+                f"{self.kind}:{name}",
+                "%s %s: tick %s skipped, the previous tick has not finished yet (%s)",
+                self.kind,
+                name,
+                nominal.isoformat(timespec="seconds"),
+                self.why,
+            )
+            self._count(name)
+            return False
+        self._names.add(name)
+        return True
+
+    def done(self, name: str) -> None:
+        self._names.discard(name)

@@ -17,7 +17,7 @@ from pipectl import store
 from pipectl.agent.bookkeeping import RunEnd
 from pipectl.agent.runner import GateMode, RunOutcome, StepPlan
 from pipectl.agent.runtime import AgentPlan, AgentRuntime
-from pipectl.agent.schedule import tick_loop
+from pipectl.agent.schedule import InFlight, tick_loop
 from pipectl.durations import format_duration
 from pipectl.model import RunStatus, Trigger
 from pipectl.resilience import Outage, Throttle, describe
@@ -37,7 +37,14 @@ class StepScheduler:
         self.rt = rt
         self.claims = Outage("claiming step ticks", log, clock=rt.clock)
         self._throttle = Throttle(log, clock=rt.clock)
-        self._in_flight: set[str] = set()
+        self._in_flight = InFlight(
+            "step",
+            "its run waits for upstream runs, a connection of agent.max_parallel_runs or a"
+            " retry, or runs longer than its schedule's interval",
+            log,
+            rt.clock,
+            lambda name: self.rt.metrics.step_tick_skipped(name),
+        )
 
     # ------------------------------------------------------------------ schedules
 
@@ -68,19 +75,8 @@ class StepScheduler:
         claimed a run row each and, once the wait ended, refreshed the step again and again,
         moments apart. The run in flight refreshes from the data as it is when it starts, so
         the skipped ticks lose nothing."""
-        if step in self._in_flight:
-            self._throttle.warning(
-                f"behind:{step}",
-                "step %s: tick %s skipped, the previous tick has not finished yet (its run"
-                " waits for upstream runs, a connection of agent.max_parallel_runs or a retry,"
-                " or runs longer than its schedule's interval)",
-                step,
-                nominal.isoformat(timespec="seconds"),
-            )
-            self.rt.metrics.step_tick_skipped(step)
-            return
-        self._in_flight.add(step)
-        self.rt.work.dispatch(self._tick_in_flight(step, nominal, lateness))
+        if self._in_flight.admit(step, nominal):
+            self.rt.work.dispatch(self._tick_in_flight(step, nominal, lateness))
 
     async def _tick_in_flight(self, step: str, nominal: datetime, lateness: float) -> None:
         """The tick's own run is in flight; the unscheduled steps after it are not (the next
@@ -88,7 +84,7 @@ class StepScheduler:
         try:
             outcome = await self._scheduled_run(step, nominal, lateness)
         finally:
-            self._in_flight.discard(step)
+            self._in_flight.done(step)
         if outcome is not None:
             await self._after_success(step, outcome)
 

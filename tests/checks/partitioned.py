@@ -1,14 +1,16 @@
 """`rule_performance` partitioned by month (declarative partitioning), as a grown APES runs it.
 
-The same columns, indexes and trigger as sql/apes/schema.sql; the primary key includes the
-partition key (PostgreSQL requires it), indexes are declared once on the parent (each partition
-gets its own), and a DEFAULT partition takes rows outside the monthly ones. The materialized
-summary that reads the table is rebuilt by sql/apes/materialized.sql, as on a fresh install.
+The columns, indexes and trigger are read from sql/apes/schema.sql; the primary key includes
+the partition key (PostgreSQL requires it), indexes are declared once on the parent (each
+partition gets its own), and a DEFAULT partition takes rows outside the monthly ones. The
+materialized summary that reads the table is rebuilt by sql/apes/materialized.sql, as on a
+fresh install.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from datetime import date
 from typing import Any
@@ -17,41 +19,35 @@ import asyncpg
 
 from pipectl.apes_sql import load_materialized
 from pipectl.checks.sql import Query
+from pipectl.sqlfiles import sql_dir
 from tests.checks.explain import args_for
 
-_TABLE = """
-DROP MATERIALIZED VIEW IF EXISTS public.rule_effectiveness_summary;
-DROP VIEW IF EXISTS public.rule_effectiveness_summary;
-DROP TABLE public.rule_performance;
-CREATE TABLE public.rule_performance (
-    id SERIAL,
-    rule_id VARCHAR(50) NOT NULL,
-    rule_name VARCHAR(100) NOT NULL,
-    prompt_id UUID DEFAULT gen_random_uuid(),
-    prompt_type VARCHAR(50),
-    prompt_category VARCHAR(50),
-    improvement_score FLOAT CHECK (improvement_score >= 0 AND improvement_score <= 1),
-    confidence_level FLOAT CHECK (confidence_level >= 0 AND confidence_level <= 1),
-    execution_time_ms INTEGER,
-    rule_parameters JSONB,
-    prompt_characteristics JSONB,
-    before_metrics JSONB,
-    after_metrics JSONB,
-    created_at TIMESTAMP NOT NULL DEFAULT NOW(),
-    updated_at TIMESTAMP DEFAULT NOW(),
-    PRIMARY KEY (id, created_at)
-) PARTITION BY RANGE (created_at);
-CREATE INDEX idx_rule_performance_rule_id ON public.rule_performance (rule_id);
-CREATE INDEX idx_rule_performance_prompt_type ON public.rule_performance (prompt_type);
-CREATE INDEX idx_rule_performance_created_at ON public.rule_performance (created_at);
-CREATE INDEX idx_rule_performance_improvement_score
-    ON public.rule_performance (improvement_score);
-CREATE INDEX idx_rule_performance_characteristics
-    ON public.rule_performance USING GIN (prompt_characteristics);
-CREATE TRIGGER update_rule_performance_updated_at BEFORE UPDATE ON public.rule_performance
-    FOR EACH ROW EXECUTE FUNCTION update_updated_at_column();
-CREATE TABLE public.rule_performance_default PARTITION OF public.rule_performance DEFAULT;
-"""
+
+def _partitioned_table() -> str:
+    """sql/apes/schema.sql's `rule_performance` (its columns, indexes and trigger, as
+    written there), partitioned by month: the primary key gets the partition key, and a
+    DEFAULT partition takes rows outside the monthly ones."""
+    schema = (sql_dir() / "apes" / "schema.sql").read_text()
+    table = re.search(r"CREATE TABLE rule_performance \((.*?)\n\);", schema, re.S)
+    assert table is not None, "schema.sql creates rule_performance"
+    columns = table.group(1)
+    assert "id SERIAL PRIMARY KEY," in columns, "rule_performance's key changed: adapt this"
+    columns = columns.replace("id SERIAL PRIMARY KEY,", "id SERIAL,")
+    dependents = re.findall(
+        r"CREATE (?:INDEX|TRIGGER) [^;]*?\bON rule_performance\b[^;]*;", schema, re.S
+    )
+    assert len(dependents) >= 2, "schema.sql indexes rule_performance"
+    return "\n".join(
+        [
+            "DROP MATERIALIZED VIEW IF EXISTS public.rule_effectiveness_summary;",
+            "DROP VIEW IF EXISTS public.rule_effectiveness_summary;",
+            "DROP TABLE public.rule_performance;",
+            f"CREATE TABLE rule_performance ({columns},\n    PRIMARY KEY (id, created_at)\n)"
+            " PARTITION BY RANGE (created_at);",
+            *dependents,
+            "CREATE TABLE rule_performance_default PARTITION OF rule_performance DEFAULT;",
+        ]
+    )
 
 
 def partition_name(month: date) -> str:
@@ -76,7 +72,7 @@ async def partition_rule_performance(conn: asyncpg.Connection, first: date, last
     """Replace the (empty) plain table with the partitioned one, a partition per month from
     `first` to `last`, and rebuild the summary that reads it."""
     async with conn.transaction():
-        await conn.execute(_TABLE)
+        await conn.execute(_partitioned_table())
         for month in months(first, last):
             following = next_month(month)
             await conn.execute(

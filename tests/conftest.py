@@ -19,10 +19,8 @@ import pytest
 import redis
 
 import pipectl.checks  # noqa: F401  (registers the check kinds before any test parses a config)
-from pipectl import migrate
 from pipectl.embedded import EmbeddedPostgres, EmbeddedValkey
-from pipectl.sqlfiles import sql_dir
-from tests.helpers import dsn_for
+from tests.helpers import dsn_for, load_schemas
 
 TEST_DSN = os.environ.get("PIPECTL_TEST_DSN")
 TEST_REDIS_URL = os.environ.get("PIPECTL_TEST_REDIS_URL")
@@ -128,14 +126,7 @@ async def template_database(pg_server: PgServer) -> AsyncIterator[str]:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    conn = await asyncpg.connect(dsn_for(pg_server.dsn, name))
-    try:
-        folder = sql_dir() / "apes"
-        await conn.execute((folder / "schema.sql").read_text())
-        await migrate.upgrade(conn)
-        await conn.execute((folder / "materialized.sql").read_text())
-    finally:
-        await conn.close()
+    await load_schemas(dsn_for(pg_server.dsn, name))
     yield name
     await _drop(pg_server.dsn, name)
 

@@ -9,8 +9,12 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
+
 import pipectl.checks  # noqa: F401  (registers the check kinds, so test configs parse)
+from pipectl import migrate
 from pipectl.config import Config, LoadedConfig, parse_config_text
+from pipectl.sqlfiles import sql_dir
 
 T = TypeVar("T")
 
@@ -19,6 +23,19 @@ def dsn_for(dsn: str, database: str) -> str:
     """The same server and user, another database."""
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+async def load_schemas(dsn: str) -> None:
+    """Into an empty database: the APES schema, pipectl's schema and the materialized
+    summaries, as the session's template database has them."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        folder = sql_dir() / "apes"
+        await conn.execute((folder / "schema.sql").read_text())
+        await migrate.upgrade(conn)
+        await conn.execute((folder / "materialized.sql").read_text())
+    finally:
+        await conn.close()
 
 
 def make_config(dsn: str | None, redis_url: str | None = None, body: str = "") -> Config:

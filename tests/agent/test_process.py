@@ -14,13 +14,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from pipectl import migrate, store
+from pipectl import store
 from pipectl.db import connect
 from pipectl.embedded import EmbeddedPostgres
 from pipectl.model import RequestKind
-from pipectl.sqlfiles import sql_dir
 from tests.agent.conftest import AgentProcess, running_agent, steps_toml
-from tests.helpers import make_config, wait_for
+from tests.helpers import load_schemas, make_config, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -194,14 +193,7 @@ async def own_server(tmp_path: Path) -> AsyncIterator[EmbeddedPostgres]:
     """A PostgreSQL of this test's own, to stop and start under a running agent."""
     server = EmbeddedPostgres(tmp_path / "pg", fast=True)
     server.start()
-    conn = await asyncpg.connect(server.dsn())
-    try:
-        folder = sql_dir() / "apes"
-        await conn.execute((folder / "schema.sql").read_text())
-        await migrate.upgrade(conn)
-        await conn.execute((folder / "materialized.sql").read_text())
-    finally:
-        await conn.close()
+    await load_schemas(server.dsn())
     yield server
     server.stop()
 

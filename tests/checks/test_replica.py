@@ -22,17 +22,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from pipectl import migrate
 from pipectl.checks import CheckEngine
 from pipectl.checks.replica import ReplicaState, on_replica, replica_state, run_on_replica
 from pipectl.config import ConfigError, LoadedConfig, effective_items, parse_config_text
 from pipectl.embedded import PG_SERVICE_USER, EmbeddedPostgres
 from pipectl.model import CheckResult, CheckStatus
-from pipectl.sqlfiles import sql_dir
 from tests.checks.conftest import NOW
 from tests.checks.data import add_rule_performance
 from tests.checks.test_cli import MAIN
-from tests.helpers import make_config, wait_for
+from tests.helpers import load_schemas, make_config, wait_for
 
 CHECKS = """
 [[checks]]
@@ -59,17 +57,6 @@ class Pair:
     replica: str
 
 
-async def _prepare(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        folder = sql_dir() / "apes"
-        await conn.execute((folder / "schema.sql").read_text())
-        await migrate.upgrade(conn)
-        await conn.execute((folder / "materialized.sql").read_text())
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
     """An embedded primary with the APES and pipectl schemas, and a streaming replica of it."""
@@ -78,7 +65,7 @@ def pair() -> Iterator[Pair]:
     replica = EmbeddedPostgres(directory / "r", fast=True)
     try:
         primary.start()
-        asyncio.run(_prepare(primary.dsn()))
+        asyncio.run(load_schemas(primary.dsn()))
         data = replica.data_dir
         data.parent.mkdir(parents=True)
         subprocess.run(

@@ -11,25 +11,13 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from pipectl import migrate
 from pipectl.embedded import EmbeddedPostgres, EmbeddedValkey
 from pipectl.identifiers import quote_ident
-from pipectl.sqlfiles import sql_dir
 from tests.agent.conftest import AgentProcess
 from tests.conftest import PgServer
+from tests.helpers import load_schemas
 
 SUMMARIES = ("public.rule_effectiveness_summary", "public.user_satisfaction_summary")
-
-
-async def load_schemas(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        folder = sql_dir() / "apes"
-        await conn.execute((folder / "schema.sql").read_text())
-        await migrate.upgrade(conn)
-        await conn.execute((folder / "materialized.sql").read_text())
-    finally:
-        await conn.close()
 
 
 async def seed_activity(dsn: str, rows: int = 300) -> None:

@@ -22,8 +22,9 @@ from pipectl.db import connect
 from pipectl.embedded import PG_SERVICE_USER, EmbeddedPostgres
 from pipectl.model import RequestKind
 from tests.agent.conftest import REPO, AgentProcess
+from tests.helpers import load_schemas
 from tests.reliability.certs import Authority
-from tests.reliability.conftest import as_user, load_schemas
+from tests.reliability.conftest import as_user
 from tests.reliability.support import (
     SUMMARY_STEPS,
     connected,

@@ -17,7 +17,7 @@ import pytest
 
 from pipectl import store
 from pipectl.cli import main
-from pipectl.incidents import assess
+from pipectl.incidents import Assessment, assess
 from pipectl.lineage import (
     CatalogRelation,
     CheckFacts,
@@ -135,6 +135,37 @@ async def publish(conn: asyncpg.Connection, silenced: Collection[str] = ()) -> N
             NOW + timedelta(hours=1) if name in silenced else None,
             "alice" if name in silenced else None,
         )
+
+
+async def add_run(
+    conn: asyncpg.Connection,
+    status: str,
+    minutes_ago: int,
+    *,
+    trigger: str = "schedule",
+    attempt: int = 1,
+    error: str | None = None,
+) -> None:
+    """A run of rule_effectiveness_summary queued `minutes_ago`; one that ended, ended then."""
+    at = NOW - timedelta(minutes=minutes_ago)
+    ended = at if status not in ("queued", "running") else None
+    await conn.execute(
+        "INSERT INTO pipectl.runs (step, trigger, status, queued_at, started_at, finished_at,"
+        " error, attempt) VALUES ('rule_effectiveness_summary', $1, $2, $3, $4, $4, $5, $6)",
+        trigger,
+        status,
+        at,
+        ended,
+        error,
+        attempt,
+    )
+
+
+async def assessed(conn: asyncpg.Connection) -> Assessment:
+    """Root cause and impact over the published lineage and the status snapshot, at NOW."""
+    lineage = await published_lineage(conn)
+    snapshot = await store.status_snapshot(conn)
+    return assess(lineage, snapshot.steps, snapshot.checks, NOW)
 
 
 # ---------------------------------------------------------------------- the graph
@@ -285,9 +316,7 @@ async def test_a_stalled_feed_is_one_incident_with_its_cause_and_times(
     db: asyncpg.Connection,
 ) -> None:
     await publish(db)
-    lineage = await published_lineage(db)
-    snapshot = await store.status_snapshot(db)
-    assessment = assess(lineage, snapshot.steps, snapshot.checks, NOW)
+    assessment = await assessed(db)
     incidents = assessment.incidents()
     assert [i.root for i in incidents] == ["user_feedback", "redis_hit_ratio"]
     feed = incidents[0]
@@ -334,15 +363,8 @@ async def test_silenced_checks_do_not_count_and_a_failed_step_is_its_own_root(
     db: asyncpg.Connection,
 ) -> None:
     await publish(db, silenced={"user_feedback_freshness", "redis_hit_ratio"})
-    await db.execute(
-        "INSERT INTO pipectl.runs (step, trigger, status, queued_at, started_at, finished_at,"
-        " error, attempt) VALUES ('rule_effectiveness_summary', 'retry', 'failed', $1, $1, $1,"
-        " 'lock not available', 3)",
-        NOW - timedelta(minutes=2),
-    )
-    lineage = await published_lineage(db)
-    snapshot = await store.status_snapshot(db)
-    assessment = assess(lineage, snapshot.steps, snapshot.checks, NOW)
+    await add_run(db, "failed", 2, trigger="retry", attempt=3, error="lock not available")
+    assessment = await assessed(db)
     incidents = {i.root: i for i in assessment.incidents()}
     assert "redis_hit_ratio" not in incidents
     # The volume check still fails on user_feedback, so the table stays a root.
@@ -367,15 +389,9 @@ async def test_silenced_checks_do_not_count_and_a_failed_step_is_its_own_root(
 
 async def test_a_held_step_is_an_incident_with_its_gates_verdict(db: asyncpg.Connection) -> None:
     await publish(db)
-    await db.execute(
-        "INSERT INTO pipectl.runs (step, trigger, status, queued_at, started_at, finished_at,"
-        " error) VALUES ('rule_effectiveness_summary', 'schedule', 'held', $1, $1, $1,"
-        " 'held: rule_effectiveness_summary rows 16 → 3, below 50 % of the previous content')",
-        NOW - timedelta(minutes=2),
-    )
-    lineage = await published_lineage(db)
-    snapshot = await store.status_snapshot(db)
-    assessment = assess(lineage, snapshot.steps, snapshot.checks, NOW)
+    held = "held: rule_effectiveness_summary rows 16 → 3, below 50 % of the previous content"
+    await add_run(db, "held", 2, error=held)
+    assessment = await assessed(db)
     step = {i.root: i for i in assessment.incidents()}["rule_effectiveness_summary"]
     assert step.root_kind == "step"
     assert step.severity == CheckStatus.WARN
@@ -389,20 +405,9 @@ async def test_a_held_step_is_an_incident_with_its_gates_verdict(db: asyncpg.Con
 async def test_a_step_retrying_after_a_failure_stays_an_incident(db: asyncpg.Connection) -> None:
     """Failing on every attempt: between attempts the step must not read as running (ok)."""
     await publish(db)
-    await db.execute(
-        "INSERT INTO pipectl.runs (step, trigger, status, queued_at, started_at, finished_at,"
-        " error, attempt) VALUES ('rule_effectiveness_summary', 'retry', 'failed', $1, $1, $1,"
-        " 'lock not available', 2)",
-        NOW - timedelta(minutes=3),
-    )
-    await db.execute(
-        "INSERT INTO pipectl.runs (step, trigger, status, queued_at, attempt)"
-        " VALUES ('rule_effectiveness_summary', 'retry', 'queued', $1, 3)",
-        NOW - timedelta(minutes=2),
-    )
-    lineage = await published_lineage(db)
-    snapshot = await store.status_snapshot(db)
-    assessment = assess(lineage, snapshot.steps, snapshot.checks, NOW)
+    await add_run(db, "failed", 3, trigger="retry", attempt=2, error="lock not available")
+    await add_run(db, "queued", 2, trigger="retry", attempt=3)
+    assessment = await assessed(db)
     step = {i.root: i for i in assessment.incidents()}["rule_effectiveness_summary"]
     assert step.severity == CheckStatus.FAIL
     assert step.cause_text == (

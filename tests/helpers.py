@@ -12,9 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 import pipectl.checks  # noqa: F401  (registers the check kinds, so test configs parse)
-from pipectl import migrate
+from pipectl import apes_sql, migrate
 from pipectl.config import Config, LoadedConfig, parse_config_text
-from pipectl.sqlfiles import sql_dir
 
 T = TypeVar("T")
 
@@ -30,10 +29,9 @@ async def load_schemas(dsn: str) -> None:
     summaries, as the session's template database has them."""
     conn = await asyncpg.connect(dsn)
     try:
-        folder = sql_dir() / "apes"
-        await conn.execute((folder / "schema.sql").read_text())
+        await apes_sql.load_base(conn)
         await migrate.upgrade(conn)
-        await conn.execute((folder / "materialized.sql").read_text())
+        await apes_sql.load_materialized(conn)
     finally:
         await conn.close()
 

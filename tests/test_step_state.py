@@ -217,7 +217,8 @@ async def test_status_console_and_incidents_agree_on_a_step_failing_between_atte
 ) -> None:
     """A failed attempt, then the next one queued (the agent's retry, or an operator's rerun,
     attempt 1 again): red everywhere, "failing", never "running"."""
-    await run(db, "failed", 0, 1)
+    failed = await run(db, "failed", 0, 1)
+    await db.execute("UPDATE pipectl.runs SET error = 'boom' WHERE id = $1", failed)
     await db.execute(
         "INSERT INTO pipectl.runs (step, trigger, status, queued_at, attempt)"
         " VALUES ('s', $1, 'queued', $2, $3)",
@@ -226,6 +227,10 @@ async def test_status_console_and_incidents_agree_on_a_step_failing_between_atte
         2 if trigger == "retry" else 1,
     )
     assert await shown_everywhere(db, database, tmp_path, capsys) == ("failing",) * 4
+    config = tmp_path / "pipectl.toml"
+    await asyncio.to_thread(main, ["status", "--config", str(config)])
+    attempt = 2 if trigger == "retry" else 1
+    assert f"attempt {attempt} queued; last attempt failed: boom" in capsys.readouterr().out
     await db.execute(
         "UPDATE pipectl.runs SET status = 'succeeded', started_at = $1, finished_at = $1"
         " WHERE status = 'queued'",

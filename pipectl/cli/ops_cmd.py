@@ -233,6 +233,10 @@ def render_status(
         elif step.state == "held" and step.state_run is not None:
             held = step.state_run
             note = f"{held.error} (run {held.id}: pipectl publish or rerun {step.name})"
+        elif step.state == "failing" and step.state_run and step.last_decisive:
+            attempt, failed = step.state_run, step.last_decisive
+            note = f"attempt {attempt.attempt} {attempt.status}; last attempt failed"
+            note += f": {failed.error}" if failed.error else ""
         elif last and last.error:
             note = last.error
         steps.add_row(

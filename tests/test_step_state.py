@@ -183,9 +183,11 @@ async def shown_everywhere(
     db: asyncpg.Connection, database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> tuple[str, str, str, str]:
     """Step `s` as `pipectl status --json`, its table, the console's Overview row and the
-    incidents show it (the incident member's status; "-" when it is no incident)."""
+    incidents show it (the incident member's status; "-" when it is no incident); its detail
+    screen's state is asserted to be the same."""
     from pipectl.console.screens.overview import step_row
     from pipectl.incidents import assess
+    from pipectl.store.console import step_detail
     from pipectl.store.lineage import published_lineage
 
     config = tmp_path / "pipectl.toml"
@@ -204,6 +206,9 @@ async def shown_everywhere(
         for m in incident.members
         if m.name == "s"
     ]
+    detail = await step_detail(db, "s")
+    assert detail is not None
+    assert detail.shown == step.state, "the step's detail screen says the same"
     return as_json, table.split()[2], console.split()[1], members[0] if members else "-"
 
 

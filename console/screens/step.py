@@ -173,8 +173,7 @@ def duration_series(detail: StepDetail, now: datetime) -> TimeSeries:
 
 def info_table(detail: StepDetail, now: datetime) -> Table:
     state = detail.state
-    last = detail.runs[0] if detail.runs else None
-    status = "paused" if state.paused else (str(last.status) if last else "never")
+    status = detail.shown
     status_cell = Text(f"{STATUS_MARK.get(status, '?')} {status}")
     status_cell.stylize(STATUS_STYLE.get(status, ""))
     upstream = ", ".join(state.depends_on) or "-"

@@ -22,7 +22,7 @@ from pipectl.store.requests import get_request, list_requests
 from pipectl.store.results import ResultRow, recent_results
 from pipectl.store.runs import _RUN_COLUMNS, _run, recent_runs
 from pipectl.store.samples import read_series
-from pipectl.store.views import StepRow, latest_outcomes
+from pipectl.store.views import StepRow, latest_outcomes, state_runs, state_word
 
 # ------------------------------------------------------------------------------ privileges
 
@@ -137,6 +137,9 @@ class StepDetail:
     held: Run | None = None
     """The step's latest decisive run when a gate held it (its detail has the evidence):
     what publish-anyway would publish."""
+    shown: str = "never"
+    """Its state in one word, as `pipectl status`, the Overview and the incidents say it
+    (`views.state_word`)."""
 
 
 async def step_detail(db: DB, step: str, limit: int = 60) -> StepDetail | None:
@@ -156,6 +159,7 @@ async def step_detail(db: DB, step: str, limit: int = 60) -> StepDetail | None:
         step,
     )
     latest = (await latest_outcomes(db, [step])).get(step)
+    deciding = (await state_runs(db, [step])).get(step)
     return StepDetail(
         state=states[0],
         runs=tuple(runs),
@@ -163,6 +167,7 @@ async def step_detail(db: DB, step: str, limit: int = 60) -> StepDetail | None:
         last_failure=_run(row) if row else None,
         graph=await step_graph(db),
         held=latest if latest is not None and latest.status == RunStatus.HELD else None,
+        shown=state_word(states[0].paused, deciding, latest),
     )
 
 

@@ -85,6 +85,19 @@ async def latest_outcomes(db: DB, steps: Sequence[str]) -> dict[str, Run]:
     return {r["step"]: _run(r) for r in rows}
 
 
+def state_word(paused: bool, state: Run | None, decisive: Run | None) -> str:
+    """`StepRow.state` from its parts: whether the step is paused, its state run
+    (`state_run`) and its latest decisive run (`decisive_run`)."""
+    if paused:
+        return "paused"
+    if state is None:
+        return "never"
+    if state.status in (RunStatus.QUEUED, RunStatus.RUNNING):
+        failed = decisive is not None and decisive.status == RunStatus.FAILED
+        return "failing" if failed else "running"
+    return "ok" if state.status == RunStatus.SUCCEEDED else str(state.status)
+
+
 @dataclass(frozen=True)
 class StepRow:
     name: str
@@ -111,15 +124,7 @@ class StepRow:
         is queued or running: red between attempts until one succeeds, never "running".
         Skipped only when the step has no decisive run at all. The console, the incidents and
         `pipectl status` all read this one word."""
-        if self.paused:
-            return "paused"
-        if self.state_run is None:
-            return "never"
-        status = self.state_run.status
-        if status in (RunStatus.QUEUED, RunStatus.RUNNING):
-            decisive = self.last_decisive
-            return "failing" if decisive and decisive.status == RunStatus.FAILED else "running"
-        return "ok" if status == RunStatus.SUCCEEDED else str(status)
+        return state_word(self.paused, self.state_run, self.last_decisive)
 
     @property
     def health(self) -> CheckStatus:

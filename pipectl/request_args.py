@@ -17,9 +17,8 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from pipectl.format import seconds as format_seconds
+from pipectl.model import MAX_SILENCE as MAX_SILENCE
 from pipectl.model import RequestKind
-
-MAX_SILENCE = timedelta(days=30)
 
 # How much of an unknown key a message quotes: the key is the writer's text, not ours.
 _KEY_LIMIT = 40

@@ -21,6 +21,7 @@ from pipectl.durations import MAX_DURATION, DurationError, parse_duration
 
 if TYPE_CHECKING:
     from pipectl.config import Config, LoadedConfig
+    from pipectl.db import ConnectConfig
     from pipectl.safetext import LiteralConsole
     from pipectl.telemetry import Telemetry
 
@@ -176,12 +177,37 @@ def load(args: argparse.Namespace, *, require_file: bool = False) -> LoadedConfi
     return load_config(getattr(args, "config", None), require_file=require_file)
 
 
+def connect_config(args: argparse.Namespace) -> ConnectConfig:
+    """What a verb that only connects needs of the config, at once when the config file
+    (and the environment overriding it) validated before: pipectl.configcache. Otherwise
+    the config is validated whole, as `load` does (a bad one raises the same ConfigError,
+    whatever the verb), and remembered."""
+    from pipectl import configcache
+    from pipectl.configfile import read_source
+
+    source = read_source(getattr(args, "config", None))
+    known = configcache.lookup(source)
+    if known is not None:
+        return known
+    import pipectl.checks  # noqa: F401  (registers the check kinds, so configs naming them parse)
+    from pipectl.config import validate_source
+
+    config = validate_source(source).config
+    configcache.remember(source, config)
+    return config
+
+
+def tracing_requested() -> bool:
+    """Whether an OTEL_* variable is set: only then may a verb load OpenTelemetry."""
+    return any(name.startswith("OTEL_") for name in os.environ)
+
+
 def request_telemetry(config: Config, service: str, console: TextIO | None) -> Telemetry | None:
     """Tracing for a verb that files requests, from the OTEL_* environment; a setting that
     cannot be honoured is an error (exit 2) naming the variable, never silently ignored.
     None without any OTEL_* variable: nothing would be exported, so the SDK stays unloaded
     and the request carries no trace context (the agent's span starts its trace)."""
-    if not any(name.startswith("OTEL_") for name in os.environ):
+    if not tracing_requested():
         return None
     from pipectl.telemetry import TelemetryError, build
 

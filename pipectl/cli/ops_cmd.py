@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from rich.padding import Padding
@@ -31,6 +31,7 @@ from pipectl.cli.common import (
     REASON_ARGUMENT,
     CliError,
     cell_limit,
+    connect_config,
     connection_lost,
     console,
     duration_argument,
@@ -39,29 +40,24 @@ from pipectl.cli.common import (
     load,
     print_json,
     request_telemetry,
+    tracing_requested,
 )
-from pipectl.config import Config
 from pipectl.dag import CycleError
-from pipectl.db import connection, describe_connection, resolve
+from pipectl.db import ConnectConfig, connection, describe_connection, resolve
 from pipectl.format import STATUS_STYLE, age, band, due, number, seconds, status_text
 from pipectl.incidents import Incident, assess, healthy_text, incident_json
 from pipectl.migrate import ensure_current
-from pipectl.model import Event, Outcome, Request, RequestKind, Run, RunStatus
-from pipectl.request_args import (
-    MAX_SILENCE,
-    ArgsError,
-    PublishArgs,
-    RequestArgs,
-    RerunArgs,
-    SilenceArgs,
-    describe_args,
-    parse_args,
-)
+from pipectl.model import MAX_SILENCE, Event, Outcome, Request, RequestKind, Run, RunStatus
 from pipectl.resilience import describe
 from pipectl.safetext import CELL, literal, visible
 from pipectl.store.base import Conn
 from pipectl.store.console import RerunPlan, rerun_plan
 from pipectl.store.lineage import published_lineage
+
+# Request arguments are pydantic models: imported by the verbs that file or show requests, so
+# that `pipectl status` loads no pydantic (docs/DEVELOPING.md, "A CLI that starts at once").
+if TYPE_CHECKING:
+    from pipectl.request_args import RequestArgs
 
 
 def register(subparsers: Any) -> None:
@@ -192,7 +188,7 @@ SILENCE_SPAN = duration_argument(maximum=MAX_SILENCE)
 
 
 async def show_status(args: argparse.Namespace) -> int:
-    config = load(args).config
+    config = connect_config(args)
     async with connection(config, "pipectl status") as conn:
         target = resolve(config.database.dsn)
         if target.from_environment:  # no database named: say which one this is, and why
@@ -398,7 +394,7 @@ async def show_history(args: argparse.Namespace) -> int:
         return await show_request_history(args)
     if args.events:
         return await show_event_history(args)
-    config = load(args).config
+    config = connect_config(args)
     async with connection(config, "pipectl history") as conn:
         await ensure_current(conn)
         if args.step and not await store.step_states(conn, [args.step]):
@@ -437,7 +433,9 @@ async def show_request_history(args: argparse.Namespace) -> int:
     agent rejects those) are described as such, never trusted."""
     if args.step:
         raise CliError("--requests lists requests for every target; leave out the step")
-    config = load(args).config
+    from pipectl.request_args import describe_args
+
+    config = connect_config(args)
     async with connection(config, "pipectl history") as conn:
         await ensure_current(conn)
         requests = await store.list_requests(conn, args.limit)
@@ -468,7 +466,7 @@ async def show_request_history(args: argparse.Namespace) -> int:
 
 async def show_event_history(args: argparse.Namespace) -> int:
     """Recent events; a deploy also lists the checks whose status differs from before it."""
-    config = load(args).config
+    config = connect_config(args)
     async with connection(config, "pipectl history") as conn:
         await ensure_current(conn)
         events = await store.recent_events(conn, subject=args.step, limit=args.limit)
@@ -554,6 +552,8 @@ async def _unknown_check(conn: Conn, check: str) -> str:
 async def request_rerun(args: argparse.Namespace) -> int:
     if args.dry_run:
         return await show_rerun_plan(args)
+    from pipectl.request_args import RerunArgs
+
     return await _file_request(
         args, RequestKind.RERUN, args.step, RerunArgs(downstream=bool(args.downstream))
     )
@@ -564,9 +564,11 @@ async def request_publish(args: argparse.Namespace) -> int:
     required, it is what the audit trail keeps of the override."""
     if not args.reason.strip():
         raise CliError("publish needs --reason: publishing past a gate is audited")
+    from pipectl.request_args import PublishArgs
+
     run_id = args.run
     if run_id is None:
-        config = load(args).config
+        config = connect_config(args)
         async with connection(config, "pipectl publish") as conn:
             await ensure_current(conn)
             latest = (await store.latest_outcomes(conn, [args.step])).get(args.step)
@@ -585,6 +587,8 @@ async def request_pause(args: argparse.Namespace) -> int:
 
 
 async def request_silence(args: argparse.Namespace) -> int:
+    from pipectl.request_args import ArgsError, SilenceArgs
+
     try:
         silence = SilenceArgs.parse({"seconds": args.span.total_seconds()})
     except ArgsError as exc:
@@ -599,10 +603,12 @@ async def request_unsilence(args: argparse.Namespace) -> int:
 async def _file_request(
     args: argparse.Namespace, kind: RequestKind, target: str, extra: RequestArgs | None
 ) -> int:
+    if not tracing_requested():  # nothing would be exported: no span, no SDK loaded
+        return await _file(args, connect_config(args), kind, target, extra, None)
     config = load(args).config
     # Spans go to stderr with OTEL_TRACES_EXPORTER=console: stdout may be --json.
     tracing = request_telemetry(config, "pipectl", console=sys.stderr)
-    if tracing is None:  # nothing would be exported: no span, and the SDK stays unloaded
+    if tracing is None:
         return await _file(args, config, kind, target, extra, None)
     from pipectl.telemetry import filing_span
 
@@ -617,7 +623,7 @@ async def _file_request(
 
 async def _file(
     args: argparse.Namespace,
-    config: Config,
+    config: ConnectConfig,
     kind: RequestKind,
     target: str,
     extra: RequestArgs | None,
@@ -704,6 +710,8 @@ def _report_outcome(args: argparse.Namespace, filed: Request, finished: Request 
 def request_json(request: Request) -> dict[str, Any]:
     """A request for scripts. `args` is the kind's arguments, or null with `args_error`
     saying why when the row holds arguments the agent rejects."""
+    from pipectl.request_args import ArgsError, parse_args
+
     try:
         args: dict[str, Any] | None = parse_args(request.kind, request.args).to_json()
         problem = None
@@ -739,7 +747,7 @@ async def show_rerun_plan(args: argparse.Namespace) -> int:
     viewer role can ask."""
     if args.wait:
         raise CliError("--dry-run files no request, so there is nothing to --wait for")
-    config = load(args).config
+    config = connect_config(args)
     async with connection(config, "pipectl rerun --dry-run") as conn:
         await ensure_current(conn)
         try:

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 from uuid import UUID
@@ -21,6 +21,7 @@ from pipectl.durations import MAX_DURATION, DurationError, parse_duration
 
 if TYPE_CHECKING:
     from pipectl.config import Config, LoadedConfig
+    from pipectl.configfile import ConfigSource
     from pipectl.db import ConnectConfig
     from pipectl.safetext import LiteralConsole
     from pipectl.telemetry import Telemetry
@@ -178,22 +179,28 @@ def load(args: argparse.Namespace, *, require_file: bool = False) -> LoadedConfi
 
 
 def connect_config(args: argparse.Namespace) -> ConnectConfig:
-    """What a verb that only connects needs of the config, at once when the config file
-    (and the environment overriding it) validated before: pipectl.configcache. Otherwise
-    the config is validated whole, as `load` does (a bad one raises the same ConfigError,
-    whatever the verb), and remembered."""
-    from pipectl import configcache
+    """What a verb that only connects needs of the config (its [database] section), at once
+    when the config file and the environment overriding it validated before
+    (pipectl.configcache). Otherwise the config is validated whole, as `load` does (a bad one
+    raises the same ConfigError whatever the verb), and remembered."""
     from pipectl.configfile import read_source
 
-    source = read_source(getattr(args, "config", None))
-    known = configcache.lookup(source)
+    return known_config(read_source(getattr(args, "config", None)))
+
+
+def known_config(source: ConfigSource, environ: Mapping[str, str] | None = None) -> ConnectConfig:
+    """`source` as remembered valid, else validated whole (check kinds registered) and
+    remembered: `connect_config` for a config already read."""
+    from pipectl import configcache
+
+    known = configcache.lookup(source, environ)
     if known is not None:
         return known
     import pipectl.checks  # noqa: F401  (registers the check kinds, so configs naming them parse)
     from pipectl.config import validate_source
 
-    config = validate_source(source).config
-    configcache.remember(source, config)
+    config = validate_source(source, environ).config
+    configcache.remember(source, config, environ)
     return config
 
 

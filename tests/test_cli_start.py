@@ -276,3 +276,18 @@ def test_an_unexpected_error_is_not_swallowed() -> None:
     )
     assert done.returncode == 1
     assert "ValueError: bug" in done.stderr
+
+
+def test_the_console_imports_no_pydantic_and_no_check_kind() -> None:
+    """The console reads only [database] (a known config: pipectl.configcache) and the cache
+    floors (pipectl.cache_floors): its app loads neither pydantic, the config's models nor a
+    check kind (importing any of which registers them all)."""
+    probe = (
+        "import sys, json, pipectl.console.app\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic'"
+        " or m.startswith(('pipectl.checks', 'pipectl.config')))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert json.loads(done.stdout) == ["pipectl.configfile"]

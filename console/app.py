@@ -107,11 +107,11 @@ class PipectlApp(App[None]):
         self.switch_mode("overview")
 
     def data_shown(self) -> None:
-        """A screen showed data: the heap is settled once, after that first paint (its full
-        collection takes ~50 ms, which the first data must not wait for)."""
+        """A screen showed data: the heap is settled once, a second later (its full collection
+        takes ~50 ms, which neither the first data nor its paint may wait for)."""
         if not self._heap_settled:
             self._heap_settled = True
-            self.call_after_refresh(settle_heap)
+            self.set_timer(HEAP_SETTLE_DELAY, settle_heap)
 
     @work(exclusive=True, group="connection", exit_on_error=False)
     async def _supervise(self) -> None:
@@ -271,6 +271,10 @@ class PipectlApp(App[None]):
             return
         if isinstance(self.screen, DataScreen):
             self.screen.refetch()
+
+
+HEAP_SETTLE_DELAY = 1.0
+"""Seconds after the first data is shown that the heap is settled."""
 
 
 def settle_heap() -> None:

@@ -28,7 +28,6 @@ import json
 import os
 import stat
 import sys
-import tempfile
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -164,6 +163,8 @@ def remember(
 ) -> None:
     """Record that `source` validated as `config` (with this environment and code).
     Never raises: a cache that cannot be written only costs the next start its time."""
+    import tempfile  # with shutil, lzma and bz2: only when writing
+
     from pipectl.config import files_checked
 
     env = os.environ if environ is None else environ

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 from rich.padding import Padding
@@ -47,17 +47,22 @@ from pipectl.db import ConnectConfig, connection, describe_connection, resolve
 from pipectl.format import STATUS_STYLE, age, band, due, number, seconds, status_text
 from pipectl.incidents import Incident, assess, healthy_text, incident_json
 from pipectl.migrate import ensure_current
-from pipectl.model import MAX_SILENCE, Event, Outcome, Request, RequestKind, Run, RunStatus
+from pipectl.model import Event, Outcome, Request, RequestKind, Run, RunStatus
+from pipectl.request_args import (
+    MAX_SILENCE,
+    ArgsError,
+    PublishArgs,
+    RequestArgs,
+    RerunArgs,
+    SilenceArgs,
+    describe_args,
+    parse_args,
+)
 from pipectl.resilience import describe
 from pipectl.safetext import CELL, literal, visible
 from pipectl.store.base import Conn
 from pipectl.store.console import RerunPlan, rerun_plan
 from pipectl.store.lineage import published_lineage
-
-# Request arguments are pydantic models: imported by the verbs that file or show requests, so
-# that `pipectl status` loads no pydantic (docs/DEVELOPING.md, "A CLI that starts at once").
-if TYPE_CHECKING:
-    from pipectl.request_args import RequestArgs
 
 
 def register(subparsers: Any) -> None:
@@ -433,8 +438,6 @@ async def show_request_history(args: argparse.Namespace) -> int:
     agent rejects those) are described as such, never trusted."""
     if args.step:
         raise CliError("--requests lists requests for every target; leave out the step")
-    from pipectl.request_args import describe_args
-
     config = connect_config(args)
     async with connection(config, "pipectl history") as conn:
         await ensure_current(conn)
@@ -552,8 +555,6 @@ async def _unknown_check(conn: Conn, check: str) -> str:
 async def request_rerun(args: argparse.Namespace) -> int:
     if args.dry_run:
         return await show_rerun_plan(args)
-    from pipectl.request_args import RerunArgs
-
     return await _file_request(
         args, RequestKind.RERUN, args.step, RerunArgs(downstream=bool(args.downstream))
     )
@@ -564,8 +565,6 @@ async def request_publish(args: argparse.Namespace) -> int:
     required, it is what the audit trail keeps of the override."""
     if not args.reason.strip():
         raise CliError("publish needs --reason: publishing past a gate is audited")
-    from pipectl.request_args import PublishArgs
-
     run_id = args.run
     if run_id is None:
         config = connect_config(args)
@@ -587,8 +586,6 @@ async def request_pause(args: argparse.Namespace) -> int:
 
 
 async def request_silence(args: argparse.Namespace) -> int:
-    from pipectl.request_args import ArgsError, SilenceArgs
-
     try:
         silence = SilenceArgs.parse({"seconds": args.span.total_seconds()})
     except ArgsError as exc:
@@ -710,8 +707,6 @@ def _report_outcome(args: argparse.Namespace, filed: Request, finished: Request 
 def request_json(request: Request) -> dict[str, Any]:
     """A request for scripts. `args` is the kind's arguments, or null with `args_error`
     saying why when the row holds arguments the agent rejects."""
-    from pipectl.request_args import ArgsError, parse_args
-
     try:
         args: dict[str, Any] | None = parse_args(request.kind, request.args).to_json()
         problem = None

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING
 from uuid import UUID
 
 import asyncpg
 
 from pipectl.model import Outcome, Request, RequestKind
+from pipectl.request_args import RequestArgs, check_args
 from pipectl.store.base import DB
-
-if TYPE_CHECKING:  # pydantic, which reading requests does not need (pipectl status)
-    from pipectl.request_args import RequestArgs
 
 _COLUMNS = """id, kind, target, args, reason, requested_by, created_at, claimed_by, claimed_at,
               done_at, outcome, detail, traceparent"""
@@ -36,8 +33,6 @@ async def create_request(
     """Insert (PostgreSQL stamps who and when, audits it and wakes the agents). `args` is
     the kind's model (its defaults when None); a model of another kind raises ArgsError.
     `traceparent` is the W3C trace context of the span filing it (pipectl.telemetry)."""
-    from pipectl.request_args import check_args
-
     checked = check_args(kind, args)
     row = await db.fetchrow(
         "INSERT INTO pipectl.requests (kind, target, reason, args, traceparent)"

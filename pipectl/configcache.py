@@ -124,10 +124,12 @@ def _code_fingerprint() -> Iterable[str]:
 def lookup(
     source: ConfigSource, environ: Mapping[str, str] | None = None, folder: Path | None = None
 ) -> QuickConfig | None:
-    """The settings of `source` if it validated before with this environment and code;
-    None otherwise (validate it, then `remember`)."""
+    """The settings of `source` if it validated before with this environment (`environ`:
+    the variables overriding the file) and code; None otherwise (validate it, then
+    `remember`). The cache is in `folder`, default `cache_dir()` of the process's own
+    environment."""
     env = os.environ if environ is None else environ
-    folder = folder or cache_dir(env)
+    folder = folder or cache_dir()
     if folder is None:
         return None
     key = cache_key(source, env)
@@ -168,7 +170,7 @@ def remember(
     from pipectl.config import files_checked
 
     env = os.environ if environ is None else environ
-    folder = folder or cache_dir(env)
+    folder = folder or cache_dir()
     if folder is None:
         return
     entry = {

@@ -167,3 +167,17 @@ def test_the_default_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     expected = tmp_path / "home/.cache/pipectl/config"
     assert configcache.cache_dir({"XDG_CACHE_HOME": "relative/path"}) == expected
     assert configcache.cache_dir({}) == expected
+
+
+def test_the_folder_is_the_process_own_whatever_overrides_are_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`environ` names the variables overriding the config (bench.console passes none); where
+    the cache lives follows the process's own XDG_CACHE_HOME."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    path = tmp_path / "pipectl.toml"
+    path.write_text(f'[database]\ndsn = "{DSN}"\n')
+    source = read_source(path, environ={})
+    configcache.remember(source, validate_source(source, {}).config, {})
+    assert len(list((tmp_path / "xdg/pipectl/config").glob("*.json"))) == 1
+    assert configcache.lookup(source, {}) is not None

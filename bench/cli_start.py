@@ -215,7 +215,12 @@ def commands(dsn: str, config: Path, compare_with: Path | None, pycache: Path) -
         if not k.startswith(("OTEL_", "PIPECTL_")) and k != "PYTHONDONTWRITEBYTECODE"
     }
     base["PIPECTL_DATABASE_URL"] = dsn
-    cached = {**base, "PYTHONPYCACHEPREFIX": str(pycache)}
+    # The config cache (pipectl.configcache) in the run's folder: the untimed round fills it.
+    cached = {
+        **base,
+        "PYTHONPYCACHEPREFIX": str(pycache),
+        "XDG_CACHE_HOME": str(pycache.parent / "cache"),
+    }
     python = sys.executable
     status = ["--config", str(config), "status"]
     verbs = [
@@ -229,6 +234,18 @@ def commands(dsn: str, config: Path, compare_with: Path | None, pycache: Path) -
     found = [
         Command("python -c pass (baseline)", [python, "-c", "pass"], cached),
         Command('python -c "import asyncpg" (baseline)', [python, "-c", "import asyncpg"], cached),
+        # The floors: what a verb that connects and prints a table, and the console, import
+        # at the least (the interpreter included).
+        Command(
+            "import asyncpg, rich.table (baseline: verb floor)",
+            [python, "-c", "import asyncio, asyncpg, rich.table"],
+            cached,
+        ),
+        Command(
+            "import asyncpg, textual.app (baseline: console floor)",
+            [python, "-c", "import asyncio, asyncpg, textual.app"],
+            cached,
+        ),
     ]
     found += [
         Command(label, [python, "-m", "pipectl", *args], cached, TARGET) for label, args in verbs
@@ -239,9 +256,18 @@ def commands(dsn: str, config: Path, compare_with: Path | None, pycache: Path) -
     found.append(Command("console", console, {**cached, "NO_COLOR": "1"}, CONSOLE_TARGET))
     found.append(
         Command(
+            # A config seen for the first time (or edited) is validated whole: pydantic and
+            # every check kind. XDG_CACHE_HOME under /dev/null: nothing can be remembered.
+            "pipectl status, config not known (validated)",
+            [python, "-m", "pipectl", *status],
+            {**cached, "XDG_CACHE_HOME": "/dev/null/pipectl-bench"},
+        )
+    )
+    found.append(
+        Command(
             "pipectl status, no bytecode cache",
             [python, "-m", "pipectl", *status],
-            {**base, "PYTHONDONTWRITEBYTECODE": "1"},
+            {**base, "PYTHONDONTWRITEBYTECODE": "1", "XDG_CACHE_HOME": cached["XDG_CACHE_HOME"]},
         )
     )
     if compare_with is not None:
@@ -289,6 +315,10 @@ async def measure(dsn: str, rounds: int, compare_with: Path | None = None) -> Se
     base_text = (
         f"python -c pass {_spread(baseline.first)}; import asyncpg {_spread(asyncpg_only.total)}"
     )
+    floors = {
+        kind: timings[f"import asyncpg, {module} (baseline: {kind} floor)"]
+        for kind, module in (("verb", "rich.table"), ("console", "textual.app"))
+    }
     figures: list[Figure] = []
     rows: list[list[str]] = []
     for command in listed:
@@ -306,14 +336,16 @@ async def measure(dsn: str, rounds: int, compare_with: Path | None = None) -> Se
             ]
         )
         if command.target:
+            kind = "console" if command.label == "console" else "verb"
+            floor = floors[kind]
+            title = "console: first data" if kind == "console" else f"{command.label}: first output"
             figures.append(
                 Figure(
-                    "console: first data"
-                    if command.label == "console"
-                    else f"{command.label}: first output",
+                    title,
                     _spread(found.first),
                     command.target,
-                    base_text,
+                    f"{base_text}; {kind} floor (its imports alone) {_spread(floor.total)}"
+                    f" (CPU {_spread(floor.cpu)})",
                     f"CPU {_spread(found.cpu)}",
                 )
             )

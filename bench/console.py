@@ -238,9 +238,15 @@ async def without_console_indexes(conn: asyncpg.Connection) -> list[tuple[str, s
 LAUNCH = """
 import time, sys, asyncio
 t0 = time.perf_counter()
+try:  # as `pipectl` opens the console: validated whole once, then known valid (configcache)
+    from pathlib import Path
+    from pipectl.cli.common import known_config
+    from pipectl.configfile import ConfigSource
+    config = known_config(ConfigSource(Path("bench.toml"), sys.argv[1], ()), environ={})
+except ImportError:  # a tree from before pipectl.configcache (bench.cli_start --compare-with)
+    from pipectl.config import parse_config_text
+    config = parse_config_text(sys.argv[1], "bench.toml", environ={}).config
 from pipectl.console.app import PipectlApp
-from pipectl.config import parse_config_text
-config = parse_config_text(sys.argv[1], "bench.toml", environ={}).config
 async def main():
     app = PipectlApp(config, cursor_blink=False)
     async with app.run_test(size=(120, 40)) as pilot:

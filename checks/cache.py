@@ -42,6 +42,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from pipectl import store
+from pipectl.cache_floors import floors as floors
+from pipectl.cache_floors import published_floors as published_floors
 from pipectl.checks.base import Context, KindSpec, number, point, zone
 from pipectl.checks.catalog import STATS_KINDS, TEXT_TYPES, TIME_TYPES, Need
 from pipectl.checks.sql import Params, Query, col, window_predicate
@@ -100,27 +102,6 @@ class CacheCheck(CheckBase):
 MIN_REQUESTS = {"redis": 20, "app": 20, "postgres": 2000}
 """Default min_requests per source. A buffer cache sees thousands of lookups a minute even on
 a quiet database; a ratio over a few hundred of them swings with any single scan."""
-
-
-def floors(source: str, warn_below: float | None, fail_below: float | None) -> tuple[float, float]:
-    """Warn and fail floors of a cache check of `source`; unset ones take the defaults."""
-    warn, fail = (0.95, 0.90) if source == "postgres" else (0.80, 0.50)
-    return (
-        warn_below if warn_below is not None else warn,
-        fail_below if fail_below is not None else fail,
-    )
-
-
-def published_floors(source: str, definition: Mapping[str, Any]) -> tuple[float, float]:
-    """The floors of a cache check as published in `pipectl.checks.definition` (for readers
-    of the database, such as the console, that have no config)."""
-    return floors(
-        source, _ratio(definition.get("warn_below")), _ratio(definition.get("fail_below"))
-    )
-
-
-def _ratio(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 LEVELS = ("L1", "L2", "L3", "MISS")

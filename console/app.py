@@ -18,7 +18,6 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker
 
-from pipectl.config import Config
 from pipectl.console import data
 from pipectl.console.actions import APP, ActionRegistry, bindings
 from pipectl.console.commands import ActionCommands
@@ -42,6 +41,7 @@ from pipectl.console.screens.requests import RequestsScreen
 from pipectl.console.screens.schema import SchemaScreen
 from pipectl.console.screens.timeline import TimelineScreen
 from pipectl.console.service import ConsoleService, NotConnected
+from pipectl.db import ConnectConfig
 from pipectl.safetext import CELL, visible
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class PipectlApp(App[None]):
 
     def __init__(
         self,
-        config: Config,
+        config: ConnectConfig,
         *,
         read_only: bool = False,
         clock: Clock = utc_now,
@@ -96,13 +96,22 @@ class PipectlApp(App[None]):
         self.feedback = RequestFeedback()
         self._schema_screen: SchemaScreen | None = None
         self._request_toasts: dict[int, Notification] = {}
+        self._heap_settled = False
         self.set_reactive(PipectlApp.read_only, read_only)
         self.set_reactive(PipectlApp.connection, Connection(target=self.service.target))
 
     def on_mount(self) -> None:
-        settle_heap()
-        self.switch_mode("overview")
+        # Connecting (network waits) starts before the first screen is built (CPU), so the
+        # two overlap: the console's first data is what the operator waits for.
         self._supervise()
+        self.switch_mode("overview")
+
+    def data_shown(self) -> None:
+        """A screen showed data: the heap is settled once, a second later (its full collection
+        takes ~50 ms, which neither the first data nor its paint may wait for)."""
+        if not self._heap_settled:
+            self._heap_settled = True
+            self.set_timer(HEAP_SETTLE_DELAY, settle_heap)
 
     @work(exclusive=True, group="connection", exit_on_error=False)
     async def _supervise(self) -> None:
@@ -262,6 +271,10 @@ class PipectlApp(App[None]):
             return
         if isinstance(self.screen, DataScreen):
             self.screen.refetch()
+
+
+HEAP_SETTLE_DELAY = 1.0
+"""Seconds after the first data is shown that the heap is settled."""
 
 
 def settle_heap() -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from pipectl import store
-from pipectl.checks.cache import published_floors
+from pipectl.cache_floors import published_floors
 from pipectl.lineage import Lineage
 from pipectl.model import Request, RequestKind
 from pipectl.request_args import RequestArgs

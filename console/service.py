@@ -18,9 +18,8 @@ from typing import Any, TypeVar
 import asyncpg
 from textual.message import Message
 
-from pipectl.config import Config
 from pipectl.console.messages import Connection, ConnectionChanged, DatabaseChanged
-from pipectl.db import DatabaseUnavailable, connect, create_pool, describe_target
+from pipectl.db import ConnectConfig, DatabaseUnavailable, connect, create_pool, describe_target
 from pipectl.listen import Listener
 from pipectl.migrate import MigrationError, ensure_current
 from pipectl.resilience import close_pool_quietly, describe, is_transient
@@ -48,7 +47,7 @@ class ConsoleService:
 
     def __init__(
         self,
-        config: Config,
+        config: ConnectConfig,
         *,
         keepalive: float = 5.0,
         backoff: tuple[float, float] = (0.5, 15.0),

@@ -36,6 +36,14 @@ from pydantic import (
     model_validator,
 )
 
+# What needs no model lives in pipectl.configfile (the verbs' fast path imports only it);
+# these names stay importable from here.
+from pipectl.configfile import DATABASE_URL_ENV as DATABASE_URL_ENV
+from pipectl.configfile import REDIS_URL_ENV as REDIS_URL_ENV
+from pipectl.configfile import ConfigError as ConfigError
+from pipectl.configfile import ConfigSource, env_overrides, read_source
+from pipectl.configfile import Problem as Problem
+from pipectl.configfile import mask_secret_url as mask_secret_url
 from pipectl.dag import find_cycle
 from pipectl.durations import (
     POSTGRES_TIMEOUT_MAX,
@@ -49,20 +57,6 @@ from pipectl.lineage import watched_by_check
 from pipectl.sqlscan import SqlScanError, step_sql_escapes
 from pipectl.tomlpos import Path as KeyPath
 from pipectl.tomlpos import line_of, locate_keys
-
-SEARCH_PATH_ENV = "PIPECTL_CONFIG"
-DATABASE_URL_ENV = "PIPECTL_DATABASE_URL"
-REDIS_URL_ENV = "PIPECTL_REDIS_URL"
-
-
-def default_search_paths() -> list[Path]:
-    """Where a config file is looked for when neither --config nor PIPECTL_CONFIG says."""
-    return [
-        Path("pipectl.toml"),
-        Path.home() / ".config" / "pipectl" / "config.toml",
-        Path("/etc/pipectl/config.toml"),
-    ]
-
 
 # ---------------------------------------------------------------------------------------------
 # Field types
@@ -198,6 +192,16 @@ def _dsn(value: Any) -> str:
             if path and not Path(path).expanduser().is_file():
                 raise ValueError(f"{key} file {path!r} does not exist or is not a file")
     return value
+
+
+def files_checked(config: Config) -> list[str]:
+    """The files validating `config` found (the SSL files its DSNs name): a config known to
+    be valid (pipectl.configcache) is so only while they still are files."""
+    named = []
+    for dsn in (config.database.dsn, config.database.replica_dsn):
+        query = parse_qs(urlsplit(dsn).query, keep_blank_values=True) if dsn else {}
+        named += [path for key in _SSL_FILES for path in query.get(key, []) if path]
+    return named
 
 
 def _redis_url(value: Any) -> str:
@@ -562,28 +566,6 @@ class Config(Strict):
 
 
 @dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a config file, located as precisely as the file allows."""
-
-    file: str
-    line: int | None
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    """The config cannot be used; `problems` lists every reason found."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
-
-
-@dataclass(frozen=True)
 class LoadedConfig:
     """The validated config and where each of its values came from."""
 
@@ -605,20 +587,6 @@ class LoadedConfig:
         return self.config.redis.url
 
 
-def find_config_file(explicit: str | os.PathLike[str] | None) -> tuple[Path | None, list[Path]]:
-    """Apply the search order; an explicit or env-given file must exist."""
-    if explicit is not None:
-        return Path(explicit), [Path(explicit)]
-    env = os.environ.get(SEARCH_PATH_ENV)
-    if env:
-        return Path(env), [Path(env)]
-    candidates = default_search_paths()
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate, candidates
-    return None, candidates
-
-
 def load_config(
     explicit: str | os.PathLike[str] | None = None,
     *,
@@ -627,31 +595,16 @@ def load_config(
 ) -> LoadedConfig:
     """Find, read and validate the config; raise ConfigError listing every problem."""
     env = os.environ if environ is None else environ
-    if explicit is None and env.get(SEARCH_PATH_ENV):
-        explicit = env[SEARCH_PATH_ENV]
-    path, searched = find_config_file(explicit)
-    if path is None:
-        if require_file:
-            looked = ", ".join(str(p) for p in searched)
-            raise ConfigError(
-                [
-                    Problem(
-                        "pipectl",
-                        None,
-                        "",
-                        f"no config file found (looked in {looked}); copy config.example.toml "
-                        "to ./pipectl.toml or pass --config FILE",
-                    )
-                ]
-            )
-        return _finish({}, None, {}, env, tuple(searched))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([Problem(str(path), None, "", "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem(str(path), None, "", f"cannot read: {exc}")]) from None
-    return parse_config_text(text, str(path), environ=env, searched=tuple(searched))
+    return validate_source(read_source(explicit, environ=env, require_file=require_file), env)
+
+
+def validate_source(source: ConfigSource, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Validate a config as read (`pipectl.configfile.read_source`); ConfigError listing
+    every problem."""
+    env = os.environ if environ is None else environ
+    if source.file is None:
+        return _finish({}, None, {}, env, source.searched)
+    return parse_config_text(source.text, str(source.file), environ=env, searched=source.searched)
 
 
 def parse_config_text(
@@ -743,7 +696,7 @@ def _finish(
 ) -> LoadedConfig:
     label = filename or "<defaults>"
     origins: dict[str, str] = {}
-    overrides = _env_overrides(raw, env, origins)
+    overrides = env_overrides(raw, env, origins)
     problems = list(_out_of_range_integers(overrides, label, lines))
     refused = {p.path for p in problems}
     try:
@@ -774,29 +727,6 @@ def _finish(
         origins=origins,
         searched=searched,
     )
-
-
-def _env_overrides(
-    raw: dict[str, Any], env: Mapping[str, str], origins: dict[str, str]
-) -> dict[str, Any]:
-    """Environment beats the file for connection settings (twelve-factor style)."""
-    data = {key: value for key, value in raw.items()}
-    for section, key, var in (
-        ("database", "dsn", DATABASE_URL_ENV),
-        ("redis", "url", REDIS_URL_ENV),
-    ):
-        value = env.get(var)
-        if value:
-            table = dict(data.get(section) or {}) if isinstance(data.get(section), dict) else {}
-            table[key] = value
-            data[section] = table
-            origins[f"{section}.{key}"] = f"env {var}"
-    database = data.get("database")
-    if not (isinstance(database, dict) and "dsn" in database) and any(
-        env.get(v) for v in ("PGHOST", "PGDATABASE", "PGUSER", "PGPORT", "PGSERVICE")
-    ):
-        origins["database.dsn"] = "libpq environment (PGHOST, PGUSER, ...)"
-    return data
 
 
 def _dotted(path: KeyPath, raw: Mapping[str, Any]) -> str:
@@ -1120,102 +1050,6 @@ def _cycles(raw: dict[str, Any], label: str, lines: dict[KeyPath, int]) -> Itera
 
 # ---------------------------------------------------------------------------------------------
 # Showing
-
-
-# libpq keywords whose values are secrets (key=value strings and URL query parameters).
-SECRET_KEYWORDS = frozenset({"password", "sslpassword"})
-MASK = "****"
-_SECRET_QUERY = re.compile(r"(?i)(^|[?&;])((?:ssl)?password)=[^&#]*")
-
-
-def mask_secret_url(value: str) -> str:
-    """The connection string with every credential libpq or redis-py accepts masked: the
-    password of a URL's user info, `password=` and `sslpassword=` query parameters, and the
-    same keywords of a libpq key=value string (quoted or not). Masks more rather than less
-    when the string cannot be parsed."""
-    if "://" not in value:
-        return _mask_conninfo(value)
-    scheme, _, rest = value.partition("://")
-    return f"{scheme}://{_mask_query(_mask_userinfo(rest))}"
-
-
-def _mask_userinfo(rest: str) -> str:
-    """`user:password@hosts...` -> `user:****@hosts...`. A password holding an unencoded
-    '/', '?', '#' or '@' is still masked up to the last '@' that could end it."""
-    authority_end = len(rest)
-    for stop in "/?#":
-        position = rest.find(stop)
-        if position != -1:
-            authority_end = min(authority_end, position)
-    at = rest.rfind("@", 0, authority_end)
-    if at == -1:
-        colon = rest.find(":", 0, authority_end)
-        later_at = rest.rfind("@")
-        if colon == -1 or later_at == -1:
-            return rest
-        at = later_at  # 'user:pa/ss@host': the authority ended early, inside the password
-    userinfo = rest[:at]
-    if ":" not in userinfo:
-        return rest
-    return userinfo.split(":", 1)[0] + ":" + MASK + rest[at:]
-
-
-def _mask_query(rest: str) -> str:
-    path, question, query = rest.partition("?")
-    if not question:
-        return rest
-    return path + "?" + _SECRET_QUERY.sub(lambda m: f"{m.group(1)}{m.group(2)}={MASK}", query)
-
-
-_CONNINFO_KEY = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*")
-
-
-def _mask_conninfo(value: str) -> str:
-    """A libpq key=value string: values may be single-quoted (with \\ and \\' escapes) or
-    bare (backslash escapes a character). Unparseable from some point: masked from there."""
-    out: list[str] = []
-    position = 0
-    while position < len(value):
-        match = _CONNINFO_KEY.match(value, position)
-        if match is None:
-            if value[position:].strip():
-                out.append(value[position:] if not _mentions_secret(value[position:]) else MASK)
-            else:
-                out.append(value[position:])
-            break
-        end = _value_end(value, match.end())
-        out.append(match.group(0))
-        secret = match.group(1).lower() in SECRET_KEYWORDS
-        if end is None:  # an unterminated quote: nothing after it is safe to show
-            tail = value[match.end() :]
-            out.append(MASK if secret or _mentions_secret(tail) else tail)
-            break
-        out.append(MASK if secret else value[match.end() : end])
-        position = end
-    return "".join(out)
-
-
-def _value_end(text: str, start: int) -> int | None:
-    """Where a conninfo value starting at `start` ends (after its closing quote, or at the
-    first unescaped whitespace); None when a quote never closes."""
-    position = start
-    if position < len(text) and text[position] == "'":
-        position += 1
-        while position < len(text):
-            if text[position] == "\\":
-                position += 2
-            elif text[position] == "'":
-                return position + 1
-            else:
-                position += 1
-        return None
-    while position < len(text) and not text[position].isspace():
-        position += 2 if text[position] == "\\" else 1
-    return min(position, len(text))
-
-
-def _mentions_secret(text: str) -> bool:
-    return any(keyword in text.lower() for keyword in SECRET_KEYWORDS)
 
 
 def effective_items(loaded: LoadedConfig) -> list[tuple[str, str, str]]:

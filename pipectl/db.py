@@ -7,12 +7,35 @@ import json
 import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from datetime import timedelta
+from typing import Any, Protocol
 
 import asyncpg
 
-from pipectl.config import Config, ConfigError, Problem, mask_secret_url
+from pipectl.configfile import ConfigError, Problem, mask_secret_url
 from pipectl.conninfo import ConnectionSettingsError, Target, describe_server, resolve_target
+
+
+class DatabaseSection(Protocol):
+    """What connecting reads of a config's [database] section."""
+
+    @property
+    def dsn(self) -> str | None: ...
+
+    @property
+    def connect_timeout(self) -> timedelta: ...
+
+    @property
+    def application_name(self) -> str: ...
+
+
+class ConnectConfig(Protocol):
+    """What connecting reads of a config: a validated `pipectl.config.Config`, or the
+    settings of a config known to be valid (`pipectl.configcache.QuickConfig`), which a verb
+    gets without loading pydantic and the check kinds."""
+
+    @property
+    def database(self) -> DatabaseSection: ...
 
 
 class DatabaseUnavailable(Exception):
@@ -96,7 +119,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def connect(
-    config: Config,
+    config: ConnectConfig,
     *,
     application_name: str | None = None,
     dsn: str | None = None,
@@ -116,7 +139,7 @@ async def connect(
 
 
 async def create_pool(
-    config: Config,
+    config: ConnectConfig,
     *,
     min_size: int = 1,
     max_size: int = 4,
@@ -151,7 +174,7 @@ async def create_pool(
 
 
 def _connect_args(
-    config: Config,
+    config: ConnectConfig,
     target: Target,
     application_name: str | None,
     settings: Mapping[str, str] | None,
@@ -189,7 +212,7 @@ def unavailable(target: Target, exc: BaseException) -> DatabaseUnavailable:
 
 @asynccontextmanager
 async def connection(
-    config: Config, application_name: str | None = None
+    config: ConnectConfig, application_name: str | None = None
 ) -> AsyncIterator[asyncpg.Connection]:
     conn = await connect(config, application_name=application_name)
     try:

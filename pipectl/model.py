@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 from uuid import UUID
@@ -86,6 +86,10 @@ class RequestKind(StrEnum):
     UNSILENCE = "unsilence"
     PUBLISH = "publish"
     """Publish a held step anyway: run it once more with its gates measured, not enforced."""
+
+
+MAX_SILENCE = timedelta(days=30)
+"""The longest silence a request may ask for (pipectl.request_args.SilenceArgs)."""
 
 
 class Outcome(StrEnum):

@@ -11,51 +11,76 @@ valid by construction (and `check_args` refuses a model of the wrong kind).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
 from datetime import timedelta
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
-
 from pipectl.format import seconds as format_seconds
+from pipectl.model import MAX_SILENCE as MAX_SILENCE
 from pipectl.model import RequestKind
-
-MAX_SILENCE = timedelta(days=30)
 
 # How much of an unknown key a message quotes: the key is the writer's text, not ours.
 _KEY_LIMIT = 40
+
+# Plain frozen dataclasses, not pydantic models: every verb that files a request (`pipectl
+# rerun`, ...) and the console import this module, and five fields do not need pydantic's
+# import time (docs/DEVELOPING.md, "A CLI that starts at once").
 
 
 class ArgsError(ValueError):
     """A request's arguments do not fit its kind; the message says why."""
 
 
-class RequestArgs(BaseModel):
-    """Arguments of one request kind: exactly these keys, of exactly these types."""
+@dataclass(frozen=True, kw_only=True)
+class RequestArgs:
+    """Arguments of one request kind: exactly these keys, of exactly these types. Each field
+    is checked (and may be normalised) by its entry in CHECKS, whether the arguments are
+    built by pipectl or read from a row; a field without a default is required."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
     KIND_TEXT: ClassVar[str] = "this"
+    CHECKS: ClassVar[dict[str, Callable[[object], object]]] = {}
+
+    def __post_init__(self) -> None:
+        for name in self.names():
+            check = self.CHECKS.get(name)
+            if check is not None:
+                try:
+                    object.__setattr__(self, name, check(getattr(self, name)))
+                except ValueError as exc:
+                    raise ArgsError(str(exc)) from None
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
 
     @classmethod
     def parse(cls, raw: object) -> Self:
-        """The model for `raw` (a request row's args as read), or ArgsError saying why not."""
+        """The model for `raw` (a request row's args as read), or ArgsError saying why not:
+        the first field that is missing or refused, else the first unknown key."""
         if not isinstance(raw, dict):
             raise ArgsError("request arguments must be a JSON object")
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            raise ArgsError(cls._explain(exc)) from None
-
-    @classmethod
-    def _explain(cls, exc: ValidationError) -> str:
-        error = exc.errors(include_url=False, include_input=False)[0]
-        key = _quoted(error["loc"][0]) if error["loc"] else "arguments"
-        if error["type"] == "extra_forbidden":
-            allowed = ", ".join(cls.model_fields) or "none"
-            return f"unknown argument {key} for {cls.a_request()} (allowed: {allowed})"
-        if error["type"] == "missing":
-            return f"{cls.a_request()} needs {key}"
-        cause = (error.get("ctx") or {}).get("error")
-        return str(cause) if cause is not None else f"{key}: {error['msg']}"
+        names = cls.names()
+        required = {
+            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        }
+        for name in names:
+            if name in raw:
+                check = cls.CHECKS.get(name)
+                if check is not None:
+                    try:
+                        check(raw[name])
+                    except ValueError as exc:
+                        raise ArgsError(str(exc)) from None
+            elif name in required:
+                raise ArgsError(f"{cls.a_request()} needs {_quoted(name)}")
+        for key in raw:
+            if key not in names:
+                allowed = ", ".join(names) or "none"
+                raise ArgsError(
+                    f"unknown argument {_quoted(key)} for {cls.a_request()} (allowed: {allowed})"
+                )
+        return cls(**raw)
 
     @classmethod
     def a_request(cls) -> str:
@@ -65,46 +90,48 @@ class RequestArgs(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         """What goes into pipectl.requests.args."""
-        return self.model_dump(mode="json")
+        return {name: getattr(self, name) for name in self.names()}
 
     def describe(self) -> str:
         """A short note shown next to the kind ("" when there is nothing to say)."""
         return ""
 
 
+def _downstream(value: object) -> object:
+    if not isinstance(value, bool):
+        raise ValueError("'downstream' must be true or false")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
 class RerunArgs(RequestArgs):
     """Rerun a step, and with `downstream` every step depending on it, in order."""
 
     KIND_TEXT: ClassVar[str] = "rerun"
+    CHECKS: ClassVar[dict[str, Callable[[object], object]]] = {"downstream": _downstream}
     downstream: bool = False
-
-    @field_validator("downstream", mode="before")
-    @classmethod
-    def _bool(cls, value: object) -> object:
-        if not isinstance(value, bool):
-            raise ValueError("'downstream' must be true or false")
-        return value
 
     def describe(self) -> str:
         return "+down" if self.downstream else ""
 
 
+def _span(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError("silence needs 'seconds' > 0")
+    # Compared before any conversion: an int of thousands of digits, or inf, must not
+    # reach float() or timedelta(), which overflow.
+    if value > MAX_SILENCE.total_seconds():
+        raise ValueError(f"silences are limited to {MAX_SILENCE.days} days")
+    return float(value)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SilenceArgs(RequestArgs):
     """Silence a check for `seconds` (more than 0, at most MAX_SILENCE)."""
 
     KIND_TEXT: ClassVar[str] = "silence"
+    CHECKS: ClassVar[dict[str, Callable[[object], object]]] = {"seconds": _span}
     seconds: float
-
-    @field_validator("seconds", mode="before")
-    @classmethod
-    def _span(cls, value: object) -> object:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ValueError("silence needs 'seconds' > 0")
-        # Compared before any conversion: an int of thousands of digits, or inf, must not
-        # reach float() or timedelta(), which overflow.
-        if value > MAX_SILENCE.total_seconds():
-            raise ValueError(f"silences are limited to {MAX_SILENCE.days} days")
-        return float(value)
 
     @property
     def span(self) -> timedelta:
@@ -114,43 +141,48 @@ class SilenceArgs(RequestArgs):
         return format_seconds(self.seconds)
 
 
+@dataclass(frozen=True, kw_only=True)
 class CheckArgs(RequestArgs):
     """Run a check now (target: its name, or "*" / "all"): no arguments."""
 
     KIND_TEXT: ClassVar[str] = "check"
 
 
+@dataclass(frozen=True, kw_only=True)
 class PauseArgs(RequestArgs):
     """Pause a step's scheduled runs: no arguments."""
 
     KIND_TEXT: ClassVar[str] = "pause"
 
 
+@dataclass(frozen=True, kw_only=True)
 class ResumeArgs(RequestArgs):
     """Undo a pause: no arguments."""
 
     KIND_TEXT: ClassVar[str] = "resume"
 
 
+@dataclass(frozen=True, kw_only=True)
 class UnsilenceArgs(RequestArgs):
     """End a silence now: no arguments."""
 
     KIND_TEXT: ClassVar[str] = "unsilence"
 
 
+def _run_id(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+        raise ValueError("publish needs 'run': the id of the held run")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
 class PublishArgs(RequestArgs):
     """Publish a held step anyway: `run` is the held run the operator saw (the agent refuses
     when it is no longer the step's latest decisive run, so nothing else gets published)."""
 
     KIND_TEXT: ClassVar[str] = "publish"
+    CHECKS: ClassVar[dict[str, Callable[[object], object]]] = {"run": _run_id}
     run: int
-
-    @field_validator("run", mode="before")
-    @classmethod
-    def _run_id(cls, value: object) -> object:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
-            raise ValueError("publish needs 'run': the id of the held run")
-        return value
 
     def describe(self) -> str:
         return f"run {self.run}"

@@ -41,9 +41,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.shared_servers)
 
 
+@pytest.fixture(scope="session")
+def _cache_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("xdg-cache")
+
+
 @pytest.fixture(autouse=True)
-def _pin_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What varies between machines stays out of the tests: zone, config search, colours."""
+def _pin_environment(monkeypatch: pytest.MonkeyPatch, _cache_home: Path) -> None:
+    """What varies between machines stays out of the tests: zone, config search, colours,
+    and the cache of valid configs (pipectl.configcache), kept in the session's folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(_cache_home))
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     for var in ("PIPECTL_CONFIG", "PIPECTL_DATABASE_URL", "PIPECTL_REDIS_URL"):

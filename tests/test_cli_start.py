@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -33,14 +34,29 @@ from pipectl.cli import main
 code = main(sys.argv[1:])
 loaded = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
 cli = sorted(m for m in sys.modules if m.startswith("pipectl.cli."))
-print("LOADED " + json.dumps({"code": code, "heavy": loaded, "cli": cli}), file=sys.stderr)
+modules = sorted(m for m in sys.modules if m in MODULES)
+found = {"code": code, "heavy": loaded, "cli": cli, "modules": modules}
+print("LOADED " + json.dumps(found), file=sys.stderr)
 """
 
 
-def loaded_by(*args: str, env: dict[str, str] | None = None) -> tuple[int, list[str], list[str]]:
-    """(exit code, heavy packages loaded, pipectl.cli modules loaded) of `pipectl ARGS`."""
+@dataclass(frozen=True)
+class Loaded:
+    code: int
+    heavy: list[str]
+    """The heavy packages loaded."""
+    cli: list[str]
+    """The pipectl.cli modules loaded."""
+    modules: list[str]
+    """Which of the modules asked about were loaded."""
+
+
+def loaded_by(
+    *args: str, env: dict[str, str] | None = None, modules: tuple[str, ...] = ()
+) -> Loaded:
+    """What `pipectl ARGS` loaded, and its exit code."""
     done = subprocess.run(
-        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}", *args],
+        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\nMODULES = {modules!r}\n{PROBE}", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -49,16 +65,15 @@ def loaded_by(*args: str, env: dict[str, str] | None = None) -> tuple[int, list[
     )
     line = next((x for x in done.stderr.splitlines() if x.startswith("LOADED ")), None)
     assert line is not None, done.stderr
-    found = json.loads(line.removeprefix("LOADED "))
-    return found["code"], found["heavy"], found["cli"]
+    return Loaded(**json.loads(line.removeprefix("LOADED ")))
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"]])
 def test_help_and_version_load_no_heavy_package(args: list[str]) -> None:
-    code, heavy, cli = loaded_by(*args)
-    assert code == 0
-    assert heavy == []
-    assert cli == ["pipectl.cli.common"]
+    found = loaded_by(*args)
+    assert found.code == 0
+    assert found.heavy == []
+    assert found.cli == ["pipectl.cli.common"]
 
 
 def test_an_unknown_verb_is_refused_with_every_choice_listed() -> None:
@@ -73,20 +88,22 @@ def test_an_unknown_verb_is_refused_with_every_choice_listed() -> None:
 @pytest.mark.parametrize("verb", sorted(VERBS))
 def test_a_verb_imports_only_its_own_module(verb: str) -> None:
     """`pipectl VERB --help` imports VERB's module and no other verb's."""
-    code, _, cli = loaded_by(verb, "--help")
-    assert code == 0
+    found = loaded_by(verb, "--help")
+    assert found.code == 0
     own = f"pipectl.cli.{VERBS[verb][0]}"
     verbs = {f"pipectl.cli.{module}" for module, _ in VERBS.values()}
-    assert own in cli
-    assert set(cli) & verbs == {own}
+    assert own in found.cli
+    assert set(found.cli) & verbs == {own}
 
 
-async def test_status_and_rerun_load_neither_redis_nor_opentelemetry_nor_textual(
+async def test_status_and_rerun_load_asyncpg_and_rich_only_once_the_config_is_known(
     tmp_path: Path, database: str
 ) -> None:
-    """The read and request verbs need asyncpg, pydantic (the config) and rich (the output);
-    redis (which loads OpenTelemetry's SDK), the SDK itself (no OTEL_* variable set) and
-    Textual stay unloaded."""
+    """The read and request verbs need asyncpg (the database) and rich (the output). The
+    first start validates the config whole (pydantic, every check kind) and remembers it
+    (pipectl.configcache); later starts with the same file and environment load neither
+    pydantic nor the check kinds, nor redis (which loads OpenTelemetry's SDK), the SDK itself
+    (no OTEL_* variable set) or Textual. A request's arguments are no pydantic models."""
     db = await asyncpg.connect(database)
     try:
         await add_state(db, "ok")
@@ -95,16 +112,67 @@ async def test_status_and_rerun_load_neither_redis_nor_opentelemetry_nor_textual
     config = tmp_path / "pipectl.toml"
     config.write_text(f'[database]\ndsn = "{database}"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    first = await asyncio.to_thread(
+        loaded_by, "status", "--config", str(config), env=env, modules=("pipectl.checks",)
+    )
+    assert first.code == 0
+    assert {"asyncpg", "pydantic", "rich"} <= set(first.heavy)
+    assert first.modules == ["pipectl.checks"]
     for args, expected in [
         (["status"], 0),
         (["status", "--json"], 0),
+        (["history"], 0),
+        (["history", "--requests", "--json"], 0),
         (["rerun", "s1"], 0),
+        (["rerun", "s1", "--json"], 0),
+        (["pause", "s1", "--reason", "test"], 0),
+        (["silence", "c1", "--for", "1h"], 0),
         # Filed, then nobody takes it (no agent): exit 3 once the wait is over.
         (["rerun", "s1", "--wait", "--timeout", "0.2"], 3),
+        (["lineage"], 0),
+        (["why", "c1"], 0),
     ]:
-        code, heavy, _ = await asyncio.to_thread(loaded_by, *args, "--config", str(config), env=env)
-        assert code == expected, args
-        assert set(heavy) == {"asyncpg", "pydantic", "rich"}, args
+        found = await asyncio.to_thread(
+            loaded_by,
+            *args,
+            "--config",
+            str(config),
+            env=env,
+            modules=("pipectl.checks", "pipectl.config"),
+        )
+        assert found.code == expected, args
+        assert set(found.heavy) == {"asyncpg", "rich"}, args
+        assert "pipectl.checks" not in found.modules, args
+        assert "pipectl.config" not in found.modules, args
+
+
+async def test_a_config_changed_after_it_was_known_is_validated_again(
+    tmp_path: Path, database: str
+) -> None:
+    """A config file edited into a broken one gives the located error of a full validation,
+    whatever the verb, even though its valid form was remembered."""
+    config = tmp_path / "pipectl.toml"
+    config.write_text(f'[database]\ndsn = "{database}"\n')
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    assert (
+        await asyncio.to_thread(loaded_by, "status", "--config", str(config), env=env)
+    ).code == 0
+    config.write_text(
+        f'[database]\ndsn = "{database}"\n\n[[checks]]\nname = "x"\nkind = "volume"\n'
+    )
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pipectl", "status", "--config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{config}:4: checks.x.table: required key is missing" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_fault_list_loads_only_rich() -> None:
@@ -218,3 +286,18 @@ def test_an_unexpected_error_is_not_swallowed() -> None:
     )
     assert done.returncode == 1
     assert "ValueError: bug" in done.stderr
+
+
+def test_the_console_imports_no_pydantic_and_no_check_kind() -> None:
+    """The console reads only [database] (a known config: pipectl.configcache) and the cache
+    floors (pipectl.cache_floors): its app loads neither pydantic, the config's models nor a
+    check kind (importing any of which registers them all)."""
+    probe = (
+        "import sys, json, pipectl.console.app\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic'"
+        " or m.startswith(('pipectl.checks', 'pipectl.config')))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert json.loads(done.stdout) == ["pipectl.configfile"]

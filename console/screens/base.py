@@ -156,6 +156,7 @@ class DataScreen(ConsoleScreen, Generic[T]):
         self._last_error = ""
         self.show(message.snapshot)
         self.refresh_bindings()
+        self.console.data_shown()
         self._after_load()
 
     def on_load_failed(self, message: LoadFailed) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import ClassVar, TypeVar
 
-from rich.syntax import Syntax
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Static
@@ -49,7 +48,10 @@ class DetailScreen(TableScreen[T]):
 
     def show_sql(self, sql: str | None, otherwise: str) -> None:
         """The SQL as published (by whoever could write the row): highlighted, never run,
-        control characters escaped, cut when huge."""
+        control characters escaped, cut when huge. (rich.syntax loads Pygments: imported
+        when a detail screen shows SQL, not with the console's first screen.)"""
+        from rich.syntax import Syntax
+
         panel = self.query_one("#sql", Static)
         panel.border_title = "SQL"
         panel.update(

@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.handler = console_cmd.open_console
     try:
         return run_handler(args)
-    except _raised("pipectl.config", "ConfigError") as exc:
+    except _raised("pipectl.configfile", "ConfigError") as exc:
         for problem in exc.problems:
             _error(str(problem))
         return EXIT_FAIL

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 from uuid import UUID
@@ -21,6 +21,8 @@ from pipectl.durations import MAX_DURATION, DurationError, parse_duration
 
 if TYPE_CHECKING:
     from pipectl.config import Config, LoadedConfig
+    from pipectl.configfile import ConfigSource
+    from pipectl.db import ConnectConfig
     from pipectl.safetext import LiteralConsole
     from pipectl.telemetry import Telemetry
 
@@ -176,12 +178,43 @@ def load(args: argparse.Namespace, *, require_file: bool = False) -> LoadedConfi
     return load_config(getattr(args, "config", None), require_file=require_file)
 
 
+def connect_config(args: argparse.Namespace) -> ConnectConfig:
+    """What a verb that only connects needs of the config (its [database] section), at once
+    when the config file and the environment overriding it validated before
+    (pipectl.configcache). Otherwise the config is validated whole, as `load` does (a bad one
+    raises the same ConfigError whatever the verb), and remembered."""
+    from pipectl.configfile import read_source
+
+    return known_config(read_source(getattr(args, "config", None)))
+
+
+def known_config(source: ConfigSource, environ: Mapping[str, str] | None = None) -> ConnectConfig:
+    """`source` as remembered valid, else validated whole (check kinds registered) and
+    remembered: `connect_config` for a config already read."""
+    from pipectl import configcache
+
+    known = configcache.lookup(source, environ)
+    if known is not None:
+        return known
+    import pipectl.checks  # noqa: F401  (registers the check kinds, so configs naming them parse)
+    from pipectl.config import validate_source
+
+    config = validate_source(source, environ).config
+    configcache.remember(source, config, environ)
+    return config
+
+
+def tracing_requested() -> bool:
+    """Whether an OTEL_* variable is set: only then may a verb load OpenTelemetry."""
+    return any(name.startswith("OTEL_") for name in os.environ)
+
+
 def request_telemetry(config: Config, service: str, console: TextIO | None) -> Telemetry | None:
     """Tracing for a verb that files requests, from the OTEL_* environment; a setting that
     cannot be honoured is an error (exit 2) naming the variable, never silently ignored.
     None without any OTEL_* variable: nothing would be exported, so the SDK stays unloaded
     and the request carries no trace context (the agent's span starts its trace)."""
-    if not any(name.startswith("OTEL_") for name in os.environ):
+    if not tracing_requested():
         return None
     from pipectl.telemetry import TelemetryError, build
 

@@ -12,7 +12,7 @@ from typing import Any
 from rich.text import Text
 
 from pipectl import store
-from pipectl.cli.common import EXIT_FAIL, EXIT_OK, CliError, console, load, print_json
+from pipectl.cli.common import EXIT_FAIL, EXIT_OK, CliError, connect_config, console, print_json
 from pipectl.db import connection
 from pipectl.format import STATUS_STYLE
 from pipectl.incidents import assess, explanation_json
@@ -59,7 +59,7 @@ def _resolve(lineage: Lineage, name: str) -> Node:
 
 
 async def show_lineage(args: argparse.Namespace) -> int:
-    config = load(args).config
+    config = connect_config(args)
     async with connection(config, "pipectl lineage") as conn:
         await ensure_current(conn)
         lineage = await published_lineage(conn)
@@ -102,7 +102,7 @@ def _line(line: str, width: int) -> Text:
 
 
 async def show_why(args: argparse.Namespace) -> int:
-    config = load(args).config
+    config = connect_config(args)
     async with connection(config, "pipectl why") as conn:
         await ensure_current(conn)
         lineage = await published_lineage(conn)

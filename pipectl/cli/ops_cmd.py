@@ -31,6 +31,7 @@ from pipectl.cli.common import (
     REASON_ARGUMENT,
     CliError,
     cell_limit,
+    connect_config,
     connection_lost,
     console,
     duration_argument,
@@ -39,10 +40,10 @@ from pipectl.cli.common import (
     load,
     print_json,
     request_telemetry,
+    tracing_requested,
 )
-from pipectl.config import Config
 from pipectl.dag import CycleError
-from pipectl.db import connection, describe_connection, resolve
+from pipectl.db import ConnectConfig, connection, describe_connection, resolve
 from pipectl.format import STATUS_STYLE, age, band, due, number, seconds, status_text
 from pipectl.incidents import Incident, assess, healthy_text, incident_json
 from pipectl.migrate import ensure_current
@@ -192,7 +193,7 @@ SILENCE_SPAN = duration_argument(maximum=MAX_SILENCE)
 
 
 async def show_status(args: argparse.Namespace) -> int:
-    config = load(args).config
+    config = connect_config(args)
     async with connection(config, "pipectl status") as conn:
         target = resolve(config.database.dsn)
         if target.from_environment:  # no database named: say which one this is, and why
@@ -402,7 +403,7 @@ async def show_history(args: argparse.Namespace) -> int:
         return await show_request_history(args)
     if args.events:
         return await show_event_history(args)
-    config = load(args).config
+    config = connect_config(args)
     async with connection(config, "pipectl history") as conn:
         await ensure_current(conn)
         if args.step and not await store.step_states(conn, [args.step]):
@@ -441,7 +442,7 @@ async def show_request_history(args: argparse.Namespace) -> int:
     agent rejects those) are described as such, never trusted."""
     if args.step:
         raise CliError("--requests lists requests for every target; leave out the step")
-    config = load(args).config
+    config = connect_config(args)
     async with connection(config, "pipectl history") as conn:
         await ensure_current(conn)
         requests = await store.list_requests(conn, args.limit)
@@ -472,7 +473,7 @@ async def show_request_history(args: argparse.Namespace) -> int:
 
 async def show_event_history(args: argparse.Namespace) -> int:
     """Recent events; a deploy also lists the checks whose status differs from before it."""
-    config = load(args).config
+    config = connect_config(args)
     async with connection(config, "pipectl history") as conn:
         await ensure_current(conn)
         events = await store.recent_events(conn, subject=args.step, limit=args.limit)
@@ -570,7 +571,7 @@ async def request_publish(args: argparse.Namespace) -> int:
         raise CliError("publish needs --reason: publishing past a gate is audited")
     run_id = args.run
     if run_id is None:
-        config = load(args).config
+        config = connect_config(args)
         async with connection(config, "pipectl publish") as conn:
             await ensure_current(conn)
             latest = (await store.latest_outcomes(conn, [args.step])).get(args.step)
@@ -603,10 +604,12 @@ async def request_unsilence(args: argparse.Namespace) -> int:
 async def _file_request(
     args: argparse.Namespace, kind: RequestKind, target: str, extra: RequestArgs | None
 ) -> int:
+    if not tracing_requested():  # nothing would be exported: no span, no SDK loaded
+        return await _file(args, connect_config(args), kind, target, extra, None)
     config = load(args).config
     # Spans go to stderr with OTEL_TRACES_EXPORTER=console: stdout may be --json.
     tracing = request_telemetry(config, "pipectl", console=sys.stderr)
-    if tracing is None:  # nothing would be exported: no span, and the SDK stays unloaded
+    if tracing is None:
         return await _file(args, config, kind, target, extra, None)
     from pipectl.telemetry import filing_span
 
@@ -621,7 +624,7 @@ async def _file_request(
 
 async def _file(
     args: argparse.Namespace,
-    config: Config,
+    config: ConnectConfig,
     kind: RequestKind,
     target: str,
     extra: RequestArgs | None,
@@ -743,7 +746,7 @@ async def show_rerun_plan(args: argparse.Namespace) -> int:
     viewer role can ask."""
     if args.wait:
         raise CliError("--dry-run files no request, so there is nothing to --wait for")
-    config = load(args).config
+    config = connect_config(args)
     async with connection(config, "pipectl rerun --dry-run") as conn:
         await ensure_current(conn)
         try:

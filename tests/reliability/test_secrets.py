@@ -113,6 +113,16 @@ every = "1s"
     assert f"{role}:****@" in outputs[0] and ":****@127.0.0.1:1/0" in outputs[0]
     assert "connection refused" in outputs[7]
     assert not [s for s in secrets if s in shown], "a password reached the CLI's output"
+    # The verbs remember the config as valid (pipectl.configcache), never its DSN or URL.
+    stored = _config_cache_text()
+    assert stored
+    assert not [s for s in secrets if s in stored], "a password reached the config cache"
+
+
+def _config_cache_text() -> str:
+    """Every entry of the verbs' config cache (the session's XDG_CACHE_HOME), as text."""
+    folder = Path(os.environ["XDG_CACHE_HOME"], "pipectl")
+    return "\n".join(path.read_text() for path in folder.rglob("*.json"))
 
 
 def _port(dsn: str) -> int:

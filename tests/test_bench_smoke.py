@@ -85,6 +85,7 @@ async def test_shape_sections(database: str, tmp_path: Path) -> None:
     cycles = await shapes.continuous(database, 1, tmp_path, with_index=True)
     assert cycles.figures[0].name == "pipectl check, new rows (process)"
     assert "made for the bench" in cycles.notes[0]
+    assert "duplicate probe alone, lookups per new key" in [f.name for f in cycles.figures]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("soda_core") is None, reason="soda-core not installed")

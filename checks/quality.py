@@ -219,16 +219,21 @@ def _unique_sql(check: QualityCheck, params: Params, now: datetime, *, per_key: 
         # that holds few rows, like the rows after the window through the time index). As one
         # EXISTS it became a semi-join that hashed the whole table: 7.3 s against 0.7 s at 10M
         # rows with 1 % new (bench/FINDINGS.md).
+        # The keys are looked up in the index's order, so neighbouring lookups share its
+        # pages: 2.3-3x faster than in the grouping's (random) order at 10M rows.
+        order = ", ".join(col(c) for c in rule.columns)
+        looked_up = f"(SELECT * FROM keys ORDER BY {order}) AS keys"
         found = " OR ".join(f"EXISTS ({earlier} AND {side})" for side in outside)
     else:
         # No index to look a key up: one semi-join, which hashes the table once (an EXISTS
         # per new key would be a sequential scan per key).
+        looked_up = "keys"
         found = f"EXISTS ({earlier} AND ({' OR '.join(outside)}))"
     return (
         f"WITH keys AS ({grouped})"
         " SELECT (SELECT coalesce(sum(n), 0) FROM keys) AS rows_checked,"
         " (SELECT coalesce(sum(n - 1) FILTER (WHERE present), 0) FROM keys)"
-        f" + (SELECT count(*) FROM keys WHERE present AND ({found})) AS violations"
+        f" + (SELECT count(*) FROM {looked_up} WHERE present AND ({found})) AS violations"
     )
 
 

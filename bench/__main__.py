@@ -155,6 +155,14 @@ def _gates(sizes: Sizes, quick: bool) -> list[Section]:
     return [asyncio.run(gates.run(sizes.rows, 3 * sizes.repeats))]
 
 
+def _partitions(sizes: Sizes, quick: bool) -> list[Section]:
+    from bench import partitions
+
+    admin = os.environ["PIPECTL_BENCH_DSN"]
+    rows = 120_000 if quick else 1_200_000
+    return [asyncio.run(partitions.run(admin, rows, 3 if quick else 5))]
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "verification": ("checks against Soda Core and the floor; freshness vs size", _verification),
     "shapes": ("full verification by key shape and continuous, as processes vs Soda", _shapes),
@@ -166,6 +174,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "backfill": ("simulator backfill figures", _backfill),
     "cli_start": ("pipectl --help, status, rerun --wait as whole processes", _cli_start),
     "gates": ("the cost of a refresh's gates beside the ungated refresh", _gates),
+    "partitions": ("probes on a table partitioned by month beside a plain one", _partitions),
 }
 
 

@@ -19,13 +19,15 @@ import asyncio
 import json
 import os
 import statistics
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from bench.common import print_table
+from bench.common import Section
 from pipectl.checks.catalog import load_catalog
 from pipectl.checks.freshness import FreshnessCheck
 from pipectl.checks.freshness import query as freshness_query
@@ -138,39 +140,55 @@ def _probes(table: str, now: datetime) -> dict[str, Query]:
     }
 
 
-async def run(dsn: str, rows: int, repeats: int) -> None:
+HEADER = ["probe", "table", "buffers", "rows scanned", "relations", "ms"]
+
+
+async def run(dsn: str, rows: int, repeats: int, scratch_name: str | None = None) -> Section:
+    """Build the three tables in a scratch database of the server `dsn` names (a superuser's
+    DSN), measure every probe on each, drop the database; the figures as one Section."""
+    # A name of its own: other runs may use the same server at the same time.
+    scratch_name = scratch_name or f"{SCRATCH}_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(dsn)
     try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {SCRATCH} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {SCRATCH}")
+        await admin.execute(f"CREATE DATABASE {scratch_name}")
     finally:
         await admin.close()
-    scratch = dsn.rsplit("/", 1)[0] + f"/{SCRATCH}"
-    conn = await asyncpg.connect(scratch)
+    scratch = urlunsplit(urlsplit(dsn)._replace(path=f"/{scratch_name}"))
     try:
-        version = await conn.fetchval("SELECT version()")
-        now = datetime.now(UTC).replace(microsecond=0)
-        await _build(conn, rows, now)
-        table_rows = []
-        for table in ("rp_plain", *PARTITIONED):
-            for name, query in _probes(table, now).items():
-                buffers, read, relations, median = await _measure(conn, query, table, repeats)
-                table_rows.append(
-                    [name, table, str(buffers), str(read), str(relations), f"{median:.3f}"]
-                )
-        print(f"{version.split(' on ')[0]}; {rows} rows over a year; median of {repeats}")
-        print_table(
-            "probes on a plain and a partitioned table (EXPLAIN ANALYZE, BUFFERS)",
-            ["probe", "table", "buffers", "rows scanned", "relations", "ms"],
-            table_rows,
-        )
+        conn = await asyncpg.connect(scratch)
+        try:
+            version = str(await conn.fetchval("SELECT version()")).split(" on ")[0]
+            now = datetime.now(UTC).replace(microsecond=0)
+            await _build(conn, rows, now)
+            table_rows = []
+            for table in ("rp_plain", *PARTITIONED):
+                for name, query in _probes(table, now).items():
+                    buffers, read, relations, median = await _measure(conn, query, table, repeats)
+                    table_rows.append(
+                        [name, table, str(buffers), f"{read:,}", str(relations), f"{median:.3f}"]
+                    )
+        finally:
+            await conn.close()
     finally:
-        await conn.close()
         admin = await asyncpg.connect(dsn)
         try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {SCRATCH} WITH (FORCE)")
+            await admin.execute(f"DROP DATABASE IF EXISTS {scratch_name} WITH (FORCE)")
         finally:
             await admin.close()
+    return Section(
+        "partitioned tables: pipectl's probes on a plain and a partitioned table",
+        [],
+        [
+            f"{version}; {rows:,} rows over a year, the same rows in each table; rp_part and"
+            " rp_part_nodefault are partitioned by month (13 months and the next one), rp_part"
+            " with a DEFAULT partition; EXPLAIN (ANALYZE, BUFFERS), median of"
+            f" {repeats} executions; buffers and rows from the last one.",
+            "The baseline of each partitioned row is the plain table's row of the same probe"
+            ' (same rows, same run). docs/operating.md, "Growing past one database server",'
+            " reads them.",
+        ],
+        tables=[("probes (EXPLAIN ANALYZE, BUFFERS)", HEADER, table_rows)],
+    )
 
 
 def main() -> None:
@@ -181,7 +199,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.dsn:
         parser.error("give --dsn (a superuser's) or set PIPECTL_TEST_DSN")
-    asyncio.run(run(args.dsn, args.rows, args.repeats))
+    asyncio.run(run(args.dsn, args.rows, args.repeats)).print()
 
 
 if __name__ == "__main__":

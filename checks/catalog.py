@@ -138,6 +138,8 @@ class Need:
     """Key under the check naming the relation, e.g. 'table' or 'rule.ref_table'."""
     indexed: bool = False
     """The probe relies on an index on this column to avoid reading the whole table."""
+    index_hint: str = ""
+    """The index to suggest when none leads with the column (default: one on the column)."""
 
 
 def problems_for(needs: Sequence[Need], catalog: Catalog) -> list[tuple[str, str]]:

@@ -351,9 +351,10 @@ class CheckEngine:
                 continue
             column = catalog.table(need.relation).column(need.column)
             if not column.indexed:
+                advice = need.index_hint or "CREATE INDEX on it"
                 warning = (
                     f"checks.{name}.{need.path}: {need.relation}.{need.column} has no index, "
-                    "so this probe reads the whole table; consider CREATE INDEX on it"
+                    f"so this probe reads the whole table; consider {advice}"
                 )
                 if warning not in self.warnings:
                     self.warnings.append(warning)

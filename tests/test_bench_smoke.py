@@ -6,6 +6,7 @@ Structure only, never timings (timing targets are figures in bench/RESULTS.md).
 from __future__ import annotations
 
 import importlib.util
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,12 +19,14 @@ from bench import (
     detector,
     gates,
     generate,
+    partitions,
     scrape,
     shapes,
     verification,
 )
 from bench.__main__ import render, summary
 from bench.common import Figure, Section, fill_rule_performance
+from tests.conftest import PgServer
 
 
 async def _count(dsn: str, sql: str) -> int:
@@ -82,6 +85,7 @@ async def test_shape_sections(database: str, tmp_path: Path) -> None:
     cycles = await shapes.continuous(database, 1, tmp_path, with_index=True)
     assert cycles.figures[0].name == "pipectl check, new rows (process)"
     assert "made for the bench" in cycles.notes[0]
+    assert "duplicate probe alone, lookups per new key" in [f.name for f in cycles.figures]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("soda_core") is None, reason="soda-core not installed")
@@ -113,6 +117,22 @@ async def test_gates_bench_times_both_refreshes(database: str) -> None:
     assert len(bare) == len(full) == len(inside) == 2
     assert all(0 <= g <= f for g, f in zip(inside, full, strict=True))
     assert passed
+
+
+async def test_partitions_bench_measures_every_probe_on_each_layout(pg_server: PgServer) -> None:
+    """A tiny run: every probe on the plain table and both partitioned layouts, and the
+    scratch database is gone afterwards."""
+    scratch = f"{partitions.SCRATCH}_{uuid.uuid4().hex[:8]}"
+    section = await partitions.run(pg_server.dsn, 2_000, 1, scratch)
+    rows = section.tables[0][2]
+    assert [(row[0], row[1]) for row in rows] == [
+        (probe, table)
+        for table in ("rp_plain", *partitions.PARTITIONED)
+        for probe in ("freshness max(created_at)", "volume, 1 h window", "quality, 24 h window")
+    ]
+    assert all(int(row[4]) >= 1 for row in rows)
+    gone = f"SELECT count(*) FROM pg_database WHERE datname = '{scratch}'"
+    assert await _count(pg_server.dsn, gone) == 0
 
 
 def test_scrape_serves_every_metric() -> None:

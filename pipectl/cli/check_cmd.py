@@ -13,10 +13,9 @@ import argparse
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import redis.asyncio
 from rich.table import Table
 from rich.text import Text
 
@@ -29,6 +28,9 @@ from pipectl.db import connection, create_pool
 from pipectl.model import CheckResult, CheckStatus
 from pipectl.safetext import CELL, literal, visible
 from pipectl.store.base import Conn
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 _STYLES = {
     CheckStatus.OK: "green",
@@ -132,15 +134,18 @@ async def _run_all(
     names: Sequence[str],
     recording: set[str],
 ) -> list[CheckResult]:
-    client = (
-        redis.asyncio.Redis.from_url(
+    client: redis.asyncio.Redis | None = None
+    if config.redis.url:
+        # Imported only when a Redis is configured: importing redis costs 0.3-0.5 s of CPU
+        # (it loads OpenTelemetry's SDK when that is installed), a third of a `pipectl check`
+        # of the database's checks (bench/FINDINGS.md).
+        import redis.asyncio
+
+        client = redis.asyncio.Redis.from_url(
             config.redis.url,
             socket_timeout=config.redis.timeout.total_seconds(),
             socket_connect_timeout=config.redis.timeout.total_seconds(),
         )
-        if config.redis.url
-        else None
-    )
     writable = True
 
     async def record(conn: Conn, result: CheckResult) -> None:

@@ -210,7 +210,7 @@ async def test_config_check_warns_when_no_index_serves_a_windowed_key(
     database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The config is valid (exit 0), but each new key would be looked up by reading the whole
-    table: `config check` says so, naming the check and the column."""
+    table: `config check` says so, naming the check, the column and the index to create."""
     path = write(tmp_path, database, WINDOWED_UNIQUE)
     code, out, err = await cli(capsys, "config", "check", "--config", str(path))
     lines = out.splitlines()
@@ -218,7 +218,9 @@ async def test_config_check_warns_when_no_index_serves_a_windowed_key(
     assert lines[0].startswith(f"{path}: ok (0 steps, 1 checks); catalog checked on ")
     assert lines[1] == (
         "warning: checks.new_prompts_unique.rule.columns[0]: public.rule_performance.prompt_id"
-        " has no index, so this probe reads the whole table; consider CREATE INDEX on it"
+        " has no index, so this probe reads the whole table; consider CREATE INDEX ON"
+        ' "public"."rule_performance" ("prompt_id", "created_at"), which makes it an index'
+        " lookup per new key"
     )
 
     conn = await asyncpg.connect(database)

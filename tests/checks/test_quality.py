@@ -8,7 +8,10 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from pipectl.checks import CheckEngine
+from pipectl.checks import CheckEngine, quality
+from pipectl.checks.base import Context
+from pipectl.checks.catalog import Catalog
+from pipectl.checks.quality import QualityCheck
 from pipectl.model import CheckStatus
 from tests.checks.conftest import NOW
 from tests.checks.data import add_feedback, add_rule_performance, add_sessions, naive_utc
@@ -350,16 +353,98 @@ async def test_a_key_covered_by_a_unique_index_is_guaranteed_without_grouping(
     assert (windowed.value, windowed.baseline["rows_checked"]) == (1, 3)
 
 
+D, E, F = (f"00000000-0000-0000-0000-00000000000{i}" for i in (4, 5, 6))
+
+
+@pytest.mark.parametrize(
+    "index",
+    [None, "(prompt_id)", "(prompt_id, created_at)", "(rule_id, prompt_id)", "(created_at)"],
+)
+async def test_a_windowed_key_counts_the_same_whatever_the_index(
+    conn: asyncpg.Connection, database: str, index: str | None
+) -> None:
+    """The window is (NOW - 1h, NOW]. Every way a new row can duplicate a key, counted
+    exactly by the per-key lookups (an index led by a key column) and by the one hashed pass
+    (none): a row at the window's lower edge is earlier, one at its upper edge is new, a row
+    after the window or without a time holds the key too."""
+    if index is not None:
+        await conn.execute(f"CREATE INDEX ON public.rule_performance {index}")
+    hour = timedelta(hours=1)
+    await conn.executemany(
+        "INSERT INTO public.rule_performance (rule_id, rule_name, prompt_id, created_at)"
+        " VALUES ($2, 'rule', $1::uuid, $3)",
+        [
+            (p, r, None if at is None else naive_utc(at))
+            for p, r, at in [
+                (A, "x", NOW - hour),  # exactly at the lower edge: an earlier row
+                (A, "x", NOW - timedelta(minutes=5)),  # an old key arriving again: 1
+                (B, "x", NOW - timedelta(minutes=10)),  # twice at the same time: 1
+                (B, "x", NOW - timedelta(minutes=10)),
+                (C, "x", NOW),  # at the upper edge (new), and once after the window: 1
+                (C, "x", NOW + timedelta(minutes=5)),
+                (D, "x", NOW - timedelta(minutes=20)),  # and once without a time: 1
+                (D, "x", None),
+                (E, "x", NOW - timedelta(minutes=30)),  # new once; E's old row has rule y
+                (E, "y", NOW - timedelta(days=2)),
+                (F, "x", NOW - timedelta(days=2)),  # old duplicates: not the window's
+                (F, "x", NOW - timedelta(days=3)),
+                (None, "x", NOW - timedelta(minutes=1)),  # a NULL key part: never a key
+                (None, "x", NOW - timedelta(minutes=1)),
+                (None, "x", NOW - timedelta(days=1)),
+            ]
+        ],
+    )
+    await conn.execute("ANALYZE public.rule_performance")
+    composite = await run_shape(database, conn, "new_rule_per_prompt")
+    assert (composite.value, composite.baseline["rows_checked"]) == (4, 8)
+    # One column: E's new row now shares its key with the old (E, y) as well.
+    single = await run_shape(database, conn, "new_prompt_ids")
+    assert (single.value, single.baseline["rows_checked"]) == (5, 8)
+
+
+async def test_a_windowed_key_is_looked_up_per_key_only_through_an_index(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    """The plan is chosen when the probe runs: per-key lookups need an index led by the key's
+    first column that holds every row (no partial index); else one semi-join over the table
+    (APES's index on rule_id, the second column, is no way to look a prompt's rows up)."""
+    config = make_config(database, None, UNIQUE_SHAPES)
+    check = config.check("new_rule_per_prompt")
+    assert isinstance(check, QualityCheck)
+    per_key = quality.query(check, NOW, per_key=True).sql
+    hashed = quality.query(check, NOW, per_key=False).sql
+    assert per_key.count("EXISTS") == 3 and hashed.count("EXISTS") == 1
+
+    async def chosen() -> bool:
+        context = Context(check, config, conn, NOW, "manual", Catalog(), timedelta(seconds=10))
+        return await quality.lookup_index(context)
+
+    assert not await chosen()
+    await conn.execute(
+        "CREATE INDEX partial ON public.rule_performance (prompt_id) WHERE rule_id = 'x'"
+    )
+    await conn.execute("CREATE INDEX by_time ON public.rule_performance (created_at, prompt_id)")
+    assert not await chosen()
+    await conn.execute("CREATE INDEX by_rule ON public.rule_performance (rule_id, created_at)")
+    assert not await chosen()
+    await conn.execute("CREATE INDEX by_key ON public.rule_performance (prompt_id, created_at)")
+    assert await chosen()
+
+
 async def test_a_windowed_key_without_an_index_is_a_warning(
     conn: asyncpg.Connection, database: str
 ) -> None:
     found = CheckEngine(make_config(database, None, UNIQUE_SHAPES))
     await found.validate(conn)
+    advice = (
+        'consider CREATE INDEX ON "public"."rule_performance" ("prompt_id", "created_at"),'
+        " which makes it an index lookup per new key"
+    )
     assert found.warnings == [
         "checks.new_rule_per_prompt.rule.columns[0]: public.rule_performance.prompt_id has no"
-        " index, so this probe reads the whole table; consider CREATE INDEX on it",
+        f" index, so this probe reads the whole table; {advice}",
         "checks.new_prompt_ids.rule.columns[0]: public.rule_performance.prompt_id has no"
-        " index, so this probe reads the whole table; consider CREATE INDEX on it",
+        f" index, so this probe reads the whole table; {advice}",
     ]
     await conn.execute("CREATE INDEX ON public.rule_performance (prompt_id)")
     indexed = CheckEngine(make_config(database, None, UNIQUE_SHAPES))

@@ -369,12 +369,19 @@ def _coalesce(ranges: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
     return out
 
 
-async def refresh(conn: Conn, step: StepConfig, *, within: float | None = None) -> Refreshed:
+async def refresh(
+    conn: Conn,
+    step: StepConfig,
+    *,
+    within: float | None = None,
+    reference: datetime | None = None,
+) -> Refreshed:
     """One refresh, in the caller's transaction (the step's lock held): recompute the buckets
     from the re-read point (the last reference time minus the overlap, to its bucket's start)
     and those invalidated, drop buckets that left the window, publish the summary (the
     window's partial oldest bucket from raw rows) as a difference: DELETE the rows that
-    changed or went, INSERT the new ones. Readers keep the previous content until COMMIT."""
+    changed or went, INSERT the new ones. Readers keep the previous content until COMMIT.
+    `reference` stands for now() (the transaction's start) where a test moves time."""
     inc = sql.config_of(step)
     assert step.relation is not None
     row = await conn.fetchrow(
@@ -408,15 +415,17 @@ async def refresh(conn: Conn, step: StepConfig, *, within: float | None = None) 
     cast = f"::{ttype}"
     bounds = await conn.fetchrow(
         f"""
-        SELECT now() AS ref, w.ws, date_trunc('{inc.bucket}', w.ws) + {unit} AS edge_end,
-               date_trunc('{inc.bucket}', (now() - {sql.interval_sql(inc.overlap)}){cast})
+        SELECT w.ref, w.ws, date_trunc('{inc.bucket}', w.ws) + {unit} AS edge_end,
+               date_trunc('{inc.bucket}', (w.ref - {sql.interval_sql(inc.overlap)}){cast})
                    AS next_reread,
                {_in_type(ttype, "$1::timestamptz")} AS reread,
                {_in_type(ttype, "$2::timestamptz")} AS arrived_from
-        FROM (SELECT {sql.window_start(inc, "now()")}{cast} AS ws) AS w
+        FROM (SELECT r.ref, {sql.window_start(inc, "r.ref")}{cast} AS ws
+              FROM (SELECT COALESCE($3::timestamptz, now()) AS ref) AS r) AS w
         """,
         row["reread_from"],
         row["watermark"],
+        reference,
         timeout=within,
     )
     assert bounds is not None

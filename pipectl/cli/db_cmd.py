@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
         "--revert",
         action="store_true",
         help="drop the summary table, its state and the triggers; recreate the view after "
-        "(e.g. `pipectl db apes --materialized`) and set the step back to kind = \"matview\"",
+        '(e.g. `pipectl db apes --materialized`) and set the step back to kind = "matview"',
     )
     incremental.set_defaults(handler=install_incremental)
 

@@ -226,7 +226,7 @@ async def install(conn: Conn, step: StepConfig, *, triggers: bool) -> list[str]:
     )
     await conn.execute("DELETE FROM pipectl.incremental_invalidations WHERE step = $1", step.name)
     if triggers:
-        await _create_triggers(conn, step)
+        await install_triggers(conn, step)
         done.append(
             f"invalidation triggers on {inc.source} ({', '.join(TRIGGER_EVENTS)}, statement-level)"
         )
@@ -263,7 +263,8 @@ async def _regrant(conn: Conn, relation: Relation, entry: str) -> None:
         )
 
 
-async def _create_triggers(conn: Conn, step: StepConfig) -> None:
+async def install_triggers(conn: Conn, step: StepConfig) -> None:
+    """The statement-level invalidation triggers on the step's source (replaced if there)."""
     inc = sql.config_of(step)
     column = inc.time_column.replace("'", "''")
     for event in TRIGGER_EVENTS:
@@ -279,6 +280,13 @@ async def _create_triggers(conn: Conn, step: StepConfig) -> None:
             f"CREATE TRIGGER {name} AFTER {event.upper()} ON {inc.source.sql} {referencing} "
             f"FOR EACH STATEMENT EXECUTE FUNCTION pipectl.log_invalidations('{column}')"
         )
+
+
+async def drop_triggers(conn: Conn, step: StepConfig) -> None:
+    inc = sql.config_of(step)
+    for event in TRIGGER_EVENTS:
+        name = quote_ident(trigger_name(event, inc.time_column))
+        await conn.execute(f"DROP TRIGGER IF EXISTS {name} ON {inc.source.sql}")
 
 
 async def uninstall(conn: Conn, step: StepConfig) -> list[str]:
@@ -306,9 +314,7 @@ async def uninstall(conn: Conn, step: StepConfig) -> list[str]:
         inc.time_column,
     )
     if not others:
-        for event in TRIGGER_EVENTS:
-            name = quote_ident(trigger_name(event, inc.time_column))
-            await conn.execute(f"DROP TRIGGER IF EXISTS {name} ON {inc.source.sql}")
+        await drop_triggers(conn, step)
         done.append(f"dropped the invalidation triggers on {inc.source}")
     return done
 

@@ -5,8 +5,11 @@ to the defining query after every refresh (both directions, EXCEPT ALL, 9 digits
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -407,5 +410,73 @@ async def test_a_changed_definition_asks_for_a_reinstall(database: str) -> None:
         with pytest.raises(store.IncrementalError, match="not installed"):
             await _refresh(conn, plain, datetime(2026, 3, 1, tzinfo=UTC))
         assert re.search(r"\$1::timestamptz", defining_query(step))
+    finally:
+        await conn.close()
+
+
+def test_the_presets_commented_incremental_steps_are_the_tested_ones() -> None:
+    preset = (Path(__file__).parents[1] / "config.example.toml").read_text(encoding="utf-8")
+    start = preset.index('# [[steps]]\n# name = "rule_effectiveness_summary"')
+    block = preset[start : preset.index("# ----", start)]
+    steps = make_config(None, None, re.sub(r"(?m)^# ?", "", block)).steps
+    tested = make_config(None, None, APES_STEPS).steps
+    assert [(s.name, s.kind, s.relation, s.incremental) for s in steps] == [
+        (s.name, s.kind, s.relation, s.incremental) for s in tested
+    ]
+    assert all(s.gates is not None for s in steps)
+
+
+def _pipectl(args: list[str], dsn: str, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipectl", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PIPECTL_DATABASE_URL": dsn},
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_db_incremental_installs_and_reverts_to_the_materialized_views(
+    database: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "pipectl.toml"
+    config.write_text(APES_STEPS, encoding="utf-8")
+    names = list(SUMMARIES)
+    refused = _pipectl(["db", "incremental", "nope"], database, config)
+    assert refused.returncode == 2
+    assert "no step 'nope' in the config" in refused.stderr
+    plain = _pipectl(["db", "incremental", *names], database, config)
+    assert plain.returncode == 0, plain.stderr
+    assert "dropped materialized view public.rule_effectiveness_summary" in plain.stdout
+    assert "warning: no invalidation triggers on public.rule_performance" in plain.stderr
+    again = _pipectl(["db", "incremental", *names, "--triggers"], database, config)
+    assert again.returncode == 0, again.stderr
+    assert "invalidation triggers on public.user_feedback" in again.stdout
+    conn = await asyncpg.connect(database)
+    try:
+        kinds = await conn.fetch(
+            "SELECT relname, relkind FROM pg_class WHERE relname = ANY($1) ORDER BY 1", names
+        )
+        assert [k["relkind"] for k in kinds] == [b"r", b"r"]
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pipectl_invalidate_%'"
+            )
+            == 8
+        )
+        reverted = _pipectl(["db", "incremental", *names, "--revert"], database, config)
+        assert reverted.returncode == 0, reverted.stderr
+        assert "Traceback" not in reverted.stderr
+        back = _pipectl(["db", "apes", "--materialized"], database, config)
+        assert back.returncode == 0, back.stderr
+        kinds = await conn.fetch(
+            "SELECT relname, relkind FROM pg_class WHERE relname = ANY($1) ORDER BY 1", names
+        )
+        assert [k["relkind"] for k in kinds] == [b"m", b"m"]
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pipectl_invalidate_%'"
+        )
+        assert not await conn.fetchval("SELECT count(*) FROM pipectl.incremental_steps")
     finally:
         await conn.close()

@@ -480,3 +480,29 @@ async def test_db_incremental_installs_and_reverts_to_the_materialized_views(
         assert not await conn.fetchval("SELECT count(*) FROM pipectl.incremental_steps")
     finally:
         await conn.close()
+
+
+async def test_config_check_warns_of_a_missing_install_and_missing_triggers(
+    database: str,
+) -> None:
+    from pipectl.checks.validation import validate_catalog
+    from tests.helpers import make_loaded
+
+    loaded = make_loaded(database, None, PROPERTY_STEPS)
+    conn = await asyncpg.connect(database)
+    try:
+        await conn.execute(FACTS)
+        by_key, by_day, _ = loaded.config.steps
+        async with conn.transaction():
+            await store.install(conn, by_key, triggers=False)
+            await store.install(conn, by_day, triggers=False)
+        await conn.execute("DROP VIEW public.tz_daily; CREATE TABLE public.tz_daily (x int)")
+        warnings = (await validate_catalog(conn, loaded)).warnings
+        assert any("step by_key: no invalidation triggers on public.facts" in w for w in warnings)
+        assert any("step tz_daily: not installed as an incremental summary" in w for w in warnings)
+        async with conn.transaction():
+            await store.install_triggers(conn, by_key)
+        warnings = (await validate_catalog(conn, loaded)).warnings
+        assert not any("public.facts" in w for w in warnings)
+    finally:
+        await conn.close()

@@ -506,3 +506,21 @@ async def test_config_check_warns_of_a_missing_install_and_missing_triggers(
         assert not any("public.facts" in w for w in warnings)
     finally:
         await conn.close()
+
+
+def test_lineage_runs_from_the_source_through_the_step_to_the_summary() -> None:
+    from pipectl.agent.lineage import facts
+    from pipectl.lineage import CatalogRelation, Lineage, Node
+
+    steps, checks = facts(make_config(None, None, APES_STEPS))
+    lineage = Lineage.build(
+        [
+            CatalogRelation("public.rule_performance", "table"),
+            CatalogRelation("public.rule_effectiveness_summary", "table"),
+        ],
+        steps,
+        checks,
+    )
+    step = Node("step", "rule_effectiveness_summary")
+    assert lineage.upstream(step) == (Node("relation", "public.rule_performance"),)
+    assert Node("relation", "public.rule_effectiveness_summary") in lineage.downstream(step)

@@ -500,11 +500,12 @@ async def refresh(
     edge = sql.state_select(
         inc, f"{time} >= $2{cast} AND {time} < $1{cast}", f"COALESCE($3{cast}, '-infinity')"
     )
-    summary = sql.publish_select(inc, state, f"$1{cast}", edge, types)
+    summary = sql.publish_select(inc, state, f"$1{cast}", "SELECT * FROM edge", types)
     await conn.execute("SELECT set_config('extra_float_digits', '1', true)", timeout=within)
     published = await conn.fetchrow(
         f"""
-        WITH new AS MATERIALIZED (SELECT s, s::text AS image FROM ({summary}) AS s),
+        WITH edge AS MATERIALIZED ({edge}),
+             new AS MATERIALIZED (SELECT s, s::text AS image FROM ({summary}) AS s),
              old AS MATERIALIZED (SELECT p.ctid AS id, p::text AS image FROM {step.relation.sql} p),
              gone AS (DELETE FROM {step.relation.sql} WHERE ctid IN
                         (SELECT id FROM old WHERE image NOT IN (SELECT image FROM new))
@@ -514,7 +515,7 @@ async def refresh(
                        RETURNING 1)
         SELECT (SELECT count(*) FROM new) AS rows, (SELECT count(*) FROM gone) AS deleted,
                (SELECT count(*) FROM added) AS inserted,
-               (SELECT COALESCE(sum(_rows), 0) FROM ({edge}) AS e)::bigint AS edge_read
+               (SELECT COALESCE(sum(_rows), 0) FROM edge)::bigint AS edge_read
         """,
         edge_end,
         bounds["ws"],

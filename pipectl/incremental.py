@@ -209,7 +209,7 @@ def state_columns(inc: IncrementalConfig) -> list[StateColumn]:
                 StateColumn(f"{p}_n", f"count(*) FILTER (WHERE {_condition(agg.where, 'src.')})")
             )
         elif agg.fn in ("sum", "avg") or agg.fn in _VARIANCE:
-            value = f"({_input(agg, 'src.')})::numeric"
+            value = f"src._n{i}"  # (input)::numeric, converted once per row in `rows`
             cols.append(StateColumn(f"{p}_c", f"count({value})"))
             cols.append(StateColumn(f"{p}_s", f"sum({value})"))
             if agg.fn in _VARIANCE:
@@ -227,12 +227,15 @@ def state_select(inc: IncrementalConfig, where: str, arrived_from: str) -> str:
     keys = _keys(nkeys)
     time = f"src.{quote_ident(inc.time_column)}"
     exprs = _key_exprs(inc)
-    rows = (
-        f"SELECT date_trunc('{inc.bucket}', {time}) AS _bucket, "
-        f"{', '.join(f'{e} AS {k}' for e, k in zip(exprs, keys, strict=True))}, "
-        f"{_columns(inc, 'src')} "
-        f"FROM {inc.source.sql} AS src WHERE {where}"
-    )
+    items = [f"date_trunc('{inc.bucket}', {time}) AS _bucket"]
+    items += [f"{e} AS {k}" for e, k in zip(exprs, keys, strict=True)]
+    items.append(_columns(inc, "src"))
+    items += [
+        f"({_input(agg, 'src.')})::numeric AS _n{i}"
+        for i, agg in enumerate(inc.aggregates)
+        if agg.fn in ("sum", "avg") or agg.fn in _VARIANCE
+    ]
+    rows = f"SELECT {', '.join(items)} FROM {inc.source.sql} AS src WHERE {where}"
     group = ", ".join(["_bucket", *keys])
     states = [f"{c.expr} AS {c.name}" for c in state_columns(inc)]
     main = (

@@ -392,7 +392,9 @@ async def refresh(
     inc = sql.config_of(step)
     assert step.relation is not None
     row = await conn.fetchrow(
-        "SELECT * FROM pipectl.incremental_steps WHERE step = $1 FOR UPDATE",
+        # NO KEY UPDATE: the triggers' inserts into the log (a foreign key to this row,
+        # KEY SHARE) go on while the refresh runs; FOR UPDATE would make them wait for it.
+        "SELECT * FROM pipectl.incremental_steps WHERE step = $1 FOR NO KEY UPDATE",
         step.name,
         timeout=within,
     )

@@ -219,15 +219,20 @@ def state_columns(inc: IncrementalConfig) -> list[StateColumn]:
     return cols
 
 
-def state_select(inc: IncrementalConfig, where: str, arrived_from: str) -> str:
+def state_select(
+    inc: IncrementalConfig, where: str, arrived_from: str, open_from: str | None = None
+) -> str:
     """Bucket states of the raw rows matching `where` (over alias src): columns _bucket,
-    _k0.., the state columns, _s{i}_d for distinct sets, _rows (rows read) and _arrived (rows
+    _k0.., the state columns, _s{i}_d for distinct sets, _rows (rows read), _open (the rows
+    are at or after `open_from`: the part of the bucket the next refresh reads again; a
+    bucket's rows before it are sealed, each state row covers one side) and _arrived (rows
     with time at or after `arrived_from`)."""
     nkeys = len(inc.keys)
     keys = _keys(nkeys)
     time = f"src.{quote_ident(inc.time_column)}"
     exprs = _key_exprs(inc)
     items = [f"date_trunc('{inc.bucket}', {time}) AS _bucket"]
+    items.append("false AS _open" if open_from is None else f"{time} >= {open_from} AS _open")
     items += [f"{e} AS {k}" for e, k in zip(exprs, keys, strict=True)]
     items.append(_columns(inc, "src"))
     items += [
@@ -236,7 +241,7 @@ def state_select(inc: IncrementalConfig, where: str, arrived_from: str) -> str:
         if agg.fn in ("sum", "avg") or agg.fn in _VARIANCE
     ]
     rows = f"SELECT {', '.join(items)} FROM {inc.source.sql} AS src WHERE {where}"
-    group = ", ".join(["_bucket", *keys])
+    group = ", ".join(["_bucket", "_open", *keys])
     states = [f"{c.expr} AS {c.name}" for c in state_columns(inc)]
     main = (
         f"SELECT {group}, {', '.join([*states, 'count(*) AS _rows'])}, "
@@ -251,13 +256,14 @@ def state_select(inc: IncrementalConfig, where: str, arrived_from: str) -> str:
         if agg.fn not in _DISTINCT:
             continue
         ctes.append(
-            f"d{i} AS (SELECT rows._bucket, {', '.join(_keys(nkeys, 'rows.'))}, "
+            f"d{i} AS (SELECT rows._bucket, rows._open, {', '.join(_keys(nkeys, 'rows.'))}, "
             f"array_agg(DISTINCT x.v) AS v FROM rows {_distinct_values(agg, 'rows')} "
-            f"WHERE x.v IS NOT NULL GROUP BY rows._bucket, {', '.join(_keys(nkeys, 'rows.'))})"
+            f"WHERE x.v IS NOT NULL GROUP BY rows._bucket, rows._open, "
+            f"{', '.join(_keys(nkeys, 'rows.'))})"
         )
-        joins.append(f"LEFT JOIN d{i} ON {_joined(nkeys, 'main', f'd{i}', ['_bucket'])}")
+        joins.append(f"LEFT JOIN d{i} ON {_joined(nkeys, 'main', f'd{i}', ['_bucket', '_open'])}")
         out.append(f"COALESCE(d{i}.v, '{{}}') AS _s{i}_d")
-    out += ["main._rows", "main._arrived"]
+    out += ["main._rows", "main._open", "main._arrived"]
     return f"WITH {', '.join(ctes)} SELECT {', '.join(out)} FROM main" + "".join(
         f" {j}" for j in joins
     )
@@ -267,7 +273,52 @@ def stored_columns(inc: IncrementalConfig) -> list[str]:
     """The state table's columns (state_select's, without _arrived)."""
     cols = ["_bucket", *_keys(len(inc.keys)), *(c.name for c in state_columns(inc))]
     cols += [f"_s{i}_d" for i, a in enumerate(inc.aggregates) if a.fn in _DISTINCT]
-    return [*cols, "_rows"]
+    return [*cols, "_rows", "_open"]
+
+
+def compact_sql(inc: IncrementalConfig, state_table: str, since: str) -> str:
+    """Merge the sealed state rows of each (bucket, keys) from bucket `since` on into one:
+    every refresh seals the part of a bucket it read up to its next re-read point, so a
+    bucket being filled gathers a row per refresh. Merging states is exact (counts and sums
+    add, min/max compare, distinct sets unite); it keeps publishing reading one row per
+    bucket and group."""
+    nkeys = len(inc.keys)
+    keys = _keys(nkeys)
+    group = ", ".join(["_bucket", *keys])
+    merges = []
+    for c in state_columns(inc):
+        fn = next(a.fn for i, a in enumerate(inc.aggregates) if c.name.startswith(f"_s{i}_"))
+        merged_value = f"{fn}({c.name})" if c.name.endswith("_m") else _merge(c.name)
+        merges.append(f"{merged_value} AS {c.name}")
+    merged = (
+        f"SELECT {group}, {', '.join(merges)}, sum(_rows)::bigint AS _rows "
+        f"FROM victims GROUP BY {group}"
+    )
+    ctes = [
+        f"victims AS (DELETE FROM {state_table} WHERE NOT _open AND _bucket >= {since} "
+        "RETURNING *)",
+        f"merged AS ({merged})",
+    ]
+    out = [f"merged.{c}" for c in ["_bucket", *keys]]
+    out += [f"merged.{c.name}" for c in state_columns(inc)]
+    joins = []
+    for i, agg in enumerate(inc.aggregates):
+        if agg.fn not in _DISTINCT:
+            continue
+        ctes.append(
+            f"d{i} AS (SELECT victims._bucket, {', '.join(_keys(nkeys, 'victims.'))}, "
+            f"array_agg(DISTINCT x.v) AS v FROM victims "
+            f"CROSS JOIN LATERAL unnest(victims._s{i}_d) AS x(v) "
+            f"GROUP BY victims._bucket, {', '.join(_keys(nkeys, 'victims.'))})"
+        )
+        joins.append(f"LEFT JOIN d{i} ON {_joined(nkeys, 'merged', f'd{i}', ['_bucket'])}")
+        out.append(f"COALESCE(d{i}.v, '{{}}')")
+    out += ["merged._rows", "false"]
+    columns = ", ".join(stored_columns(inc))
+    return (
+        f"WITH {', '.join(ctes)} INSERT INTO {state_table} ({columns}) "
+        f"SELECT {', '.join(out)} FROM merged" + "".join(f" {j}" for j in joins)
+    )
 
 
 def _final(agg: IncrementalAggregate, i: int) -> str:

@@ -558,3 +558,44 @@ async def test_writes_behind_the_watermark_go_on_while_a_refresh_is_open(
     finally:
         await writer.close()
         await conn.close()
+
+
+async def test_a_refresh_reads_what_arrived_and_the_overlap_not_the_rest_of_the_hour(
+    database: str,
+) -> None:
+    """The part of a bucket read before the last re-read point is sealed: the next refresh
+    reads only from there (what arrived plus the overlap), and its bucket's state rows are
+    merged back into one per group."""
+    rng = random.Random(5)
+    step = next(s for s in make_config(database, None, PROPERTY_STEPS).steps if s.name == "by_key")
+    conn = await asyncpg.connect(database)
+    try:
+        await conn.execute("SET TimeZone = 'UTC'")
+        await conn.execute(FACTS)
+        hour = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+        ref = hour + timedelta(minutes=30)
+        # 40 rows early in the hour, 10 within the overlap (10 minutes) before ref.
+        early = [_fact(rng, hour + timedelta(minutes=rng.uniform(0, 19))) for _ in range(40)]
+        recent = [_fact(rng, hour + timedelta(minutes=rng.uniform(21, 29))) for _ in range(10)]
+        await _insert(conn, early + recent)
+        async with conn.transaction():
+            await store.install(conn, step, triggers=True)
+        assert (await _refresh(conn, step, ref)).full
+        arrived = [_fact(rng, ref + timedelta(minutes=rng.uniform(1, 9))) for _ in range(7)]
+        await _insert(conn, arrived)
+        again = await _refresh(conn, step, ref + timedelta(minutes=10))
+        assert not again.full
+        # From ref - overlap (12:20): the 10 recent rows and the 7 that arrived; the window's
+        # edge bucket (06:40-07:00) holds no rows. The whole hour would be 57.
+        assert (again.rows_read, again.rows_arrived) == (17, 7)
+        assert await _differences(conn, step, ref + timedelta(minutes=10)) == []
+        state = await conn.fetchval(
+            "SELECT state_table FROM pipectl.incremental_steps WHERE step = $1", step.name
+        )
+        per_group = await conn.fetchval(
+            f"SELECT max(n) FROM (SELECT count(*) AS n FROM pipectl_incremental.{state}"
+            " GROUP BY _bucket, _open, _k0, _k1) AS g"
+        )
+        assert per_group == 1
+    finally:
+        await conn.close()

@@ -383,9 +383,11 @@ async def refresh(
     within: float | None = None,
     reference: datetime | None = None,
 ) -> Refreshed:
-    """One refresh, in the caller's transaction (the step's lock held): recompute the buckets
-    from the re-read point (the last reference time minus the overlap, to its bucket's start)
-    and those invalidated, drop buckets that left the window, publish the summary (the
+    """One refresh, in the caller's transaction (the step's lock held): aggregate the rows
+    from the re-read point on (the last reference time minus the overlap: only what arrived
+    plus the overlap's rows, not the rest of their buckets, whose earlier part the last
+    refresh sealed) and recompute the invalidated buckets whole, drop buckets that left the
+    window, publish the summary (the
     window's partial oldest bucket from raw rows) as a difference: DELETE the rows that
     changed or went, INSERT the new ones. Readers keep the previous content until COMMIT.
     `reference` stands for now() (the transaction's start) where a test moves time."""
@@ -426,8 +428,7 @@ async def refresh(
         f"""
         SELECT w.ref, w.ws, current_setting('TimeZone') AS zone,
                date_trunc('{inc.bucket}', w.ws) + {unit} AS edge_end,
-               date_trunc('{inc.bucket}', (w.ref - {sql.interval_sql(inc.overlap)}){cast})
-                   AS next_reread,
+               (w.ref - {sql.interval_sql(inc.overlap)}){cast} AS next_reread,
                {_in_type(ttype, "$1::timestamptz")} AS reread,
                {_in_type(ttype, "$2::timestamptz")} AS arrived_from
         FROM (SELECT r.ref, {sql.window_start(inc, "r.ref")}{cast} AS ws
@@ -460,6 +461,11 @@ async def refresh(
     rezoned = row["time_zone"] != bounds["zone"]
     full = bounds["reread"] is None or rezoned or any(not r["finite"] for r in invalid)
     reread = edge_end if full else max(bounds["reread"], edge_end)
+    # Where the next refresh reads again from: what this one reads after it stays open (its
+    # state rows are replaced next time), what it reads before it is sealed (kept; changed
+    # only through the invalidation log). Never before this refresh's own start, which would
+    # read sealed rows twice (the reference time moved back).
+    next_reread = max(bounds["next_reread"], reread)
     ranges = _coalesce(
         [
             (max(r["lo"], edge_end), r["hi"])
@@ -469,7 +475,14 @@ async def refresh(
     )
     # $1 edge_end, $2 reread, then lo/hi pairs: what is recomputed, in the column's type.
     args: list[Any] = [edge_end, reread]
-    parts = [f"_bucket >= $2{cast}"]
+    # A full rebuild replaces every bucket; otherwise the open rows (all at or after `reread`,
+    # where the last refresh sealed) and the invalidated buckets.
+    # (Open rows all lie in buckets from `reread`'s on: the bound only keeps $2 in the text.)
+    parts = [
+        f"_bucket >= $2{cast}"
+        if full
+        else f"(_open AND _bucket >= date_trunc('{inc.bucket}', $2{cast}))"
+    ]
     raw = [f"src.{quote_ident(inc.time_column)} >= $2{cast}"]
     for lo, hi in ranges:
         args += [lo, hi]
@@ -487,11 +500,13 @@ async def refresh(
     )
     arrived = len(args) + 1
     args.append(bounds["arrived_from"])
+    args.append(next_reread)
     columns = ", ".join(sql.stored_columns(inc))
     recompute = sql.state_select(
         inc,
         f"{time} >= $1{cast} AND ({' OR '.join(raw)})",
         f"COALESCE(${arrived}{cast}, '-infinity')",
+        open_from=f"${arrived + 1}{cast}",
     )
     counts = await conn.fetchrow(
         f"""
@@ -505,6 +520,11 @@ async def refresh(
         timeout=within,
     )
     assert counts is not None
+    await conn.execute(
+        sql.compact_sql(inc, state, f"date_trunc('{inc.bucket}', $1{cast})"),
+        reread,
+        timeout=within,
+    )
     edge = sql.state_select(
         inc, f"{time} >= $2{cast} AND {time} < $1{cast}", f"COALESCE($3{cast}, '-infinity')"
     )
@@ -542,7 +562,7 @@ async def refresh(
         """,
         step.name,
         bounds["ref"],
-        bounds["next_reread"],
+        next_reread,
         rows_read,
         int(counts["arrived"]),
         timeout=within,

@@ -9,7 +9,7 @@ ALTER TABLE pipectl.steps ADD CONSTRAINT steps_kind_check
 
 -- incremental_steps: one row per installed step: where its source is, its state table, the
 -- definition it was installed for, and where its refreshes are (watermark: the reference time
--- of the last refresh; reread_from: the bucket the next refresh re-reads from; published_at:
+-- of the last refresh; reread_from: the time the next refresh re-reads from; published_at:
 -- the reference time of the content published, which `pipectl audit` recomputes at).
 CREATE TABLE pipectl.incremental_steps (
     step          text PRIMARY KEY,

@@ -577,7 +577,9 @@ async def test_a_refresh_reads_what_arrived_and_the_overlap_not_the_rest_of_the_
         # 40 rows early in the hour, 10 within the overlap (10 minutes) before ref.
         early = [_fact(rng, hour + timedelta(minutes=rng.uniform(0, 19))) for _ in range(40)]
         recent = [_fact(rng, hour + timedelta(minutes=rng.uniform(21, 29))) for _ in range(10)]
-        await _insert(conn, early + recent)
+        # And 5 at 06:10, outside the window (6 h) until the clock goes back below.
+        old = [_fact(rng, hour - timedelta(hours=5, minutes=50)) for _ in range(5)]
+        await _insert(conn, early + recent + old)
         async with conn.transaction():
             await store.install(conn, step, triggers=True)
         assert (await _refresh(conn, step, ref)).full
@@ -597,5 +599,10 @@ async def test_a_refresh_reads_what_arrived_and_the_overlap_not_the_rest_of_the_
             " GROUP BY _bucket, _open, _k0, _k1) AS g"
         )
         assert per_group == 1
+        # The clock goes back an hour: buckets already dropped from the window are needed
+        # again, so the state is rebuilt.
+        back = await _refresh(conn, step, ref - timedelta(hours=1))
+        assert back.full
+        assert await _differences(conn, step, ref - timedelta(hours=1)) == []
     finally:
         await conn.close()

@@ -459,7 +459,10 @@ async def refresh(
     # column and places now() among a timestamp column's values: state kept under another
     # zone is rebuilt.
     rezoned = row["time_zone"] != bounds["zone"]
-    full = bounds["reread"] is None or rezoned or any(not r["finite"] for r in invalid)
+    # A reference time before the last one (the clock went back) would bring back buckets
+    # already dropped from the window: rebuild.
+    went_back = row["watermark"] is not None and bounds["ref"] < row["watermark"]
+    full = bounds["reread"] is None or rezoned or went_back or any(not r["finite"] for r in invalid)
     reread = edge_end if full else max(bounds["reread"], edge_end)
     # Where the next refresh reads again from: what this one reads after it stays open (its
     # state rows are replaced next time), what it reads before it is sealed (kept; changed

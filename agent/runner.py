@@ -34,6 +34,7 @@ from pipectl.clock import SYSTEM_CLOCK, Clock
 from pipectl.config import StepConfig
 from pipectl.durations import format_duration
 from pipectl.identifiers import Relation
+from pipectl.incremental import defining_query
 from pipectl.model import RunStatus, Trigger
 from pipectl.resilience import (
     backoff_delay,
@@ -42,6 +43,7 @@ from pipectl.resilience import (
     is_connection_loss,
     is_transient,
 )
+from pipectl.store import incremental as incremental_store
 from pipectl.store.base import Conn
 
 if TYPE_CHECKING:
@@ -91,6 +93,13 @@ class StepPlan:
         if step.kind == "sql":
             assert step.sql is not None
             return step.sql.strip()
+        if step.kind == "incremental":
+            assert step.incremental is not None
+            return (
+                f"-- incremental: buckets of {step.incremental.source} since the watermark, "
+                f"published into {step.relation} as a difference; the summary stands for:\n"
+                + defining_query(step, reference="now()")
+            )
         return "-- view: nothing to refresh (checks only)"
 
 
@@ -472,6 +481,8 @@ async def _perform(conn: Conn, plan: StepPlan) -> _Attempt:
         assert step.sql is not None
         status = await conn.execute(step.sql, timeout=_client_deadline(plan))
         return _Attempt(RunStatus.SUCCEEDED, rows=_rows_from_tag(status), detail={"tag": status})
+    if step.kind == "incremental":
+        return await _incremental(conn, plan)
     assert step.relation is not None
     await conn.execute(f"SELECT 1 FROM {step.relation.sql} LIMIT 0")
     return _Attempt(RunStatus.SUCCEEDED, detail={"note": "view: nothing to refresh"})
@@ -510,6 +521,29 @@ async def _refresh(conn: Conn, relation: Relation, plan: StepPlan) -> _Attempt:
         f"SELECT count(*) FROM {relation.sql}", timeout=_client_deadline(plan)
     )
     return _Attempt(RunStatus.SUCCEEDED, rows=rows, detail={"concurrently": concurrently})
+
+
+async def _incremental(conn: Conn, plan: StepPlan) -> _Attempt:
+    """An incremental step's refresh (pipectl.store.incremental), in the run's transaction."""
+    try:
+        done = await incremental_store.refresh(conn, plan.config, within=_client_deadline(plan))
+    except incremental_store.IncrementalError as exc:
+        return _Attempt(RunStatus.FAILED, str(exc))
+    for warning in done.warnings:
+        log.warning("step %s: %s", plan.name, warning, extra={"step": plan.name})
+    log.info(
+        "step %s: read %d rows for %d arrived, %d buckets recomputed, %d invalidations, "
+        "groups -%d +%d",
+        plan.name,
+        done.rows_read,
+        done.rows_arrived,
+        done.buckets,
+        done.invalidations,
+        done.deleted,
+        done.inserted,
+        extra={"step": plan.name},
+    )
+    return _Attempt(RunStatus.SUCCEEDED, rows=done.rows, detail=done.detail())
 
 
 async def lock_holder(conn: Conn, step: str) -> str | None:

@@ -51,6 +51,11 @@ async def step_problems(conn: Conn, loaded: LoadedConfig) -> list[Problem]:
             )
         elif step.kind == "view" and table.kind not in ("v", "m"):
             message = f"{step.relation} is not a view"
+        elif step.kind == "incremental" and table.kind != "r":
+            message = (
+                f"{step.relation} is not a table yet: run `pipectl db incremental {step.name}` "
+                "(it replaces the view by the incremental summary's table)"
+            )
         else:
             continue
         problems.append(Problem(label, None, path, message))

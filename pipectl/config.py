@@ -371,11 +371,159 @@ class GatesConfig(Strict):
         return self.row_count is not None or bool(self.not_null) or self.groups is not None
 
 
+# --- incremental summaries -------------------------------------------------------------------
+
+INCREMENTAL_FUNCTIONS = (
+    "count",
+    "count_if",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "stddev",
+    "stddev_samp",
+    "stddev_pop",
+    "variance",
+    "var_samp",
+    "var_pop",
+    "count_distinct",
+    "array_distinct",
+)
+# Aggregates asked for that per-bucket partial states cannot give, with the reason.
+NOT_INCREMENTAL = {
+    "percentile_cont": "a percentile needs every value of the window: per-bucket states "
+    "cannot be merged into it",
+    "percentile_disc": "a percentile needs every value of the window: per-bucket states "
+    "cannot be merged into it",
+    "median": "a median needs every value of the window: per-bucket states cannot be merged "
+    "into it",
+    "mode": "the most frequent value needs every value's count over the window",
+    "string_agg": "it keeps every value of the window, not a bounded per-bucket state",
+    "array_agg": "it keeps every value of the window (array_distinct keeps distinct values)",
+    "sql": "arbitrary SQL cannot be merged across buckets",
+}
+INCREMENTAL_CASTS = ("float8", "numeric", "bigint", "integer")
+
+
+class IncrementalCondition(Strict):
+    """`column op value`, the condition a `count_if` counts (COUNT(CASE WHEN ... THEN 1 END))."""
+
+    column: ColumnName
+    op: Literal["=", "<>", "<", "<=", ">", ">=", "is_null", "is_not_null"]
+    value: int | float | None = None
+
+    @model_validator(mode="after")
+    def _operand(self) -> IncrementalCondition:
+        if self.op in ("is_null", "is_not_null") and self.value is not None:
+            raise ValueError(f"'{self.op}' takes no 'value'")
+        if self.op not in ("is_null", "is_not_null") and self.value is None:
+            raise ValueError(f"'{self.op}' needs a 'value' (a number)")
+        return self
+
+
+class IncrementalAggregate(Strict):
+    """One output column of an incremental summary: `fn` over `column` (cast to `cast`)."""
+
+    name: ColumnName
+    fn: str
+    column: ColumnName | None = None
+    cast: Literal["float8", "numeric", "bigint", "integer"] | None = None
+    where: IncrementalCondition | None = None
+    element_key: str | None = None
+    """count_distinct / array_distinct over `column`, a jsonb array: the distinct values of
+    `elem ->> element_key` of its elements (rows whose value is not an array add none)."""
+
+    @field_validator("fn")
+    @classmethod
+    def _maintainable(cls, fn: str) -> str:
+        if fn in INCREMENTAL_FUNCTIONS:
+            return fn
+        reason = NOT_INCREMENTAL.get(fn.lower())
+        if reason is not None:
+            raise ValueError(
+                f"{fn!r} cannot be maintained incrementally: {reason}; keep this summary a "
+                'materialized view (kind = "matview")'
+            )
+        raise ValueError(
+            f"unknown aggregate {fn!r}; expected one of {', '.join(INCREMENTAL_FUNCTIONS)}"
+        )
+
+    @model_validator(mode="after")
+    def _shape(self) -> IncrementalAggregate:
+        if self.fn == "count_if":
+            if self.where is None:
+                raise ValueError("count_if needs 'where' (the condition it counts)")
+            if self.column is not None:
+                raise ValueError("count_if counts rows: give 'where', not 'column'")
+        elif self.where is not None:
+            raise ValueError(f"'where' is only for count_if, not {self.fn}")
+        if self.fn not in ("count", "count_if") and self.column is None:
+            raise ValueError(f"{self.fn} needs 'column'")
+        if self.element_key is not None and self.fn not in ("count_distinct", "array_distinct"):
+            raise ValueError("'element_key' is only for count_distinct and array_distinct")
+        if self.element_key is not None and not self.element_key:
+            raise ValueError("'element_key' is empty")
+        if self.cast is not None and self.fn in (
+            "count",
+            "count_if",
+            "count_distinct",
+            "array_distinct",
+        ):
+            raise ValueError(f"'cast' changes nothing for {self.fn}")
+        return self
+
+
+class IncrementalKey(Strict):
+    """A grouping key: a column of the source, or the time column truncated to an hour or a
+    day (GROUP BY date_trunc('day', created_at))."""
+
+    name: ColumnName
+    column: ColumnName | None = None
+    truncate: Literal["hour", "day"] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> IncrementalKey:
+        if (self.column is None) == (self.truncate is None):
+            raise ValueError(
+                "give either 'column' (a source column) or 'truncate' (the time column's hour "
+                "or day)"
+            )
+        return self
+
+
+class IncrementalConfig(Strict):
+    """A summary over a sliding window of `source` (`time_column >= now() - window`), kept as
+    per-bucket partial aggregates and published as the table `relation`."""
+
+    source: RelationName
+    time_column: ColumnName
+    window: PositiveDuration
+    bucket: Literal["hour", "day"] = "hour"
+    overlap: Annotated[
+        Duration, _at_most(timedelta(days=1), "re-reading more each refresh helps nobody")
+    ] = timedelta(minutes=5)
+    """How far behind the last refresh each refresh re-reads, for rows of transactions that
+    committed late."""
+    keys: list[IncrementalKey] = Field(min_length=1)
+    aggregates: list[IncrementalAggregate] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names(self) -> IncrementalConfig:
+        names = [k.name for k in self.keys] + [a.name for a in self.aggregates]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"output column {twice[0]!r} is named twice")
+        for key in self.keys:
+            if key.truncate == "hour" and self.bucket == "day":
+                raise ValueError(f'key {key.name!r} groups by the hour, finer than bucket = "day"')
+        return self
+
+
 class StepConfig(Strict):
     """One unit of pipeline work the agent runs: refresh a summary, call a function, or watch."""
 
     name: Name
-    kind: Literal["matview", "sql", "view"]
+    kind: Literal["matview", "sql", "view", "incremental"]
     relation: RelationName | None = None
     sql: str | None = None
     description: str = ""
@@ -390,6 +538,8 @@ class StepConfig(Strict):
     retries: int | None = Field(default=None, ge=0, le=20)
     enabled: bool = True
     gates: GatesConfig | None = None
+    incremental: IncrementalConfig | None = None
+    """kind = "incremental": how the summary `relation` is kept (pipectl/incremental.py)."""
 
     @property
     def gated_relation(self) -> Relation | None:
@@ -417,12 +567,19 @@ class StepConfig(Strict):
     def _shape(self) -> StepConfig:
         if self.every is not None and self.cron is not None:
             raise ValueError("give either 'every' or 'cron', not both")
-        if self.kind in ("matview", "view") and self.relation is None:
+        if self.kind in ("matview", "view", "incremental") and self.relation is None:
             raise ValueError(f"a {self.kind} step needs 'relation' (the summary it watches)")
         if self.kind == "sql" and not (self.sql and self.sql.strip()):
             raise ValueError("an sql step needs 'sql' (the statement to run)")
         if self.kind != "sql" and self.sql is not None:
             raise ValueError(f"'sql' is only for kind = \"sql\", not {self.kind!r}")
+        if self.kind == "incremental" and self.incremental is None:
+            raise ValueError(
+                "an incremental step needs [steps.incremental] (source, time_column, window, "
+                "keys, aggregates)"
+            )
+        if self.kind != "incremental" and self.incremental is not None:
+            raise ValueError(f"'incremental' is only for kind = \"incremental\", not {self.kind!r}")
         if self.gates is not None:
             if self.kind == "view":
                 raise ValueError("a view step refreshes nothing: it cannot have gates")

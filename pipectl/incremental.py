@@ -1,0 +1,342 @@
+"""Incremental summaries: the SQL of a `kind = "incremental"` step.
+
+A summary over a sliding window of a source table (`time_column >= now() - window`, grouped by
+keys) is kept as per-bucket partial aggregates (count, exact numeric sums and sums of squares,
+min, max, arrays of distinct values) in a state table, and published from them: the buckets
+fully inside the window from the state, the window's oldest (partial) bucket from raw rows.
+
+This module only writes SQL text (no connection, no pipectl schema): `defining_query` is the
+full recompute the summary stands for (what `pipectl audit` compares with); `state_select`
+aggregates raw rows into bucket states; `publish_select` merges states into the summary's rows.
+pipectl/store/incremental.py runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from pipectl.config import (
+    IncrementalAggregate,
+    IncrementalCondition,
+    IncrementalConfig,
+    StepConfig,
+)
+from pipectl.identifiers import quote_ident
+
+REFERENCE = "$1::timestamptz"
+"""The reference time (now() of the refresh) in `defining_query`."""
+
+_VARIANCE = ("stddev", "stddev_samp", "stddev_pop", "variance", "var_samp", "var_pop")
+_DISTINCT = ("count_distinct", "array_distinct")
+
+
+def config_of(step: StepConfig) -> IncrementalConfig:
+    if step.incremental is None:
+        raise ValueError(f"step {step.name} is not an incremental step")
+    return step.incremental
+
+
+def output_columns(step: StepConfig) -> list[str]:
+    """The summary's columns, in order: the keys, then the aggregates."""
+    inc = config_of(step)
+    return [k.name for k in inc.keys] + [a.name for a in inc.aggregates]
+
+
+def interval_sql(window: timedelta) -> str:
+    """A timedelta as an SQL interval: days stay calendar days ('30 days', as a view says)."""
+    seconds = window.seconds + window.microseconds / 1_000_000
+    return f"make_interval(days => {window.days}, secs => {seconds!r})"
+
+
+def window_start(inc: IncrementalConfig, reference: str = REFERENCE) -> str:
+    return f"({reference} - {interval_sql(inc.window)})"
+
+
+def _input(agg: IncrementalAggregate, alias: str = "") -> str:
+    assert agg.column is not None
+    column = f"{alias}{quote_ident(agg.column)}"
+    return f"{column}::{agg.cast}" if agg.cast else column
+
+
+def _condition(cond: IncrementalCondition, alias: str = "") -> str:
+    column = f"{alias}{quote_ident(cond.column)}"
+    if cond.op == "is_null":
+        return f"{column} IS NULL"
+    if cond.op == "is_not_null":
+        return f"{column} IS NOT NULL"
+    # A number from the TOML file (int or finite float), never text: safe as a literal.
+    assert isinstance(cond.value, int | float)
+    assert not isinstance(cond.value, bool)
+    return f"{column} {cond.op} {cond.value!r}"
+
+
+def _key_exprs(inc: IncrementalConfig) -> list[str]:
+    """Each key over the source row (alias src)."""
+    time = f"src.{quote_ident(inc.time_column)}"
+    out = []
+    for key in inc.keys:
+        if key.truncate is not None:
+            out.append(f"date_trunc('{key.truncate}', {time})")
+        else:
+            assert key.column is not None
+            out.append(f"src.{quote_ident(key.column)}")
+    return out
+
+
+def _distinct_values(agg: IncrementalAggregate, rows: str) -> str:
+    """FROM-clause tail giving `v`, the values an aggregate counts distinct, per row of `rows`."""
+    assert agg.column is not None
+    column = f"{rows}.{quote_ident(agg.column)}"
+    if agg.element_key is None:
+        return f"CROSS JOIN LATERAL (SELECT {column}) AS x(v)"
+    key = agg.element_key.replace("'", "''")
+    return (
+        "CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof("
+        f"{column}) = 'array' THEN {column} ELSE '[]'::jsonb END) AS e(elem) "
+        f"CROSS JOIN LATERAL (SELECT e.elem ->> '{key}') AS x(v)"
+    )
+
+
+def _keys(n: int, alias: str = "") -> list[str]:
+    return [f"{alias}_k{i}" for i in range(n)]
+
+
+def _joined(n: int, left: str, right: str, extra: Sequence[str] = ()) -> str:
+    parts = [f"{right}.{c} = {left}.{c}" for c in extra]
+    parts += [f"{right}._k{i} IS NOT DISTINCT FROM {left}._k{i}" for i in range(n)]
+    return " AND ".join(parts) or "true"
+
+
+def _native(agg: IncrementalAggregate) -> str:
+    """The aggregate as the defining query computes it, over `recent`."""
+    if agg.fn == "count":
+        return f"count({_input(agg)})" if agg.column else "count(*)"
+    if agg.fn == "count_if":
+        assert agg.where is not None
+        return f"count(*) FILTER (WHERE {_condition(agg.where)})"
+    return f"{agg.fn}({_input(agg)})"
+
+
+def defining_query(step: StepConfig, *, reference: str = REFERENCE) -> str:
+    """The full-recompute SQL of the summary, with `$1` (timestamptz) standing for now():
+    the rows of `source` with `time_column >= $1 - window`, grouped by the keys, with native
+    aggregates; the same columns (names, order and types) as the published summary. Run it
+    under the agent's TimeZone (`[agent] timezone`) when the time column is timestamptz or
+    compared with a timestamp column, as the refresh runs under it."""
+    inc = config_of(step)
+    nkeys = len(inc.keys)
+    keys = _keys(nkeys)
+    recent = (
+        f"SELECT {', '.join(f'{e} AS {k}' for e, k in zip(_key_exprs(inc), keys, strict=True))}, "
+        f"src.* FROM {inc.source.sql} AS src "
+        f"WHERE src.{quote_ident(inc.time_column)} >= {window_start(inc, reference)}"
+    )
+    ctes = [f"recent AS ({recent})"]
+    main_cols = list(keys)
+    out: list[str] = [
+        f"main.{k} AS {quote_ident(key.name)}" for k, key in zip(keys, inc.keys, strict=True)
+    ]
+    joins: list[str] = []
+    for i, agg in enumerate(inc.aggregates):
+        name = quote_ident(agg.name)
+        if agg.fn in _DISTINCT and agg.element_key is not None:
+            ctes.append(
+                f"d{i} AS (SELECT {', '.join(_keys(nkeys, 'recent.'))}, "
+                "array_agg(DISTINCT x.v ORDER BY x.v) AS v, count(DISTINCT x.v) AS n "
+                f"FROM recent {_distinct_values(agg, 'recent')} WHERE x.v IS NOT NULL "
+                f"GROUP BY {', '.join(_keys(nkeys, 'recent.'))})"
+            )
+            joins.append(f"LEFT JOIN d{i} ON {_joined(nkeys, 'main', f'd{i}')}")
+            pick = (
+                f"COALESCE(d{i}.n, 0)"
+                if agg.fn == "count_distinct"
+                else f"COALESCE(d{i}.v, '{{}}')"
+            )
+            out.append(f"{pick} AS {name}")
+            continue
+        if agg.fn == "count_distinct":
+            expr = f"count(DISTINCT {_input(agg)})"
+        elif agg.fn == "array_distinct":
+            value = _input(agg)
+            expr = (
+                f"COALESCE(array_agg(DISTINCT {value} ORDER BY {value}) "
+                f"FILTER (WHERE {value} IS NOT NULL), '{{}}')"
+            )
+        else:
+            expr = _native(agg)
+        main_cols.append(f"{expr} AS _a{i}")
+        out.append(f"main._a{i} AS {name}")
+    ctes.append(f"main AS (SELECT {', '.join(main_cols)} FROM recent GROUP BY {', '.join(keys)})")
+    return f"WITH {', '.join(ctes)} SELECT {', '.join(out)} FROM main" + "".join(
+        f" {j}" for j in joins
+    )
+
+
+# --- partial states ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateColumn:
+    name: str
+    expr: str  # over a raw row (alias src) inside GROUP BY bucket, keys
+
+
+def state_columns(inc: IncrementalConfig) -> list[StateColumn]:
+    """The per-(bucket, keys) partial state of each aggregate (distinct sets excluded: they
+    are `_s{i}_d`, built apart)."""
+    cols: list[StateColumn] = []
+    for i, agg in enumerate(inc.aggregates):
+        p = f"_s{i}"
+        if agg.fn == "count":
+            expr = f"count({_input(agg, 'src.')})" if agg.column else "count(*)"
+            cols.append(StateColumn(f"{p}_n", expr))
+        elif agg.fn == "count_if":
+            assert agg.where is not None
+            cols.append(
+                StateColumn(f"{p}_n", f"count(*) FILTER (WHERE {_condition(agg.where, 'src.')})")
+            )
+        elif agg.fn in ("sum", "avg") or agg.fn in _VARIANCE:
+            value = f"({_input(agg, 'src.')})::numeric"
+            cols.append(StateColumn(f"{p}_c", f"count({value})"))
+            cols.append(StateColumn(f"{p}_s", f"sum({value})"))
+            if agg.fn in _VARIANCE:
+                cols.append(StateColumn(f"{p}_q", f"sum({value} * {value})"))
+        elif agg.fn in ("min", "max"):
+            cols.append(StateColumn(f"{p}_m", f"{agg.fn}({_input(agg, 'src.')})"))
+    return cols
+
+
+def state_select(inc: IncrementalConfig, where: str, arrived_from: str) -> str:
+    """Bucket states of the raw rows matching `where` (over alias src): columns _bucket,
+    _k0.., the state columns, _s{i}_d for distinct sets, _rows (rows read) and _arrived (rows
+    with time at or after `arrived_from`)."""
+    nkeys = len(inc.keys)
+    keys = _keys(nkeys)
+    time = f"src.{quote_ident(inc.time_column)}"
+    exprs = _key_exprs(inc)
+    rows = (
+        f"SELECT date_trunc('{inc.bucket}', {time}) AS _bucket, "
+        f"{', '.join(f'{e} AS {k}' for e, k in zip(exprs, keys, strict=True))}, src.* "
+        f"FROM {inc.source.sql} AS src WHERE {where}"
+    )
+    group = ", ".join(["_bucket", *keys])
+    states = [f"{c.expr} AS {c.name}" for c in state_columns(inc)]
+    main = (
+        f"SELECT {group}, {', '.join([*states, 'count(*) AS _rows'])}, "
+        f"count(*) FILTER (WHERE {time} >= {arrived_from}) AS _arrived "
+        f"FROM rows AS src GROUP BY {group}"
+    )
+    ctes = [f"rows AS MATERIALIZED ({rows})", f"main AS ({main})"]
+    out = [f"main.{c}" for c in ["_bucket", *keys]]
+    out += [f"main.{c.name}" for c in state_columns(inc)]
+    joins = []
+    for i, agg in enumerate(inc.aggregates):
+        if agg.fn not in _DISTINCT:
+            continue
+        ctes.append(
+            f"d{i} AS (SELECT rows._bucket, {', '.join(_keys(nkeys, 'rows.'))}, "
+            f"array_agg(DISTINCT x.v) AS v FROM rows {_distinct_values(agg, 'rows')} "
+            f"WHERE x.v IS NOT NULL GROUP BY rows._bucket, {', '.join(_keys(nkeys, 'rows.'))})"
+        )
+        joins.append(f"LEFT JOIN d{i} ON {_joined(nkeys, 'main', f'd{i}', ['_bucket'])}")
+        out.append(f"COALESCE(d{i}.v, '{{}}') AS _s{i}_d")
+    out += ["main._rows", "main._arrived"]
+    return f"WITH {', '.join(ctes)} SELECT {', '.join(out)} FROM main" + "".join(
+        f" {j}" for j in joins
+    )
+
+
+def stored_columns(inc: IncrementalConfig) -> list[str]:
+    """The state table's columns (state_select's, without _arrived)."""
+    cols = ["_bucket", *_keys(len(inc.keys)), *(c.name for c in state_columns(inc))]
+    cols += [f"_s{i}_d" for i, a in enumerate(inc.aggregates) if a.fn in _DISTINCT]
+    return [*cols, "_rows"]
+
+
+def _final(agg: IncrementalAggregate, i: int) -> str:
+    """The aggregate's value from the merged states (columns of `merged`)."""
+    p = f"merged._s{i}"
+    if agg.fn in ("count", "count_if"):
+        return f"{p}_n"
+    if agg.fn == "sum":
+        return f"CASE WHEN {p}_c > 0 THEN {p}_s END"
+    if agg.fn == "avg":
+        return f"{p}_s / NULLIF({p}_c, 0)"
+    if agg.fn in ("min", "max"):
+        return f"{p}_m"
+    if agg.fn == "count_distinct":
+        return f"COALESCE(m{i}.n, 0)"
+    if agg.fn == "array_distinct":
+        return f"COALESCE(m{i}.v, '{{}}')"
+    spread = f"({p}_c * {p}_q - {p}_s * {p}_s)"
+    if agg.fn in ("var_pop", "stddev_pop"):
+        value = f"CASE WHEN {p}_c > 0 THEN {spread} / ({p}_c * {p}_c) END"
+    else:
+        value = f"CASE WHEN {p}_c > 1 THEN {spread} / ({p}_c * ({p}_c - 1)) END"
+    return f"sqrt({value})" if agg.fn.startswith("stddev") else value
+
+
+def _merge(name: str) -> str:
+    kind = name.rsplit("_", 1)[1]
+    if kind == "m":
+        raise AssertionError("min/max merge by their function")
+    return f"sum({name})" if kind != "n" else f"sum({name})::bigint"
+
+
+def publish_select(
+    inc: IncrementalConfig, state_table: str, edge_end: str, edge_rows: str, types: Sequence[str]
+) -> str:
+    """The summary's rows: states of full buckets (`_bucket >= $edge_end`, a parameter given
+    by the caller as `edge_end`) merged with `edge_rows` (a state_select of the window's
+    partial bucket), cast to the published table's column `types`."""
+    nkeys = len(inc.keys)
+    keys = _keys(nkeys)
+    cols = [c.name for c in state_columns(inc)]
+    dsets = [f"_s{i}_d" for i, a in enumerate(inc.aggregates) if a.fn in _DISTINCT]
+    part_cols = ", ".join([*keys, *cols, *dsets])
+    parts = (
+        f"SELECT {part_cols} FROM {state_table} WHERE _bucket >= {edge_end} "
+        f"UNION ALL SELECT {part_cols} FROM ({edge_rows}) AS edge"
+    )
+    merges = []
+    for i, agg in enumerate(inc.aggregates):
+        for c in cols:
+            if not c.startswith(f"_s{i}_"):
+                continue
+            merges.append(f"{agg.fn}({c}) AS {c}" if c.endswith("_m") else f"{_merge(c)} AS {c}")
+    merged = f"SELECT {', '.join([*keys, *merges])} FROM parts GROUP BY {', '.join(keys)}"
+    ctes = [f"parts AS MATERIALIZED ({parts})", f"merged AS ({merged})"]
+    joins = []
+    for i, agg in enumerate(inc.aggregates):
+        if agg.fn not in _DISTINCT:
+            continue
+        ctes.append(
+            f"m{i} AS (SELECT {', '.join(_keys(nkeys, 'parts.'))}, "
+            "array_agg(DISTINCT x.v ORDER BY x.v) AS v, count(DISTINCT x.v) AS n "
+            f"FROM parts CROSS JOIN LATERAL unnest(parts._s{i}_d) AS x(v) "
+            f"GROUP BY {', '.join(_keys(nkeys, 'parts.'))})"
+        )
+        joins.append(f"LEFT JOIN m{i} ON {_joined(nkeys, 'merged', f'm{i}')}")
+    names = output_columns_of(inc)
+    finals = [f"merged.{k}" for k in keys] + [_final(a, i) for i, a in enumerate(inc.aggregates)]
+    out = [
+        f"({expr})::{typ} AS {quote_ident(name)}"
+        for expr, typ, name in zip(finals, types, names, strict=True)
+    ]
+    return f"WITH {', '.join(ctes)} SELECT {', '.join(out)} FROM merged" + "".join(
+        f" {j}" for j in joins
+    )
+
+
+def output_columns_of(inc: IncrementalConfig) -> list[str]:
+    return [k.name for k in inc.keys] + [a.name for a in inc.aggregates]
+
+
+def signature(inc: IncrementalConfig) -> str:
+    """What the state table's shape and content depend on: a change needs a reinstall."""
+    import hashlib
+
+    text = inc.model_dump_json(include={"source", "time_column", "bucket", "keys", "aggregates"})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

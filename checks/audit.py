@@ -66,6 +66,11 @@ def evaluate(check: AuditCheck, found: Audit, now: datetime, source: str) -> Che
             if stale is not None
             else "; a matview differs from a recompute by what arrived since its refresh"
         )
+    if found.newer_rows and not found.equal:
+        message += (
+            f"; {found.newer_rows} source rows are dated at or after its reference time"
+            " (arrived since its refresh: the next one adds them)"
+        )
     return CheckResult(
         check=check.name,
         status=CheckStatus.OK if found.equal else CheckStatus.FAIL,
@@ -86,7 +91,9 @@ async def run(ctx: Context[AuditCheck]) -> CheckResult:
     try:
         # A savepoint: a statement the audit had cancelled leaves the probe usable.
         async with ctx.conn.transaction():
-            found = await audit_step(ctx.conn, step, limit=ctx.timeout)
+            found = await audit_step(
+                ctx.conn, step, timezone=ctx.config.agent.timezone, limit=ctx.timeout
+            )
     except AuditError as exc:
         return CheckResult(check.name, CheckStatus.ERROR, None, str(exc), ctx.now)
     return evaluate(check, found, ctx.now, ctx.source)

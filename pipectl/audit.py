@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,7 +37,9 @@ from pipectl.config import StepConfig
 from pipectl.db import decode_json
 from pipectl.durations import format_duration
 from pipectl.identifiers import Relation, quote_ident
+from pipectl.incremental import config_of, defining_query
 from pipectl.resilience import describe_error
+from pipectl.store import incremental as incremental_store
 from pipectl.store.base import Conn
 
 SIGNIFICANT_DIGITS = 9
@@ -109,7 +111,9 @@ class Audit:
     type_mismatches: tuple[tuple[str, str, str], ...] = ()
     """(column, summary type, recompute type) where the two sides' types differ."""
     elapsed_ms: float = 0.0
-    notes: tuple[str, ...] = field(default=())
+    newer_rows: int | None = None
+    """Incremental: source rows whose time is at or after the reference time (arrived after
+    the refresh, or dated ahead): a recompute counts them, the summary cannot yet."""
 
     @property
     def differing(self) -> int:
@@ -151,10 +155,19 @@ class Audit:
     def explanation(self) -> str:
         """What the comparison stood on, and for a matview what a difference means."""
         if self.kind == "incremental":
-            return (
+            text = (
                 f"recomputed at the summary's reference time {_when(self.reference_at)}"
                 " (the time its published content stands for)"
             )
+            if self.newer_rows:
+                text += (
+                    f"; {_rows(self.newer_rows)} of its source are at or after that time:"
+                    " rows that arrived after the refresh count in the recompute, not yet in"
+                    " the summary (the next refresh adds them)"
+                )
+                if not self.equal:
+                    text += "; rerun the step and audit right after to compare like with like"
+            return text
         when = (
             f"pipectl last refreshed it at {_when(self.published_at)}"
             f" ({format_duration(self.stale_for or timedelta(0))} before this audit)"
@@ -197,6 +210,7 @@ class Audit:
             ],
             "examples_only_in_summary": list(self.examples_summary),
             "examples_only_in_recompute": list(self.examples_recompute),
+            "newer_source_rows": self.newer_rows,
             "explanation": self.explanation(),
             "elapsed_ms": self.elapsed_ms,
         }
@@ -235,16 +249,20 @@ async def audit_transaction(conn: Conn, limit: timedelta) -> AsyncIterator[None]
         yield
 
 
-async def audit_step(conn: Conn, step: StepConfig, *, limit: timedelta | None = None) -> Audit:
+async def audit_step(
+    conn: Conn, step: StepConfig, *, timezone: str = "UTC", limit: timedelta | None = None
+) -> Audit:
     """Compare `step`'s published content with a full recompute of its defining query.
-    Runs in the caller's transaction (see `audit_transaction`); raises AuditError for an
-    audit that cannot be done, with the reason. `limit` (the statement_timeout set) only words
-    a cancelled statement."""
+    Runs in the caller's transaction (see `audit_transaction`) under `timezone`, the agent's:
+    a summary's window compares a `timestamp` column with now(), which its refreshes did in
+    the agent's TimeZone. Raises AuditError for an audit that cannot be done, with the
+    reason. `limit` (the statement_timeout set) only words a cancelled statement."""
     reason = auditable(step)
     if reason is not None:
         raise AuditError(reason)
     assert step.relation is not None  # matview and incremental steps name their relation
     try:
+        await conn.execute("SELECT set_config('TimeZone', $1, true)", timezone)
         return await _audit(conn, step, step.relation)
     except asyncpg.QueryCanceledError:
         within = f" ({format_duration(limit)})" if limit is not None else ""
@@ -299,11 +317,14 @@ async def _audit(conn: Conn, step: StepConfig, relation: Relation) -> Audit:
         assert found is not None
         # A content published between reading its reference time and reading it (possible
         # outside REPEATABLE READ) would pair one content with another's time: read again.
-        if not _incremental(step) or await _published_at(conn, step) == recompute.published_at:
+        if step.kind != "incremental":
+            break
+        if await _published_at(conn, step) == recompute.published_at:
             break
     else:
         raise AuditError(f"{step.name} kept publishing while it was audited; try again")
     audited_at: datetime = found["audited_at"]
+    newer = await _newer_rows(conn, step, recompute.reference_at)
     return Audit(
         step=step.name,
         kind=step.kind,
@@ -321,7 +342,22 @@ async def _audit(conn: Conn, step: StepConfig, relation: Relation) -> Audit:
         rounded=tuple(c.name for c in columns if c.rounded),
         type_mismatches=mismatches,
         elapsed_ms=round(elapsed, 3),
+        newer_rows=newer,
     )
+
+
+async def _newer_rows(conn: Conn, step: StepConfig, reference: datetime | None) -> int | None:
+    """Incremental: source rows at or after the reference time (an index range on the time
+    column, which the engine needs anyway)."""
+    if step.kind != "incremental" or reference is None:
+        return None
+    inc = config_of(step)
+    count: int = await conn.fetchval(
+        f"SELECT count(*) FROM {inc.source.sql}"
+        f" WHERE {quote_ident(inc.time_column)} >= $1::timestamptz",
+        reference,
+    )
+    return count
 
 
 def _rows_of(examples: Any) -> tuple[dict[str, Any], ...]:
@@ -329,11 +365,6 @@ def _rows_of(examples: Any) -> tuple[dict[str, Any], ...]:
     if isinstance(examples, str):
         examples = decode_json(examples)
     return tuple(row for row in examples if isinstance(row, dict))
-
-
-def _incremental(step: StepConfig) -> bool:
-    kind: str = step.kind
-    return kind == "incremental"
 
 
 def _comparable_type(type_name: str) -> str:
@@ -373,7 +404,7 @@ async def recompute_of(conn: Conn, step: StepConfig, relation: Relation) -> Reco
     """The defining query of `step`, ready to run (see the module's docstring)."""
     if step.kind == "matview":
         return await _matview_recompute(conn, step, relation)
-    if _incremental(step):
+    if step.kind == "incremental":
         return await _incremental_recompute(conn, step)
     raise AuditError(auditable(step) or f"cannot audit a {step.kind} step")
 
@@ -399,21 +430,16 @@ async def _matview_recompute(conn: Conn, step: StepConfig, relation: Relation) -
 
 
 async def _incremental_recompute(conn: Conn, step: StepConfig) -> Recompute:
-    from pipectl import incremental  # type: ignore[attr-defined]
-
-    published = await incremental.published_at(conn, step)
+    published = await incremental_store.published_at(conn, step)
     if published is None:
         raise AuditError(
             f"{step.name} has published nothing yet: run it once (pipectl rerun {step.name})"
         )
-    return Recompute(incremental.defining_query(step), (published,), published, published)
+    return Recompute(defining_query(step), (published,), published, published)
 
 
 async def _published_at(conn: Conn, step: StepConfig) -> datetime | None:
-    from pipectl import incremental  # type: ignore[attr-defined]
-
-    published: datetime | None = await incremental.published_at(conn, step)
-    return published
+    return await incremental_store.published_at(conn, step)
 
 
 def normalized(column: Column, source: str) -> str:

@@ -15,6 +15,8 @@ import pytest
 from pipectl.audit import Column, comparison_sql
 from pipectl.cli import main
 from pipectl.identifiers import Relation
+from pipectl.store import incremental
+from tests.helpers import make_config
 
 STEP = "rule_effectiveness_summary"
 
@@ -51,13 +53,18 @@ every = "1h"
 """
 
 
+INCREMENTAL = (Path(__file__).parent / "incremental_apes.toml").read_text()
+
+
 async def run(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, dsn: str, *args: str
 ) -> tuple[int, Any, str]:
     """`pipectl audit ARGS` in a thread against `dsn`: exit code, stdout (parsed when JSON),
     stderr."""
     config = tmp_path / "pipectl.toml"
-    config.write_text(f'[database]\ndsn = "{dsn}"\n' + STEPS)
+    steps = INCREMENTAL if args and args[0] == "--incremental" else STEPS
+    args = args[1:] if args and args[0] == "--incremental" else args
+    config.write_text(f'[database]\ndsn = "{dsn}"\n' + steps)
     code = await asyncio.to_thread(main, ["--config", str(config), "audit", *args])
     out, err = capsys.readouterr()
     try:
@@ -97,7 +104,7 @@ async def refreshed(conn: asyncpg.Connection) -> None:
 
 @pytest.fixture
 async def db(database: str) -> Any:
-    conn = await asyncpg.connect(database)
+    conn = await asyncpg.connect(database, server_settings={"TimeZone": "UTC"})
     try:
         yield conn
     finally:
@@ -246,3 +253,54 @@ async def test_what_cannot_be_audited_is_refused_with_the_reason(
     assert code == 2
     assert "the audit of slow_summary ran longer than its statement_timeout (20ms)" in err
     assert "Traceback" not in err
+
+
+async def test_an_incremental_summary_is_compared_at_its_reference_time(
+    db: asyncpg.Connection, database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for index, rule in enumerate(("r0", "r1", "r2")):
+        await add_rows(db, rule, 20 + index, 0.2 * index)
+    step = make_config(database, None, INCREMENTAL).step(STEP)
+    async with db.transaction():
+        await incremental.install(db, step, triggers=True)
+    await add_rows(db, "r3", 7, 0.5)
+    async with db.transaction():
+        done = await incremental.refresh(db, step)
+
+    code, out, err = await run(capsys, tmp_path, database, "--incremental", STEP, "--json")
+    assert code == 0, err
+    assert out["kind"] == "incremental"
+    assert (out["summary_rows"], out["differing_rows"], out["newer_source_rows"]) == (4, 0, 0)
+    assert out["reference_at"] == out["published_at"] == done.reference_time.isoformat()
+
+    # A wrong summary: one group's count off by one. Nothing arrived, so it is not staleness.
+    await db.execute(f"UPDATE public.{STEP} SET usage_count = usage_count + 1 WHERE rule_id = 'r1'")
+    code, text, _ = await run(capsys, tmp_path, database, "--incremental", STEP)
+    lines = text.splitlines()
+    assert code == 1
+    assert lines[0] == (
+        f"{STEP}: differs: 1 row only in the summary, 1 row only in the recompute"
+        " (summary 4 rows, recompute 4 rows)"
+    )
+    assert lines[2].startswith("  rule_id=r1, rule_name=Rule r1, usage_count=22,")
+    assert lines[4].startswith("  rule_id=r1, rule_name=Rule r1, usage_count=21,")
+    assert "arrived" not in text
+
+    # The next refresh puts it right; rows dated after its reference time are counted apart.
+    async with db.transaction():
+        await incremental.refresh(db, step)
+    code, _, _ = await run(capsys, tmp_path, database, "--incremental", STEP)
+    assert code == 0
+    await db.execute(
+        "INSERT INTO public.rule_performance (rule_id, rule_name, improvement_score, created_at)"
+        " SELECT 'r0', 'Rule r0', 0.5, (now() + interval '1 minute') AT TIME ZONE 'UTC'"
+        " FROM generate_series(1, 2)"
+    )
+    code, out, _ = await run(capsys, tmp_path, database, "--incremental", STEP, "--json")
+    assert code == 1
+    assert (out["only_in_summary"], out["only_in_recompute"], out["newer_source_rows"]) == (
+        1,
+        1,
+        2,
+    )
+    assert "2 rows of its source are at or after that time" in out["explanation"]

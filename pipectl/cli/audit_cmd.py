@@ -87,7 +87,7 @@ async def run_audit(args: argparse.Namespace) -> int:
         await ensure_current(conn)
         try:
             async with audit_transaction(conn, limit):
-                found = await audit_step(conn, step, limit=limit)
+                found = await audit_step(conn, step, timezone=config.agent.timezone, limit=limit)
         except AuditError as exc:
             raise CliError(str(exc), EXIT_FAIL) from None
     if args.json:

@@ -155,6 +155,12 @@ def _gates(sizes: Sizes, quick: bool) -> list[Section]:
     return [asyncio.run(gates.run(sizes.rows, 3 * sizes.repeats))]
 
 
+def _incremental(sizes: Sizes, quick: bool) -> list[Section]:
+    from bench import incremental
+
+    return [asyncio.run(incremental.run(sizes.rows, sizes.repeats + 2))]
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "verification": ("checks against Soda Core and the floor; freshness vs size", _verification),
     "shapes": ("full verification by key shape and continuous, as processes vs Soda", _shapes),
@@ -166,6 +172,10 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "backfill": ("simulator backfill figures", _backfill),
     "cli_start": ("pipectl --help, status, rerun --wait as whole processes", _cli_start),
     "gates": ("the cost of a refresh's gates beside the ungated refresh", _gates),
+    "incremental": (
+        "incremental refresh vs REFRESH CONCURRENTLY at 1 % new rows; rows read; audit",
+        _incremental,
+    ),
 }
 
 

@@ -18,6 +18,7 @@ from bench import (
     detector,
     gates,
     generate,
+    incremental,
     scrape,
     shapes,
     verification,
@@ -113,6 +114,29 @@ async def test_gates_bench_times_both_refreshes(database: str) -> None:
     assert len(bare) == len(full) == len(inside) == 2
     assert all(0 <= g <= f for g, f in zip(inside, full, strict=True))
     assert passed
+
+
+async def test_incremental_bench_refreshes_both_ways_and_audits(database: str) -> None:
+    conn = await asyncpg.connect(database, server_settings={"TimeZone": "UTC"})
+    try:
+        await incremental.setup(conn, 2_000, incremental.bench_step())
+        found, cross = await incremental.measure(conn, 2_000, 2)
+    finally:
+        await conn.close()
+    assert [r.arrived for r in found] == [20, 20]
+    assert [r.audit_differing for r in found] == [0, 0]
+    assert cross == 0
+    assert all(r.gates_passed for r in found)
+    assert all(r.matview.rows_read >= 2_000 for r in found)
+    assert all(20 <= r.incremental.rows_read < r.matview.rows_read for r in found)
+    section = incremental.report(2_000, found, cross)
+    assert [(f.name, f.target) for f in section.figures] == [
+        ("incremental refresh, median wall time", ">= 50x cheaper"),
+        ("rows read per refresh, median", ""),
+        ("gates on the incremental refresh, median", ""),
+        ("content: rows differing from the defining query", "0"),
+    ]
+    assert section.figures[-1].value == "0"
 
 
 def test_scrape_serves_every_metric() -> None:

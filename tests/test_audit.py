@@ -304,3 +304,21 @@ async def test_an_incremental_summary_is_compared_at_its_reference_time(
         2,
     )
     assert "2 rows of its source are at or after that time" in out["explanation"]
+
+
+async def test_example_rows_are_shown_as_literal_text(
+    db: asyncpg.Connection, database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await db.execute(f"REFRESH MATERIALIZED VIEW public.{STEP}")
+    hostile = "Rule \x1b]0;owned\x07 [bold]x[/bold]\u202e"
+    await db.execute(
+        "INSERT INTO public.rule_performance (rule_id, rule_name, improvement_score, created_at)"
+        " VALUES ('r9', $1, 0.5, localtimestamp - interval '1 minute')",
+        hostile,
+    )
+    code, text, _ = await run(capsys, tmp_path, database, STEP)
+    assert code == 1
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    assert "rule_name=Rule \\x1b]0;owned\\x07 [bold]x[/bold]\\u202e," in text
+    code, out, _ = await run(capsys, tmp_path, database, STEP, "--json")
+    assert out["examples_only_in_recompute"][0]["rule_name"] == hostile

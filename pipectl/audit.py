@@ -433,7 +433,8 @@ async def _incremental_recompute(conn: Conn, step: StepConfig) -> Recompute:
     published = await incremental_store.published_at(conn, step)
     if published is None:
         raise AuditError(
-            f"{step.name} has published nothing yet: run it once (pipectl rerun {step.name})"
+            f"{step.name} has published nothing yet: install it (pipectl db incremental"
+            f" {step.name}), then audit"
         )
     return Recompute(defining_query(step), (published,), published, published)
 

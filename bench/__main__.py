@@ -156,9 +156,9 @@ def _gates(sizes: Sizes, quick: bool) -> list[Section]:
 
 
 def _incremental(sizes: Sizes, quick: bool) -> list[Section]:
-    from bench import incremental
+    from bench import incremental_refresh
 
-    return [asyncio.run(incremental.run(sizes.rows, sizes.repeats + 2))]
+    return [asyncio.run(incremental_refresh.run(sizes.rows, sizes.repeats + 2))]
 
 
 BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {

@@ -18,7 +18,7 @@ from bench import (
     detector,
     gates,
     generate,
-    incremental,
+    incremental_refresh,
     scrape,
     shapes,
     verification,
@@ -119,8 +119,8 @@ async def test_gates_bench_times_both_refreshes(database: str) -> None:
 async def test_incremental_bench_refreshes_both_ways_and_audits(database: str) -> None:
     conn = await asyncpg.connect(database, server_settings={"TimeZone": "UTC"})
     try:
-        await incremental.setup(conn, 2_000, incremental.bench_step())
-        found, cross = await incremental.measure(conn, 2_000, 2)
+        await incremental_refresh.setup(conn, 2_000, incremental_refresh.bench_step())
+        found, cross = await incremental_refresh.measure(conn, 2_000, 2)
     finally:
         await conn.close()
     assert [r.arrived for r in found] == [20, 20]
@@ -129,7 +129,7 @@ async def test_incremental_bench_refreshes_both_ways_and_audits(database: str) -
     assert all(r.gates_passed for r in found)
     assert all(r.matview.rows_read >= 2_000 for r in found)
     assert all(20 <= r.incremental.rows_read < r.matview.rows_read for r in found)
-    section = incremental.report(2_000, found, cross)
+    section = incremental_refresh.report(2_000, found, cross)
     assert [(f.name, f.target) for f in section.figures] == [
         ("incremental refresh, median wall time", ">= 50x cheaper"),
         ("rows read per refresh, median", ""),

@@ -1,6 +1,6 @@
 """Incremental refresh benchmark (issue 17 §3): what a refresh costs when 1 % is new.
 
-    python -m bench.incremental [--rows 10000000] [--rounds 5]
+    python -m bench.incremental_refresh [--rows 10000000] [--rounds 5]
 
 `rows` rule_performance rows over 30 days (generated in SQL, once), the same summary kept
 two ways: the materialized view `rule_effectiveness_summary` (REFRESH MATERIALIZED VIEW

@@ -29,7 +29,13 @@ _SHOWN_CHANGES = 5
 def facts(config: Config) -> tuple[list[StepFacts], list[CheckFacts]]:
     """The enabled steps and checks of a config as lineage facts (what the agent publishes)."""
     steps = [
-        StepFacts(s.name, s.kind, str(s.relation) if s.relation else None, tuple(s.depends_on))
+        StepFacts(
+            s.name,
+            s.kind,
+            str(s.relation) if s.relation else None,
+            tuple(s.depends_on),
+            (str(s.incremental.source),) if s.incremental else (),
+        )
         for s in config.steps
         if s.enabled
     ]

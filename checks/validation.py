@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import asyncpg
+
+from pipectl import incremental as sql
 from pipectl.checks.catalog import load_catalog
 from pipectl.checks.engine import CheckEngine
 from pipectl.config import ConfigError, LoadedConfig, Problem
+from pipectl.store import incremental
 from pipectl.store.base import Conn
 
 
@@ -23,6 +27,7 @@ async def validate_catalog(conn: Conn, loaded: LoadedConfig) -> CheckEngine:
     problems = await step_problems(conn, loaded) + await engine.problems(conn)
     if problems:
         raise ConfigError(located(problems, loaded))
+    engine.warnings.extend(await incremental_warnings(conn, loaded))
     return engine
 
 
@@ -60,6 +65,33 @@ async def step_problems(conn: Conn, loaded: LoadedConfig) -> list[Problem]:
             continue
         problems.append(Problem(label, None, path, message))
     return problems
+
+
+async def incremental_warnings(conn: Conn, loaded: LoadedConfig) -> list[str]:
+    """What an enabled incremental step lacks in the database to be exact: its installation
+    (schema 0012, `pipectl db incremental`) and its source's invalidation triggers."""
+    steps = [s for s in loaded.config.steps if s.enabled and s.kind == "incremental"]
+    if not steps:
+        return []
+    out = []
+    for step in steps:
+        try:
+            published = await incremental.published_at(conn, step)
+            triggers = await incremental.triggers_installed(conn, step)
+        except asyncpg.PostgresError as exc:
+            out.append(f"step {step.name}: cannot read its installation: {exc}")
+            continue
+        if published is None:
+            out.append(
+                f"step {step.name}: not installed as an incremental summary: run "
+                f"`pipectl db incremental {step.name} --triggers`"
+            )
+        elif not triggers:
+            out.append(
+                f"step {step.name}: "
+                + incremental.NO_TRIGGER.format(source=sql.config_of(step).source, step=step.name)
+            )
+    return out
 
 
 def located(problems: list[Problem], loaded: LoadedConfig) -> list[Problem]:

@@ -71,6 +71,9 @@ class StepFacts:
     kind: str
     relation: str | None
     depends_on: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
+    """Relations the step itself reads (an incremental step's source): a table summarized
+    into a table has no view definition in the catalog to say it."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,8 @@ class Lineage:
                 target = relation(_qualified(s.relation))
                 edges.add((node, target))
                 refreshed_by.setdefault(target, s.name)
+            for read in s.reads:
+                edges.add((relation(_qualified(read)), node))
             for upstream in s.depends_on:
                 if upstream in step_names:
                     edges.add((Node("step", upstream), node))

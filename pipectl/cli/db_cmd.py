@@ -35,6 +35,27 @@ def register(subparsers: Any) -> None:
         "--indexes", action="store_true", help="run sql/apes/indexes.sql (CONCURRENTLY)"
     )
     apes.set_defaults(handler=load_apes)
+    incremental = verbs.add_parser(
+        "incremental",
+        help="install an incremental step's summary: replaces its (materialized) view by a "
+        "table of the same columns kept by the agent from per-bucket states; --triggers also "
+        "logs changes behind the watermark; --revert takes it out again",
+    )
+    incremental.add_argument("step", nargs="+", help="incremental step(s) of the config")
+    incremental.add_argument(
+        "--triggers",
+        action="store_true",
+        help="consent to statement-level triggers on the source table that log the hours "
+        "rows are inserted, updated or deleted in behind the watermark (pipectl's invalidation "
+        "log; a small cost on every write: docs/operating.md)",
+    )
+    incremental.add_argument(
+        "--revert",
+        action="store_true",
+        help="drop the summary table, its state and the triggers; recreate the view after "
+        '(e.g. `pipectl db apes --materialized`) and set the step back to kind = "matview"',
+    )
+    incremental.set_defaults(handler=install_incremental)
 
 
 async def upgrade_schema(args: argparse.Namespace) -> int:
@@ -102,4 +123,38 @@ async def load_apes(args: argparse.Namespace) -> int:
             except asyncpg.PostgresError as exc:
                 raise CliError(f"sql/apes/{name} failed: {exc}") from exc
             console().print(f"loaded sql/apes/{name}")
+    return EXIT_OK
+
+
+async def install_incremental(args: argparse.Namespace) -> int:
+    from pipectl.store import incremental
+
+    if args.revert and args.triggers:
+        raise CliError("give --triggers or --revert, not both")
+    config = load(args).config
+    steps = {s.name: s for s in config.steps}
+    chosen = []
+    for name in args.step:
+        step = steps.get(name)
+        if step is None:
+            raise CliError(f"no step {name!r} in the config")
+        if step.kind != "incremental":
+            raise CliError(f'step {name!r} is kind = "{step.kind}", not "incremental"')
+        chosen.append(step)
+    out = console()
+    async with connection(config, "pipectl db incremental") as conn:
+        for step in chosen:
+            try:
+                async with conn.transaction():
+                    if args.revert:
+                        done = await incremental.uninstall(conn, step)
+                    else:
+                        done = await incremental.install(conn, step, triggers=args.triggers)
+            except incremental.IncrementalError as exc:
+                raise CliError(f"step {step.name}: {exc}") from None
+            except asyncpg.PostgresError as exc:
+                raise CliError(f"step {step.name}: {exc}") from None
+            for line in done:
+                target = console(stderr=True) if line.startswith("warning:") else out
+                target.print(f"{step.name}: {visible(line, limit=BLOCK)}", markup=False)
     return EXIT_OK

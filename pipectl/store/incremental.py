@@ -226,7 +226,7 @@ async def install(conn: Conn, step: StepConfig, *, triggers: bool) -> list[str]:
     )
     await conn.execute("DELETE FROM pipectl.incremental_invalidations WHERE step = $1", step.name)
     if triggers:
-        await _create_triggers(conn, step)
+        await install_triggers(conn, step)
         done.append(
             f"invalidation triggers on {inc.source} ({', '.join(TRIGGER_EVENTS)}, statement-level)"
         )
@@ -263,7 +263,8 @@ async def _regrant(conn: Conn, relation: Relation, entry: str) -> None:
         )
 
 
-async def _create_triggers(conn: Conn, step: StepConfig) -> None:
+async def install_triggers(conn: Conn, step: StepConfig) -> None:
+    """The statement-level invalidation triggers on the step's source (replaced if there)."""
     inc = sql.config_of(step)
     column = inc.time_column.replace("'", "''")
     for event in TRIGGER_EVENTS:
@@ -279,6 +280,13 @@ async def _create_triggers(conn: Conn, step: StepConfig) -> None:
             f"CREATE TRIGGER {name} AFTER {event.upper()} ON {inc.source.sql} {referencing} "
             f"FOR EACH STATEMENT EXECUTE FUNCTION pipectl.log_invalidations('{column}')"
         )
+
+
+async def drop_triggers(conn: Conn, step: StepConfig) -> None:
+    inc = sql.config_of(step)
+    for event in TRIGGER_EVENTS:
+        name = quote_ident(trigger_name(event, inc.time_column))
+        await conn.execute(f"DROP TRIGGER IF EXISTS {name} ON {inc.source.sql}")
 
 
 async def uninstall(conn: Conn, step: StepConfig) -> list[str]:
@@ -306,9 +314,7 @@ async def uninstall(conn: Conn, step: StepConfig) -> list[str]:
         inc.time_column,
     )
     if not others:
-        for event in TRIGGER_EVENTS:
-            name = quote_ident(trigger_name(event, inc.time_column))
-            await conn.execute(f"DROP TRIGGER IF EXISTS {name} ON {inc.source.sql}")
+        await drop_triggers(conn, step)
         done.append(f"dropped the invalidation triggers on {inc.source}")
     return done
 
@@ -369,12 +375,19 @@ def _coalesce(ranges: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
     return out
 
 
-async def refresh(conn: Conn, step: StepConfig, *, within: float | None = None) -> Refreshed:
+async def refresh(
+    conn: Conn,
+    step: StepConfig,
+    *,
+    within: float | None = None,
+    reference: datetime | None = None,
+) -> Refreshed:
     """One refresh, in the caller's transaction (the step's lock held): recompute the buckets
     from the re-read point (the last reference time minus the overlap, to its bucket's start)
     and those invalidated, drop buckets that left the window, publish the summary (the
     window's partial oldest bucket from raw rows) as a difference: DELETE the rows that
-    changed or went, INSERT the new ones. Readers keep the previous content until COMMIT."""
+    changed or went, INSERT the new ones. Readers keep the previous content until COMMIT.
+    `reference` stands for now() (the transaction's start) where a test moves time."""
     inc = sql.config_of(step)
     assert step.relation is not None
     row = await conn.fetchrow(
@@ -408,15 +421,17 @@ async def refresh(conn: Conn, step: StepConfig, *, within: float | None = None) 
     cast = f"::{ttype}"
     bounds = await conn.fetchrow(
         f"""
-        SELECT now() AS ref, w.ws, date_trunc('{inc.bucket}', w.ws) + {unit} AS edge_end,
-               date_trunc('{inc.bucket}', (now() - {sql.interval_sql(inc.overlap)}){cast})
+        SELECT w.ref, w.ws, date_trunc('{inc.bucket}', w.ws) + {unit} AS edge_end,
+               date_trunc('{inc.bucket}', (w.ref - {sql.interval_sql(inc.overlap)}){cast})
                    AS next_reread,
                {_in_type(ttype, "$1::timestamptz")} AS reread,
                {_in_type(ttype, "$2::timestamptz")} AS arrived_from
-        FROM (SELECT {sql.window_start(inc, "now()")}{cast} AS ws) AS w
+        FROM (SELECT r.ref, {sql.window_start(inc, "r.ref")}{cast} AS ws
+              FROM (SELECT COALESCE($3::timestamptz, now()) AS ref) AS r) AS w
         """,
         row["reread_from"],
         row["watermark"],
+        reference,
         timeout=within,
     )
     assert bounds is not None
@@ -485,11 +500,12 @@ async def refresh(conn: Conn, step: StepConfig, *, within: float | None = None) 
     edge = sql.state_select(
         inc, f"{time} >= $2{cast} AND {time} < $1{cast}", f"COALESCE($3{cast}, '-infinity')"
     )
-    summary = sql.publish_select(inc, state, f"$1{cast}", edge, types)
+    summary = sql.publish_select(inc, state, f"$1{cast}", "SELECT * FROM edge", types)
     await conn.execute("SELECT set_config('extra_float_digits', '1', true)", timeout=within)
     published = await conn.fetchrow(
         f"""
-        WITH new AS MATERIALIZED (SELECT s, s::text AS image FROM ({summary}) AS s),
+        WITH edge AS MATERIALIZED ({edge}),
+             new AS MATERIALIZED (SELECT s, s::text AS image FROM ({summary}) AS s),
              old AS MATERIALIZED (SELECT p.ctid AS id, p::text AS image FROM {step.relation.sql} p),
              gone AS (DELETE FROM {step.relation.sql} WHERE ctid IN
                         (SELECT id FROM old WHERE image NOT IN (SELECT image FROM new))
@@ -499,7 +515,7 @@ async def refresh(conn: Conn, step: StepConfig, *, within: float | None = None) 
                        RETURNING 1)
         SELECT (SELECT count(*) FROM new) AS rows, (SELECT count(*) FROM gone) AS deleted,
                (SELECT count(*) FROM added) AS inserted,
-               (SELECT COALESCE(sum(_rows), 0) FROM ({edge}) AS e)::bigint AS edge_read
+               (SELECT COALESCE(sum(_rows), 0) FROM edge)::bigint AS edge_read
         """,
         edge_end,
         bounds["ws"],

@@ -63,9 +63,17 @@ async def catalog_relations(db: DB) -> list[CatalogRelation]:
 async def published_facts(db: DB) -> tuple[list[StepFacts], list[CheckFacts]]:
     """The enabled steps and checks as published, as lineage facts."""
     steps = [
-        StepFacts(r["name"], r["kind"], r["relation"], tuple(r["depends_on"] or ()))
+        StepFacts(
+            r["name"],
+            r["kind"],
+            r["relation"],
+            tuple(r["depends_on"] or ()),
+            (r["source"],) if r["source"] else (),
+        )
         for r in await db.fetch(
-            "SELECT name, kind, relation, depends_on FROM pipectl.steps WHERE enabled ORDER BY name"
+            "SELECT name, kind, relation, depends_on,"
+            " definition -> 'incremental' ->> 'source' AS source"
+            " FROM pipectl.steps WHERE enabled ORDER BY name"
         )
     ]
     checks = []

@@ -3,6 +3,10 @@
 -- step, created by `pipectl db incremental STEP`, which replaces the materialized view by a
 -- table of the same name and columns) and publishes the summary from them.
 --
+ALTER TABLE pipectl.steps DROP CONSTRAINT steps_kind_check;
+ALTER TABLE pipectl.steps ADD CONSTRAINT steps_kind_check
+    CHECK (kind IN ('matview', 'sql', 'view', 'incremental'));
+
 -- incremental_steps: one row per installed step: where its source is, its state table, the
 -- definition it was installed for, and where its refreshes are (watermark: the reference time
 -- of the last refresh; reread_from: the bucket the next refresh re-reads from; published_at:

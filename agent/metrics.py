@@ -197,6 +197,19 @@ class AgentMetrics:
             ["check", "status"],
             registry=r,
         )
+        self.incremental_rows_read = Counter(
+            "pipectl_incremental_rows_read_total",
+            "Source rows an incremental step's committed refreshes on this agent aggregated"
+            " (re-read bucket, invalidated buckets and the window's edge).",
+            ["step"],
+            registry=r,
+        )
+        self.incremental_rows_arrived = Counter(
+            "pipectl_incremental_rows_arrived_total",
+            "Of those, rows whose time was at or after the previous refresh's reference time.",
+            ["step"],
+            registry=r,
+        )
         self.check_ticks_skipped = Counter(
             "pipectl_check_ticks_skipped_total",
             "Scheduled check ticks this agent skipped because the check's previous tick had"
@@ -316,6 +329,10 @@ class AgentMetrics:
         if duration is not None and status in (RunStatus.SUCCEEDED, RunStatus.FAILED):
             self.step_duration.labels(step).observe(duration)
         self.changes.bump()
+
+    def incremental_refreshed(self, step: str, read: int, arrived: int) -> None:
+        self.incremental_rows_read.labels(step).inc(read)
+        self.incremental_rows_arrived.labels(step).inc(arrived)
 
     def check_tick_skipped(self, check: str) -> None:
         self.check_ticks_skipped.labels(check).inc()

@@ -329,6 +329,10 @@ class StepRunner:
                 extra={"step": plan.name, "run_id": run_id},
             )
         self.metrics.run_finished(plan.name, result.status, duration)
+        if result.status == RunStatus.SUCCEEDED and "rows_read" in result.detail:
+            self.metrics.incremental_refreshed(
+                plan.name, result.detail["rows_read"], result.detail["rows_arrived"]
+            )
         if result.status == RunStatus.HELD:
             await self._held_event(plan, run_id, result)
         level = (

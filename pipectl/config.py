@@ -1188,7 +1188,8 @@ def _semantic_problems(
         if isinstance(step, str) and step not in step_names:
             path = ("checks", index, "step")
             yield Problem(label, line_of(lines, path), _dotted(path, raw), f"unknown step {step!r}")
-    yield from _gate_checks(raw, {c.get("name") for c in checks}, label, lines)
+    names = {c.get("name") for c in checks if isinstance(c.get("name"), str)}
+    yield from _gate_checks(raw, names, label, lines)
     del checks
 
 

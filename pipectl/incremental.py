@@ -85,6 +85,17 @@ def _key_exprs(inc: IncrementalConfig) -> list[str]:
     return out
 
 
+def _columns(inc: IncrementalConfig, alias: str) -> str:
+    """The source columns the summary reads (not `src.*`: wide rows stay out of the CTE)."""
+    names = [inc.time_column]
+    names += [k.column for k in inc.keys if k.column is not None]
+    for agg in inc.aggregates:
+        names += [agg.column] if agg.column is not None else []
+        names += [agg.where.column] if agg.where is not None else []
+    unique = list(dict.fromkeys(names))
+    return ", ".join(f"{alias}.{quote_ident(n)}" for n in unique)
+
+
 def _distinct_values(agg: IncrementalAggregate, rows: str) -> str:
     """FROM-clause tail giving `v`, the values an aggregate counts distinct, per row of `rows`."""
     assert agg.column is not None
@@ -130,7 +141,7 @@ def defining_query(step: StepConfig, *, reference: str = REFERENCE) -> str:
     keys = _keys(nkeys)
     recent = (
         f"SELECT {', '.join(f'{e} AS {k}' for e, k in zip(_key_exprs(inc), keys, strict=True))}, "
-        f"src.* FROM {inc.source.sql} AS src "
+        f"{_columns(inc, 'src')} FROM {inc.source.sql} AS src "
         f"WHERE src.{quote_ident(inc.time_column)} >= {window_start(inc, reference)}"
     )
     ctes = [f"recent AS ({recent})"]
@@ -198,7 +209,7 @@ def state_columns(inc: IncrementalConfig) -> list[StateColumn]:
                 StateColumn(f"{p}_n", f"count(*) FILTER (WHERE {_condition(agg.where, 'src.')})")
             )
         elif agg.fn in ("sum", "avg") or agg.fn in _VARIANCE:
-            value = f"({_input(agg, 'src.')})::numeric"
+            value = f"src._n{i}"  # (input)::numeric, converted once per row in `rows`
             cols.append(StateColumn(f"{p}_c", f"count({value})"))
             cols.append(StateColumn(f"{p}_s", f"sum({value})"))
             if agg.fn in _VARIANCE:
@@ -216,11 +227,15 @@ def state_select(inc: IncrementalConfig, where: str, arrived_from: str) -> str:
     keys = _keys(nkeys)
     time = f"src.{quote_ident(inc.time_column)}"
     exprs = _key_exprs(inc)
-    rows = (
-        f"SELECT date_trunc('{inc.bucket}', {time}) AS _bucket, "
-        f"{', '.join(f'{e} AS {k}' for e, k in zip(exprs, keys, strict=True))}, src.* "
-        f"FROM {inc.source.sql} AS src WHERE {where}"
-    )
+    items = [f"date_trunc('{inc.bucket}', {time}) AS _bucket"]
+    items += [f"{e} AS {k}" for e, k in zip(exprs, keys, strict=True)]
+    items.append(_columns(inc, "src"))
+    items += [
+        f"({_input(agg, 'src.')})::numeric AS _n{i}"
+        for i, agg in enumerate(inc.aggregates)
+        if agg.fn in ("sum", "avg") or agg.fn in _VARIANCE
+    ]
+    rows = f"SELECT {', '.join(items)} FROM {inc.source.sql} AS src WHERE {where}"
     group = ", ".join(["_bucket", *keys])
     states = [f"{c.expr} AS {c.name}" for c in state_columns(inc)]
     main = (

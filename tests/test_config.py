@@ -269,7 +269,10 @@ MALFORMED: list[tuple[str, str, list[str]]] = [
         kind = "table"
         relation = "public.a"
         """,
-        ["bad.toml:3: steps.a.kind: 'table' is not allowed; expected 'matview', 'sql' or 'view'"],
+        [
+            "bad.toml:3: steps.a.kind: 'table' is not allowed; expected 'matview', 'sql', "
+            "'view' or 'incremental'"
+        ],
     ),
     (
         "hostile table name",

@@ -213,7 +213,8 @@ async def install(conn: Conn, step: StepConfig, *, triggers: bool) -> list[str]:
             source_table = excluded.source_table, time_column = excluded.time_column,
             time_type = excluded.time_type, state_table = excluded.state_table,
             signature = excluded.signature, installed_at = now(), installed_by = session_user,
-            watermark = NULL, reread_from = NULL, published_at = now(), refreshed_at = NULL,
+            watermark = NULL, reread_from = NULL, published_at = now(), time_zone = NULL,
+            refreshed_at = NULL,
             rows_read = NULL, rows_arrived = NULL
         """,
         step.name,
@@ -391,7 +392,9 @@ async def refresh(
     inc = sql.config_of(step)
     assert step.relation is not None
     row = await conn.fetchrow(
-        "SELECT * FROM pipectl.incremental_steps WHERE step = $1 FOR UPDATE",
+        # NO KEY UPDATE: the triggers' inserts into the log (a foreign key to this row,
+        # KEY SHARE) go on while the refresh runs; FOR UPDATE would make them wait for it.
+        "SELECT * FROM pipectl.incremental_steps WHERE step = $1 FOR NO KEY UPDATE",
         step.name,
         timeout=within,
     )
@@ -421,7 +424,8 @@ async def refresh(
     cast = f"::{ttype}"
     bounds = await conn.fetchrow(
         f"""
-        SELECT w.ref, w.ws, date_trunc('{inc.bucket}', w.ws) + {unit} AS edge_end,
+        SELECT w.ref, w.ws, current_setting('TimeZone') AS zone,
+               date_trunc('{inc.bucket}', w.ws) + {unit} AS edge_end,
                date_trunc('{inc.bucket}', (w.ref - {sql.interval_sql(inc.overlap)}){cast})
                    AS next_reread,
                {_in_type(ttype, "$1::timestamptz")} AS reread,
@@ -450,7 +454,11 @@ async def refresh(
         step.name,
         timeout=within,
     )
-    full = bounds["reread"] is None or any(not r["finite"] for r in invalid)
+    # The session's TimeZone (the agent's `timezone`) cuts the day buckets of a timestamptz
+    # column and places now() among a timestamp column's values: state kept under another
+    # zone is rebuilt.
+    rezoned = row["time_zone"] != bounds["zone"]
+    full = bounds["reread"] is None or rezoned or any(not r["finite"] for r in invalid)
     reread = edge_end if full else max(bounds["reread"], edge_end)
     ranges = _coalesce(
         [
@@ -528,7 +536,8 @@ async def refresh(
         f"""
         UPDATE pipectl.incremental_steps
         SET watermark = $2, reread_from = {_stored(ttype, f"$3{cast}")}, published_at = $2,
-            refreshed_at = clock_timestamp(), rows_read = $4, rows_arrived = $5
+            refreshed_at = clock_timestamp(), rows_read = $4, rows_arrived = $5,
+            time_zone = current_setting('TimeZone')
         WHERE step = $1
         """,
         step.name,

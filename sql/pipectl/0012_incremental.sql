@@ -25,6 +25,7 @@ CREATE TABLE pipectl.incremental_steps (
     watermark     timestamptz,
     reread_from   timestamptz,
     published_at  timestamptz,
+    time_zone     text,          -- the TimeZone the state's buckets were cut in
     refreshed_at  timestamptz,
     rows_read     bigint,
     rows_arrived  bigint

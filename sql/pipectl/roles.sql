@@ -49,7 +49,8 @@ GRANT UPDATE (claimed_by, claimed_at, attempts, done_at, outcome, detail)
 GRANT INSERT (relation, fetched, hit, what) ON pipectl.own_reads TO pipectl_agent;
 -- Incremental summaries: the agent moves a step's watermark and consumes its invalidations;
 -- installing a step (`pipectl db incremental`) is the owner's.
-GRANT UPDATE (watermark, reread_from, published_at, refreshed_at, rows_read, rows_arrived)
+GRANT UPDATE (watermark, reread_from, published_at, time_zone, refreshed_at, rows_read,
+              rows_arrived)
     ON pipectl.incremental_steps TO pipectl_agent;
 GRANT DELETE ON pipectl.incremental_invalidations TO pipectl_agent;
 -- State tables of incremental steps; each gets its grants when installed.

@@ -50,7 +50,7 @@ async def test_gates_judge_the_incremental_content_and_a_hold_rolls_it_all_back(
     )
     async with db.transaction():
         await incremental.install(db, step, triggers=True)
-    async with running_agent(database, GATED):
+    async with running_agent(database, GATED) as agent:
         first = await _rerun(db)
         assert first["outcome"] == "succeeded", first["detail"]
         run = await db.fetchrow(
@@ -62,6 +62,10 @@ async def test_gates_judge_the_incremental_content_and_a_hold_rolls_it_all_back(
         assert run["detail"]["rows_read"] == 200
         assert run["detail"]["full_rebuild"] is True
         assert all(g["passed"] for g in run["detail"]["gates"])
+        label = {"step": "rule_effectiveness_summary"}
+        metric = agent.metrics.registry.get_sample_value
+        assert metric("pipectl_incremental_rows_read_total", label) == 200
+        assert metric("pipectl_incremental_rows_arrived_total", label) == 200
         before = await db.fetch("SELECT * FROM rule_effectiveness_summary ORDER BY rule_id")
         state = await db.fetchrow("SELECT * FROM pipectl.incremental_steps")
 
@@ -80,3 +84,4 @@ async def test_gates_judge_the_incremental_content_and_a_hold_rolls_it_all_back(
         assert await db.fetch("SELECT * FROM rule_effectiveness_summary ORDER BY rule_id") == before
         assert await db.fetchrow("SELECT * FROM pipectl.incremental_steps") == state
         assert await db.fetchval("SELECT count(*) FROM pipectl.incremental_invalidations") == logged
+        assert metric("pipectl_incremental_rows_read_total", label) == 200  # held: not counted

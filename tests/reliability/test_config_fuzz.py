@@ -28,6 +28,7 @@ from pipectl.config import (
     CHECK_KINDS,
     Config,
     ConfigError,
+    IncrementalConfig,
     LoadedConfig,
     StepConfig,
     parse_config_text,
@@ -302,7 +303,18 @@ def _all_options() -> list[Option]:
     options: list[Option] = []
     for section in SECTIONS:
         options += _options(Config.model_fields[section].annotation, f"[{section}]")
-    options += _options(StepConfig, '[[steps]]\nname = "s"\nkind = "sql"\nsql = "SELECT 1"')
+    options += [
+        o
+        for o in _options(StepConfig, '[[steps]]\nname = "s"\nkind = "sql"\nsql = "SELECT 1"')
+        if o.path[0] != "incremental"
+    ]
+    # An incremental step's own table: window and aggregates left for the options to set.
+    options += _options(
+        IncrementalConfig,
+        '[[steps]]\nname = "s"\nkind = "incremental"\nrelation = "public.s"\n'
+        '[steps.incremental]\nsource = "public.t"\ntime_column = "t"\n'
+        'keys = [{ name = "k", column = "k" }]',
+    )
     for kind in CHECK_KINDS.names():
         check_model = CHECK_KINDS.model(kind)
         assert check_model is not None

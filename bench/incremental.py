@@ -56,72 +56,79 @@ async def _batch(conn: asyncpg.Connection, statements: int, update: bool, offset
 
 
 async def run(rows: int, statements: int, new: float) -> Section:
+    async with Database.create(rows) as db:
+        return await measure(db.dsn, statements, new)
+
+
+async def measure(dsn: str, statements: int, new: float) -> Section:
+    """The figures on an APES database with materialized summaries and rule_performance
+    filled (it installs rule_effectiveness_summary as incremental)."""
     config = parse_config_text("[database]\n" + STEPS.read_text(), str(STEPS), environ={})
     step = config.config.step("rule_effectiveness_summary")
-    async with Database.create(rows) as db:
-        conn = await asyncpg.connect(db.dsn)
-        try:
-            viewdef = await conn.fetchval(
-                "SELECT pg_get_viewdef('public.rule_effectiveness_summary'::regclass)"
-            )
-            await conn.execute(
-                f"CREATE MATERIALIZED VIEW public.bench_mv AS {viewdef.rstrip().rstrip(';')};"
-                " CREATE UNIQUE INDEX ON public.bench_mv (rule_id, rule_name)"
-            )
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetchval("SELECT count(*) FROM rule_performance")
+        viewdef = await conn.fetchval(
+            "SELECT pg_get_viewdef('public.rule_effectiveness_summary'::regclass)"
+        )
+        await conn.execute(
+            f"CREATE MATERIALIZED VIEW public.bench_mv AS {viewdef.rstrip().rstrip(';')};"
+            " CREATE UNIQUE INDEX ON public.bench_mv (rule_id, rule_name)"
+        )
+        async with conn.transaction():
+            await incremental.install(conn, step, triggers=True)
+        async with conn.transaction():
+            await incremental.refresh(conn, step)
+        # Writes, interleaved batches: with and without the triggers.
+        with_ins: list[float] = []
+        without_ins: list[float] = []
+        with_upd: list[float] = []
+        without_upd: list[float] = []
+        batch = max(statements // 10, 1)
+        for round_ in range(10):
+            for triggers in (True, False) if round_ % 2 else (False, True):
+                if triggers:
+                    async with conn.transaction():
+                        await incremental.install_triggers(conn, step)
+                else:
+                    await incremental.drop_triggers(conn, step)
+                ins = await _batch(conn, batch, False, round_)
+                upd = await _batch(conn, batch // 4 or 1, True, round_ * batch)
+                (with_ins if triggers else without_ins).append(ins)
+                (with_upd if triggers else without_upd).append(upd)
+        async with conn.transaction():
+            await incremental.install_triggers(conn, step)
+        logged = await conn.fetchval("SELECT count(*) FROM pipectl.incremental_invalidations")
+        # Refresh: the new rows arrive, then both refreshes of the same summary.
+        async with conn.transaction():
+            await incremental.refresh(conn, step)
+        arrived = int(rows * new)
+        await conn.execute(
+            """
+            INSERT INTO rule_performance (rule_id, rule_name, prompt_type,
+                improvement_score, confidence_level, execution_time_ms, created_at)
+            SELECT 'rule_' || (g % 12), 'Rule ' || (g % 12), 'code', random(), random(),
+                   120, (now() AT TIME ZONE 'UTC') - random() * interval '4 minutes'
+            FROM generate_series(1, $1) g
+            """,
+            arrived,
+        )
+        await conn.execute("ANALYZE rule_performance")
+        inc_ms: list[float] = []
+        mv_ms: list[float] = []
+        done = None
+        for _ in range(3):
+            began = time.perf_counter()
             async with conn.transaction():
-                await incremental.install(conn, step, triggers=True)
-            async with conn.transaction():
-                await incremental.refresh(conn, step)
-            # Writes, interleaved batches: with and without the triggers.
-            with_ins: list[float] = []
-            without_ins: list[float] = []
-            with_upd: list[float] = []
-            without_upd: list[float] = []
-            batch = max(statements // 10, 1)
-            for round_ in range(10):
-                for triggers in (True, False) if round_ % 2 else (False, True):
-                    if triggers:
-                        async with conn.transaction():
-                            await incremental.install_triggers(conn, step)
-                    else:
-                        await incremental.drop_triggers(conn, step)
-                    ins = await _batch(conn, batch, False, round_)
-                    upd = await _batch(conn, batch // 4 or 1, True, round_ * batch)
-                    (with_ins if triggers else without_ins).append(ins)
-                    (with_upd if triggers else without_upd).append(upd)
-            async with conn.transaction():
-                await incremental.install_triggers(conn, step)
-            logged = await conn.fetchval("SELECT count(*) FROM pipectl.incremental_invalidations")
-            # Refresh: the new rows arrive, then both refreshes of the same summary.
-            async with conn.transaction():
-                await incremental.refresh(conn, step)
-            arrived = int(rows * new)
-            await conn.execute(
-                """
-                INSERT INTO rule_performance (rule_id, rule_name, prompt_type,
-                    improvement_score, confidence_level, execution_time_ms, created_at)
-                SELECT 'rule_' || (g % 12), 'Rule ' || (g % 12), 'code', random(), random(),
-                       120, (now() AT TIME ZONE 'UTC') - random() * interval '4 minutes'
-                FROM generate_series(1, $1) g
-                """,
-                arrived,
-            )
-            await conn.execute("ANALYZE rule_performance")
-            inc_ms: list[float] = []
-            mv_ms: list[float] = []
-            done = None
-            for _ in range(3):
-                began = time.perf_counter()
-                async with conn.transaction():
-                    done = await incremental.refresh(conn, step)
-                inc_ms.append((time.perf_counter() - began) * 1000)
-                began = time.perf_counter()
-                await conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY public.bench_mv")
-                mv_ms.append((time.perf_counter() - began) * 1000)
-            assert done is not None
-            first_read = done.rows_read
-        finally:
-            await conn.close()
+                done = await incremental.refresh(conn, step)
+            inc_ms.append((time.perf_counter() - began) * 1000)
+            began = time.perf_counter()
+            await conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY public.bench_mv")
+            mv_ms.append((time.perf_counter() - began) * 1000)
+        assert done is not None
+        first_read = done.rows_read
+    finally:
+        await conn.close()
     ins_ratio = statistics.median(with_ins) / statistics.median(without_ins)
     upd_ratio = statistics.median(with_upd) / statistics.median(without_upd)
     return Section(

@@ -402,7 +402,6 @@ NOT_INCREMENTAL = {
     "array_agg": "it keeps every value of the window (array_distinct keeps distinct values)",
     "sql": "arbitrary SQL cannot be merged across buckets",
 }
-INCREMENTAL_CASTS = ("float8", "numeric", "bigint", "integer")
 
 
 class IncrementalCondition(Strict):

@@ -139,6 +139,26 @@ async def test_incremental_bench_refreshes_both_ways_and_audits(database: str) -
     assert section.figures[-1].value == "0"
 
 
+async def test_incremental_bench_reports_trigger_ratios_and_both_refreshes(
+    database: str,
+) -> None:
+    from bench import incremental
+
+    conn = await asyncpg.connect(database)
+    try:
+        await fill_rule_performance(conn, 2_000)
+    finally:
+        await conn.close()
+    section = await incremental.measure(database, 20, 0.05)
+    assert [f.name for f in section.figures] == [
+        "single-row INSERT with triggers",
+        "UPDATE of 5 rows behind the watermark with triggers",
+        "incremental refresh (median of 3)",
+    ]
+    assert all(f.baseline for f in section.figures)
+    assert "ratio" in section.figures[0].note
+
+
 def test_scrape_serves_every_metric() -> None:
     section = scrape.run(3)
     assert [f.name for f in section.figures][:2] == [

@@ -306,6 +306,7 @@ async def uninstall(conn: Conn, step: StepConfig) -> list[str]:
     done.append(f"dropped table {step.relation}")
     await conn.execute(f"DROP TABLE IF EXISTS {Relation(STATE_SCHEMA, row['state_table']).sql}")
     await conn.execute("DELETE FROM pipectl.incremental_steps WHERE step = $1", step.name)
+    await conn.execute("DELETE FROM pipectl.incremental_invalidations WHERE step = $1", step.name)
     done.append(f"dropped state table {STATE_SCHEMA}.{row['state_table']}")
     others = await conn.fetchval(
         "SELECT count(*) FROM pipectl.incremental_steps WHERE source_schema = $1 AND "
@@ -392,8 +393,8 @@ async def refresh(
     inc = sql.config_of(step)
     assert step.relation is not None
     row = await conn.fetchrow(
-        # NO KEY UPDATE: the triggers' inserts into the log (a foreign key to this row,
-        # KEY SHARE) go on while the refresh runs; FOR UPDATE would make them wait for it.
+        # NO KEY UPDATE, so that nothing keyed on the row (a foreign key's KEY SHARE) would
+        # wait for the refresh; the triggers only read the row.
         "SELECT * FROM pipectl.incremental_steps WHERE step = $1 FOR NO KEY UPDATE",
         step.name,
         timeout=within,

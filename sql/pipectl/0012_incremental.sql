@@ -41,7 +41,9 @@ COMMENT ON COLUMN pipectl.incremental_steps.reread_from IS
 -- of the step recomputes the buckets they touch from raw rows and deletes its entries.
 -- lo = '-infinity' (a TRUNCATE) rebuilds the whole window.
 CREATE TABLE pipectl.incremental_invalidations (
-    step      text NOT NULL REFERENCES pipectl.incremental_steps (step) ON DELETE CASCADE,
+    -- No foreign key: its check would lock the step's row from the application's write,
+    -- which could then wait for a refresh or fail while the step is being uninstalled.
+    step      text NOT NULL,
     lo        timestamptz NOT NULL,
     hi        timestamptz NOT NULL,
     logged_at timestamptz NOT NULL DEFAULT now()

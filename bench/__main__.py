@@ -163,6 +163,12 @@ def _partitions(sizes: Sizes, quick: bool) -> list[Section]:
     return [asyncio.run(partitions.run(admin, rows, 3 if quick else 5))]
 
 
+def _incremental(sizes: Sizes, quick: bool) -> list[Section]:
+    from bench import incremental_refresh
+
+    return [asyncio.run(incremental_refresh.run(sizes.rows, sizes.repeats + 2))]
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "verification": ("checks against Soda Core and the floor; freshness vs size", _verification),
     "shapes": ("full verification by key shape and continuous, as processes vs Soda", _shapes),
@@ -175,6 +181,10 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "cli_start": ("pipectl --help, status, rerun --wait as whole processes", _cli_start),
     "gates": ("the cost of a refresh's gates beside the ungated refresh", _gates),
     "partitions": ("probes on a table partitioned by month beside a plain one", _partitions),
+    "incremental": (
+        "incremental refresh vs REFRESH CONCURRENTLY at 1 % new rows; rows read; audit",
+        _incremental,
+    ),
 }
 
 

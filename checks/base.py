@@ -69,6 +69,11 @@ class KindSpec(Generic[C]):
         default=lambda check, catalog: []
     )
     """Further (path, message) problems once the catalog is known, e.g. filter values."""
+    check_config: Callable[[C, Config], list[tuple[str, str]]] = field(
+        default=lambda check, config: []
+    )
+    """Further (path, message) problems against the rest of the config, e.g. what kind of
+    step a check names."""
     share_key: Callable[[C], Hashable | None] = _alone
     """Checks of this kind with equal keys read the same rows, so `run_shared` can answer
     them from one probe; None for a check that always probes alone."""

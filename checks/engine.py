@@ -334,6 +334,8 @@ class CheckEngine:
             found = problems_for(needs[check.name], catalog)
             if not found:
                 found = _kind(check).check_values(check, catalog)
+            if not found:
+                found = _kind(check).check_config(check, self.config)
             if found:
                 problems.extend(
                     Problem(self._label, None, f"checks.{check.name}.{path}", message)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipectl.checks import cache, freshness, metric, quality, schema, version, volume
+from pipectl.checks import audit, cache, freshness, metric, quality, schema, version, volume
 from pipectl.checks.base import KindSpec
 from pipectl.config import CHECK_KINDS
 
@@ -36,5 +36,6 @@ for spec in (
     schema.KIND,
     cache.KIND,
     version.KIND,
+    audit.KIND,
 ):
     register(spec)

@@ -313,7 +313,7 @@ MALFORMED: list[tuple[str, str, list[str]]] = [
         """,
         [
             "bad.toml:1: checks.c: unknown check kind 'freshnes'; expected one of freshness, "
-            "volume, metric, quality, schema, cache, version"
+            "volume, metric, quality, schema, cache, version, audit"
         ],
     ),
     (

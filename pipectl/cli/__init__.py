@@ -50,6 +50,11 @@ VERBS: dict[str, tuple[str, str]] = {
         "lineage_cmd",
         "why a relation, step or check is not ok: its root cause and impact",
     ),
+    "audit": (
+        "audit_cmd",
+        "compare a step's published summary with a full recompute of its defining query;"
+        " exit 0 equal, 1 different, 2 could not audit",
+    ),
     "check": (
         "check_cmd",
         "run checks now with the agent's code; exit 0 ok, 1 warn, 2 fail or error",

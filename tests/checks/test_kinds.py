@@ -127,7 +127,7 @@ def test_a_kind_nobody_registered_is_an_unknown_kind() -> None:
     assert "row_count" not in CHECK_KINDS
     assert problems(BODY)[0] == (
         "bad.toml:1: checks.some_rules: unknown check kind 'row_count'; expected one of"
-        " freshness, volume, metric, quality, schema, cache, version"
+        " freshness, volume, metric, quality, schema, cache, version, audit"
     )
 
 

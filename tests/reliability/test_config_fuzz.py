@@ -33,7 +33,7 @@ from pipectl.config import (
     StepConfig,
     parse_config_text,
 )
-from pipectl.durations import MAX_DURATION
+from pipectl.durations import MAX_DURATION, POSTGRES_TIMEOUT_MAX
 
 FILE = "fuzz.toml"
 FUZZ = settings(
@@ -457,6 +457,7 @@ CLI_OPTIONS = [
     CliOption(("pause", "x", "--reason", "r"), "--timeout", "float", 0, DAY),
     CliOption(("silence", "x", "--for", "1h"), "--timeout", "float", 0, DAY),
     CliOption(("silence", "x"), "--for", "duration", 0, 30 * DAY),
+    CliOption(("audit", "x"), "--timeout", "duration", 0, POSTGRES_TIMEOUT_MAX.total_seconds()),
     CliOption(("demo",), "--duration", "float", 0, 30 * DAY),
     CliOption(("demo",), "--backfill-days", "int", 1, 365),
     CliOption(("demo",), "--seed", "int", 0, 2**63 - 1),

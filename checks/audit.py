@@ -7,10 +7,15 @@ transaction usable. Value: the rows that differ, both directions; fail when any 
 counts, a few example rows each way, the reference time and (for a matview) the last refresh
 are the result's evidence.
 
-Meant for `incremental` steps, whose content must equal the defining query at its reference
-time. On a `matview` step it measures staleness: rows that arrived since the last refresh
-differ, and the message says so. A full recompute reads the summary's whole window, so the
-kind runs hourly with a two-minute timeout unless told otherwise.
+Only for `incremental` steps, and on their state: the summary as the next refresh would
+publish it now (kept buckets, rows since the last refresh, the window's edge) against a full
+recompute at the same time, both in one statement, so rows written between the last refresh
+and the audit cannot make them differ (comparing the published table would fail on every live
+table: what arrived since the refresh is in the recompute only). A `matview` step is refused
+at config check for the same reason: a matview differs from a recompute by what arrived since
+its refresh, which is staleness, measured by freshness checks; `pipectl audit STEP` still
+shows it. A full recompute reads the summary's whole window, so the kind runs hourly with a
+two-minute timeout unless told otherwise.
 """
 
 from __future__ import annotations
@@ -92,7 +97,11 @@ async def run(ctx: Context[AuditCheck]) -> CheckResult:
         # A savepoint: a statement the audit had cancelled leaves the probe usable.
         async with ctx.conn.transaction():
             found = await audit_step(
-                ctx.conn, step, timezone=ctx.config.agent.timezone, limit=ctx.timeout
+                ctx.conn,
+                step,
+                timezone=ctx.config.agent.timezone,
+                limit=ctx.timeout,
+                basis="state",
             )
     except AuditError as exc:
         return CheckResult(check.name, CheckStatus.ERROR, None, str(exc), ctx.now)
@@ -106,6 +115,13 @@ def check_config(check: AuditCheck, config: Config) -> list[tuple[str, str]]:
     except KeyError:
         return [("step", f"unknown step {check.step!r}")]
     reason = auditable(step)
+    if reason is None and step.kind != "incremental":
+        reason = (
+            f"step {step.name} is a {step.kind} step: a scheduled audit needs an incremental"
+            " step (a materialized view differs from a recompute by whatever arrived since its"
+            " refresh, on every live table: that is staleness, which freshness checks measure;"
+            f" `pipectl audit {step.name}` still compares it by hand)"
+        )
     return [("step", reason)] if reason is not None else []
 
 
@@ -115,8 +131,9 @@ def needs(check: AuditCheck) -> list[Need]:
 
 def sql(check: AuditCheck, config: Config) -> str:
     return (
-        f"-- step {check.step}: its relation against a full recompute of its defining query,"
-        " both ways with EXCEPT ALL, floats to 9 significant digits (pipectl.audit)"
+        f"-- step {check.step}: the summary its next refresh would publish now against a full"
+        " recompute of its defining query in the same statement, both ways with EXCEPT ALL,"
+        " floats to 9 significant digits (pipectl.audit)"
     )
 
 

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -43,6 +43,8 @@ from pipectl.store import incremental as incremental_store
 from pipectl.store.base import Conn
 
 SIGNIFICANT_DIGITS = 9
+FLOAT_ZERO = "1e-12"
+"""Float magnitudes below this compare as 0 (see `normalized`)."""
 """Floats are compared after rounding to this many significant digits (both sides)."""
 EXAMPLES = 3
 """Example rows kept per direction."""
@@ -114,6 +116,10 @@ class Audit:
     newer_rows: int | None = None
     """Incremental: source rows whose time is at or after the reference time (arrived after
     the refresh, or dated ahead): a recompute counts them, the summary cannot yet."""
+    basis: Literal["published", "state"] = "published"
+    """What the summary side is: the published table ("published"), or, for an incremental
+    step, the summary its next refresh would publish now, read in the recompute's snapshot
+    ("state": exact however the source is written meanwhile)."""
 
     @property
     def differing(self) -> int:
@@ -154,6 +160,13 @@ class Audit:
 
     def explanation(self) -> str:
         """What the comparison stood on, and for a matview what a difference means."""
+        if self.basis == "state":
+            return (
+                f"the summary as its next refresh would publish it at {_when(self.reference_at)}"
+                " (its kept buckets, the rows since its last refresh, the window's edge)"
+                " against a full recompute at that time, both read in one snapshot: rows"
+                " written meanwhile cannot make them differ"
+            )
         if self.kind == "incremental":
             text = (
                 f"recomputed at the summary's reference time {_when(self.reference_at)}"
@@ -211,6 +224,7 @@ class Audit:
             "examples_only_in_summary": list(self.examples_summary),
             "examples_only_in_recompute": list(self.examples_recompute),
             "newer_source_rows": self.newer_rows,
+            "basis": self.basis,
             "explanation": self.explanation(),
             "elapsed_ms": self.elapsed_ms,
         }
@@ -250,19 +264,33 @@ async def audit_transaction(conn: Conn, limit: timedelta) -> AsyncIterator[None]
 
 
 async def audit_step(
-    conn: Conn, step: StepConfig, *, timezone: str = "UTC", limit: timedelta | None = None
+    conn: Conn,
+    step: StepConfig,
+    *,
+    timezone: str = "UTC",
+    limit: timedelta | None = None,
+    basis: Literal["published", "state"] = "published",
 ) -> Audit:
     """Compare `step`'s published content with a full recompute of its defining query.
     Runs in the caller's transaction (see `audit_transaction`) under `timezone`, the agent's:
     a summary's window compares a `timestamp` column with now(), which its refreshes did in
     the agent's TimeZone. Raises AuditError for an audit that cannot be done, with the
-    reason. `limit` (the statement_timeout set) only words a cancelled statement."""
+    reason. `limit` (the statement_timeout set) only words a cancelled statement.
+    `basis="state"` (incremental steps) compares what the next refresh would publish now
+    instead of the published table: see `Audit.basis`."""
     reason = auditable(step)
     if reason is not None:
         raise AuditError(reason)
+    if basis == "state" and step.kind != "incremental":
+        raise AuditError(
+            f"step {step.name} is a {step.kind} step: only an incremental step keeps a state"
+            " to audit against a recompute in one snapshot"
+        )
     assert step.relation is not None  # matview and incremental steps name their relation
     try:
         await conn.execute("SELECT set_config('TimeZone', $1, true)", timezone)
+        if basis == "state":
+            return await _audit_state(conn, step, step.relation)
         return await _audit(conn, step, step.relation)
     except asyncpg.QueryCanceledError:
         within = f" ({format_duration(limit)})" if limit is not None else ""
@@ -343,6 +371,41 @@ async def _audit(conn: Conn, step: StepConfig, relation: Relation) -> Audit:
         type_mismatches=mismatches,
         elapsed_ms=round(elapsed, 3),
         newer_rows=newer,
+    )
+
+
+async def _audit_state(conn: Conn, step: StepConfig, relation: Relation) -> Audit:
+    columns = await summary_columns(conn, relation)
+    if not columns:
+        raise AuditError(f"{relation} does not exist (or you may not see it)")
+    try:
+        summary = await incremental_store.replay_sql(conn, step)
+    except incremental_store.IncrementalError as exc:
+        raise AuditError(str(exc)) from None
+    recompute = defining_query(step, reference="now()")
+    began = time.perf_counter()
+    found = await conn.fetchrow(
+        comparison_sql(relation, recompute, columns, summary=summary), step.name
+    )
+    elapsed = (time.perf_counter() - began) * 1000
+    assert found is not None
+    return Audit(
+        step=step.name,
+        kind=step.kind,
+        relation=str(relation),
+        audited_at=found["audited_at"],
+        reference_at=found["audited_at"],
+        published_at=await incremental_store.published_at(conn, step),
+        summary_rows=found["summary_rows"],
+        recompute_rows=found["recompute_rows"],
+        only_in_summary=found["only_in_summary"],
+        only_in_recompute=found["only_in_recompute"],
+        examples_summary=_rows_of(found["examples_summary"]),
+        examples_recompute=_rows_of(found["examples_recompute"]),
+        columns=tuple(c.name for c in columns),
+        rounded=tuple(c.name for c in columns if c.rounded),
+        elapsed_ms=round(elapsed, 3),
+        basis="state",
     )
 
 
@@ -450,9 +513,13 @@ def normalized(column: Column, source: str) -> str:
     if column.rounded:
         number = f"({value})::numeric"
         digits = SIGNIFICANT_DIGITS - 1
+        # Below FLOAT_ZERO counts as 0: the stddev of equal values is exactly 0 from the
+        # incremental state's numeric sums and ~1e-17 from float8 arithmetic (and the other
+        # way round), which no number of significant digits would make equal.
         return (
             f"CASE WHEN {number} IS NULL OR {number} = 0"
             f" OR {number} IN ('NaN', 'Infinity', '-Infinity') THEN {number}"
+            f" WHEN abs({number}) < {FLOAT_ZERO} THEN 0"
             f" ELSE round({number}, {digits} - floor(log(abs({number})))::int) END"
         )
     if column.base_type in _JSON_TYPES:
@@ -460,15 +527,19 @@ def normalized(column: Column, source: str) -> str:
     return value
 
 
-def comparison_sql(relation: Relation, recompute: str, columns: Sequence[Column]) -> str:
+def comparison_sql(
+    relation: Relation, recompute: str, columns: Sequence[Column], *, summary: str | None = None
+) -> str:
     """One statement: both sides normalized, both differences, their counts, the first
-    EXAMPLES rows of each difference (as jsonb objects)."""
-    summary = ", ".join(f"{normalized(c, 's')} AS {quote_ident(c.name)}" for c in columns)
+    EXAMPLES rows of each difference (as jsonb objects). `summary`: the summary side's SQL
+    (the relation's content by default)."""
+    source = relation.sql if summary is None else f"({summary})"
+    summary_columns = ", ".join(f"{normalized(c, 's')} AS {quote_ident(c.name)}" for c in columns)
     recomputed = ", ".join(f"{normalized(c, 'q')} AS {quote_ident(c.name)}" for c in columns)
     order = ", ".join(str(i + 1) for i in range(len(columns)))
     return f"""
         WITH summary AS MATERIALIZED (
-            SELECT {summary} FROM {relation.sql} AS s
+            SELECT {summary_columns} FROM {source} AS s
         ),
         recompute AS MATERIALIZED (
             SELECT {recomputed} FROM (

@@ -322,3 +322,25 @@ async def test_example_rows_are_shown_as_literal_text(
     assert "rule_name=Rule \\x1b]0;owned\\x07 [bold]x[/bold]\\u202e," in text
     code, out, _ = await run(capsys, tmp_path, database, STEP, "--json")
     assert out["examples_only_in_recompute"][0]["rule_name"] == hostile
+
+
+async def test_state_basis_compares_like_with_like_while_rows_arrive(
+    db: asyncpg.Connection, database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--state`: what the next refresh would publish now against a recompute in the same
+    snapshot; rows that arrived since the refresh make the published table differ, not it."""
+    await add_rows(db, "r0", 5, 0.1)
+    step = make_config(database, None, INCREMENTAL).step(STEP)
+    async with db.transaction():
+        await incremental.install(db, step, triggers=True)
+    async with db.transaction():
+        await incremental.refresh(db, step)
+    await add_rows(db, "r1", 4, 0.4)
+    code, out, _ = await run(capsys, tmp_path, database, "--incremental", STEP, "--json")
+    assert (code, out["basis"], out["only_in_recompute"]) == (1, "published", 1)
+    code, out, err = await run(
+        capsys, tmp_path, database, "--incremental", STEP, "--state", "--json"
+    )
+    assert code == 0, err
+    assert (out["basis"], out["summary_rows"], out["differing_rows"]) == ("state", 2, 0)
+    assert "read in one snapshot" in out["explanation"]

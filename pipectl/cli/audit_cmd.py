@@ -56,6 +56,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="the full result as JSON")
     parser.add_argument(
+        "--state",
+        action="store_true",
+        help="incremental steps: compare the summary its next refresh would publish now, read"
+        " in the recompute's snapshot (exact while the source is being written), instead of"
+        " the published table",
+    )
+    parser.add_argument(
         "--timeout",
         type=duration_argument(POSTGRES_TIMEOUT_MAX),
         metavar="DURATION",
@@ -87,7 +94,13 @@ async def run_audit(args: argparse.Namespace) -> int:
         await ensure_current(conn)
         try:
             async with audit_transaction(conn, limit):
-                found = await audit_step(conn, step, timezone=config.agent.timezone, limit=limit)
+                found = await audit_step(
+                    conn,
+                    step,
+                    timezone=config.agent.timezone,
+                    limit=limit,
+                    basis="state" if args.state else "published",
+                )
         except AuditError as exc:
             raise CliError(str(exc), EXIT_FAIL) from None
     if args.json:

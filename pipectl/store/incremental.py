@@ -583,3 +583,90 @@ async def refresh(
         full=full,
         warnings=warnings,
     )
+
+
+# --- audit --------------------------------------------------------------------------------------
+
+
+class NotReplayable(IncrementalError):
+    """The step's next refresh rebuilds its state: there is no kept state to audit."""
+
+
+async def replay_sql(conn: Conn, step: StepConfig) -> str:
+    """SQL (parameter $1: the step's name) of the summary as the step's next refresh would
+    publish it now: the state's sealed buckets not invalidated, plus the rows the refresh
+    would aggregate from raw (from its re-read point on, and the invalidated buckets), plus
+    the window's partial edge, merged per group and cast to the published types. Every part
+    is read by the one statement (one snapshot), with now() as the reference time, so a full
+    recompute in the same statement compares like with like however the source is written
+    meanwhile (an audit of the published table instead differs by whatever arrived since its
+    refresh). Raises NotReplayable when the next refresh is a rebuild."""
+    inc = sql.config_of(step)
+    row = await conn.fetchrow(
+        "SELECT state_table, time_type, reread_from, time_zone, watermark > now() AS back,"
+        " time_zone IS DISTINCT FROM current_setting('TimeZone') AS rezoned"
+        " FROM pipectl.incremental_steps WHERE step = $1",
+        step.name,
+    )
+    if row is None:
+        raise IncrementalError(
+            f"step {step.name} is not installed: run `pipectl db incremental {step.name}`"
+        )
+    if row["reread_from"] is None or row["rezoned"] or row["back"]:
+        why = (
+            "it has not been refreshed since it was installed"
+            if row["reread_from"] is None
+            else "its state was cut in another TimeZone"
+            if row["rezoned"]
+            else "its last reference time is ahead of now (the clock went back)"
+        )
+        raise NotReplayable(f"step {step.name}'s next refresh rebuilds its state: {why}")
+    ttype = row["time_type"]
+    cast = f"::{ttype}"
+    unit = f"interval '1 {inc.bucket}'"
+    state = Relation(STATE_SCHEMA, row["state_table"]).sql
+    types = await _published_types(conn, step)
+    time = f"src.{quote_ident(inc.time_column)}"
+    columns = ", ".join(sql.stored_columns(inc))
+    fresh = sql.state_select(
+        inc,
+        f"{time} >= (SELECT edge_end FROM e) AND ({time} >= (SELECT reread FROM e)"
+        f" OR EXISTS (SELECT 1 FROM inv WHERE {time} >= inv.lo AND {time} < inv.hi))",
+        "'-infinity'",
+    )
+    edge = sql.state_select(
+        inc, f"{time} >= (SELECT ws FROM e) AND {time} < (SELECT edge_end FROM e)", "'-infinity'"
+    )
+    publish = sql.publish_select(
+        inc,
+        "(SELECT * FROM kept UNION ALL SELECT * FROM fresh) AS st",
+        "(SELECT edge_end FROM e)",
+        edge,
+        types,
+    )
+    return f"""
+        WITH meta AS (
+            SELECT {_in_type(ttype, "s.reread_from")} AS reread
+            FROM pipectl.incremental_steps s WHERE s.step = $1
+        ),
+        b AS (SELECT {sql.window_start(inc, "now()")}{cast} AS ws),
+        e AS (
+            SELECT b.ws, date_trunc('{inc.bucket}', b.ws) + {unit} AS edge_end,
+                   GREATEST(meta.reread, date_trunc('{inc.bucket}', b.ws) + {unit}) AS reread
+            FROM b, meta
+        ),
+        inv AS (
+            SELECT date_trunc('{inc.bucket}', {_in_type(ttype, "i.lo")}) AS lo,
+                   date_trunc('{inc.bucket}', {_in_type(ttype, "i.hi")}
+                              - interval '1 microsecond') + {unit} AS hi
+            FROM pipectl.incremental_invalidations i WHERE i.step = $1
+        ),
+        kept AS (
+            SELECT {columns} FROM {state} AS st
+            WHERE NOT st._open AND st._bucket >= (SELECT edge_end FROM e)
+              AND NOT EXISTS (SELECT 1 FROM inv WHERE st._bucket >= inv.lo
+                                                  AND st._bucket < inv.hi)
+        ),
+        fresh AS (SELECT {columns} FROM ({fresh}) AS f)
+        SELECT * FROM ({publish}) AS p
+    """

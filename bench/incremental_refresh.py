@@ -6,8 +6,11 @@
 two ways: the materialized view `rule_effectiveness_summary` (REFRESH MATERIALIZED VIEW
 CONCURRENTLY, the preset today) and an `incremental` step publishing the table
 `rule_effectiveness_incremental` (pipectl.store.incremental: per-hour partial aggregates).
-Each round inserts 1 % of `rows` as new rows (dated the last few seconds), then refreshes
-both, in an order that alternates round by round, each in its own transaction as the agent
+Rows arrive as they do in production, spread over the step's refresh interval (5 min):
+each round advances a simulated clock by 5 minutes, inserts 1 % of `rows` as new rows dated
+over those 5 minutes, then refreshes both (the incremental step with the simulated time as its
+reference time, the matview with now(): it reads the whole window either way), in an order
+that alternates round by round, each in its own transaction as the agent
 runs it (TimeZone UTC, COMMIT included in the wall time). The incremental refresh carries the
 preset's gates (agent.gates: measured before, judged after, in its transaction; bench/gates.py
 does the same for the matview), timed apart.
@@ -28,6 +31,7 @@ import asyncio
 import statistics
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -52,6 +56,7 @@ source = "public.rule_performance"
 time_column = "created_at"
 window = "30d"
 bucket = "hour"
+overlap = "@OVERLAP@"
 keys = [{{ name = "rule_id", column = "rule_id" }}, {{ name = "rule_name", column = "rule_name" }}]
 aggregates = [
     {{ name = "usage_count", fn = "count" }},
@@ -78,8 +83,16 @@ FROM pg_stat_xact_user_tables WHERE relid = 'public.rule_performance'::regclass
 """
 
 
-def bench_step() -> StepConfig:
-    loaded = parse_config_text(STEP, "bench/incremental.py", environ={})
+INTERVAL = timedelta(minutes=5)
+"""The step's refresh interval (the preset's `every`): what arrives between two refreshes."""
+OVERLAP = "1m"
+"""The preset's overlap for APES (rows are written in short transactions)."""
+
+
+def bench_step(overlap: str = OVERLAP) -> StepConfig:
+    loaded = parse_config_text(
+        STEP.replace("@OVERLAP@", overlap), "bench/incremental.py", environ={}
+    )
     return loaded.config.step("rule_effectiveness_incremental")
 
 
@@ -104,8 +117,9 @@ class Round:
     gates_passed: bool
 
 
-async def new_rows(conn: asyncpg.Connection, count: int) -> None:
-    """`count` rule applications dated the last few seconds: what arrived since the refresh."""
+async def new_rows(conn: asyncpg.Connection, count: int, until: datetime) -> None:
+    """`count` rule applications dated over the INTERVAL before `until`: what arrived since
+    the last refresh at a steady rate."""
     await conn.execute(
         """
         INSERT INTO public.rule_performance
@@ -114,10 +128,12 @@ async def new_rows(conn: asyncpg.Connection, count: int) -> None:
         SELECT 'rule_' || (g % 12), 'Rule ' || (g % 12),
                (ARRAY['code', 'writing', 'analysis', 'chat'])[1 + g % 4],
                random(), random(), (50 + random() * 450)::int,
-               (now() AT TIME ZONE 'UTC') - random() * interval '5 seconds'
+               ($2::timestamptz AT TIME ZONE 'UTC') - random() * $3::interval
         FROM generate_series(1, $1) AS g
         """,
         count,
+        until,
+        INTERVAL,
     )
 
 
@@ -131,7 +147,7 @@ async def refresh_matview(conn: asyncpg.Connection) -> Refresh:
 
 
 async def refresh_incremental(
-    conn: asyncpg.Connection, step: StepConfig
+    conn: asyncpg.Connection, step: StepConfig, at: datetime | None
 ) -> tuple[Refresh, int, bool]:
     """The incremental refresh with the preset's gates, as the agent runs it; (refresh, rows
     read as the engine counts them, whether every gate passed)."""
@@ -141,7 +157,7 @@ async def refresh_incremental(
         before = await gates.measure_before(conn, step, within=600)
         gate = time.perf_counter() - gate_began
         counted = await conn.fetchval(READ)
-        done = await incremental.refresh(conn, step)
+        done = await incremental.refresh(conn, step, reference=at)
         read = await conn.fetchval(READ) - counted
         gate_began = time.perf_counter()
         verdicts = await gates.evaluate(conn, step, before, within=600, checks=None)
@@ -182,19 +198,24 @@ async def setup(conn: asyncpg.Connection, rows: int, step: StepConfig) -> None:
     await conn.execute(f"ANALYZE {INCREMENTAL.sql}")
 
 
-async def measure(conn: asyncpg.Connection, rows: int, rounds: int) -> tuple[list[Round], int]:
+async def measure(
+    conn: asyncpg.Connection, rows: int, rounds: int, overlap: str = OVERLAP
+) -> tuple[list[Round], int]:
     """Interleaved rounds of 1 % new rows, then both refreshes; and the rows that differ
     between the two summaries refreshed in one transaction."""
-    step = bench_step()
+    step = bench_step(overlap)
     batch = max(rows // 100, 1)
     found: list[Round] = []
+    clock = await incremental.published_at(conn, step)
+    assert clock is not None  # setup refreshed it
     for index in range(rounds):
-        await new_rows(conn, batch)
+        clock += INTERVAL
+        await new_rows(conn, batch, clock)
         if index % 2 == 0:
             matview = await refresh_matview(conn)
-            inc, engine_read, passed = await refresh_incremental(conn, step)
+            inc, engine_read, passed = await refresh_incremental(conn, step, clock)
         else:
-            inc, engine_read, passed = await refresh_incremental(conn, step)
+            inc, engine_read, passed = await refresh_incremental(conn, step, clock)
             matview = await refresh_matview(conn)
         differing, audit_ms = await audit(conn, step)
         found.append(Round(batch, matview, inc, engine_read, differing, audit_ms, passed))
@@ -213,7 +234,7 @@ async def same_instant(conn: asyncpg.Connection, step: StepConfig) -> int:
     return int(row["only_in_summary"]) + int(row["only_in_recompute"])
 
 
-def report(rows: int, found: list[Round], cross: int) -> Section:
+def report(rows: int, found: list[Round], cross: int, overlap: str = OVERLAP) -> Section:
     mat = [r.matview.wall_ms for r in found]
     inc = [r.incremental.wall_ms - r.incremental.gate_ms for r in found]
     gated = [r.incremental.wall_ms for r in found]
@@ -278,21 +299,20 @@ def report(rows: int, found: list[Round], cross: int) -> Section:
         ],
         [
             f"{rows:,} rule_performance rows over 30 days (12 rules, 4 prompt types); each"
-            f" round adds {arrived:,} rows (1 %) dated the last 5 seconds, then refreshes both"
-            f" summaries, in alternating order; {len(found)} rounds on one connection,"
-            " TimeZone UTC.",
+            f" round advances a simulated clock by {INTERVAL.seconds // 60} minutes (the step's"
+            f" refresh interval), adds {arrived:,} rows (1 %) dated over those minutes, then"
+            " refreshes both summaries (the incremental one at the simulated time), in"
+            f" alternating order; {len(found)} rounds on one connection, TimeZone UTC;"
+            f" overlap {overlap}.",
             "wall time: BEGIN to COMMIT as the agent's run does it (the agent's advisory lock"
             " and run bookkeeping are the same for both and left out). The incremental time"
             " is the refresh alone; its gates (the preset's row_count, not_null and groups,"
             " agent.gates) are timed inside the same transaction and given apart.",
             "rows read: seq_tup_read + idx_tup_fetch of rule_performance across the refresh,"
             " inside its transaction (pg_stat_xact_user_tables: this backend's own counts)."
-            " The incremental engine re-reads whole buckets from (previous reference time -"
-            " overlap) truncated to the hour, plus the"
-            " window's partial oldest hour from raw rows: rounds a few seconds apart all fall"
-            " in one hour, so each round re-reads the hour's earlier rounds too, and rows read"
-            " grow with the round number (see the table). At a steady rate the re-read is the"
-            " current hour's rows so far plus the oldest hour's.",
+            " The incremental engine reads the rows from (previous reference time - overlap)"
+            " on (what arrived plus the overlap's rows) and the window's partial oldest hour"
+            " from raw rows.",
             f"matview {spread(mat)}; incremental {spread(inc)}; gates {spread(gate)}",
             "every gate passed" if all(r.gates_passed for r in found) else "a gate HELD a run",
         ],
@@ -317,17 +337,17 @@ def report(rows: int, found: list[Round], cross: int) -> Section:
     )
 
 
-async def run(rows: int, rounds: int) -> Section:
+async def run(rows: int, rounds: int, overlap: str = OVERLAP) -> Section:
     async with Database.create(0) as db:
         conn = await asyncpg.connect(db.dsn, server_settings={"TimeZone": "UTC"})
         try:
             began = time.perf_counter()
             await setup(conn, rows, bench_step())
             prepared = time.perf_counter() - began
-            found, cross = await measure(conn, rows, rounds)
+            found, cross = await measure(conn, rows, rounds, overlap)
         finally:
             await conn.close()
-    section = report(rows, found, cross)
+    section = report(rows, found, cross, overlap)
     section.notes.append(f"set-up (generate, first refresh of both): {prepared:.0f} s")
     return section
 
@@ -336,8 +356,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--overlap", default=OVERLAP, help=f"the step's overlap ({OVERLAP})")
     args = parser.parse_args()
-    asyncio.run(run(args.rows, args.rounds)).print()
+    asyncio.run(run(args.rows, args.rounds, args.overlap)).print()
 
 
 if __name__ == "__main__":

@@ -127,6 +127,9 @@ def import_profile(command: Command, repeats: int = 3) -> tuple[float, list[str]
     """(sum of the modules' own import times in ms, minimum per module over `repeats` runs;
     the heavy packages loaded) of one command under `python -X importtime`."""
     best: dict[str, int] = {}
+    # One run first, not counted: the steady state is measured (the config known valid, the
+    # bytecode written), whichever command of the run happened to start first.
+    subprocess.run(command.argv, env=command.env, cwd=command.cwd, capture_output=True, check=False)
     for _ in range(repeats):
         done = subprocess.run(
             [command.argv[0], "-X", "importtime", *command.argv[1:]],

@@ -179,10 +179,10 @@ def test_fault_list_loads_only_rich() -> None:
     """The faults' table is static: listing it needs neither the simulator's engine nor
     Redis, asyncpg, psutil or the config (importing a simulator module no longer imports the
     whole simulator package)."""
-    code, heavy, cli = loaded_by("fault", "list")
-    assert code == 0
-    assert heavy == ["rich"]
-    assert cli == ["pipectl.cli.common", "pipectl.cli.demo_fault_cmd"]
+    found = loaded_by("fault", "list")
+    assert found.code == 0
+    assert found.heavy == ["rich"]
+    assert found.cli == ["pipectl.cli.common", "pipectl.cli.demo_fault_cmd"]
 
 
 def test_the_verb_table_matches_what_the_modules_register() -> None:

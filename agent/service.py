@@ -399,6 +399,8 @@ async def _validated(conn: Conn, plan: AgentPlan) -> AgentPlan:
     # The agent's role may; the buffer-cache check needs it. Probes on a replica do not touch
     # the primary's cache (and a replica takes no writes): nothing to record then.
     engine.record_own_reads = plan.config.database.replica_dsn is None
+    # Scheduled ticks of windowed checks read only new rows (checks/incremental.py).
+    engine.enable_incremental()
     return plan.with_checks(engine if plan.enabled_checks() else None)
 
 

@@ -155,6 +155,13 @@ def _gates(sizes: Sizes, quick: bool) -> list[Section]:
     return [asyncio.run(gates.run(sizes.rows, 3 * sizes.repeats))]
 
 
+def _read_amplification(sizes: Sizes, quick: bool) -> list[Section]:
+    from bench import read_amplification
+
+    minutes, warmup = (4.0, 1.0) if quick else (26.0, 6.0)
+    return [asyncio.run(read_amplification.run(minutes, warmup, days=1 if quick else 2))]
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "verification": ("checks against Soda Core and the floor; freshness vs size", _verification),
     "shapes": ("full verification by key shape and continuous, as processes vs Soda", _shapes),
@@ -166,6 +173,10 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "backfill": ("simulator backfill figures", _backfill),
     "cli_start": ("pipectl --help, status, rerun --wait as whole processes", _cli_start),
     "gates": ("the cost of a refresh's gates beside the ungated refresh", _gates),
+    "read_amplification": (
+        "rows the checks read per row APES writes, incremental on and off",
+        _read_amplification,
+    ),
 }
 
 

@@ -44,7 +44,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Literal
 
-from pipectl.checks import metric, quality, volume
+from pipectl.checks import cache, metric, quality, volume
 from pipectl.checks.base import Context, zone
 from pipectl.checks.catalog import Column, Table
 from pipectl.checks.sql import Params, col, conjunction, filter_predicate
@@ -100,6 +100,8 @@ def _window(check: CheckBase) -> timedelta | None:
         return None if check.aggregate == "stddev" else check.window
     if isinstance(check, volume.VolumeCheck):
         return check.window
+    if isinstance(check, cache.CacheCheck) and check.source == "app":
+        return check.window
     return None
 
 
@@ -109,6 +111,10 @@ def source_of(check: CheckBase) -> SourceKey:
         return (check.table, check.time_column, check.timezone)
     if isinstance(check, metric.MetricCheck):
         return (check.table, check.time_column, check.timezone)
+    if isinstance(check, cache.CacheCheck):
+        assert check.table is not None
+        assert check.time_column is not None
+        return (check.table, check.time_column, "UTC")
     assert isinstance(check, volume.VolumeCheck)
     return (check.table, check.column, check.timezone)
 
@@ -128,6 +134,8 @@ def parts_of(check: CheckBase) -> list[Part]:
         ]
     if isinstance(check, volume.VolumeCheck):
         return []
+    if isinstance(check, cache.CacheCheck):
+        return [_level_part(col(check.column or ""), name) for name in cache.LEVELS]
     assert isinstance(check, metric.MetricCheck)
     m = check
 
@@ -162,6 +170,11 @@ def parts_of(check: CheckBase) -> list[Part]:
             lambda p: f"array_agg({c}::float8) FILTER (WHERE {where(p, f'{c} IS NOT NULL')})", "bag"
         ),
     ]
+
+
+def _level_part(level: str, name: str) -> Part:
+    """Requests answered by one cache level (the names are pipectl's, never config's)."""
+    return Part(lambda p: f"count(*) FILTER (WHERE {level} = '{name}')", "sum")
 
 
 def _merge(op: Op, a: Any, b: Any) -> Any:
@@ -233,9 +246,11 @@ class WindowCache:
         """Results of checks of one source at ctx.now, from one refresh."""
         key = source_of(checks[0])
         table = ctx.table(key[0])
-        if table.kind not in _KINDS_INCREMENTAL:
-            raise NotIncremental
         column = table.column(key[1])
+        if table.kind not in _KINDS_INCREMENTAL or not column.indexed:
+            # Without an index on the time column, reading the new rows is a scan of the
+            # whole table: the partial aggregates would only add the edge's scans to it.
+            raise NotIncremental
         tz = zone(key[2])
         state = self._states.setdefault(key, _State())
         async with state.lock:
@@ -405,6 +420,10 @@ class WindowCache:
             found = volume.Observation(rows, empty)
             hist = History([]) if empty else await volume.load_history(sub)
             return volume.evaluate(check, found, hist, ctx.now, ctx.source)
+        if isinstance(check, cache.CacheCheck):
+            counts = {name: int(n or 0) for name, n in zip(cache.LEVELS, mine, strict=True)}
+            levels = cache.LevelCounts(counts, rows - sum(counts.values()))
+            return cache.evaluate_levels(check, levels, ctx.now, ctx.source)
         assert isinstance(check, metric.MetricCheck)
         value, counted = _metric_value(check, mine)
         measured = metric.Observation(value, counted)
@@ -414,7 +433,8 @@ class WindowCache:
 
 
 class NotIncremental(Exception):
-    """This check's relation cannot be read incrementally (a view): read it whole."""
+    """This check's relation cannot be read incrementally (a view, or no index leading with
+    the time column): read the window whole."""
 
 
 _CHANGES_SQL = """

@@ -159,6 +159,15 @@ column = "response_time_ms"
 window = "30m"
 
 [[checks]]
+name = "app_hits"
+kind = "cache"
+source = "app"
+table = "public.prompt_improvement_sessions"
+column = "cache_hit_level"
+time_column = "created_at"
+window = "15m"
+
+[[checks]]
 name = "arrivals"
 kind = "volume"
 table = "public.rule_performance"
@@ -244,6 +253,9 @@ async def test_incremental_ticks_equal_a_full_read_at_every_tick(
     assert incremental.incremental is not None
     names = [c.name for c in config.checks]
     rng = random.Random(16)
+    # Read incrementally only through an index leading with the time column (without one,
+    # the new rows are a scan of the whole table): give the timestamptz table one.
+    await conn.execute("CREATE INDEX ON public.prompt_improvement_sessions (created_at)")
     await _write(conn, rng, _rows(rng, NOW - timedelta(hours=2), NOW, 900))
     seen_statuses: set[str] = set()
 

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -54,8 +55,11 @@ def agent_config(incremental: bool) -> str:
         'metrics_address = "127.0.0.1:10144"', 'metrics_address = "127.0.0.1:0"'
     )
     text = text.replace("[[steps]]\n", "[[steps]]\nenabled = false\n")
-    flag = "true" if incremental else "false"
-    return text.replace("[check_defaults]\n", f"[check_defaults]\nincremental = {flag}\n", 1)
+    flag = f"incremental = {'true' if incremental else 'false'}"
+    text, found = re.subn(r"^incremental = (true|false)$", flag, text, count=1, flags=re.M)
+    if not found:
+        text = text.replace("[check_defaults]\n", f"[check_defaults]\n{flag}\n", 1)
+    return text
 
 
 async def counts(dsn: str) -> Counts:
@@ -189,13 +193,14 @@ async def run(
             started = time.monotonic()
             try:
                 for offset in (0.0, warmup * 60, minutes * 60):
-                    await asyncio.sleep(max(started + offset - time.monotonic(), 0.0))
+                    while (left := started + offset - time.monotonic()) > 0:
+                        await asyncio.sleep(min(left, 5.0))
+                        for name, process in agents.items():
+                            if process.poll() is not None:
+                                tail = (logs / f"{name}.log").read_text()[-2000:]
+                                raise RuntimeError(f"the {name} agent stopped:\n{tail}")
                     for name in names:
                         marks[name].append(await counts(db[name].dsn))
-                    for name, process in agents.items():
-                        if process.poll() is not None:
-                            tail = (logs / f"{name}.log").read_text()[-2000:]
-                            raise RuntimeError(f"the {name} agent stopped:\n{tail}")
             finally:
                 stop.set()
                 await asyncio.gather(*tasks, return_exceptions=True)

@@ -25,6 +25,7 @@ from bench import (
 )
 from bench.__main__ import render, summary
 from bench.common import Figure, Section, fill_rule_performance
+from pipectl.config import parse_config_text
 from tests.conftest import PgServer
 
 
@@ -174,6 +175,8 @@ async def test_read_amplification_runs_both_sides_beside_a_control(
     _title, header, rows = section.tables[0]
     assert header == ["table", "control", "before", "after"]
     assert "rule_performance" in [row[0] for row in rows]
-    config = read_amplification.agent_config(False)
-    assert "incremental = false" in config
-    assert config.count("[[steps]]\nenabled = false\n") == config.count("[[steps]]") > 0
+    for incremental in (False, True):
+        loaded = parse_config_text(read_amplification.agent_config(incremental), environ={})
+        assert loaded.config.check_defaults.incremental is incremental
+        assert loaded.config.steps
+        assert not any(step.enabled for step in loaded.config.steps)

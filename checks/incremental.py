@@ -262,7 +262,7 @@ class WindowCache:
                 assert window is not None
                 low = _epoch_us(ctx.now - window, column, tz)
                 fields = self._fields(key, check)
-                totals = await self._window_totals(ctx.conn, key, column, state, low, high, fields)
+                totals = await self._window_totals(ctx.conn, key, table, state, low, high, fields)
                 results.append(await self._result(ctx, check, table, totals))
             return results
 
@@ -290,7 +290,7 @@ class WindowCache:
         )
         since = _bucket(min(state.high, high) - self.overlap_us)
         start = oldest if full else max(since, oldest)
-        fresh = await self._read(conn, key, column, (start - 1) * _BUCKET_US, high)
+        fresh = await self._read(conn, key, table, (start - 1) * _BUCKET_US, high)
         if full:
             state.buckets = fresh
             state.first = oldest
@@ -306,10 +306,11 @@ class WindowCache:
         state.edges = {}
 
     async def _read(
-        self, conn: Conn, key: SourceKey, column: Column, low: int, high: int
+        self, conn: Conn, key: SourceKey, table: Table, low: int, high: int
     ) -> dict[int, list[Any]]:
         """Partial aggregates per bucket of the rows with time in (low, high]."""
         members = self.members[key]
+        column = table.column(key[1])
         params = Params()
         t = f"checked.{col(key[1])}"
         width = params.add(int(BUCKET.total_seconds()))
@@ -328,7 +329,8 @@ class WindowCache:
         sql = (
             f"SELECT {bucket} AS b, {columns} FROM {key[0].sql} AS checked WHERE {span} GROUP BY 1"
         )
-        rows = await conn.fetch(sql, *params.values(None))
+        # Filter and accepted values take their column's type; the bounds are in it already.
+        rows = await conn.fetch(sql, *params.values(table, zone(key[2])))
         out: dict[int, list[Any]] = {}
         for row in rows:
             out[int(row["b"])] = [_stored(op, row[f"a{i}"]) for i, op in enumerate(ops)]
@@ -339,7 +341,7 @@ class WindowCache:
         self,
         conn: Conn,
         key: SourceKey,
-        column: Column,
+        table: Table,
         state: _State,
         low: int,
         high: int,
@@ -366,7 +368,7 @@ class WindowCache:
         if edge_end > low:
             edge = state.edges.get(low)
             if edge is None:
-                found = await self._read(conn, key, column, low, min(edge_end, high))
+                found = await self._read(conn, key, table, low, min(edge_end, high))
                 edge = found.get(edge_bucket, [None] * len(ops))
                 state.edges[low] = edge
             add(edge)

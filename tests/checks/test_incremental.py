@@ -86,6 +86,7 @@ table = "public.rule_performance"
 time_column = "created_at"
 aggregate = "avg"
 column = "execution_time_ms"
+where = [{ column = "improvement_score", op = ">", value = 0.2 }]
 window = "45m"
 
 [[checks]]

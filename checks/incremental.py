@@ -44,6 +44,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Literal
 
+import asyncpg
+
 from pipectl.checks import cache, metric, quality, volume
 from pipectl.checks.base import Context, zone
 from pipectl.checks.catalog import Column, Table
@@ -231,6 +233,8 @@ class WindowCache:
             if enabled_for(check, config):
                 self.members.setdefault(source_of(check), []).append(check)
         self._states: dict[SourceKey, _State] = {}
+        self.broken: set[SourceKey] = set()
+        """Tables whose incremental read failed: read whole until the next config load."""
         self.rows_read = 0
         """Rows the refreshes and edge reads returned aggregates of (for tests and logs)."""
         self.full_reads = 0
@@ -247,24 +251,54 @@ class WindowCache:
         key = source_of(checks[0])
         table = ctx.table(key[0])
         column = table.column(key[1])
-        if table.kind not in _KINDS_INCREMENTAL or not column.indexed:
+        if table.kind not in _KINDS_INCREMENTAL or not column.indexed or key in self.broken:
             # Without an index on the time column, reading the new rows is a scan of the
             # whole table: the partial aggregates would only add the edge's scans to it.
             raise NotIncremental
-        tz = zone(key[2])
         state = self._states.setdefault(key, _State())
         async with state.lock:
-            high = _epoch_us(ctx.now, column, tz)
-            await self._refresh(ctx.conn, key, table, column, state, high, ctx.now)
-            results = []
-            for check in checks:
-                window = _window(check)
-                assert window is not None
-                low = _epoch_us(ctx.now - window, column, tz)
-                fields = self._fields(key, check)
-                totals = await self._window_totals(ctx.conn, key, table, state, low, high, fields)
-                results.append(await self._result(ctx, check, table, totals))
-            return results
+            if key in self.broken:
+                raise NotIncremental
+            try:
+                return await self._answer(ctx, checks, key, table, column, state)
+            except asyncpg.PostgresError as exc:
+                if isinstance(exc, asyncpg.QueryCanceledError):
+                    raise  # a timeout: the next tick tries again
+                # One check's SQL failing (a column dropped since start-up) would fail every
+                # check of the table: from now on each reads its window whole and reports its
+                # own problem, until the config is loaded again.
+                self.broken.add(key)
+                self._states.pop(key, None)
+                log.warning(
+                    "incremental read of %s failed (%s): its checks read their windows whole"
+                    " until the agent reloads its config",
+                    key[0],
+                    type(exc).__name__,
+                )
+                raise
+
+    async def _answer(
+        self,
+        ctx: Context[Any],
+        checks: Sequence[CheckBase],
+        key: SourceKey,
+        table: Table,
+        column: Column,
+        state: _State,
+    ) -> list[CheckResult]:
+        """Refresh the table's buckets up to ctx.now, then answer each check from them."""
+        tz = zone(key[2])
+        high = _epoch_us(ctx.now, column, tz)
+        await self._refresh(ctx.conn, key, table, column, state, high, ctx.now)
+        results = []
+        for check in checks:
+            window = _window(check)
+            assert window is not None
+            low = _epoch_us(ctx.now - window, column, tz)
+            fields = self._fields(key, check)
+            totals = await self._window_totals(ctx.conn, key, table, state, low, high, fields)
+            results.append(await self._result(ctx, check, table, totals))
+        return results
 
     # ------------------------------------------------------------------ reading
 

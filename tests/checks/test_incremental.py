@@ -420,3 +420,29 @@ def test_percentile_cont_is_postgresql_s() -> None:
         expected = ordered[lo] + (position - lo) * (ordered[hi] - ordered[lo])
         assert percentile_cont(bag, fraction) == expected
     assert datetime.now(UTC) > NOW
+
+
+async def test_a_check_whose_sql_fails_leaves_its_table_to_full_reads(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    """A column dropped under one check fails the table's shared read once; then every
+    check of the table reads its window whole, and only the broken one reports an error."""
+    config = make_config(database, None, BODY)
+    engine = CheckEngine(config)
+    engine.enable_incremental()
+    assert engine.incremental is not None
+    rng = random.Random(7)
+    await _write(conn, rng, _rows(rng, NOW - timedelta(hours=1), NOW, 200))
+    found = await engine.run("avg_score", conn, redis=None, trigger="schedule", now=NOW)
+    assert found.status != "error"
+    await conn.execute("ALTER TABLE public.rule_performance DROP COLUMN execution_time_ms CASCADE")
+    later = NOW + timedelta(minutes=1)
+    failed = await engine.run("avg_score", conn, redis=None, trigger="schedule", now=later)
+    assert failed.status == "error"
+    assert engine.incremental.broken
+    again = await engine.run("avg_score", conn, redis=None, trigger="schedule", now=later)
+    truth = await CheckEngine(config).run("avg_score", conn, redis=None, trigger="cli", now=later)
+    assert _comparable(again) == _comparable(truth)
+    broken = await engine.run("min_exec", conn, redis=None, trigger="schedule", now=later)
+    assert broken.status == "error"
+    assert "execution_time_ms" in broken.message

@@ -340,8 +340,15 @@ async def test_a_second_tick_reads_only_the_new_rows(
     second = first + timedelta(seconds=60)
     await _write(conn, rng, _rows(rng, first + timedelta(seconds=1), second, 50))
     before = await rows_read()
+    incremental.record_own_reads = True  # as the agent does
     found = await incremental.run_many(names, conn, redis=None, trigger="schedule", now=second)
     read = await rows_read() - before
+    # The buffer-cache check leaves these reads out: they are recorded as pipectl's own.
+    own = await conn.fetchval(
+        "SELECT count(*) FROM pipectl.own_reads"
+        " WHERE relation = 'public.rule_performance' AND what LIKE 'check %'"
+    )
+    assert own >= 1
     # The 50 new rows, plus the few the planner fetches to find the index's actual end
     # (a bound beyond the statistics' histogram: get_actual_variable_range).
     assert 50 <= read <= 80, f"the second tick read {read} rows of rule_performance"

@@ -399,6 +399,11 @@ async def _validated(conn: Conn, plan: AgentPlan) -> AgentPlan:
     # The agent's role may; the buffer-cache check needs it. Probes on a replica do not touch
     # the primary's cache (and a replica takes no writes): nothing to record then.
     engine.record_own_reads = plan.config.database.replica_dsn is None
+    # Scheduled ticks of windowed checks read only new rows (checks/incremental.py). Not on a
+    # replica: its statistics do not count the primary's updates and deletes, which is how
+    # the partial aggregates learn that rows changed behind them.
+    if plan.config.database.replica_dsn is None:
+        engine.enable_incremental()
     return plan.with_checks(engine if plan.enabled_checks() else None)
 
 

@@ -169,6 +169,13 @@ def _incremental(sizes: Sizes, quick: bool) -> list[Section]:
     return [asyncio.run(incremental_refresh.run(sizes.rows, sizes.repeats + 2))]
 
 
+def _read_amplification(sizes: Sizes, quick: bool) -> list[Section]:
+    from bench import read_amplification
+
+    minutes, warmup = (4.0, 1.0) if quick else (26.0, 6.0)
+    return [asyncio.run(read_amplification.run(minutes, warmup, days=1 if quick else 2))]
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "verification": ("checks against Soda Core and the floor; freshness vs size", _verification),
     "shapes": ("full verification by key shape and continuous, as processes vs Soda", _shapes),
@@ -184,6 +191,10 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Sizes, bool], list[Section]]]] = {
     "incremental": (
         "incremental refresh vs REFRESH CONCURRENTLY at 1 % new rows; rows read; audit",
         _incremental,
+    ),
+    "read_amplification": (
+        "rows the checks read per row APES writes, incremental on and off",
+        _read_amplification,
     ),
 }
 

@@ -70,9 +70,13 @@ class CacheCheck(CheckBase):
     warn_below: Ratio | None = None
     fail_below: Ratio | None = None
     min_requests: int | None = Field(default=None, ge=0)
+    incremental: bool | None = None
+    """source 'app': the agent's ticks read only new rows (None: check_defaults.incremental)."""
 
     @model_validator(mode="after")
     def _shape(self) -> CacheCheck:
+        if self.incremental and self.source != "app":
+            raise ValueError("'incremental' applies to source 'app' (a window of rows) only")
         if self.source == "app" and self.table is None:
             raise ValueError(
                 "source 'app' needs 'table' (where each request records its cache level)"

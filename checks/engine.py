@@ -10,6 +10,7 @@ result (with hysteresis, silences and samples) is `pipectl.store.record_result`'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
@@ -23,6 +24,7 @@ import asyncpg
 from pipectl import store
 from pipectl.checks.base import SOURCE_BY_TRIGGER, C, Context, KindSpec
 from pipectl.checks.catalog import Catalog, Need, load_catalog, problems_for
+from pipectl.checks.incremental import NotIncremental, WindowCache
 from pipectl.checks.registry import KINDS
 from pipectl.config import CheckBase, Config, ConfigError, Problem
 from pipectl.durations import format_duration
@@ -53,6 +55,13 @@ class CheckEngine:
         """Record what each probe looked up in pipectl.own_reads (the agent sets it; its
         role may write there), so the buffer-cache check leaves pipectl's reads out."""
         self._reads_refused = False
+        self.incremental: WindowCache | None = None
+        """Per-bucket partial aggregates for scheduled ticks of windowed checks (the agent
+        sets it: `enable_incremental`); None reads every window whole."""
+
+    def enable_incremental(self) -> None:
+        """Scheduled ticks of the checks that allow it read only new rows (the agent's)."""
+        self.incremental = WindowCache(self.config)
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -112,7 +121,9 @@ class CheckEngine:
         if when.tzinfo is None:
             raise ValueError("now must be timezone-aware")
         started = time.perf_counter()
-        result = await self._run(check, conn, redis, SOURCE_BY_TRIGGER[trigger], when)
+        result = await self._run(
+            check, conn, redis, SOURCE_BY_TRIGGER[trigger], when, trigger == "schedule"
+        )
         return replace(result, duration_ms=round((time.perf_counter() - started) * 1000, 3))
 
     def fusion_key(self, name: str) -> Hashable | None:
@@ -141,7 +152,11 @@ class CheckEngine:
         checks = {name: self.config.check(name) for name in names}  # KeyError: unknown
         results: dict[str, CheckResult] = {}
         for group in _shared_probe_groups(list(checks.values())):
-            results.update(await self._run_shared(group, conn, SOURCE_BY_TRIGGER[trigger], when))
+            results.update(
+                await self._run_shared(
+                    group, conn, SOURCE_BY_TRIGGER[trigger], when, trigger == "schedule"
+                )
+            )
         for name in checks:
             if name not in results:
                 results[name] = await self.run(name, conn, redis=redis, trigger=trigger, now=when)
@@ -188,7 +203,7 @@ class CheckEngine:
         return {name: merged[name] for name in dict.fromkeys(names)}
 
     async def _run_shared(
-        self, group: list[CheckBase], conn: Conn, source: str, now: datetime
+        self, group: list[CheckBase], conn: Conn, source: str, now: datetime, incremental: bool
     ) -> dict[str, CheckResult]:
         members = []
         for check in group:
@@ -204,7 +219,13 @@ class CheckEngine:
         reads: list[store.Reads] | None = [] if self.record_own_reads else None
         try:
             async with _probe_transaction(conn, timeout, reads):
-                found = await run_shared(context, members)
+                window_cache = self._window_cache(members, incremental)
+                found = None
+                if window_cache is not None:
+                    with contextlib.suppress(NotIncremental):
+                        found = await window_cache.run_many(context, members)
+                if found is None:
+                    found = await run_shared(context, members)
         except asyncpg.QueryCanceledError:
             message = (
                 f"probe cancelled: the probe shared by {len(members)} checks ran longer than"
@@ -237,6 +258,7 @@ class CheckEngine:
         redis: Redis | None,
         source: str,
         now: datetime,
+        incremental: bool = False,
     ) -> CheckResult:
         timeout = self._timeout(check)
         try:
@@ -249,7 +271,12 @@ class CheckEngine:
             context = self._context(check, conn, now, source, timeout, redis)
             reads: list[store.Reads] | None = [] if self.record_own_reads else None
             async with _probe_transaction(conn, timeout, reads):
-                result = await _kind(check).run(context)
+                window_cache = self._window_cache([check], incremental)
+                found = None
+                if window_cache is not None:
+                    with contextlib.suppress(NotIncremental):
+                        found = await window_cache.run(context)
+                result = found if found is not None else await _kind(check).run(context)
             await self._record_reads(conn, f"check {check.name}", reads)
             return result
         except asyncpg.QueryCanceledError:
@@ -277,6 +304,13 @@ class CheckEngine:
             return _error(check.name, now, f"internal error ({type(exc).__name__}); see the log")
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _window_cache(self, checks: Sequence[CheckBase], incremental: bool) -> WindowCache | None:
+        """The partial aggregates, when this run may use them for every one of `checks`."""
+        found = self.incremental
+        if not incremental or found is None or not all(found.covers(c) for c in checks):
+            return None
+        return found
 
     async def _record_reads(self, conn: Conn, what: str, reads: list[store.Reads] | None) -> None:
         """Store what a probe looked up; a failure costs only the correction, never the

@@ -60,9 +60,16 @@ class MetricCheck(CheckBase):
     bounds: Bounds = Bounds()
     anomaly: AnomalyConfig | None = None
     min_rows: int | None = Field(default=None, ge=1, le=MAX_MIN_ROWS)
+    incremental: bool | None = None
+    """The agent's ticks read only new rows (None: check_defaults.incremental)."""
 
     @model_validator(mode="after")
     def _shape(self) -> MetricCheck:
+        if self.incremental and self.aggregate == "stddev":
+            raise ValueError(
+                "'incremental' does not apply to aggregate 'stddev' (its partial sums would"
+                " not add up to the exact value): it reads its whole window at every tick"
+            )
         if self.aggregate == "share" and not self.share_of:
             raise ValueError("aggregate 'share' needs 'share_of' (the rows to count)")
         if self.aggregate not in ("count", "share") and self.column is None:

@@ -93,11 +93,18 @@ class QualityCheck(CheckBase):
     warn_over: float = Field(default=0.0, ge=0)
     fail_over: float | None = Field(default=None, ge=0)
     as_share: bool = False
+    incremental: bool | None = None
+    """The agent's ticks read only new rows (None: check_defaults.incremental)."""
 
     @model_validator(mode="after")
     def _window(self) -> QualityCheck:
         if (self.time_column is None) != (self.window is None):
             raise ValueError("'time_column' and 'window' go together: give both or neither")
+        if self.incremental and (self.window is None or self.rule.type not in FUSABLE):
+            raise ValueError(
+                "'incremental' applies to windowed row rules (range, not_null, accepted,"
+                " references, json_keys); this check reads its whole scope at every tick"
+            )
         return self
 
 

@@ -36,6 +36,8 @@ class VolumeCheck(CheckBase):
     timezone: TimeZone = "UTC"
     bounds: Bounds = Bounds()
     anomaly: AnomalyConfig | None = AnomalyConfig()
+    incremental: bool | None = None
+    """The agent's ticks read only new rows (None: check_defaults.incremental)."""
 
 
 @dataclass(frozen=True)

@@ -326,6 +326,18 @@ class CheckDefaults(Strict):
     every: PositiveDuration = timedelta(minutes=1)
     timeout: PostgresTimeout = timedelta(seconds=10)
     hysteresis: int = Field(default=2, ge=1, le=20)
+    incremental: bool = True
+    """The agent's windowed checks keep per-bucket partial aggregates and read only new rows
+    at each tick (checks/incremental.py); a check's own `incremental` wins."""
+    incremental_overlap: Annotated[
+        Duration, _at_most(timedelta(hours=1), "re-reading more at every tick defeats the point")
+    ] = timedelta(seconds=10)
+    """How far behind the last tick's instant each tick reads again: rows committed that
+    late (a transaction that stamped its rows, then took this long to commit) are seen."""
+    incremental_resync: Annotated[
+        PositiveDuration, _at_most(timedelta(days=30), "drift must stay bounded")
+    ] = timedelta(hours=24)
+    """Every this long the partial aggregates are rebuilt by one full read of the window."""
 
 
 class RowCountGate(Strict):

@@ -21,12 +21,14 @@ from bench import (
     generate,
     incremental_refresh,
     partitions,
+    read_amplification,
     scrape,
     shapes,
     verification,
 )
 from bench.__main__ import render, summary
 from bench.common import Figure, Section, fill_rule_performance
+from pipectl.config import parse_config_text
 from tests.conftest import PgServer
 
 
@@ -219,3 +221,26 @@ async def test_cli_start_times_each_verb_beside_its_baselines(database: str) -> 
     assert rows["pipectl --help"][5] == "none"
     assert rows["pipectl status"][5] == "asyncpg, rich"  # the config known valid
     assert "pydantic" in rows["pipectl status, config not known (validated)"][5]
+
+
+async def test_read_amplification_runs_both_sides_beside_a_control(
+    pg_server: PgServer, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few seconds of the simulator with an agent per side: the figures and the per-table
+    breakdown come out, on databases of their own (dropped afterwards)."""
+    monkeypatch.setenv("PIPECTL_BENCH_DSN", pg_server.dsn)
+    monkeypatch.setenv("PIPECTL_BENCH_REDIS_URL", redis_url)
+    section = await read_amplification.run(0.4, 0.1, days=0)
+    assert [(f.name, f.target) for f in section.figures] == [
+        ("incremental checks, steady (rows read / row written)", "<= 2"),
+        ("incremental checks, whole run from the agent's start", ""),
+    ]
+    assert "(incremental = false)" in section.figures[0].baseline
+    _title, header, rows = section.tables[0]
+    assert header == ["table", "control", "before", "after"]
+    assert "rule_performance" in [row[0] for row in rows]
+    for incremental in (False, True):
+        loaded = parse_config_text(read_amplification.agent_config(incremental), environ={})
+        assert loaded.config.check_defaults.incremental is incremental
+        assert loaded.config.steps
+        assert not any(step.enabled for step in loaded.config.steps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -11,3 +12,17 @@ def apes_preset_path() -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"the APES preset is missing (looked beside {here})")
+
+
+INCREMENTAL_BLOCK_START = (
+    '# [[steps]]\n# name = "rule_effectiveness_summary"\n# kind = "incremental"'
+)
+
+
+def apes_incremental_steps_text(preset: str | None = None) -> str:
+    """The preset's commented-out incremental versions of both APES summaries, uncommented:
+    a config text of their two [[steps]] (gates and depends_on included)."""
+    text = preset if preset is not None else apes_preset_path().read_text(encoding="utf-8")
+    start = text.index(INCREMENTAL_BLOCK_START)
+    block = text[start : text.index("# ----", start)]
+    return re.sub(r"(?m)^# ?", "", block)

@@ -18,6 +18,7 @@ import pytest
 
 from pipectl.config import ConfigError, StepConfig
 from pipectl.incremental import defining_query
+from pipectl.presets import apes_incremental_steps_text
 from pipectl.store import incremental as store
 from tests.helpers import make_config
 
@@ -418,9 +419,7 @@ async def test_a_changed_definition_asks_for_a_reinstall(database: str) -> None:
 
 def test_the_presets_commented_incremental_steps_are_the_tested_ones() -> None:
     preset = (Path(__file__).parents[1] / "config.example.toml").read_text(encoding="utf-8")
-    start = preset.index('# [[steps]]\n# name = "rule_effectiveness_summary"')
-    block = preset[start : preset.index("# ----", start)]
-    steps = make_config(None, None, re.sub(r"(?m)^# ?", "", block)).steps
+    steps = make_config(None, None, apes_incremental_steps_text(preset)).steps
     tested = make_config(None, None, APES_STEPS).steps
     assert [(s.name, s.kind, s.relation, s.incremental) for s in steps] == [
         (s.name, s.kind, s.relation, s.incremental) for s in tested

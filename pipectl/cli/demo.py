@@ -33,12 +33,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipectl import apes_sql, migrate
-from pipectl.config import Config, LoadedConfig, load_config, mask_secret_url
+from pipectl.config import (
+    Config,
+    LoadedConfig,
+    StepConfig,
+    load_config,
+    mask_secret_url,
+    parse_config_text,
+)
 from pipectl.embedded import EmbeddedServers, default_state_dir
 from pipectl.identifiers import Relation, quote_ident
-from pipectl.presets import apes_preset_path
+from pipectl.presets import apes_incremental_steps_text, apes_preset_path
 from pipectl.simulator import ApesSimulator
 from pipectl.simulator.rhythm import FEEDS
+from pipectl.store import incremental as incremental_store
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +192,7 @@ class DemoOptions:
     read_only: bool = False
     warmup: float = WARMUP_S
     pace: float = PACE
+    incremental: bool = False
 
 
 def database_location(dsn: str) -> str:
@@ -219,16 +228,29 @@ class DemoStatus:
 ConsoleOpener = Callable[[LoadedConfig, DemoStatus], Awaitable[None]]
 
 
-def demo_config(dsn: str, redis_url: str, pace: float = PACE) -> LoadedConfig:
+def incremental_steps() -> list[StepConfig]:
+    """The preset's incremental versions of both APES summaries (commented out there)."""
+    return parse_config_text(
+        apes_incremental_steps_text(), "the APES preset", environ={}
+    ).config.steps
+
+
+def demo_config(
+    dsn: str, redis_url: str, pace: float = PACE, *, incremental: bool = False
+) -> LoadedConfig:
     """The APES preset for the demo's servers, with faster schedules and its thresholds
-    scaled to the demo's pace (`demo_overrides`)."""
+    scaled to the demo's pace (`demo_overrides`); with `incremental`, both summaries are the
+    preset's incremental steps instead of materialized views."""
     import pipectl.checks  # noqa: F401  (registers the check kinds the preset names)
 
     preset = load_config(apes_preset_path(), environ={})
     config = preset.config
     overrides = demo_overrides(pace)
+    replacing = {s.name: s for s in incremental_steps()} if incremental else {}
     steps = [
-        s.model_copy(update={"every": timedelta(seconds=STEP_EVERY.get(s.name, 30))}).model_dump()
+        replacing.get(s.name, s)
+        .model_copy(update={"every": timedelta(seconds=STEP_EVERY.get(s.name, 30))})
+        .model_dump()
         for s in config.steps
     ]
     checks = []
@@ -253,8 +275,10 @@ def demo_config(dsn: str, redis_url: str, pace: float = PACE) -> LoadedConfig:
     return LoadedConfig(config=Config.model_validate(updated), file=None)
 
 
-async def prepare_database(admin_dsn: str, out: Console) -> str:
-    """Create the demo database once; load the APES schema, pipectl's schema, summaries."""
+async def prepare_database(admin_dsn: str, out: Console, *, incremental: bool = False) -> str:
+    """Create the demo database once; load the APES schema, pipectl's schema, summaries: the
+    materialized views, or with `incremental` the preset's incremental summaries (installed
+    with their invalidation triggers; a later run without it puts the views back)."""
     admin = await asyncpg.connect(admin_dsn)
     try:
         if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DEMO_DATABASE):
@@ -270,11 +294,31 @@ async def prepare_database(admin_dsn: str, out: Console) -> str:
         report = await migrate.upgrade(conn)
         if report.applied:
             out.print(f"  pipectl schema at version {report.applied[-1].version}")
-        await apes_sql.load_materialized(conn)
+        await _summaries(conn, incremental, out)
         await apes_sql.apply_indexes(conn)
     finally:
         await conn.close()
     return dsn
+
+
+async def _summaries(conn: asyncpg.Connection, incremental: bool, out: Console) -> None:
+    steps = incremental_steps()
+    installed = [s.name for s in steps if await incremental_store.published_at(conn, s) is not None]
+    if not incremental:
+        for step in (s for s in steps if s.name in installed):
+            # A run with --incremental before: the views come back.
+            async with conn.transaction():
+                await incremental_store.uninstall(conn, step)
+            out.print(f"  {step.relation}: back to a materialized view")
+        await apes_sql.load_materialized(conn)
+        return
+    await apes_sql.load_materialized(conn)
+    for step in steps:
+        if step.name in installed:
+            continue
+        async with conn.transaction():
+            await incremental_store.install(conn, step, triggers=True)
+        out.print(f"  {step.relation}: an incremental summary, with its invalidation triggers")
 
 
 async def backfill(simulator: ApesSimulator, days: int, out: Console) -> None:
@@ -508,8 +552,8 @@ async def run_demo(
     from pipectl.agent.service import Agent
 
     admin_dsn, redis_url = servers.postgres.dsn(), servers.valkey.url
-    dsn = await prepare_database(admin_dsn, out)
-    loaded = demo_config(dsn, redis_url, options.pace)
+    dsn = await prepare_database(admin_dsn, out, incremental=options.incremental)
+    loaded = demo_config(dsn, redis_url, options.pace, incremental=options.incremental)
     simulator = ApesSimulator(dsn, redis_url, seed=options.seed)
     await simulator.setup()
     interactive = open_console is not None and not options.headless

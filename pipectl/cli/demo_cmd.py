@@ -85,6 +85,13 @@ def register(subparsers: Any) -> None:
         help=f"APES activity at N times a weekday peak, steadily, with the preset's thresholds "
         f"scaled to it (default {PACE}, 1-100)",
     )
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="both summaries as the preset's incremental steps (per-bucket partial aggregates,"
+        " invalidation triggers on their sources) instead of materialized views; a later run"
+        " without it puts the views back",
+    )
     parser.add_argument("--json", action="store_true", help="with --headless: status as JSON")
     parser.add_argument(
         "--print-env",
@@ -145,6 +152,7 @@ async def demo(args: argparse.Namespace) -> int:
         read_only=args.read_only,
         warmup=args.warmup,
         pace=args.pace,
+        incremental=args.incremental,
     )
     out = console(stderr=args.json)
     servers = EmbeddedServers(options.state_dir)

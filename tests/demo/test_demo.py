@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import psutil
@@ -74,6 +75,58 @@ def test_headless_demo_refreshes_checks_and_reports(tmp_path: Path) -> None:
     assert report["check_results"] >= 10
     assert [a["name"] for a in report["agents"]] == ["demo-agent"]
     assert "backfilling" in result.stderr or "rows of 3-day history" in result.stderr
+    assert _servers_under(state) == [], "no server may outlive the demo"
+
+
+def _headless(state: Path, seconds: int, *extra: str) -> tuple[dict[str, Any], str]:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipectl",
+            "demo",
+            "--headless",
+            "--duration",
+            str(seconds),
+            "--backfill-days",
+            "1",
+            "--seed",
+            "7",
+            "--state-dir",
+            str(state),
+            "--json",
+            *extra,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout), result.stderr
+
+
+def test_incremental_demo_refreshes_both_summaries_and_goes_back(tmp_path: Path) -> None:
+    """`--incremental`: both summaries are the preset's incremental steps, installed with
+    their triggers, refreshed and gated by the agent; the next run without it puts the
+    materialized views back and refreshes them."""
+    state = tmp_path / "state"
+    report, err = _headless(state, 25, "--incremental")
+    for summary in ("rule_effectiveness_summary", "user_satisfaction_summary"):
+        assert f"public.{summary}: an incremental summary, with its invalidation triggers" in err
+    runs = report["runs"]
+    for summary in ("rule_effectiveness_summary", "user_satisfaction_summary"):
+        assert runs[summary]["succeeded"] >= 1, runs
+        step = next(s for s in report["steps"] if s["name"] == summary)
+        assert step["status"] in ("ok", "running"), step  # running: caught mid-refresh
+    first = runs["rule_effectiveness_summary"]
+
+    report, err = _headless(state, 15)
+    assert "public.rule_effectiveness_summary: back to a materialized view" in err
+    again = report["runs"]["rule_effectiveness_summary"]
+    assert again["succeeded"] > first["succeeded"], (first, again)
+    step = next(s for s in report["steps"] if s["name"] == "rule_effectiveness_summary")
+    assert step["status"] in ("ok", "running"), step
     assert _servers_under(state) == [], "no server may outlive the demo"
 
 

@@ -352,14 +352,33 @@ async def _audit(conn: Conn, step: StepConfig, relation: Relation) -> Audit:
     else:
         raise AuditError(f"{step.name} kept publishing while it was audited; try again")
     audited_at: datetime = found["audited_at"]
-    newer = await _newer_rows(conn, step, recompute.reference_at)
+    return _compared(
+        step,
+        relation,
+        columns,
+        found,
+        elapsed,
+        reference_at=recompute.reference_at or audited_at,
+        published_at=recompute.published_at,
+        type_mismatches=mismatches,
+        newer_rows=await _newer_rows(conn, step, recompute.reference_at),
+    )
+
+
+def _compared(
+    step: StepConfig,
+    relation: Relation,
+    columns: Sequence[Column],
+    found: asyncpg.Record,
+    elapsed_ms: float,
+    **rest: Any,
+) -> Audit:
+    """An Audit from the comparison's row (`comparison_sql`) and what it stood on (`rest`)."""
     return Audit(
         step=step.name,
         kind=step.kind,
         relation=str(relation),
-        audited_at=audited_at,
-        reference_at=recompute.reference_at or audited_at,
-        published_at=recompute.published_at,
+        audited_at=found["audited_at"],
         summary_rows=found["summary_rows"],
         recompute_rows=found["recompute_rows"],
         only_in_summary=found["only_in_summary"],
@@ -368,9 +387,8 @@ async def _audit(conn: Conn, step: StepConfig, relation: Relation) -> Audit:
         examples_recompute=_rows_of(found["examples_recompute"]),
         columns=tuple(c.name for c in columns),
         rounded=tuple(c.name for c in columns if c.rounded),
-        type_mismatches=mismatches,
-        elapsed_ms=round(elapsed, 3),
-        newer_rows=newer,
+        elapsed_ms=round(elapsed_ms, 3),
+        **rest,
     )
 
 
@@ -389,22 +407,14 @@ async def _audit_state(conn: Conn, step: StepConfig, relation: Relation) -> Audi
     )
     elapsed = (time.perf_counter() - began) * 1000
     assert found is not None
-    return Audit(
-        step=step.name,
-        kind=step.kind,
-        relation=str(relation),
-        audited_at=found["audited_at"],
+    return _compared(
+        step,
+        relation,
+        columns,
+        found,
+        elapsed,
         reference_at=found["audited_at"],
         published_at=await incremental_store.published_at(conn, step),
-        summary_rows=found["summary_rows"],
-        recompute_rows=found["recompute_rows"],
-        only_in_summary=found["only_in_summary"],
-        only_in_recompute=found["only_in_recompute"],
-        examples_summary=_rows_of(found["examples_summary"]),
-        examples_recompute=_rows_of(found["examples_recompute"]),
-        columns=tuple(c.name for c in columns),
-        rounded=tuple(c.name for c in columns if c.rounded),
-        elapsed_ms=round(elapsed, 3),
         basis="state",
     )
 

@@ -54,7 +54,8 @@ def agent_config(incremental: bool) -> str:
     text = PRESET.read_text().replace(
         'metrics_address = "127.0.0.1:10144"', 'metrics_address = "127.0.0.1:0"'
     )
-    text = text.replace("[[steps]]\n", "[[steps]]\nenabled = false\n")
+    # Only real [[steps]] headers: the preset also has commented-out ones ("# [[steps]]").
+    text = re.sub(r"(?m)^\[\[steps\]\]\n", "[[steps]]\nenabled = false\n", text)
     flag = f"incremental = {'true' if incremental else 'false'}"
     text, found = re.subn(r"^incremental = (true|false)$", flag, text, count=1, flags=re.M)
     if not found:

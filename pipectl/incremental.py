@@ -30,6 +30,24 @@ REFERENCE = "$1::timestamptz"
 
 _VARIANCE = ("stddev", "stddev_samp", "stddev_pop", "variance", "var_samp", "var_pop")
 _DISTINCT = ("count_distinct", "array_distinct")
+_FLOAT_TYPES = ("double precision", "real")
+Floats = frozenset[int]
+"""Indices of the aggregates kept as float8 partials (see `float_aggregates`)."""
+
+
+def float_aggregates(inc: IncrementalConfig, types: Sequence[str]) -> Floats:
+    """The sum, avg and variance aggregates whose result (the published column's type, in
+    `types`: keys first) is a float: their input is a float, and PostgreSQL computes them in
+    float8 arithmetic, so their partials are float8 too: count, sum and, for a variance, the
+    sum of squared deviations from the bucket's mean (M2, from var_pop: stable, unlike a sum
+    of squares). Integer and numeric inputs keep exact numeric partials. float8 arithmetic
+    is what made a refresh 4x cheaper per row than numeric (bench/FINDINGS.md)."""
+    offset = len(inc.keys)
+    return frozenset(
+        i
+        for i, agg in enumerate(inc.aggregates)
+        if (agg.fn in ("sum", "avg") or agg.fn in _VARIANCE) and types[offset + i] in _FLOAT_TYPES
+    )
 
 
 def config_of(step: StepConfig) -> IncrementalConfig:
@@ -194,9 +212,9 @@ class StateColumn:
     expr: str  # over a raw row (alias src) inside GROUP BY bucket, keys
 
 
-def state_columns(inc: IncrementalConfig) -> list[StateColumn]:
+def state_columns(inc: IncrementalConfig, floats: Floats = frozenset()) -> list[StateColumn]:
     """The per-(bucket, keys) partial state of each aggregate (distinct sets excluded: they
-    are `_s{i}_d`, built apart)."""
+    are `_s{i}_d`, built apart); `floats` (float_aggregates) are kept in float8."""
     cols: list[StateColumn] = []
     for i, agg in enumerate(inc.aggregates):
         p = f"_s{i}"
@@ -208,6 +226,15 @@ def state_columns(inc: IncrementalConfig) -> list[StateColumn]:
             cols.append(
                 StateColumn(f"{p}_n", f"count(*) FILTER (WHERE {_condition(agg.where, 'src.')})")
             )
+        elif i in floats:
+            value = f"({_input(agg, 'src.')})::float8"
+            cols.append(StateColumn(f"{p}_c", f"count({value})"))
+            cols.append(StateColumn(f"{p}_s", f"sum({value})"))
+            if agg.fn in _VARIANCE:
+                # M2 = var_pop * n: PostgreSQL's own stable float8 accumulation per bucket.
+                cols.append(
+                    StateColumn(f"{p}_q", f"coalesce(var_pop({value}) * count({value}), 0)")
+                )
         elif agg.fn in ("sum", "avg") or agg.fn in _VARIANCE:
             value = f"src._n{i}"  # (input)::numeric, converted once per row in `rows`
             cols.append(StateColumn(f"{p}_c", f"count({value})"))
@@ -220,7 +247,11 @@ def state_columns(inc: IncrementalConfig) -> list[StateColumn]:
 
 
 def state_select(
-    inc: IncrementalConfig, where: str, arrived_from: str, open_from: str | None = None
+    inc: IncrementalConfig,
+    where: str,
+    arrived_from: str,
+    open_from: str | None = None,
+    floats: Floats = frozenset(),
 ) -> str:
     """Bucket states of the raw rows matching `where` (over alias src): columns _bucket,
     _k0.., the state columns, _s{i}_d for distinct sets, _rows (rows read), _open (the rows
@@ -238,11 +269,11 @@ def state_select(
     items += [
         f"({_input(agg, 'src.')})::numeric AS _n{i}"
         for i, agg in enumerate(inc.aggregates)
-        if agg.fn in ("sum", "avg") or agg.fn in _VARIANCE
+        if (agg.fn in ("sum", "avg") or agg.fn in _VARIANCE) and i not in floats
     ]
     rows = f"SELECT {', '.join(items)} FROM {inc.source.sql} AS src WHERE {where}"
     group = ", ".join(["_bucket", "_open", *keys])
-    states = [f"{c.expr} AS {c.name}" for c in state_columns(inc)]
+    states = [f"{c.expr} AS {c.name}" for c in state_columns(inc, floats)]
     main = (
         f"SELECT {group}, {', '.join([*states, 'count(*) AS _rows'])}, "
         f"count(*) FILTER (WHERE {time} >= {arrived_from}) AS _arrived "
@@ -276,7 +307,9 @@ def stored_columns(inc: IncrementalConfig) -> list[str]:
     return [*cols, "_rows", "_open"]
 
 
-def compact_sql(inc: IncrementalConfig, state_table: str, since: str) -> str:
+def compact_sql(
+    inc: IncrementalConfig, state_table: str, since: str, floats: Floats = frozenset()
+) -> str:
     """Merge the sealed state rows of each (bucket, keys) from bucket `since` on into one:
     every refresh seals the part of a bucket it read up to its next re-read point, so a
     bucket being filled gathers a row per refresh. Merging states is exact (counts and sums
@@ -285,22 +318,15 @@ def compact_sql(inc: IncrementalConfig, state_table: str, since: str) -> str:
     nkeys = len(inc.keys)
     keys = _keys(nkeys)
     group = ", ".join(["_bucket", *keys])
-    merges = []
-    for c in state_columns(inc):
-        fn = next(a.fn for i, a in enumerate(inc.aggregates) if c.name.startswith(f"_s{i}_"))
-        merged_value = f"{fn}({c.name})" if c.name.endswith("_m") else _merge(c.name)
-        merges.append(f"{merged_value} AS {c.name}")
-    merged = (
-        f"SELECT {group}, {', '.join(merges)}, sum(_rows)::bigint AS _rows "
-        f"FROM victims GROUP BY {group}"
-    )
+    source, merges = _merged_states(inc, floats, "victims", ["_bucket", *keys])
+    merged = f"SELECT {group}, {merges}, sum(_rows)::bigint AS _rows FROM {source} GROUP BY {group}"
     ctes = [
         f"victims AS (DELETE FROM {state_table} WHERE NOT _open AND _bucket >= {since} "
         "RETURNING *)",
         f"merged AS ({merged})",
     ]
     out = [f"merged.{c}" for c in ["_bucket", *keys]]
-    out += [f"merged.{c.name}" for c in state_columns(inc)]
+    out += [f"merged.{c.name}" for c in state_columns(inc, floats)]
     joins = []
     for i, agg in enumerate(inc.aggregates):
         if agg.fn not in _DISTINCT:
@@ -321,9 +347,15 @@ def compact_sql(inc: IncrementalConfig, state_table: str, since: str) -> str:
     )
 
 
-def _final(agg: IncrementalAggregate, i: int) -> str:
+def _final(agg: IncrementalAggregate, i: int, floats: Floats) -> str:
     """The aggregate's value from the merged states (columns of `merged`)."""
     p = f"merged._s{i}"
+    if i in floats and agg.fn in _VARIANCE:  # _q is M2, the squared deviations' sum
+        if agg.fn in ("var_pop", "stddev_pop"):
+            value = f"CASE WHEN {p}_c > 0 THEN {p}_q / {p}_c END"
+        else:
+            value = f"CASE WHEN {p}_c > 1 THEN {p}_q / ({p}_c - 1) END"
+        return f"sqrt({value})" if agg.fn.startswith("stddev") else value
     if agg.fn in ("count", "count_if"):
         return f"{p}_n"
     if agg.fn == "sum":
@@ -348,7 +380,42 @@ def _merge(name: str) -> str:
     kind = name.rsplit("_", 1)[1]
     if kind == "m":
         raise AssertionError("min/max merge by their function")
-    return f"sum({name})" if kind != "n" else f"sum({name})::bigint"
+    return f"sum({name})::bigint" if kind in ("n", "c") else f"sum({name})"
+
+
+def _merged_states(
+    inc: IncrementalConfig, floats: Floats, source: str, group: Sequence[str]
+) -> tuple[str, str]:
+    """(a FROM item over `source` (a CTE of state rows), the merge expressions of every state
+    column) for a GROUP BY `group`. Counts and sums add, min/max compare; the M2 of a float
+    variance merges as sum(M2_i + n_i * (mean_i - mean)^2), `mean` the group's, which the FROM
+    item adds as a window over `group` (Chan's combination: no cancellation)."""
+    merges = []
+    means = []
+    for i, agg in enumerate(inc.aggregates):
+        for c in state_columns(inc, floats):
+            if not c.name.startswith(f"_s{i}_"):
+                continue
+            if c.name.endswith("_m"):
+                merges.append(f"{agg.fn}({c.name}) AS {c.name}")
+            elif c.name.endswith("_q") and i in floats:
+                p = f"_s{i}"
+                means.append(f"sum({p}_s) OVER w / NULLIF(sum({p}_c) OVER w, 0) AS {p}_mean")
+                deviation = (
+                    f"CASE WHEN {p}_c > 0 THEN {p}_c * power({p}_s / {p}_c - {p}_mean, 2)"
+                    " ELSE 0 END"
+                )
+                merges.append(f"sum({p}_q + {deviation}) AS {c.name}")
+            else:
+                merges.append(f"{_merge(c.name)} AS {c.name}")
+    if not means:
+        return source, ", ".join(merges)
+    window = ", ".join(group)
+    item = (
+        f"(SELECT *, {', '.join(means)} FROM {source}"
+        f" WINDOW w AS (PARTITION BY {window})) AS {source}"
+    )
+    return item, ", ".join(merges)
 
 
 def publish_select(
@@ -359,20 +426,16 @@ def publish_select(
     partial bucket), cast to the published table's column `types`."""
     nkeys = len(inc.keys)
     keys = _keys(nkeys)
-    cols = [c.name for c in state_columns(inc)]
+    floats = float_aggregates(inc, types)
+    cols = [c.name for c in state_columns(inc, floats)]
     dsets = [f"_s{i}_d" for i, a in enumerate(inc.aggregates) if a.fn in _DISTINCT]
     part_cols = ", ".join([*keys, *cols, *dsets])
     parts = (
         f"SELECT {part_cols} FROM {state_table} WHERE _bucket >= {edge_end} "
         f"UNION ALL SELECT {part_cols} FROM ({edge_rows}) AS edge"
     )
-    merges = []
-    for i, agg in enumerate(inc.aggregates):
-        for c in cols:
-            if not c.startswith(f"_s{i}_"):
-                continue
-            merges.append(f"{agg.fn}({c}) AS {c}" if c.endswith("_m") else f"{_merge(c)} AS {c}")
-    merged = f"SELECT {', '.join([*keys, *merges])} FROM parts GROUP BY {', '.join(keys)}"
+    source, merges = _merged_states(inc, floats, "parts", keys)
+    merged = f"SELECT {', '.join(keys)}, {merges} FROM {source} GROUP BY {', '.join(keys)}"
     ctes = [f"parts AS MATERIALIZED ({parts})", f"merged AS ({merged})"]
     joins = []
     for i, agg in enumerate(inc.aggregates):
@@ -386,7 +449,9 @@ def publish_select(
         )
         joins.append(f"LEFT JOIN m{i} ON {_joined(nkeys, 'merged', f'm{i}')}")
     names = output_columns_of(inc)
-    finals = [f"merged.{k}" for k in keys] + [_final(a, i) for i, a in enumerate(inc.aggregates)]
+    finals = [f"merged.{k}" for k in keys] + [
+        _final(a, i, floats) for i, a in enumerate(inc.aggregates)
+    ]
     out = [
         f"({expr})::{typ} AS {quote_ident(name)}"
         for expr, typ, name in zip(finals, types, names, strict=True)

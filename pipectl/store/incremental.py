@@ -195,9 +195,10 @@ async def install(conn: Conn, step: StepConfig, *, triggers: bool) -> list[str]:
         old = Relation(STATE_SCHEMA, registered["state_table"])
         await conn.execute(f"DROP TABLE IF EXISTS {old.sql}")
     columns = ", ".join(sql.stored_columns(inc))
+    floats = sql.float_aggregates(inc, await _published_types(conn, step))
     await conn.execute(
         f"CREATE TABLE {state.sql} AS SELECT {columns} FROM "
-        f"({sql.state_select(inc, 'false', 'NULL')}) AS s WITH NO DATA"
+        f"({sql.state_select(inc, 'false', 'NULL', floats=floats)}) AS s WITH NO DATA"
     )
     await conn.execute(f"CREATE INDEX ON {state.sql} (_bucket)")
     if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'pipectl_agent'"):
@@ -511,11 +512,13 @@ async def refresh(
     args.append(bounds["arrived_from"])
     args.append(next_reread)
     columns = ", ".join(sql.stored_columns(inc))
+    floats = sql.float_aggregates(inc, types)
     recompute = sql.state_select(
         inc,
         f"{time} >= $1{cast} AND ({' OR '.join(raw)})",
         f"COALESCE(${arrived}{cast}, '-infinity')",
         open_from=f"${arrived + 1}{cast}",
+        floats=floats,
     )
     counts = await conn.fetchrow(
         f"""
@@ -530,12 +533,15 @@ async def refresh(
     )
     assert counts is not None
     await conn.execute(
-        sql.compact_sql(inc, state, f"date_trunc('{inc.bucket}', $1{cast})"),
+        sql.compact_sql(inc, state, f"date_trunc('{inc.bucket}', $1{cast})", floats),
         reread,
         timeout=within,
     )
     edge = sql.state_select(
-        inc, f"{time} >= $2{cast} AND {time} < $1{cast}", f"COALESCE($3{cast}, '-infinity')"
+        inc,
+        f"{time} >= $2{cast} AND {time} < $1{cast}",
+        f"COALESCE($3{cast}, '-infinity')",
+        floats=floats,
     )
     summary = sql.publish_select(inc, state, f"$1{cast}", "SELECT * FROM edge", types)
     await conn.execute("SELECT set_config('extra_float_digits', '1', true)", timeout=within)
@@ -633,14 +639,19 @@ async def replay_sql(conn: Conn, step: StepConfig) -> str:
     types = await _published_types(conn, step)
     time = f"src.{quote_ident(inc.time_column)}"
     columns = ", ".join(sql.stored_columns(inc))
+    floats = sql.float_aggregates(inc, types)
     fresh = sql.state_select(
         inc,
         f"{time} >= (SELECT edge_end FROM e) AND ({time} >= (SELECT reread FROM e)"
         f" OR EXISTS (SELECT 1 FROM inv WHERE {time} >= inv.lo AND {time} < inv.hi))",
         "'-infinity'",
+        floats=floats,
     )
     edge = sql.state_select(
-        inc, f"{time} >= (SELECT ws FROM e) AND {time} < (SELECT edge_end FROM e)", "'-infinity'"
+        inc,
+        f"{time} >= (SELECT ws FROM e) AND {time} < (SELECT edge_end FROM e)",
+        "'-infinity'",
+        floats=floats,
     )
     publish = sql.publish_select(
         inc,

@@ -1,8 +1,9 @@
 """Incremental summaries: the SQL of a `kind = "incremental"` step.
 
 A summary over a sliding window of a source table (`time_column >= now() - window`, grouped by
-keys) is kept as per-bucket partial aggregates (count, exact numeric sums and sums of squares,
-min, max, arrays of distinct values) in a state table, and published from them: the buckets
+keys) is kept as per-bucket partial aggregates (count; exact numeric sums and sums of squares of
+integer and numeric inputs, float8 sums and M2 of float inputs; min, max, arrays of distinct
+values) in a state table, and published from them: the buckets
 fully inside the window from the state, the window's oldest (partial) bucket from raw rows.
 
 This module only writes SQL text (no connection, no pipectl schema): `defining_query` is the

@@ -236,7 +236,13 @@ def state_columns(inc: IncrementalConfig, floats: Floats = frozenset()) -> list[
                 cols.append(
                     StateColumn(f"{p}_q", f"coalesce(var_pop({value}) * count({value}), 0)")
                 )
-        elif agg.fn in ("sum", "avg") or agg.fn in _VARIANCE:
+        elif agg.fn in ("sum", "avg"):
+            # Integer and numeric inputs: PostgreSQL's own sum (bigint of int2/int4, numeric
+            # of int8/numeric): exact, and no numeric conversion of every row.
+            value = _input(agg, "src.")
+            cols.append(StateColumn(f"{p}_c", f"count({value})"))
+            cols.append(StateColumn(f"{p}_s", f"sum({value})"))
+        elif agg.fn in _VARIANCE:
             value = f"src._n{i}"  # (input)::numeric, converted once per row in `rows`
             cols.append(StateColumn(f"{p}_c", f"count({value})"))
             cols.append(StateColumn(f"{p}_s", f"sum({value})"))
@@ -270,22 +276,37 @@ def state_select(
     items += [
         f"({_input(agg, 'src.')})::numeric AS _n{i}"
         for i, agg in enumerate(inc.aggregates)
-        if (agg.fn in ("sum", "avg") or agg.fn in _VARIANCE) and i not in floats
+        if agg.fn in _VARIANCE and i not in floats
     ]
     rows = f"SELECT {', '.join(items)} FROM {inc.source.sql} AS src WHERE {where}"
     group = ", ".join(["_bucket", "_open", *keys])
     states = [f"{c.expr} AS {c.name}" for c in state_columns(inc, floats)]
+    # Distinct sets of a plain column in the same pass; those of a JSON array's elements need
+    # the rows again (one row per element), from the materialized `rows`.
+    states += [
+        f"array_agg(DISTINCT src.{quote_ident(agg.column)}) FILTER (WHERE"
+        f" src.{quote_ident(agg.column)} IS NOT NULL) AS _s{i}_d"
+        for i, agg in enumerate(inc.aggregates)
+        if agg.fn in _DISTINCT and agg.element_key is None and agg.column is not None
+    ]
+    elements = [
+        i for i, a in enumerate(inc.aggregates) if a.fn in _DISTINCT and a.element_key is not None
+    ]
     main = (
         f"SELECT {group}, {', '.join([*states, 'count(*) AS _rows'])}, "
         f"count(*) FILTER (WHERE {time} >= {arrived_from}) AS _arrived "
         f"FROM rows AS src GROUP BY {group}"
     )
-    ctes = [f"rows AS MATERIALIZED ({rows})", f"main AS ({main})"]
+    materialized = "MATERIALIZED " if elements else ""
+    ctes = [f"rows AS {materialized}({rows})", f"main AS ({main})"]
     out = [f"main.{c}" for c in ["_bucket", *keys]]
-    out += [f"main.{c.name}" for c in state_columns(inc)]
+    out += [f"main.{c.name}" for c in state_columns(inc, floats)]
     joins = []
     for i, agg in enumerate(inc.aggregates):
         if agg.fn not in _DISTINCT:
+            continue
+        if i not in elements:
+            out.append(f"COALESCE(main._s{i}_d, '{{}}') AS _s{i}_d")
             continue
         ctes.append(
             f"d{i} AS (SELECT rows._bucket, rows._open, {', '.join(_keys(nkeys, 'rows.'))}, "
@@ -362,7 +383,8 @@ def _final(agg: IncrementalAggregate, i: int, floats: Floats) -> str:
     if agg.fn == "sum":
         return f"CASE WHEN {p}_c > 0 THEN {p}_s END"
     if agg.fn == "avg":
-        return f"{p}_s / NULLIF({p}_c, 0)"
+        total = f"{p}_s" if i in floats else f"{p}_s::numeric"  # a bigint sum: no int division
+        return f"{total} / NULLIF({p}_c, 0)"
     if agg.fn in ("min", "max"):
         return f"{p}_m"
     if agg.fn == "count_distinct":

@@ -34,6 +34,7 @@ now" and step gates read the window whole.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections import Counter
@@ -430,16 +431,7 @@ class WindowCache:
     ) -> CheckResult:
         mine = totals[1:]
         rows = int(totals[0] or 0)
-        sub: Context[Any] = Context(
-            check=check,
-            config=ctx.config,
-            conn=ctx.conn,
-            now=ctx.now,
-            source=ctx.source,
-            catalog=ctx.catalog,
-            timeout=ctx.timeout,
-            redis=ctx.redis,
-        )
+        sub: Context[Any] = dataclasses.replace(ctx, check=check)
         if isinstance(check, quality.QualityCheck):
             if check.rule.type == "references":
                 violations = await _missing_references(ctx.conn, check, table, mine[0])

@@ -347,7 +347,7 @@ async def _audit(conn: Conn, step: StepConfig, relation: Relation) -> Audit:
         # outside REPEATABLE READ) would pair one content with another's time: read again.
         if step.kind != "incremental":
             break
-        if await _published_at(conn, step) == recompute.published_at:
+        if await incremental_store.published_at(conn, step) == recompute.published_at:
             break
     else:
         raise AuditError(f"{step.name} kept publishing while it was audited; try again")
@@ -510,10 +510,6 @@ async def _incremental_recompute(conn: Conn, step: StepConfig) -> Recompute:
             f" {step.name}), then audit"
         )
     return Recompute(defining_query(step), (published,), published, published)
-
-
-async def _published_at(conn: Conn, step: StepConfig) -> datetime | None:
-    return await incremental_store.published_at(conn, step)
 
 
 def normalized(column: Column, source: str) -> str:

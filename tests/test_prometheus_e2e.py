@@ -12,11 +12,11 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -27,9 +27,11 @@ from pipectl.agent.http import MetricsServer
 from pipectl.simulator import ApesSimulator
 from tests.agent.conftest import running_agent
 from tests.helpers import wait_for
-from tests.test_observability import RULES, scrape, tool
+from tests.test_observability import RULES, tool
 
 pytestmark = pytest.mark.slow
+
+T = TypeVar("T")
 
 BODY = """
 [agent]
@@ -106,9 +108,20 @@ def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
     server.stop()
 
 
-def _api(port: int, path: str) -> Any:
+def _get(port: int, path: str) -> bytes:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-        return json.loads(response.read())
+        body: bytes = response.read()
+        return body
+
+
+async def _api(port: int, path: str) -> Any:
+    """Prometheus's HTTP API, asked from a thread: the agents under test share this event
+    loop, and a blocking call would stall their ticks and heartbeats for its duration."""
+    return json.loads(await asyncio.to_thread(_get, port, path))
+
+
+async def _scrape(port: int) -> str:
+    return (await asyncio.to_thread(_get, port, "/metrics")).decode()
 
 
 async def test_stalled_feed_raises_the_stale_data_alert(
@@ -140,7 +153,7 @@ async def test_stalled_feed_raises_the_stale_data_alert(
         await feeding
         await simulator.close()
     assert state in ("pending", "firing")
-    alerts = _api(port, "/api/v1/alerts")["data"]["alerts"]
+    alerts = (await _api(port, "/api/v1/alerts"))["data"]["alerts"]
     stale = next(a for a in alerts if a["labels"]["alertname"] == "PipectlDataStale")
     assert stale["labels"]["check"] == "user_feedback_freshness"
     assert stale["labels"]["severity"] == "critical"
@@ -159,6 +172,38 @@ def _quick_rules(directory: Path) -> Path:
     path = directory / "quick.rules.yml"
     path.write_text(yaml.safe_dump(rules))
     return path
+
+
+class Stages:
+    """The test's waits, each named and bounded, their sum well under pytest's timeout: a
+    slow stage fails with its name, its last value and what both sides showed then (the
+    waits once summed to 540 s, so a slow stage surfaced only as pytest's 300 s timeout)."""
+
+    def __init__(self, port: int, ports: list[int], budget: float = 240.0) -> None:
+        self.port = port
+        self.ports = ports
+        self.deadline = time.monotonic() + budget
+
+    async def wait(self, name: str, probe: Callable[[], Awaitable[T]], timeout: float) -> T:
+        timeout = min(timeout, self.deadline - time.monotonic())
+        try:
+            return await wait_for(probe, timeout=timeout, interval=0.2)
+        except AssertionError as exc:
+            try:
+                seen = await self._seen()
+            except OSError as error:  # a server down is itself the finding
+                seen = f"could not read the servers: {error}"
+            raise AssertionError(f"stage {name!r}: {exc}\n{seen}") from None
+
+    async def _seen(self) -> str:
+        exports = [
+            [line for line in (await _scrape(p)).splitlines() if "user_feedback" in line]
+            for p in self.ports
+        ]
+        query = urllib.parse.quote('pipectl_check_status{check="user_feedback_freshness"}')
+        series = (await _api(self.port, f"/api/v1/query?query={query}"))["data"]["result"]
+        alerts = (await _api(self.port, "/api/v1/alerts"))["data"]["alerts"]
+        return f"agents export {exports}; Prometheus has {series}; alerts {alerts}"
 
 
 async def test_two_agents_on_one_database_fire_and_resolve_the_alert(
@@ -186,26 +231,27 @@ async def test_two_agents_on_one_database_fire_and_resolve_the_alert(
                 servers.append(server)
             ports = [s.port for s in servers if s.port is not None]
             prometheus.start(*ports, rules=_quick_rules(tmp_path))
-            await wait_for(lambda: _targets_up(port, 2), timeout=60, interval=0.5)
-            await wait_for(lambda: _statuses(port, {0.0}), timeout=60, interval=0.5)
+            stages = Stages(port, ports)
+            await stages.wait("targets up", lambda: _targets_up(port, 2), 45)
+            await stages.wait("both ok", lambda: _statuses(port, {0.0}), 45)
             # A live feed raises nothing (the rules' evaluation may lag the query by a second,
             # after a start on a feed not yet flowing).
-            await wait_for(lambda: _resolved(port), timeout=30, interval=0.2)
+            await stages.wait("no alert on a live feed", lambda: _resolved(port), 30)
 
             faulted = time.monotonic()
             await simulator.inject("stall", table="user_feedback")  # until cleared
-            await wait_for(lambda: _all_export(ports, 2), timeout=90, interval=0.2)
+            await stages.wait("both export fail", lambda: _all_export(ports, 2), 45)
             both_export = time.monotonic() - faulted
             recorded_to_exported = await _since_first_fail(database)
-            firing = await wait_for(lambda: _alert(port, "firing"), timeout=90, interval=0.2)
+            firing = await stages.wait("firing", lambda: _alert(port, "firing"), 30)
             fired = time.monotonic() - faulted
-            await wait_for(lambda: _statuses(port, {2.0}, count=2), timeout=30, interval=0.5)
+            await stages.wait("both fail", lambda: _statuses(port, {2.0}, count=2), 20)
 
             cleared = time.monotonic()
             await simulator.clear("stall")
-            await wait_for(lambda: _all_export(ports, 0), timeout=90, interval=0.2)
+            await stages.wait("both export ok", lambda: _all_export(ports, 0), 45)
             both_clear = time.monotonic() - cleared
-            await wait_for(lambda: _resolved(port), timeout=90, interval=0.2)
+            await stages.wait("resolved", lambda: _resolved(port), 30)
             resolved = time.monotonic() - cleared
     finally:
         for server in servers:
@@ -230,7 +276,7 @@ async def test_two_agents_on_one_database_fire_and_resolve_the_alert(
 
 async def _targets_up(port: int, count: int) -> bool:
     try:
-        targets = _api(port, "/api/v1/targets")["data"]["activeTargets"]
+        targets = (await _api(port, "/api/v1/targets"))["data"]["activeTargets"]
     except OSError:
         return False
     return sum(t["health"] == "up" for t in targets) == count
@@ -239,18 +285,19 @@ async def _targets_up(port: int, count: int) -> bool:
 async def _statuses(port: int, values: set[float], count: int = 2) -> bool:
     """Prometheus has `count` series of the check's status, all with one of `values`."""
     query = urllib.parse.quote('pipectl_check_status{check="user_feedback_freshness"}')
-    result = _api(port, f"/api/v1/query?query={query}")["data"]["result"]
+    result = (await _api(port, f"/api/v1/query?query={query}"))["data"]["result"]
     return len(result) == count and all(float(r["value"][1]) in values for r in result)
 
 
 async def _all_export(ports: list[int], status: int) -> bool:
     """Every agent's /metrics shows the check with `status`."""
     line = f'pipectl_check_status{{check="user_feedback_freshness",kind="freshness"}} {status}.0'
-    return all(line in scrape(p) for p in ports)
+    bodies = [await _scrape(p) for p in ports]
+    return all(line in body for body in bodies)
 
 
 async def _alert(port: int, state: str | None = None) -> dict[str, Any] | None:
-    alerts = _api(port, "/api/v1/alerts")["data"]["alerts"]
+    alerts = (await _api(port, "/api/v1/alerts"))["data"]["alerts"]
     found = [a for a in alerts if a["labels"]["alertname"] == "PipectlDataStale"]
     assert len(found) <= 1, f"one alert for one check, not one per agent: {found}"
     if found and (state is None or found[0]["state"] == state):
@@ -289,7 +336,7 @@ async def _agents_that_ran(dsn: str) -> int:
 
 async def _target_up(port: int) -> bool:
     try:
-        targets = _api(port, "/api/v1/targets")["data"]["activeTargets"]
+        targets = (await _api(port, "/api/v1/targets"))["data"]["activeTargets"]
     except OSError:
         return False
     return any(t["health"] == "up" for t in targets)
@@ -297,12 +344,12 @@ async def _target_up(port: int) -> bool:
 
 async def _check_status(port: int, expected: int) -> bool:
     query = "pipectl_check_status%7Bcheck%3D%22user_feedback_freshness%22%7D"
-    result = _api(port, f"/api/v1/query?query={query}")["data"]["result"]
+    result = (await _api(port, f"/api/v1/query?query={query}"))["data"]["result"]
     return bool(result) and float(result[0]["value"][1]) == expected
 
 
 async def _alert_state(port: int) -> str | None:
-    alerts = _api(port, "/api/v1/alerts")["data"]["alerts"]
+    alerts = (await _api(port, "/api/v1/alerts"))["data"]["alerts"]
     for alert in alerts:
         if alert["labels"]["alertname"] == "PipectlDataStale":
             return str(alert["state"])

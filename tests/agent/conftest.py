@@ -63,7 +63,12 @@ async def running_agent(
         await agent.start()
         if serve:
             task = asyncio.create_task(agent.serve())
-            await agent.serving.wait()
+            serving = asyncio.create_task(agent.serving.wait())
+            # serve() failing before it serves raises here, rather than waiting for ever.
+            await asyncio.wait([task, serving], return_when=asyncio.FIRST_COMPLETED)
+            serving.cancel()
+            if task.done():
+                task.result()
             for _ in range(5):  # every loop reaches its first wait
                 await asyncio.sleep(0)
         yield agent

@@ -5,16 +5,20 @@ downstream steps do not run on it, and publish-anyway publishes it with the over
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from pipectl import store
+from pipectl.audit import audit_step, audit_transaction
 from pipectl.db import connect
 from pipectl.model import RequestKind
+from pipectl.presets import apes_incremental_steps_text
 from pipectl.request_args import PublishArgs, RerunArgs
 from pipectl.simulator import ApesSimulator
+from pipectl.store import incremental as incremental_store
 from tests.agent.conftest import running_agent
 from tests.helpers import make_config, wait_for
 from tests.test_cli_ops import cli
@@ -357,3 +361,43 @@ async def test_scheduled_downstream_is_skipped_while_its_upstream_is_held(
     assert skipped["error"].startswith("upstream up held (run ")
     assert skipped["error"].endswith("): gt_nulls: 1 of 1 rows have NULL in x")
     assert not await _has(db, "down", "succeeded")
+
+
+async def test_preset_gates_hold_the_incremental_summary_when_the_demo_input_breaks(
+    database: str, db: asyncpg.Connection
+) -> None:
+    """`pipectl demo --incremental`'s summaries under the demo's broken_input fault: the
+    rows set aside reach the incremental refresh through its invalidation triggers, the
+    preset's gates hold the publication (summary and partial state as they were), and once
+    the rows are back the next refresh publishes exactly what the defining query gives."""
+    sim = ApesSimulator(database, None, seed=3)
+    await sim.setup()
+    await sim.backfill(2)
+    body = apes_incremental_steps_text()
+    step = "rule_effectiveness_summary"
+    steps = make_config(database, None, body).steps
+    async with db.transaction():
+        for summary in steps:  # as `pipectl db incremental --triggers` does
+            await incremental_store.install(db, summary, triggers=True)
+    config = next(s for s in steps if s.name == step)
+    try:
+        async with running_agent(database, body):
+            assert (await _rerun(db, step))["outcome"] == "succeeded"
+            before = await db.fetch(f"SELECT * FROM public.{step} ORDER BY 1")
+            assert len(before) > 6
+            await sim.inject("broken_input", keep=3)
+            assert (await _rerun(db, step))["outcome"] == "failed"
+            held = (await _runs(db, step))[-1]
+            assert held["status"] == "held"
+            assert held["error"].startswith(
+                f"held: {step} rows {len(before)} → 3, below 50 % of the previous content"
+            )
+            assert await db.fetch(f"SELECT * FROM public.{step} ORDER BY 1") == before
+            await sim.clear("broken_input")
+            assert (await _rerun(db, step))["outcome"] == "succeeded"
+            assert len(await db.fetch(f"SELECT * FROM public.{step}")) == len(before)
+            async with audit_transaction(db, timedelta(minutes=1)):
+                found = await audit_step(db, config)
+            assert (found.only_in_summary, found.only_in_recompute) == (0, 0), found
+    finally:
+        await sim.close()

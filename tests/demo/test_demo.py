@@ -38,30 +38,7 @@ def _servers_under(state: Path) -> list[psutil.Process]:
 
 def test_headless_demo_refreshes_checks_and_reports(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipectl",
-            "demo",
-            "--headless",
-            "--duration",
-            "25",
-            "--backfill-days",
-            "3",
-            "--seed",
-            "7",
-            "--state-dir",
-            str(state),
-            "--json",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
+    report, err = _headless(state, 25, backfill_days=3)
     steps = {s["name"]: s for s in report["steps"]}
     assert set(steps) == {"rule_effectiveness_summary", "user_satisfaction_summary"}
     assert report["runs"]["rule_effectiveness_summary"]["succeeded"] >= 1
@@ -74,11 +51,13 @@ def test_headless_demo_refreshes_checks_and_reports(tmp_path: Path) -> None:
     assert checks["rule_performance_freshness"]["value"] < 900  # warn_after: 15m
     assert report["check_results"] >= 10
     assert [a["name"] for a in report["agents"]] == ["demo-agent"]
-    assert "backfilling" in result.stderr or "rows of 3-day history" in result.stderr
+    assert "backfilling" in err or "rows of 3-day history" in err
     assert _servers_under(state) == [], "no server may outlive the demo"
 
 
-def _headless(state: Path, seconds: int, *extra: str) -> tuple[dict[str, Any], str]:
+def _headless(
+    state: Path, seconds: int, *extra: str, backfill_days: int = 1
+) -> tuple[dict[str, Any], str]:
     result = subprocess.run(
         [
             sys.executable,
@@ -89,7 +68,7 @@ def _headless(state: Path, seconds: int, *extra: str) -> tuple[dict[str, Any], s
             "--duration",
             str(seconds),
             "--backfill-days",
-            "1",
+            str(backfill_days),
             "--seed",
             "7",
             "--state-dir",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import subprocess
@@ -32,6 +33,8 @@ import asyncpg
 
 from bench.common import Database, Figure, Section, load_average, print_table, shared_servers
 from pipectl.simulator import ApesSimulator
+
+log = logging.getLogger(__name__)
 
 PRESET = Path(__file__).resolve().parent.parent / "config.example.toml"
 PACE = 20.0
@@ -153,68 +156,102 @@ tables scans the whole table, before and after alike."""
 async def run(
     minutes: float, warmup: float, pace: float = PACE, days: int = 2, as_shipped: bool = False
 ) -> Section:
-    """The three databases side by side for `minutes` (all dropped afterwards)."""
-    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+    """The three databases side by side for `minutes` (all dropped afterwards). Each phase
+    is logged (a slow one shows where it stood); cancelled at any point, it stops the
+    simulators and the agents, agents first, before it drops the databases."""
+    names = ("control", "before", "after")
+    marks: dict[str, list[Counts]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory() as tmp:
         async with contextlib.AsyncExitStack() as dbs:
-            names = ("control", "before", "after")
+            log.info("creating the databases")
             found = [await dbs.enter_async_context(Database.create()) for _ in names]
             db = dict(zip(names, found, strict=True))
             simulators = {
                 n: ApesSimulator(d.dsn, d.redis_url, seed=16, rate=pace, rhythm=False)
                 for n, d in db.items()
             }
+            log.info("setting up the simulators (%d days of history)", days)
             for simulator in simulators.values():
                 await simulator.setup()
                 if days:
                     await simulator.backfill(days)
             for d in db.values():
-                conn = await asyncpg.connect(d.dsn)
-                if not as_shipped:
-                    for index in INDEXES:
-                        await conn.execute(index)
-                await conn.execute("ANALYZE")
-                await conn.close()
-            stop = asyncio.Event()
-            tasks = [asyncio.create_task(s.run(stop)) for s in simulators.values()]
-            agents = {}
-            logs = Path(tmp)
-            for name, incremental in (("before", False), ("after", True)):
-                config = logs / f"{name}.toml"
-                config.write_text(agent_config(incremental))
-                env = {
-                    **os.environ,
-                    "PIPECTL_DATABASE_URL": db[name].dsn,
-                    "PIPECTL_REDIS_URL": db[name].redis_url,
-                }
-                log = stack.enter_context((logs / f"{name}.log").open("wb"))
-                agents[name] = subprocess.Popen(
-                    [sys.executable, "-m", "pipectl", "agent", "--config", str(config)],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=log,
-                )
-                stack.callback(_stop, agents[name])
-            marks: dict[str, list[Counts]] = {n: [] for n in names}
-            started = time.monotonic()
-            try:
-                for offset in (0.0, warmup * 60, minutes * 60):
-                    while (left := started + offset - time.monotonic()) > 0:
-                        await asyncio.sleep(min(left, 5.0))
-                        for name, process in agents.items():
-                            if process.poll() is not None:
-                                tail = (logs / f"{name}.log").read_text()[-2000:]
-                                raise RuntimeError(f"the {name} agent stopped:\n{tail}")
-                    for name in names:
-                        marks[name].append(await counts(db[name].dsn))
-            finally:
-                stop.set()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await _index_and_analyze(d.dsn, as_shipped)
+            with contextlib.ExitStack() as agents_stack:  # the agents stop before the drop
+                stop = asyncio.Event()
+                tasks = [asyncio.create_task(s.run(stop)) for s in simulators.values()]
+                try:
+                    agents = _start_agents(agents_stack, Path(tmp), db)
+                    await _mark(marks, db, agents, Path(tmp), warmup, minutes)
+                finally:
+                    log.info("stopping the simulators")
+                    stop.set()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                log.info("stopping the agents")
+            log.info("dropping the databases")
     noisy = simulator_read(marks, 0, 2)
     steady = sides(marks, 1, 2, noisy)
     whole = sides(marks, 0, 2, noisy)
     return _section(
         minutes, warmup, pace, days, as_shipped, noisy, steady, whole, per_table(marks, 1, 2)
     )
+
+
+async def _index_and_analyze(dsn: str, as_shipped: bool) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not as_shipped:
+            for index in INDEXES:
+                await conn.execute(index)
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
+def _start_agents(
+    stack: contextlib.ExitStack, logs: Path, db: dict[str, Database]
+) -> dict[str, subprocess.Popen[bytes]]:
+    agents = {}
+    for name, incremental in (("before", False), ("after", True)):
+        log.info("starting the %s agent", name)
+        config = logs / f"{name}.toml"
+        config.write_text(agent_config(incremental))
+        env = {
+            **os.environ,
+            "PIPECTL_DATABASE_URL": db[name].dsn,
+            "PIPECTL_REDIS_URL": db[name].redis_url,
+        }
+        output = stack.enter_context((logs / f"{name}.log").open("wb"))
+        agents[name] = subprocess.Popen(
+            [sys.executable, "-m", "pipectl", "agent", "--config", str(config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=output,
+        )
+        stack.callback(_stop, agents[name])
+    return agents
+
+
+async def _mark(
+    marks: dict[str, list[Counts]],
+    db: dict[str, Database],
+    agents: dict[str, subprocess.Popen[bytes]],
+    logs: Path,
+    warmup: float,
+    minutes: float,
+) -> None:
+    """Counts of every database at the start, after the warm-up and at the end."""
+    started = time.monotonic()
+    for offset in (0.0, warmup * 60, minutes * 60):
+        while (left := started + offset - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 5.0))
+            for name, process in agents.items():
+                if process.poll() is not None:
+                    tail = (logs / f"{name}.log").read_text()[-2000:]
+                    raise RuntimeError(f"the {name} agent stopped:\n{tail}")
+        log.info("counting rows read and written (mark at %.0f s)", offset)
+        for name in marks:
+            marks[name].append(await counts(db[name].dsn))
 
 
 def _ratio(value: float) -> str:

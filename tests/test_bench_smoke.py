@@ -5,7 +5,9 @@ Structure only, never timings (timing targets are figures in bench/RESULTS.md).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -224,13 +226,23 @@ async def test_cli_start_times_each_verb_beside_its_baselines(database: str) -> 
 
 
 async def test_read_amplification_runs_both_sides_beside_a_control(
-    pg_server: PgServer, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    pg_server: PgServer,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A few seconds of the simulator with an agent per side: the figures and the per-table
-    breakdown come out, on databases of their own (dropped afterwards)."""
+    breakdown come out, on databases of their own (dropped afterwards). Bounded below
+    pytest's timeout, so that a slow run is cancelled (its simulators and agents stopped)
+    and says which phase it was in, rather than leaking its tasks into the session."""
     monkeypatch.setenv("PIPECTL_BENCH_DSN", pg_server.dsn)
     monkeypatch.setenv("PIPECTL_BENCH_REDIS_URL", redis_url)
-    section = await read_amplification.run(0.4, 0.1, days=0)
+    caplog.set_level(logging.INFO, logger=read_amplification.log.name)
+    try:
+        section = await asyncio.wait_for(read_amplification.run(0.4, 0.1, days=0), 240)
+    except TimeoutError:
+        phases = [r.getMessage() for r in caplog.records if r.name == read_amplification.log.name]
+        pytest.fail(f"over 240 s (about 30 s on a quiet machine); its phases: {phases}")
     assert [(f.name, f.target) for f in section.figures] == [
         ("incremental checks, steady (rows read / row written)", "<= 2"),
         ("incremental checks, whole run from the agent's start", ""),

@@ -13,7 +13,8 @@ outside 0..1):
 
 For each shape, interleaved rounds of: the one-pass floor (one hand-written SELECT answering
 all six checks, duplicates by `count(DISTINCT key)`), pipectl in-process (bench.verification's
-`run_pipectl`: connect, publish, validate, probe, record), `pipectl check` as a process, Soda
+`run_pipectl`: connect, publish, validate, probe, record), `pipectl check` as a process (its
+bytecode cached, as an installed pipectl has it; once more without, for reference), Soda
 Core in-process and `soda contract verify` as a process (when soda-core is installed), and the
 duplicate probe alone, the plan before this change (a CTE read twice, then GROUP BY) against
 the plan chosen now. Every ratio is against a figure of the same round.
@@ -180,10 +181,25 @@ class ShapeSoda(Soda):
 # --- timed pieces --------------------------------------------------------------------------
 
 
-def timed_process(argv: list[str]) -> tuple[float, int]:
+def installed_env(folder: Path) -> dict[str, str]:
+    """The environment of a `pipectl` process as an installed pipectl runs: its modules'
+    bytecode cached (pip compiles on install; here in `folder`, outside the tree). This
+    machine's sessions set PYTHONDONTWRITEBYTECODE=1, with which an editable install compiles
+    every pipectl module again at each start (~0.2 s of CPU, bench/FINDINGS.md)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(folder / "pycache")
+    return env
+
+
+def uncached_env() -> dict[str, str]:
+    """As installed_env, without a bytecode cache: every module compiled at start."""
+    return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def timed_process(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
     """Wall time (ms) of a whole process, as the user waits for it, and its exit code."""
     started = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     elapsed = (time.perf_counter() - started) * 1000
     if done.returncode not in (0, 1, 2, 3) or "Traceback" in done.stderr:
         raise RuntimeError(f"{argv[0]} exited {done.returncode}: {done.stderr[-2000:]}")
@@ -290,10 +306,16 @@ async def full_shape(
     series = Series({})
     answers: dict[str, Any] = {}
     await timed_sql(dsn, floor_sql(shape))  # warm-up: pages read once, hint bits settled
+    installed = installed_env(folder)
+    await asyncio.to_thread(timed_process, pipectl_argv(path), installed)  # writes the bytecode
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("floor", lambda: timed_sql(dsn, floor_sql(shape))),
         ("pipectl in-process", lambda: run_pipectl(dsn, config)),
-        ("pipectl check", lambda: asyncio.to_thread(timed_process, pipectl_argv(path))),
+        ("pipectl check", lambda: asyncio.to_thread(timed_process, pipectl_argv(path), installed)),
+        (
+            "pipectl check, no bytecode cache",
+            lambda: asyncio.to_thread(timed_process, pipectl_argv(path), uncached_env()),
+        ),
         ("old duplicate probe", lambda: timed_sql(dsn, old_duplicate_sql(shape))),
         ("new duplicate probe", lambda: timed_sql(dsn, new_duplicate_sql(shape))),
     ]
@@ -332,6 +354,7 @@ async def full_shape(
     for name, target in (
         ("pipectl in-process", "<= 1.2x floor"),
         ("pipectl check", "<= 1.2x floor"),
+        ("pipectl check, no bytecode cache", ""),
         ("soda in-process", ""),
         ("soda contract verify", ""),
     ):
@@ -419,9 +442,9 @@ async def lookup_index_exists(conn: asyncpg.Connection) -> bool:
     )
 
 
-async def process(argv: list[str]) -> tuple[float, int]:
+async def process(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
     """timed_process in a thread, so the event loop stays free."""
-    return await asyncio.to_thread(timed_process, argv)
+    return await asyncio.to_thread(timed_process, argv, env)
 
 
 async def duplicate_probe_ms(dsn: str, window: timedelta, *, per_key: bool) -> float:
@@ -467,6 +490,7 @@ async def continuous(dsn: str, cycles: int, folder: Path, *, with_index: bool) -
         )
         indexed = True
     new_rows = max(1, rows // 100)
+    installed = installed_env(folder)
     soda = ShapeSoda(dsn, folder, shape) if soda_version() else None
     contract = soda.contract() if soda is not None else None
     argv_soda = soda_argv(soda, contract) if soda is not None and contract is not None else None
@@ -489,9 +513,11 @@ async def continuous(dsn: str, cycles: int, folder: Path, *, with_index: bool) -
             path.write_text(config_text(dsn, checks(shape, window)))
             help_argv = [*pipectl_argv(path)[:1], "--help"]
             model = config_model(dsn, checks(shape, window))
+            if cycle == 0:  # writes the bytecode cache
+                await process(pipectl_argv(path), installed)
             steps: list[tuple[str, Callable[[], Any]]] = [
-                ("pipectl check, new rows", partial(process, pipectl_argv(path))),
-                ("pipectl --help", partial(process, help_argv)),
+                ("pipectl check, new rows", partial(process, pipectl_argv(path), installed)),
+                ("pipectl --help", partial(process, help_argv, installed)),
                 ("pipectl in-process, new rows", partial(run_pipectl, dsn, model)),
                 (
                     "duplicate probe, per key",

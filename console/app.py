@@ -32,22 +32,45 @@ from pipectl.console.messages import (
     RequestRefused,
 )
 from pipectl.console.screens.base import DataScreen
-from pipectl.console.screens.cache import CacheScreen
-from pipectl.console.screens.checks import ChecksScreen
-from pipectl.console.screens.help import HelpScreen, scope_of
 from pipectl.console.screens.lineage import LineageScreen, lineage_subject
 from pipectl.console.screens.overview import OverviewScreen
-from pipectl.console.screens.requests import RequestsScreen
-from pipectl.console.screens.schema import SchemaScreen
-from pipectl.console.screens.timeline import TimelineScreen
 from pipectl.console.service import ConsoleService, NotConnected
 from pipectl.db import ConnectConfig
 from pipectl.safetext import CELL, visible
 
 if TYPE_CHECKING:
+    from pipectl.console.screens.schema import SchemaScreen
     from pipectl.telemetry import Telemetry
 
 Clock = Callable[[], datetime]
+
+
+# The screens the console does not open with are imported when first shown: the first data is
+# what the operator waits for (bench.cli_start, "console: first data").
+
+
+def _checks_screen() -> Screen[None]:
+    from pipectl.console.screens.checks import ChecksScreen
+
+    return ChecksScreen()
+
+
+def _cache_screen() -> Screen[None]:
+    from pipectl.console.screens.cache import CacheScreen
+
+    return CacheScreen()
+
+
+def _timeline_screen() -> Screen[None]:
+    from pipectl.console.screens.timeline import TimelineScreen
+
+    return TimelineScreen()
+
+
+def _requests_screen() -> Screen[None]:
+    from pipectl.console.screens.requests import RequestsScreen
+
+    return RequestsScreen()
 
 
 def utc_now() -> datetime:
@@ -61,10 +84,10 @@ class PipectlApp(App[None]):
     TITLE = "pipectl"
     MODES: ClassVar[dict[str, Callable[[], Screen[None]]]] = {  # type: ignore[assignment]
         "overview": OverviewScreen,
-        "checks": ChecksScreen,
-        "cache": CacheScreen,
-        "timeline": TimelineScreen,
-        "requests": RequestsScreen,
+        "checks": _checks_screen,
+        "cache": _cache_screen,
+        "timeline": _timeline_screen,
+        "requests": _requests_screen,
     }
     BINDINGS: ClassVar[list[BindingType]] = bindings(APP)  # type: ignore[assignment]
     COMMANDS = App.COMMANDS | {ActionCommands}
@@ -100,10 +123,13 @@ class PipectlApp(App[None]):
         self.set_reactive(PipectlApp.read_only, read_only)
         self.set_reactive(PipectlApp.connection, Connection(target=self.service.target))
 
-    def on_mount(self) -> None:
-        # Connecting (network waits) starts before the first screen is built (CPU), so the
-        # two overlap: the console's first data is what the operator waits for.
+    def on_load(self) -> None:
+        # Connecting (network waits) starts before the stylesheet is applied and the first
+        # screen is built (CPU), so the two overlap: the console's first data is what the
+        # operator waits for.
         self._supervise()
+
+    def on_mount(self) -> None:
         self.switch_mode("overview")
 
     def data_shown(self) -> None:
@@ -134,6 +160,8 @@ class PipectlApp(App[None]):
 
     def _show_schema_problem(self, link: Connection) -> None:
         if self._schema_screen is None:
+            from pipectl.console.screens.schema import SchemaScreen
+
             self._schema_screen = SchemaScreen(link.detail, link.target)
             self.push_screen(self._schema_screen)
         else:
@@ -258,6 +286,8 @@ class PipectlApp(App[None]):
         )
 
     def action_help(self) -> None:
+        from pipectl.console.screens.help import HelpScreen, scope_of
+
         screen = self.screen
         scope = scope_of(screen)
         self.push_screen(HelpScreen(self.registry, scope, scope.title()))

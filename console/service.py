@@ -22,7 +22,7 @@ from pipectl.console.messages import Connection, ConnectionChanged, DatabaseChan
 from pipectl.db import ConnectConfig, DatabaseUnavailable, connect, create_pool, describe_target
 from pipectl.listen import Listener
 from pipectl.migrate import MigrationError, ensure_current
-from pipectl.resilience import close_pool_quietly, describe, is_transient
+from pipectl.resilience import close_pool_quietly, close_quietly, describe, is_transient
 from pipectl.store.base import Conn
 from pipectl.store.console import can_file_requests
 
@@ -97,7 +97,7 @@ class ConsoleService:
             while True:
                 post(ConnectionChanged(Connection("connecting", self.target)))
                 try:
-                    connection = await self._open()
+                    connection, listening = await self._open()
                 except MigrationError as exc:
                     await self._close()
                     post(ConnectionChanged(Connection("schema", self.target, str(exc))))
@@ -114,7 +114,7 @@ class ConsoleService:
                     delay = min(delay * 2, self.backoff[1])
                     continue
                 delay = self.backoff[0]
-                ended = await self._listen(connection)
+                ended = await self._listen(connection, listening)
                 reason = self._lost_reason or ended
                 await self._close()
                 post(ConnectionChanged(Connection("lost", self.target, reason, retry_in=delay)))
@@ -122,33 +122,45 @@ class ConsoleService:
         finally:
             await self._close()
 
-    async def _open(self) -> Connection:
-        """The query pool, the schema and the role's privilege (the listener comes next)."""
+    async def _open(self) -> tuple[Connection, asyncpg.Connection]:
+        """The query pool, the schema and the role's privilege, and the listener's connection,
+        opened at the same time as the pool (its subscriptions come next)."""
         self._lost.clear()
         self._lost_reason = ""
-        self._pool = await create_pool(
-            self.config,
-            min_size=1,
-            max_size=2,
-            application_name=APPLICATION_NAME,
-            settings=SETTINGS,
-        )
-        async with self._pool.acquire() as conn:
-            await ensure_current(conn)
-            can_write = await can_file_requests(conn)
-            user = await conn.fetchval("SELECT session_user")
-        return Connection("connected", self.target, user=str(user), can_write=can_write)
+        listening = asyncio.ensure_future(connect(self.config, application_name=APPLICATION_NAME))
+        try:
+            self._pool = await create_pool(
+                self.config,
+                min_size=1,
+                max_size=2,
+                application_name=APPLICATION_NAME,
+                settings=SETTINGS,
+            )
+            async with self._pool.acquire() as conn:
+                await ensure_current(conn)
+                can_write = await can_file_requests(conn)
+                user = await conn.fetchval("SELECT session_user")
+            listener_conn = await listening
+        except BaseException:
+            await _discard(listening)
+            raise
+        connection = Connection("connected", self.target, user=str(user), can_write=can_write)
+        return connection, listener_conn
 
-    async def _listen(self, connection: Connection) -> str:
-        """One LISTEN session (pipectl.listen): reports `connection` once subscribed; returns
-        why it ended. A cheap keepalive notices a dead socket that no NOTIFY would reveal."""
+    async def _listen(self, connection: Connection, conn: asyncpg.Connection) -> str:
+        """One LISTEN session (pipectl.listen) on `conn`: reports `connection` once
+        subscribed; returns why it ended. A cheap keepalive notices a dead socket that no
+        NOTIFY would reveal."""
 
         async def connected(_conn: object) -> None:
             self._post(ConnectionChanged(connection))
 
+        async def opened() -> asyncpg.Connection:
+            return conn
+
         self._listener = Listener(
             "console listener",
-            lambda: connect(self.config, application_name=APPLICATION_NAME),
+            opened,
             {channel: self._on_notify for channel in CHANNELS},
             on_connected=connected,
             keepalive=self.keepalive,
@@ -194,6 +206,15 @@ class ConsoleService:
                 data = {"id": decoded}
         table = "requests" if channel == "pipectl_requests" else str(data.get("table", ""))
         self._post(DatabaseChanged(table, data))
+
+
+async def _discard(opening: asyncio.Future[asyncpg.Connection]) -> None:
+    """Cancel a connection still being opened, or close it if it was."""
+    if not opening.done():
+        opening.cancel()
+    with contextlib.suppress(BaseException):
+        conn = await opening
+        await close_quietly(conn)
 
 
 def _reason(exc: BaseException) -> str:

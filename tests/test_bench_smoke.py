@@ -87,6 +87,7 @@ async def test_shape_sections(database: str, tmp_path: Path) -> None:
         assert names[:3] == ["floor: one SELECT, count(DISTINCT key)", "pipectl in-process",
                              "pipectl check"]  # fmt: skip
         assert names[-1] == "duplicate probe alone, plan chosen now"
+        assert "pipectl check, no bytecode cache" in names
     cycles = await shapes.continuous(database, 1, tmp_path, with_index=True)
     assert cycles.figures[0].name == "pipectl check, new rows (process)"
     assert "made for the bench" in cycles.notes[0]

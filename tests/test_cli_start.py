@@ -301,3 +301,20 @@ def test_the_console_imports_no_pydantic_and_no_check_kind() -> None:
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert json.loads(done.stdout) == ["pipectl.configfile"]
+
+
+def test_the_console_imports_only_the_screen_it_opens_with() -> None:
+    """The Overview is the first screen; the others load when first shown (their switching
+    is tested in tests/console/test_screens.py)."""
+    probe = (
+        "import sys, json, pipectl.console.app\n"
+        "print(json.dumps(sorted(m for m in sys.modules"
+        " if m.startswith('pipectl.console.screens.'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    loaded = set(json.loads(done.stdout))
+    assert "pipectl.console.screens.overview" in loaded
+    later = {"checks", "cache", "timeline", "requests", "schema"}
+    assert not {f"pipectl.console.screens.{name}" for name in later} & loaded

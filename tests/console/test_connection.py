@@ -135,6 +135,33 @@ async def test_missing_schema_shows_what_to_run(empty_database: str) -> None:
         assert "schema" in link
 
 
+async def _console_connections(dsn: str) -> int:
+    admin = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = 'pipectl console' AND datname = current_database()"
+            )
+        )
+    finally:
+        await admin.close()
+
+
+async def test_a_schema_problem_leaves_no_connection_open(empty_database: str) -> None:
+    """The listener's connection is opened with the pool (both before the schema is checked):
+    when the schema is not usable, both are closed until the next try."""
+    app = console_app(empty_database)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.connection.state == "schema")
+        counts = [await _console_connections(empty_database)]
+        while counts[-1] and len(counts) < 200:  # a closed backend leaves pg_stat_activity soon
+            await pilot.pause(0.05)
+            counts.append(await _console_connections(empty_database))
+        assert counts[-1] == 0, counts
+        assert app.connection.state == "schema"
+
+
 async def test_unreachable_server_is_a_state_not_a_crash() -> None:
     app = console_app("postgresql://postgres@127.0.0.1:1/nowhere")
     async with app.run_test(size=(100, 30)) as pilot:

@@ -319,8 +319,8 @@ def report(rows: int, found: list[Round], cross: int, overlap: str = OVERLAP) ->
             "rows read: seq_tup_read + idx_tup_fetch of rule_performance across the refresh,"
             " inside its transaction (pg_stat_xact_user_tables: this backend's own counts)."
             " The incremental engine reads the rows from (previous reference time - overlap)"
-            " on (what arrived plus the overlap's rows) and the window's partial oldest hour"
-            " from raw rows.",
+            " on (what arrived plus the overlap's rows) and the raw rows of the window's first,"
+            " partial minute (the rest of its partial oldest hour from minute states).",
             f"matview {spread(mat)}; incremental {spread(inc)}; gates {spread(gate)}",
             "every gate passed" if all(r.gates_passed for r in found) else "a gate HELD a run",
         ],

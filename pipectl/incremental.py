@@ -253,23 +253,29 @@ def state_columns(inc: IncrementalConfig, floats: Floats = frozenset()) -> list[
     return cols
 
 
+MINUTE = "minute"
+"""The grain of the minute states: the window's partial oldest bucket is published from them
+(and from raw rows of less than a minute), not read again from the source every refresh."""
+
+
 def state_select(
     inc: IncrementalConfig,
     where: str,
     arrived_from: str,
     open_from: str | None = None,
     floats: Floats = frozenset(),
+    grain: str | None = None,
 ) -> str:
-    """Bucket states of the raw rows matching `where` (over alias src): columns _bucket,
-    _k0.., the state columns, _s{i}_d for distinct sets, _rows (rows read), _open (the rows
-    are at or after `open_from`: the part of the bucket the next refresh reads again; a
-    bucket's rows before it are sealed, each state row covers one side) and _arrived (rows
-    with time at or after `arrived_from`)."""
+    """Bucket states of the raw rows matching `where` (over alias src): columns _bucket (the
+    step's bucket, or `grain`), _k0.., the state columns, _s{i}_d for distinct sets, _rows
+    (rows read), _open (the rows are at or after `open_from`: the part of the bucket the next
+    refresh reads again; a bucket's rows before it are sealed, each state row covers one
+    side) and _arrived (rows with time at or after `arrived_from`)."""
     nkeys = len(inc.keys)
     keys = _keys(nkeys)
     time = f"src.{quote_ident(inc.time_column)}"
     exprs = _key_exprs(inc)
-    items = [f"date_trunc('{inc.bucket}', {time}) AS _bucket"]
+    items = [f"date_trunc('{grain or inc.bucket}', {time}) AS _bucket"]
     items.append("false AS _open" if open_from is None else f"{time} >= {open_from} AS _open")
     items += [f"{e} AS {k}" for e, k in zip(exprs, keys, strict=True)]
     items.append(_columns(inc, "src"))
@@ -281,24 +287,42 @@ def state_select(
     rows = f"SELECT {', '.join(items)} FROM {inc.source.sql} AS src WHERE {where}"
     group = ", ".join(["_bucket", "_open", *keys])
     states = [f"{c.expr} AS {c.name}" for c in state_columns(inc, floats)]
-    # Distinct sets of a plain column in the same pass; those of a JSON array's elements need
-    # the rows again (one row per element), from the materialized `rows`.
-    states += [
-        f"array_agg(DISTINCT src.{quote_ident(agg.column)}) FILTER (WHERE"
-        f" src.{quote_ident(agg.column)} IS NOT NULL) AS _s{i}_d"
+    counts = f"count(*) AS _rows, count(*) FILTER (WHERE {time} >= {arrived_from}) AS _arrived"
+    # Distinct sets of a plain column: the rows are grouped by its value too (a hash
+    # aggregate: an aggregate's DISTINCT would sort every row read), and the few sub-group
+    # states merged per bucket and keys; those of a JSON array's elements need the rows again
+    # (one row per element), from the materialized `rows`.
+    plain = [
+        (i, agg.column)
         for i, agg in enumerate(inc.aggregates)
         if agg.fn in _DISTINCT and agg.element_key is None and agg.column is not None
     ]
     elements = [
         i for i, a in enumerate(inc.aggregates) if a.fn in _DISTINCT and a.element_key is not None
     ]
-    main = (
-        f"SELECT {group}, {', '.join([*states, 'count(*) AS _rows'])}, "
-        f"count(*) FILTER (WHERE {time} >= {arrived_from}) AS _arrived "
-        f"FROM rows AS src GROUP BY {group}"
-    )
+    if not plain:
+        main = f"SELECT {group}, {', '.join([*states, counts])} FROM rows AS src GROUP BY {group}"
+        sub_cte: list[str] = []
+    else:
+        values = [f"src.{quote_ident(column)} AS _v{i}" for i, column in plain]
+        sub = (
+            f"SELECT {group}, {', '.join([*values, *states, counts])} FROM rows AS src "
+            f"GROUP BY {', '.join([group, *(f'src.{quote_ident(c)}' for _, c in plain)])}"
+        )
+        source, merges = _merged_states(inc, floats, "sub", ["_bucket", "_open", *keys])
+        sets = [
+            f"array_agg(DISTINCT _v{i}) FILTER (WHERE _v{i} IS NOT NULL) AS _s{i}_d"
+            for i, _ in plain
+        ]
+        main = (
+            f"SELECT {group}, {', '.join([merges, *sets])}, sum(_rows)::bigint AS _rows, "
+            f"sum(_arrived)::bigint AS _arrived FROM {source} GROUP BY {group}"
+        )
+        # Planned on its own: the window over its result (the merge of float variances)
+        # would otherwise make sorting every row read look as cheap as hashing them.
+        sub_cte = [f"sub AS MATERIALIZED ({sub})"]
     materialized = "MATERIALIZED " if elements else ""
-    ctes = [f"rows AS {materialized}({rows})", f"main AS ({main})"]
+    ctes = [f"rows AS {materialized}({rows})", *sub_cte, f"main AS ({main})"]
     out = [f"main.{c}" for c in ["_bucket", *keys]]
     out += [f"main.{c.name}" for c in state_columns(inc, floats)]
     joins = []
@@ -366,6 +390,43 @@ def compact_sql(
     return (
         f"WITH {', '.join(ctes)} INSERT INTO {state_table} ({columns}) "
         f"SELECT {', '.join(out)} FROM merged" + "".join(f" {j}" for j in joins)
+    )
+
+
+def rollup_select(
+    inc: IncrementalConfig, source: str, where: str, floats: Floats = frozenset()
+) -> str:
+    """The state rows of `source` (a CTE of state_select's or the state table's columns, finer
+    buckets: the minute states) matching `where`, merged into the step's buckets: one row per
+    (bucket, _open, keys), with stored_columns' columns. Merging is exact, as compact_sql's."""
+    nkeys = len(inc.keys)
+    keys = _keys(nkeys)
+    cols = [c.name for c in state_columns(inc, floats)]
+    dsets = [f"_s{i}_d" for i, a in enumerate(inc.aggregates) if a.fn in _DISTINCT]
+    picked = ", ".join([*keys, *cols, *dsets, "_rows", "_open"])
+    rows = (
+        f"SELECT date_trunc('{inc.bucket}', f._bucket) AS _bucket, {picked} "
+        f"FROM {source} AS f WHERE {where}"
+    )
+    group = ", ".join(["_bucket", "_open", *keys])
+    item, merges = _merged_states(inc, floats, "r", ["_bucket", "_open", *keys])
+    merged = f"SELECT {group}, {merges}, sum(_rows)::bigint AS _rows FROM {item} GROUP BY {group}"
+    ctes = [f"r AS MATERIALIZED ({rows})", f"merged AS ({merged})"]
+    out = [f"merged.{c}" for c in ["_bucket", *keys, *cols]]
+    joins = []
+    for i, agg in enumerate(inc.aggregates):
+        if agg.fn not in _DISTINCT:
+            continue
+        ctes.append(
+            f"d{i} AS (SELECT r._bucket, r._open, {', '.join(_keys(nkeys, 'r.'))}, "
+            f"array_agg(DISTINCT x.v) AS v FROM r CROSS JOIN LATERAL unnest(r._s{i}_d) AS x(v) "
+            f"GROUP BY r._bucket, r._open, {', '.join(_keys(nkeys, 'r.'))})"
+        )
+        joins.append(f"LEFT JOIN d{i} ON {_joined(nkeys, 'merged', f'd{i}', ['_bucket', '_open'])}")
+        out.append(f"COALESCE(d{i}.v, '{{}}') AS _s{i}_d")
+    out += ["merged._rows", "merged._open"]
+    return f"WITH {', '.join(ctes)} SELECT {', '.join(out)} FROM merged" + "".join(
+        f" {j}" for j in joins
     )
 
 
@@ -464,11 +525,12 @@ def publish_select(
     for i, agg in enumerate(inc.aggregates):
         if agg.fn not in _DISTINCT:
             continue
+        # The sets' values made distinct by a hash (the sets hold no NULL), then ordered
+        # per group: array_agg(DISTINCT v ORDER BY v) and count(DISTINCT v) of the query.
         ctes.append(
-            f"m{i} AS (SELECT {', '.join(_keys(nkeys, 'parts.'))}, "
-            "array_agg(DISTINCT x.v ORDER BY x.v) AS v, count(DISTINCT x.v) AS n "
-            f"FROM parts CROSS JOIN LATERAL unnest(parts._s{i}_d) AS x(v) "
-            f"GROUP BY {', '.join(_keys(nkeys, 'parts.'))})"
+            f"m{i} AS (SELECT {', '.join(keys)}, array_agg(v ORDER BY v) AS v, count(*) AS n "
+            f"FROM (SELECT DISTINCT {', '.join(keys)}, unnest(_s{i}_d) AS v FROM parts) AS x "
+            f"GROUP BY {', '.join(keys)})"
         )
         joins.append(f"LEFT JOIN m{i} ON {_joined(nkeys, 'merged', f'm{i}')}")
     names = output_columns_of(inc)
@@ -493,4 +555,10 @@ def signature(inc: IncrementalConfig) -> str:
     import hashlib
 
     text = inc.model_dump_json(include={"source", "time_column", "bucket", "keys", "aggregates"})
+    text += f"/state {STATE_FORMAT}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+STATE_FORMAT = 2
+"""Bumped when the state tables change shape or meaning (2: minute states beside the
+bucket states): a step installed before is asked to be installed again."""

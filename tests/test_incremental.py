@@ -362,7 +362,7 @@ async def test_random_history_keeps_the_summary_equal_to_its_defining_query(
             if round_ == 7:  # the agent's timezone changes: day buckets are cut anew
                 await conn.execute("SET TimeZone = 'America/New_York'")
             # The reference time moves on: buckets leave the window, the edge moves.
-            ref += timedelta(minutes=rng.choice([0, 3, 17, 61, 240]))
+            ref += timedelta(minutes=rng.choice([0, 3, 17, 61, 240]), seconds=rng.choice([0, 25]))
             for step in steps:
                 await _refresh(conn, step, ref)
                 assert await store.published_at(conn, step) == ref
@@ -635,5 +635,66 @@ async def test_float_variances_stay_exact_to_nine_digits_far_from_zero(database:
         assert await _differences(conn, step, later) == []
         spread = await conn.fetchval("SELECT max(sd) FROM public.by_key")
         assert 0.5 < spread < 2  # the comparison above was about a real spread, not zero
+    finally:
+        await conn.close()
+
+
+async def test_the_windows_partial_bucket_comes_from_minute_states(database: str) -> None:
+    """The window's oldest (partial) bucket is published from minute states kept since its
+    rows arrived, plus the raw rows of less than a minute before the first whole minute:
+    a refresh with nothing new reads only those and the overlap. Updates, deletes and late
+    inserts there (behind the watermark, through the invalidation log) and the edge moving
+    across minutes, hours and past the changed rows keep the summary equal to its query."""
+    rng = random.Random(11)
+    step = next(s for s in make_config(database, None, PROPERTY_STEPS).steps if s.name == "by_key")
+    conn = await asyncpg.connect(database)
+    try:
+        await conn.execute("SET TimeZone = 'UTC'")
+        await conn.execute(FACTS)
+        ref = datetime(2026, 3, 1, 12, 7, 30, tzinfo=UTC)
+        # 20 rows a minute over the window (6 h) and an hour before it.
+        await _insert(
+            conn, [_fact(rng, ref - timedelta(minutes=m / 20)) for m in range(0, 7 * 60 * 20)]
+        )
+        async with conn.transaction():
+            await store.install(conn, step, triggers=True)
+        assert (await _refresh(conn, step, ref)).full
+        assert await _differences(conn, step, ref) == []
+        # 12 min 15 s later, nothing new: the window starts at 06:19:45; 06:19:45-06:20:00
+        # is read raw (15 s: 5 rows), the rest of the edge hour from minute states; the
+        # overlap is read again (the 10 min up to the last reference time: 201 rows, the
+        # one at that time counted as arrived).
+        later = ref + timedelta(minutes=12, seconds=15)
+        quiet = await _refresh(conn, step, later)
+        assert not quiet.full
+        assert (quiet.rows_read, quiet.rows_arrived) == (5 + 201, 1)
+        assert await _differences(conn, step, later) == []
+        # Behind the watermark, in the edge hour and elsewhere: an update (values and a
+        # time moved across the hour), a delete, a late insert.
+        edge_hour = datetime(2026, 3, 1, 6, 30, tzinfo=UTC).replace(tzinfo=None)  # a timestamp
+        await conn.execute(
+            "UPDATE facts SET x = 7.5, cat = 'new', t = t + interval '40 minutes' "
+            "WHERE t >= $1 AND t < $2",
+            edge_hour,
+            edge_hour + timedelta(minutes=2),
+        )
+        await conn.execute(
+            "DELETE FROM facts WHERE t >= $1 AND t < $2",
+            edge_hour + timedelta(minutes=10),
+            edge_hour + timedelta(minutes=12),
+        )
+        late = (edge_hour + timedelta(minutes=20, seconds=10)).replace(tzinfo=UTC)
+        await _insert(conn, [_fact(rng, late) for _ in range(3)])
+        for step_by in (timedelta(0), timedelta(seconds=50), timedelta(minutes=9, seconds=7)):
+            later += step_by
+            done = await _refresh(conn, step, later)
+            assert not done.full
+            assert await _differences(conn, step, later) == [], later
+        # The edge moves past the changed rows, into the next hour, and on by whole minutes.
+        for step_by in (timedelta(minutes=25), timedelta(hours=1, minutes=3), timedelta(minutes=1)):
+            later += step_by
+            await _refresh(conn, step, later)
+            assert await _differences(conn, step, later) == [], later
+        assert await conn.fetchval("SELECT count(*) FROM pipectl.incremental_invalidations") == 0
     finally:
         await conn.close()

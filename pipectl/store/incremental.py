@@ -69,6 +69,14 @@ def state_table_name(step: str) -> str:
     return f"inc_{step[:40]}_{hashlib.sha256(step.encode()).hexdigest()[:10]}"
 
 
+def minutes_table_name(state_table: str) -> str:
+    """The table of a step's minute states, beside its state table `state_table`."""
+    name = f"{state_table}_minutes"
+    if len(name.encode()) <= 63:
+        return name
+    return f"inc_{hashlib.sha256(state_table.encode()).hexdigest()[:20]}_minutes"
+
+
 def trigger_name(event: str, column: str) -> str:
     name = f"pipectl_invalidate_{event}_{column}"
     if len(name.encode()) <= 63:
@@ -191,8 +199,11 @@ async def install(conn: Conn, step: StepConfig, *, triggers: bool) -> list[str]:
     if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'pipectl_agent'"):
         await conn.execute(f"GRANT SELECT, INSERT, DELETE ON {step.relation.sql} TO pipectl_agent")
     state = Relation(STATE_SCHEMA, state_table_name(step.name))
+    minutes = Relation(STATE_SCHEMA, minutes_table_name(state.name))
     if registered is not None:
         old = Relation(STATE_SCHEMA, registered["state_table"])
+        await conn.execute(f"DROP TABLE IF EXISTS {old.sql}")
+        old = Relation(STATE_SCHEMA, minutes_table_name(registered["state_table"]))
         await conn.execute(f"DROP TABLE IF EXISTS {old.sql}")
     columns = ", ".join(sql.stored_columns(inc))
     floats = sql.float_aggregates(inc, await _published_types(conn, step))
@@ -201,10 +212,15 @@ async def install(conn: Conn, step: StepConfig, *, triggers: bool) -> list[str]:
         f"({sql.state_select(inc, 'false', 'NULL', floats=floats)}) AS s WITH NO DATA"
     )
     await conn.execute(f"CREATE INDEX ON {state.sql} (_bucket)")
+    # The minute states: the same columns, a minute per bucket (the window's partial oldest
+    # bucket is published from them).
+    await conn.execute(f"CREATE TABLE {minutes.sql} (LIKE {state.sql})")
+    await conn.execute(f"CREATE INDEX ON {minutes.sql} (_bucket)")
     if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'pipectl_agent'"):
-        await conn.execute(f"GRANT SELECT, INSERT, DELETE ON {state.sql} TO pipectl_agent")
-        await conn.execute(f"GRANT SELECT ON {state.sql} TO pipectl_viewer")
-    done.append(f"created state table {state} (the first refresh fills it)")
+        for table in (state, minutes):
+            await conn.execute(f"GRANT SELECT, INSERT, DELETE ON {table.sql} TO pipectl_agent")
+            await conn.execute(f"GRANT SELECT ON {table.sql} TO pipectl_viewer")
+    done.append(f"created state tables {state} and {minutes} (the first refresh fills them)")
     await conn.execute(
         """
         INSERT INTO pipectl.incremental_steps AS s (step, source_schema, source_table,
@@ -306,6 +322,8 @@ async def uninstall(conn: Conn, step: StepConfig) -> list[str]:
     await conn.execute(f"DROP TABLE IF EXISTS {step.relation.sql}")
     done.append(f"dropped table {step.relation}")
     await conn.execute(f"DROP TABLE IF EXISTS {Relation(STATE_SCHEMA, row['state_table']).sql}")
+    minutes = Relation(STATE_SCHEMA, minutes_table_name(row["state_table"]))
+    await conn.execute(f"DROP TABLE IF EXISTS {minutes.sql}")
     await conn.execute("DELETE FROM pipectl.incremental_steps WHERE step = $1", step.name)
     await conn.execute("DELETE FROM pipectl.incremental_invalidations WHERE step = $1", step.name)
     done.append(f"dropped state table {STATE_SCHEMA}.{row['state_table']}")
@@ -420,12 +438,22 @@ async def refresh(
         raise IncrementalError(f"step {step.name} was installed for another source")
     ttype = row["time_type"]
     state = Relation(STATE_SCHEMA, row["state_table"]).sql
+    minutes = Relation(STATE_SCHEMA, minutes_table_name(row["state_table"])).sql
     types = await _published_types(conn, step)
     # Custom plans only: the time bounds are parameters, and from a statement's sixth
     # execution PostgreSQL may keep a generic plan, which cannot see that `time >= $2` picks
     # the last minutes and reads the whole source sequentially (10.5M rows read for 100k
-    # arrived in the bench's fifth round).
-    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan", timeout=within)
+    # arrived in the bench's fifth round). No JIT: the cost a disabled sort (below) adds
+    # where a sort is the only way (a window's) would compile every statement (seconds).
+    # Restored at the end, for the gates, as enable_sort.
+    settings = await conn.fetchrow(
+        "SELECT current_setting('enable_sort') AS sort, current_setting('jit') AS jit, "
+        "set_config('plan_cache_mode', 'force_custom_plan', true), "
+        "set_config('jit', 'off', true), "
+        "set_config('extra_float_digits', '1', true)",
+        timeout=within,
+    )
+    assert settings is not None
     warnings = []
     if not await triggers_installed(conn, step):
         warnings.append(NO_TRIGGER.format(source=inc.source, step=step.name))
@@ -435,6 +463,9 @@ async def refresh(
         f"""
         SELECT w.ref, w.ws, current_setting('TimeZone') AS zone,
                date_trunc('{inc.bucket}', w.ws) + {unit} AS edge_end,
+               date_trunc('{sql.MINUTE}', w.ws) AS minutes_from,
+               date_trunc('{sql.MINUTE}', w.ws) + CASE WHEN date_trunc('{sql.MINUTE}', w.ws)
+                   = w.ws THEN interval '0' ELSE interval '1 {sql.MINUTE}' END AS minutes_edge,
                (w.ref - {sql.interval_sql(inc.overlap)}){cast} AS next_reread,
                {_in_type(ttype, "$1::timestamptz")} AS reread,
                {_in_type(ttype, "$2::timestamptz")} AS arrived_from
@@ -448,6 +479,10 @@ async def refresh(
     )
     assert bounds is not None
     edge_end = bounds["edge_end"]
+    # The state: the step's buckets from edge_end on (the window's whole buckets), minute
+    # states from minutes_from on (the minute of the window's start), both kept exact for
+    # everything before `reread` (sealed) and recomputed from raw rows after it.
+    minutes_from = bounds["minutes_from"]
     invalid = await conn.fetch(
         f"""
         WITH gone AS (DELETE FROM pipectl.incremental_invalidations WHERE step = $1
@@ -470,7 +505,13 @@ async def refresh(
     # already dropped from the window: rebuild.
     went_back = row["watermark"] is not None and bounds["ref"] < row["watermark"]
     full = bounds["reread"] is None or rezoned or went_back or any(not r["finite"] for r in invalid)
-    reread = edge_end if full else max(bounds["reread"], edge_end)
+    reread = minutes_from if full else max(bounds["reread"], minutes_from)
+    # No sort where a hash will do: the rows read are grouped by few keys, but the statistics
+    # know nothing of the rows that just arrived, and the few rows PostgreSQL expects make it
+    # sort them instead (on disk past work_mem: 120k rows in 250 ms against 90 ms hashed).
+    # A rebuild reads the whole window: the planner knows, and sorts where that is cheaper.
+    if not full:
+        await conn.execute("SELECT set_config('enable_sort', 'off', true)", timeout=within)
     # Where the next refresh reads again from: what this one reads after it stays open (its
     # state rows are replaced next time), what it reads before it is sealed (kept; changed
     # only through the invalidation log). Never before this refresh's own start, which would
@@ -478,13 +519,14 @@ async def refresh(
     next_reread = max(bounds["next_reread"], reread)
     ranges = _coalesce(
         [
-            (max(r["lo"], edge_end), r["hi"])
+            (max(r["lo"], minutes_from), r["hi"])
             for r in invalid
-            if r["finite"] and r["hi"] > edge_end and r["lo"] < reread
+            if r["finite"] and r["hi"] > minutes_from and r["lo"] < reread
         ]
     )
-    # $1 edge_end, $2 reread, then lo/hi pairs: what is recomputed, in the column's type.
-    args: list[Any] = [edge_end, reread]
+    # $1 edge_end, $2 reread, $3 minutes_from, then lo/hi pairs: what is recomputed, in the
+    # column's type.
+    args: list[Any] = [edge_end, reread, minutes_from]
     # A full rebuild replaces every bucket; otherwise the open rows (all at or after `reread`,
     # where the last refresh sealed) and the invalidated buckets.
     # (Open rows all lie in buckets from `reread`'s on: the bound only keeps $2 in the text.)
@@ -504,7 +546,10 @@ async def refresh(
         )
     time = f"src.{quote_ident(inc.time_column)}"
     await conn.execute(
-        f"DELETE FROM {state} WHERE _bucket < $1{cast} OR {' OR '.join(parts)}",
+        f"""
+        WITH buckets AS (DELETE FROM {state} WHERE _bucket < $1{cast} OR {" OR ".join(parts)})
+        DELETE FROM {minutes} WHERE _bucket < $3{cast} OR {" OR ".join(parts)}
+        """,
         *args,
         timeout=within,
     )
@@ -513,18 +558,24 @@ async def refresh(
     args.append(next_reread)
     columns = ", ".join(sql.stored_columns(inc))
     floats = sql.float_aggregates(inc, types)
+    # The raw rows are aggregated once, per minute; the step's buckets are merged from those.
     recompute = sql.state_select(
         inc,
-        f"{time} >= $1{cast} AND ({' OR '.join(raw)})",
+        f"{time} >= $3{cast} AND ({' OR '.join(raw)})",
         f"COALESCE(${arrived}{cast}, '-infinity')",
         open_from=f"${arrived + 1}{cast}",
         floats=floats,
+        grain=sql.MINUTE,
     )
+    rollup = sql.rollup_select(inc, "fresh", f"f._bucket >= $1{cast}", floats)
     counts = await conn.fetchrow(
         f"""
         WITH fresh AS MATERIALIZED ({recompute}),
-             stored AS (INSERT INTO {state} ({columns}) SELECT {columns} FROM fresh)
-        SELECT count(DISTINCT _bucket) AS buckets, COALESCE(sum(_rows), 0)::bigint AS read,
+             fine AS (INSERT INTO {minutes} ({columns}) SELECT {columns} FROM fresh),
+             rolled AS MATERIALIZED ({rollup}),
+             stored AS (INSERT INTO {state} ({columns}) SELECT {columns} FROM rolled)
+        SELECT (SELECT count(DISTINCT _bucket) FROM rolled) AS buckets,
+               COALESCE(sum(_rows), 0)::bigint AS read,
                COALESCE(sum(_arrived), 0)::bigint AS arrived
         FROM fresh
         """,
@@ -537,17 +588,21 @@ async def refresh(
         reread,
         timeout=within,
     )
-    edge = sql.state_select(
+    # The window's partial oldest bucket: its minute states from the first whole minute of
+    # the window on, raw rows before that (less than a minute of them).
+    edge_raw = sql.state_select(
         inc,
-        f"{time} >= $2{cast} AND {time} < $1{cast}",
+        f"{time} >= $2{cast} AND {time} < $4{cast}",
         f"COALESCE($3{cast}, '-infinity')",
         floats=floats,
     )
     summary = sql.publish_select(inc, state, f"$1{cast}", "SELECT * FROM edge", types)
-    await conn.execute("SELECT set_config('extra_float_digits', '1', true)", timeout=within)
     published = await conn.fetchrow(
         f"""
-        WITH edge AS MATERIALIZED ({edge}),
+        WITH edge_raw AS MATERIALIZED ({edge_raw}),
+             edge AS MATERIALIZED (
+                SELECT {columns} FROM {minutes} WHERE _bucket >= $4{cast} AND _bucket < $1{cast}
+                UNION ALL SELECT {columns} FROM edge_raw),
              new AS MATERIALIZED (SELECT s, s::text AS image FROM ({summary}) AS s),
              old AS MATERIALIZED (SELECT p.ctid AS id, p::text AS image FROM {step.relation.sql} p),
              gone AS (DELETE FROM {step.relation.sql} WHERE ctid IN
@@ -558,11 +613,12 @@ async def refresh(
                        RETURNING 1)
         SELECT (SELECT count(*) FROM new) AS rows, (SELECT count(*) FROM gone) AS deleted,
                (SELECT count(*) FROM added) AS inserted,
-               (SELECT COALESCE(sum(_rows), 0) FROM edge)::bigint AS edge_read
+               (SELECT COALESCE(sum(_rows), 0) FROM edge_raw)::bigint AS edge_read
         """,
         edge_end,
         bounds["ws"],
         bounds["arrived_from"],
+        bounds["minutes_edge"],
         timeout=within,
     )
     assert published is not None
@@ -580,6 +636,12 @@ async def refresh(
         next_reread,
         rows_read,
         int(counts["arrived"]),
+        timeout=within,
+    )
+    await conn.execute(
+        "SELECT set_config('enable_sort', $1, true), set_config('jit', $2, true)",
+        settings["sort"],
+        settings["jit"],
         timeout=within,
     )
     return Refreshed(

@@ -195,14 +195,6 @@ async def setup(conn: asyncpg.Connection, rows: int, step: StepConfig) -> None:
         await incremental.install(conn, step, triggers=True)
     async with conn.transaction():
         await incremental.refresh(conn, step)
-    # What autovacuum does within a minute of the first refresh's bulk write: without
-    # statistics the planner takes a refresh's few DELETEs in the state tables for a third of
-    # them and scans every row (518k minute states at 10M rows).
-    state = await conn.fetchval(
-        "SELECT state_table FROM pipectl.incremental_steps WHERE step = $1", step.name
-    )
-    for table in (state, incremental.minutes_table_name(state)):
-        await conn.execute(f"ANALYZE {Relation(incremental.STATE_SCHEMA, table).sql}")
     await conn.execute(f"ANALYZE {INCREMENTAL.sql}")
 
 

@@ -607,6 +607,48 @@ async def test_a_refresh_reads_what_arrived_and_the_overlap_not_the_rest_of_the_
         await conn.close()
 
 
+async def test_a_rebuild_leaves_the_state_tables_analyzed(database: str) -> None:
+    """The first refresh (a rebuild) writes every state row: it analyzes both state tables
+    in its transaction, so the next refreshes' DELETEs are planned on statistics, not on
+    the guess that scans the minute states whole; an ordinary refresh leaves them be."""
+    rng = random.Random(9)
+    step = next(s for s in make_config(database, None, PROPERTY_STEPS).steps if s.name == "by_key")
+    conn = await asyncpg.connect(database)
+    try:
+        await conn.execute("SET TimeZone = 'UTC'")
+        await conn.execute(FACTS)
+        ref = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+        await _insert(
+            conn, [_fact(rng, ref - timedelta(minutes=rng.uniform(1, 300))) for _ in range(200)]
+        )
+        async with conn.transaction():
+            await store.install(conn, step, triggers=True)
+        state = await conn.fetchval(
+            "SELECT state_table FROM pipectl.incremental_steps WHERE step = $1", step.name
+        )
+        tables = [state, store.minutes_table_name(state)]
+
+        async def tuples() -> list[float]:
+            found = await conn.fetch(
+                "SELECT relname, reltuples FROM pg_class"
+                " WHERE relnamespace = 'pipectl_incremental'::regnamespace AND relname = ANY($1)",
+                tables,
+            )
+            return [r["reltuples"] for r in sorted(found, key=lambda r: tables.index(r["relname"]))]
+
+        assert await tuples() == [-1, -1]  # never analyzed
+        assert (await _refresh(conn, step, ref)).full
+        counted = [
+            await conn.fetchval(f"SELECT count(*) FROM pipectl_incremental.{t}") for t in tables
+        ]
+        assert await tuples() == counted
+        await _insert(conn, [_fact(rng, ref + timedelta(minutes=2))])
+        assert not (await _refresh(conn, step, ref + timedelta(minutes=5))).full
+        assert await tuples() == counted
+    finally:
+        await conn.close()
+
+
 async def test_float_variances_stay_exact_to_nine_digits_far_from_zero(database: str) -> None:
     """float8 partials: a variance of values around 10,000 with a spread of about 1. A sum
     of squares in float8 would lose about 8 of its digits to cancellation; per-bucket M2

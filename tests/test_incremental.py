@@ -5,6 +5,7 @@ to the defining query after every refresh (both directions, EXCEPT ALL, 9 digits
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from rich.console import Console
 
+from pipectl.cli import demo
 from pipectl.config import ConfigError, StepConfig
 from pipectl.incremental import defining_query
 from pipectl.presets import apes_incremental_steps_text
@@ -738,5 +741,38 @@ async def test_the_windows_partial_bucket_comes_from_minute_states(database: str
             await _refresh(conn, step, later)
             assert await _differences(conn, step, later) == [], later
         assert await conn.fetchval("SELECT count(*) FROM pipectl.incremental_invalidations") == 0
+    finally:
+        await conn.close()
+
+
+async def test_the_demo_reinstalls_a_summary_kept_in_an_older_state_format(
+    database: str,
+) -> None:
+    """`pipectl demo --incremental` on a state dir of an earlier pipectl: a summary installed
+    with another signature (definition or state format) is installed again, not left for
+    every refresh to fail with "definition changed"; a current one is left as it is."""
+    out = Console(file=io.StringIO(), width=200)
+    conn = await asyncpg.connect(database)
+    try:
+        await demo._summaries(conn, True, out)
+        steps = demo.incremental_steps()
+        for step in steps:
+            async with conn.transaction():
+                await store.refresh(conn, step)
+            assert await store.installed_as_defined(conn, step)
+        await conn.execute(
+            "UPDATE pipectl.incremental_steps SET signature = 'older' WHERE step = $1",
+            steps[0].name,
+        )
+        assert not await store.installed_as_defined(conn, steps[0])
+        out.file = io.StringIO()
+        await demo._summaries(conn, True, out)
+        said = out.file.getvalue()
+        assert f"{steps[0].relation}: an incremental summary" in said
+        assert "installed again" in said
+        assert str(steps[1].relation) not in said
+        assert all([await store.installed_as_defined(conn, s) for s in steps])
+        async with conn.transaction():
+            await store.refresh(conn, steps[0])
     finally:
         await conn.close()

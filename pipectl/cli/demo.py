@@ -314,11 +314,20 @@ async def _summaries(conn: asyncpg.Connection, incremental: bool, out: Console) 
         return
     await apes_sql.load_materialized(conn)
     for step in steps:
-        if step.name in installed:
+        current = await incremental_store.installed_as_defined(conn, step)
+        if step.name in installed and current:
             continue
         async with conn.transaction():
             await incremental_store.install(conn, step, triggers=True)
-        out.print(f"  {step.relation}: an incremental summary, with its invalidation triggers")
+        # A state dir of an earlier pipectl keeps its state in an older format: rebuilt.
+        again = (
+            " (installed again: its definition or state format changed)"
+            if step.name in installed
+            else ""
+        )
+        out.print(
+            f"  {step.relation}: an incremental summary, with its invalidation triggers{again}"
+        )
 
 
 async def backfill(simulator: ApesSimulator, days: int, out: Console) -> None:

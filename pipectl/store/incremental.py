@@ -96,6 +96,18 @@ async def published_at(conn: Conn, step: StepConfig) -> datetime | None:
     return value
 
 
+async def installed_as_defined(conn: Conn, step: StepConfig) -> bool:
+    """Whether the step is installed with its present definition and state format (its
+    refresh would not ask for `pipectl db incremental` again)."""
+    assert step.incremental is not None
+    if await conn.fetchval("SELECT to_regclass('pipectl.incremental_steps')") is None:
+        return False
+    found = await conn.fetchval(
+        "SELECT signature FROM pipectl.incremental_steps WHERE step = $1", step.name
+    )
+    return bool(found == sql.signature(step.incremental))
+
+
 async def triggers_installed(conn: Conn, step: StepConfig) -> bool:
     """Whether the source carries the invalidation triggers for the step's time column."""
     inc = sql.config_of(step)

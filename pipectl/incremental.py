@@ -373,24 +373,36 @@ def compact_sql(
     ]
     out = [f"merged.{c}" for c in ["_bucket", *keys]]
     out += [f"merged.{c.name}" for c in state_columns(inc, floats)]
-    joins = []
-    for i, agg in enumerate(inc.aggregates):
-        if agg.fn not in _DISTINCT:
-            continue
-        ctes.append(
-            f"d{i} AS (SELECT victims._bucket, {', '.join(_keys(nkeys, 'victims.'))}, "
-            f"array_agg(DISTINCT x.v) AS v FROM victims "
-            f"CROSS JOIN LATERAL unnest(victims._s{i}_d) AS x(v) "
-            f"GROUP BY victims._bucket, {', '.join(_keys(nkeys, 'victims.'))})"
-        )
-        joins.append(f"LEFT JOIN d{i} ON {_joined(nkeys, 'merged', f'd{i}', ['_bucket'])}")
-        out.append(f"COALESCE(d{i}.v, '{{}}')")
+    sets, joins, values = _united_sets(inc, "victims", ["_bucket"])
+    ctes += sets
+    out += values
     out += ["merged._rows", "false"]
     columns = ", ".join(stored_columns(inc))
     return (
         f"WITH {', '.join(ctes)} INSERT INTO {state_table} ({columns}) "
         f"SELECT {', '.join(out)} FROM merged" + "".join(f" {j}" for j in joins)
     )
+
+
+def _united_sets(
+    inc: IncrementalConfig, rows: str, by: list[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """The distinct sets of the state rows `rows` (a CTE) united per (`by`, keys), for a query
+    whose merged states are `merged`: the CTEs d{i}, their LEFT JOINs onto merged, and the
+    output columns _s{i}_d (an empty set where a group has none)."""
+    nkeys = len(inc.keys)
+    grouped = ", ".join([f"{rows}.{c}" for c in by] + _keys(nkeys, f"{rows}."))
+    ctes, joins, values = [], [], []
+    for i, agg in enumerate(inc.aggregates):
+        if agg.fn not in _DISTINCT:
+            continue
+        ctes.append(
+            f"d{i} AS (SELECT {grouped}, array_agg(DISTINCT x.v) AS v FROM {rows} "
+            f"CROSS JOIN LATERAL unnest({rows}._s{i}_d) AS x(v) GROUP BY {grouped})"
+        )
+        joins.append(f"LEFT JOIN d{i} ON {_joined(nkeys, 'merged', f'd{i}', by)}")
+        values.append(f"COALESCE(d{i}.v, '{{}}') AS _s{i}_d")
+    return ctes, joins, values
 
 
 def rollup_select(
@@ -413,17 +425,9 @@ def rollup_select(
     merged = f"SELECT {group}, {merges}, sum(_rows)::bigint AS _rows FROM {item} GROUP BY {group}"
     ctes = [f"r AS MATERIALIZED ({rows})", f"merged AS ({merged})"]
     out = [f"merged.{c}" for c in ["_bucket", *keys, *cols]]
-    joins = []
-    for i, agg in enumerate(inc.aggregates):
-        if agg.fn not in _DISTINCT:
-            continue
-        ctes.append(
-            f"d{i} AS (SELECT r._bucket, r._open, {', '.join(_keys(nkeys, 'r.'))}, "
-            f"array_agg(DISTINCT x.v) AS v FROM r CROSS JOIN LATERAL unnest(r._s{i}_d) AS x(v) "
-            f"GROUP BY r._bucket, r._open, {', '.join(_keys(nkeys, 'r.'))})"
-        )
-        joins.append(f"LEFT JOIN d{i} ON {_joined(nkeys, 'merged', f'd{i}', ['_bucket', '_open'])}")
-        out.append(f"COALESCE(d{i}.v, '{{}}') AS _s{i}_d")
+    sets, joins, values = _united_sets(inc, "r", ["_bucket", "_open"])
+    ctes += sets
+    out += values
     out += ["merged._rows", "merged._open"]
     return f"WITH {', '.join(ctes)} SELECT {', '.join(out)} FROM merged" + "".join(
         f" {j}" for j in joins

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import DataTable
 
 from pipectl.console.screens.base import DataScreen
 from pipectl.console.screens.overview import OverviewScreen
@@ -283,6 +284,17 @@ def _ready(pilot: Pilot[Any]) -> bool:
         screen.snapshot is not None and not screen._loading
         for screen in app.screen_stack
         if isinstance(screen, DataScreen)
+    ) and _tables_measured(pilot)
+
+
+def _tables_measured(pilot: Pilot[Any]) -> bool:
+    """Every table has measured the rows it was given: a DataTable sizes its columns to
+    their cells when its message queue is next empty (on Idle), so a picture taken before
+    shows every column at its header's width (CI saw the Requests screen so, once)."""
+    return not any(
+        table._require_update_dimensions or table._updated_cells
+        for screen in pilot.app.screen_stack
+        for table in screen.query(DataTable)
     )
 
 

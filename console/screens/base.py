@@ -82,6 +82,7 @@ class DataScreen(ConsoleScreen, Generic[T]):
         self._again = False
         self._safety: Timer | None = None
         self._last_error = ""
+        self._shown = False  # a snapshot (None is one: the subject is gone) has been shown
 
     async def fetch(self, conn: Conn) -> T:
         raise NotImplementedError
@@ -149,15 +150,27 @@ class DataScreen(ConsoleScreen, Generic[T]):
         else:
             self.post_message(Loaded(snapshot))
 
+    @property
+    def settled(self) -> bool:
+        """Its data is shown and nothing it asked for is pending (tests wait for this)."""
+        return self._shown and not self._loading
+
     def on_loaded(self, message: Loaded[T]) -> None:
         message.stop()
         self._loading = False
+        first = not self._shown
+        self._shown = True
         self.snapshot = message.snapshot
         self._last_error = ""
         self.show(message.snapshot)
+        if first:
+            self.first_shown()
         self.refresh_bindings()
         self.console.data_shown()
         self._after_load()
+
+    def first_shown(self) -> None:
+        """The first snapshot is on screen (a screen may place its view once, here)."""
 
     def on_load_failed(self, message: LoadFailed) -> None:
         message.stop()
@@ -220,8 +233,11 @@ class TableScreen(DataScreen[T]):
 
     def on_mount(self) -> None:
         """The table has the keys, not a scroll container around it. (DataScreen's on_mount
-        runs too: Textual calls the handler of every class in the MRO.)"""
-        self.table.focus()
+        runs too: Textual calls the handler of every class in the MRO.) Focusing does not
+        scroll: Textual would centre the table against a layout whose data has not arrived
+        yet, and where the view landed would depend on which came first (a detail screen
+        places its view once its data is shown)."""
+        self.table.focus(scroll_visible=False)
 
     def compose_table(self) -> ComposeResult:
         yield LiveTable(self.COLUMNS, id="table")

@@ -26,6 +26,23 @@ class DetailScreen(TableScreen[T]):
     def __init__(self, subject: str) -> None:
         super().__init__()
         self.subject = subject
+        self._placed = False
+
+    @property
+    def settled(self) -> bool:
+        return super().settled and self._placed
+
+    def first_shown(self) -> None:
+        """Once, when the facts and the history are first laid out: scroll the whole history
+        table into view (its cursor moves inside it, and the keys go to it), the facts above
+        it as far as room allows. Later loads keep wherever the operator scrolled."""
+        self.call_after_refresh(self._place)
+
+    def _place(self) -> None:
+        self.query_one("#detail", VerticalScroll).scroll_to_widget(
+            self.table, animate=False, immediate=True
+        )
+        self._placed = True
 
     def compose_body(self) -> ComposeResult:
         with VerticalScroll(id="detail"), Horizontal(id="columns"):

@@ -281,9 +281,7 @@ def _ready(pilot: Pilot[Any]) -> bool:
     if any(w.group != "connection" and not w.is_finished for w in app.workers):
         return False
     return all(
-        screen.snapshot is not None and not screen._loading
-        for screen in app.screen_stack
-        if isinstance(screen, DataScreen)
+        screen.settled for screen in app.screen_stack if isinstance(screen, DataScreen)
     ) and _tables_measured(pilot)
 
 

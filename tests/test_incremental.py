@@ -764,7 +764,7 @@ async def test_the_demo_reinstalls_a_summary_kept_in_an_older_state_format(
             "UPDATE pipectl.incremental_steps SET signature = 'older' WHERE step = $1",
             steps[0].name,
         )
-        assert not await store.installed_as_defined(conn, steps[0])
+        assert await store.installed(conn, steps[0]) is store.Installed.OUTDATED
         out.file = io.StringIO()
         await demo._summaries(conn, True, out)
         said = out.file.getvalue()
@@ -774,5 +774,16 @@ async def test_the_demo_reinstalls_a_summary_kept_in_an_older_state_format(
         assert all([await store.installed_as_defined(conn, s) for s in steps])
         async with conn.transaction():
             await store.refresh(conn, steps[0])
+        # Without --incremental the materialized views come back.
+        out.file = io.StringIO()
+        await demo._summaries(conn, False, out)
+        said = out.file.getvalue()
+        assert all(f"{s.relation}: back to a materialized view" in said for s in steps)
+        assert [await store.installed(conn, s) for s in steps] == [store.Installed.NO] * 2
+        kinds = await conn.fetch(
+            "SELECT relkind::text FROM pg_class WHERE oid = ANY($1::regclass[])",
+            [str(s.relation) for s in steps],
+        )
+        assert [k["relkind"] for k in kinds] == ["m", "m"]
     finally:
         await conn.close()

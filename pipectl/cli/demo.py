@@ -47,6 +47,7 @@ from pipectl.presets import apes_incremental_steps_text, apes_preset_path
 from pipectl.simulator import ApesSimulator
 from pipectl.simulator.rhythm import FEEDS
 from pipectl.store import incremental as incremental_store
+from pipectl.store.incremental import Installed
 
 log = logging.getLogger(__name__)
 
@@ -303,9 +304,9 @@ async def prepare_database(admin_dsn: str, out: Console, *, incremental: bool = 
 
 async def _summaries(conn: asyncpg.Connection, incremental: bool, out: Console) -> None:
     steps = incremental_steps()
-    installed = [s.name for s in steps if await incremental_store.published_at(conn, s) is not None]
+    installed = {s.name: await incremental_store.installed(conn, s) for s in steps}
     if not incremental:
-        for step in (s for s in steps if s.name in installed):
+        for step in (s for s in steps if installed[s.name] is not Installed.NO):
             # A run with --incremental before: the views come back.
             async with conn.transaction():
                 await incremental_store.uninstall(conn, step)
@@ -314,15 +315,14 @@ async def _summaries(conn: asyncpg.Connection, incremental: bool, out: Console) 
         return
     await apes_sql.load_materialized(conn)
     for step in steps:
-        current = await incremental_store.installed_as_defined(conn, step)
-        if step.name in installed and current:
+        if installed[step.name] is Installed.AS_DEFINED:
             continue
         async with conn.transaction():
             await incremental_store.install(conn, step, triggers=True)
         # A state dir of an earlier pipectl keeps its state in an older format: rebuilt.
         again = (
             " (installed again: its definition or state format changed)"
-            if step.name in installed
+            if installed[step.name] is Installed.OUTDATED
             else ""
         )
         out.print(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 from pipectl import incremental as sql
@@ -96,16 +97,33 @@ async def published_at(conn: Conn, step: StepConfig) -> datetime | None:
     return value
 
 
-async def installed_as_defined(conn: Conn, step: StepConfig) -> bool:
-    """Whether the step is installed with its present definition and state format (its
-    refresh would not ask for `pipectl db incremental` again)."""
+class Installed(Enum):
+    """Whether a step is installed as an incremental summary, and as it is defined now."""
+
+    NO = "no"
+    AS_DEFINED = "as defined"
+    OUTDATED = "outdated"
+    """Installed with another definition or an older state format: its refresh asks for
+    `pipectl db incremental` again."""
+
+
+async def installed(conn: Conn, step: StepConfig) -> Installed:
+    """How the step is installed, read in one statement."""
     assert step.incremental is not None
     if await conn.fetchval("SELECT to_regclass('pipectl.incremental_steps')") is None:
-        return False
+        return Installed.NO
     found = await conn.fetchval(
         "SELECT signature FROM pipectl.incremental_steps WHERE step = $1", step.name
     )
-    return bool(found == sql.signature(step.incremental))
+    if found is None:
+        return Installed.NO
+    return Installed.AS_DEFINED if found == sql.signature(step.incremental) else Installed.OUTDATED
+
+
+async def installed_as_defined(conn: Conn, step: StepConfig) -> bool:
+    """Whether the step is installed with its present definition and state format (its
+    refresh would not ask for `pipectl db incremental` again)."""
+    return await installed(conn, step) is Installed.AS_DEFINED
 
 
 async def triggers_installed(conn: Conn, step: StepConfig) -> bool:

@@ -11,6 +11,7 @@ import random
 import re
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -302,6 +303,24 @@ def _fact(rng: random.Random, at: datetime) -> tuple[object, ...]:
     )
 
 
+def _by_key() -> StepConfig:
+    """The property test's `by_key` step (hour buckets over a 6 h window of `facts`)."""
+    config = make_config("postgresql://unused/db", None, PROPERTY_STEPS)
+    return next(s for s in config.steps if s.name == "by_key")
+
+
+@pytest.fixture(name="conn")
+async def facts_connection(database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection, its TimeZone UTC, to a fresh database with the empty `facts` table."""
+    conn = await asyncpg.connect(database)
+    try:
+        await conn.execute("SET TimeZone = 'UTC'")
+        await conn.execute(FACTS)
+        yield conn
+    finally:
+        await conn.close()
+
+
 async def _insert(conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> None:
     await conn.executemany(
         "INSERT INTO facts (t, k, g, x, i, cat, tags) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)",
@@ -563,186 +582,164 @@ async def test_writes_behind_the_watermark_go_on_while_a_refresh_is_open(
 
 
 async def test_a_refresh_reads_what_arrived_and_the_overlap_not_the_rest_of_the_hour(
-    database: str,
+    conn: asyncpg.Connection,
 ) -> None:
     """The part of a bucket read before the last re-read point is sealed: the next refresh
     reads only from there (what arrived plus the overlap), and its bucket's state rows are
     merged back into one per group."""
     rng = random.Random(5)
-    step = next(s for s in make_config(database, None, PROPERTY_STEPS).steps if s.name == "by_key")
-    conn = await asyncpg.connect(database)
-    try:
-        await conn.execute("SET TimeZone = 'UTC'")
-        await conn.execute(FACTS)
-        hour = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-        ref = hour + timedelta(minutes=30)
-        # 40 rows early in the hour, 10 within the overlap (10 minutes) before ref.
-        early = [_fact(rng, hour + timedelta(minutes=rng.uniform(0, 19))) for _ in range(40)]
-        recent = [_fact(rng, hour + timedelta(minutes=rng.uniform(21, 29))) for _ in range(10)]
-        # And 5 at 06:10, outside the window (6 h) until the clock goes back below.
-        old = [_fact(rng, hour - timedelta(hours=5, minutes=50)) for _ in range(5)]
-        await _insert(conn, early + recent + old)
-        async with conn.transaction():
-            await store.install(conn, step, triggers=True)
-        assert (await _refresh(conn, step, ref)).full
-        arrived = [_fact(rng, ref + timedelta(minutes=rng.uniform(1, 9))) for _ in range(7)]
-        await _insert(conn, arrived)
-        again = await _refresh(conn, step, ref + timedelta(minutes=10))
-        assert not again.full
-        # From ref - overlap (12:20): the 10 recent rows and the 7 that arrived; the window's
-        # edge bucket (06:40-07:00) holds no rows. The whole hour would be 57.
-        assert (again.rows_read, again.rows_arrived) == (17, 7)
-        assert await _differences(conn, step, ref + timedelta(minutes=10)) == []
-        state = await conn.fetchval(
-            "SELECT state_table FROM pipectl.incremental_steps WHERE step = $1", step.name
-        )
-        per_group = await conn.fetchval(
-            f"SELECT max(n) FROM (SELECT count(*) AS n FROM pipectl_incremental.{state}"
-            " GROUP BY _bucket, _open, _k0, _k1) AS g"
-        )
-        assert per_group == 1
-        # The clock goes back an hour: buckets already dropped from the window are needed
-        # again, so the state is rebuilt.
-        back = await _refresh(conn, step, ref - timedelta(hours=1))
-        assert back.full
-        assert await _differences(conn, step, ref - timedelta(hours=1)) == []
-    finally:
-        await conn.close()
+    step = _by_key()
+    hour = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    ref = hour + timedelta(minutes=30)
+    # 40 rows early in the hour, 10 within the overlap (10 minutes) before ref.
+    early = [_fact(rng, hour + timedelta(minutes=rng.uniform(0, 19))) for _ in range(40)]
+    recent = [_fact(rng, hour + timedelta(minutes=rng.uniform(21, 29))) for _ in range(10)]
+    # And 5 at 06:10, outside the window (6 h) until the clock goes back below.
+    old = [_fact(rng, hour - timedelta(hours=5, minutes=50)) for _ in range(5)]
+    await _insert(conn, early + recent + old)
+    async with conn.transaction():
+        await store.install(conn, step, triggers=True)
+    assert (await _refresh(conn, step, ref)).full
+    arrived = [_fact(rng, ref + timedelta(minutes=rng.uniform(1, 9))) for _ in range(7)]
+    await _insert(conn, arrived)
+    again = await _refresh(conn, step, ref + timedelta(minutes=10))
+    assert not again.full
+    # From ref - overlap (12:20): the 10 recent rows and the 7 that arrived; the window's
+    # edge bucket (06:40-07:00) holds no rows. The whole hour would be 57.
+    assert (again.rows_read, again.rows_arrived) == (17, 7)
+    assert await _differences(conn, step, ref + timedelta(minutes=10)) == []
+    state = await conn.fetchval(
+        "SELECT state_table FROM pipectl.incremental_steps WHERE step = $1", step.name
+    )
+    per_group = await conn.fetchval(
+        f"SELECT max(n) FROM (SELECT count(*) AS n FROM pipectl_incremental.{state}"
+        " GROUP BY _bucket, _open, _k0, _k1) AS g"
+    )
+    assert per_group == 1
+    # The clock goes back an hour: buckets already dropped from the window are needed
+    # again, so the state is rebuilt.
+    back = await _refresh(conn, step, ref - timedelta(hours=1))
+    assert back.full
+    assert await _differences(conn, step, ref - timedelta(hours=1)) == []
 
 
-async def test_a_rebuild_leaves_the_state_tables_analyzed(database: str) -> None:
+async def test_a_rebuild_leaves_the_state_tables_analyzed(conn: asyncpg.Connection) -> None:
     """The first refresh (a rebuild) writes every state row: it analyzes both state tables
     in its transaction, so the next refreshes' DELETEs are planned on statistics, not on
     the guess that scans the minute states whole; an ordinary refresh leaves them be."""
     rng = random.Random(9)
-    step = next(s for s in make_config(database, None, PROPERTY_STEPS).steps if s.name == "by_key")
-    conn = await asyncpg.connect(database)
-    try:
-        await conn.execute("SET TimeZone = 'UTC'")
-        await conn.execute(FACTS)
-        ref = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
-        await _insert(
-            conn, [_fact(rng, ref - timedelta(minutes=rng.uniform(1, 300))) for _ in range(200)]
+    step = _by_key()
+    ref = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+    await _insert(
+        conn, [_fact(rng, ref - timedelta(minutes=rng.uniform(1, 300))) for _ in range(200)]
+    )
+    async with conn.transaction():
+        await store.install(conn, step, triggers=True)
+    state = await conn.fetchval(
+        "SELECT state_table FROM pipectl.incremental_steps WHERE step = $1", step.name
+    )
+    tables = [state, store.minutes_table_name(state)]
+
+    async def tuples() -> list[float]:
+        found = await conn.fetch(
+            "SELECT relname, reltuples FROM pg_class"
+            " WHERE relnamespace = 'pipectl_incremental'::regnamespace AND relname = ANY($1)",
+            tables,
         )
-        async with conn.transaction():
-            await store.install(conn, step, triggers=True)
-        state = await conn.fetchval(
-            "SELECT state_table FROM pipectl.incremental_steps WHERE step = $1", step.name
-        )
-        tables = [state, store.minutes_table_name(state)]
+        return [r["reltuples"] for r in sorted(found, key=lambda r: tables.index(r["relname"]))]
 
-        async def tuples() -> list[float]:
-            found = await conn.fetch(
-                "SELECT relname, reltuples FROM pg_class"
-                " WHERE relnamespace = 'pipectl_incremental'::regnamespace AND relname = ANY($1)",
-                tables,
-            )
-            return [r["reltuples"] for r in sorted(found, key=lambda r: tables.index(r["relname"]))]
-
-        assert await tuples() == [-1, -1]  # never analyzed
-        assert (await _refresh(conn, step, ref)).full
-        counted = [
-            await conn.fetchval(f"SELECT count(*) FROM pipectl_incremental.{t}") for t in tables
-        ]
-        assert await tuples() == counted
-        await _insert(conn, [_fact(rng, ref + timedelta(minutes=2))])
-        assert not (await _refresh(conn, step, ref + timedelta(minutes=5))).full
-        assert await tuples() == counted
-    finally:
-        await conn.close()
+    assert await tuples() == [-1, -1]  # never analyzed
+    assert (await _refresh(conn, step, ref)).full
+    counted = [await conn.fetchval(f"SELECT count(*) FROM pipectl_incremental.{t}") for t in tables]
+    assert await tuples() == counted
+    await _insert(conn, [_fact(rng, ref + timedelta(minutes=2))])
+    assert not (await _refresh(conn, step, ref + timedelta(minutes=5))).full
+    assert await tuples() == counted
 
 
-async def test_float_variances_stay_exact_to_nine_digits_far_from_zero(database: str) -> None:
+async def test_float_variances_stay_exact_to_nine_digits_far_from_zero(
+    conn: asyncpg.Connection,
+) -> None:
     """float8 partials: a variance of values around 10,000 with a spread of about 1. A sum
     of squares in float8 would lose about 8 of its digits to cancellation; per-bucket M2
     merged with the deviations of the bucket means (Chan) keeps it equal to PostgreSQL's own
     stddev, to 9 significant digits, across buckets and refreshes."""
     rng = random.Random(11)
-    step = next(s for s in make_config(database, None, PROPERTY_STEPS).steps if s.name == "by_key")
-    conn = await asyncpg.connect(database)
-    try:
-        await conn.execute("SET TimeZone = 'UTC'")
-        await conn.execute(FACTS)
-        ref = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+    step = _by_key()
+    ref = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 
-        def far(at: datetime) -> tuple[object, ...]:
-            row = list(_fact(rng, at))
-            row[3] = 10_000 + rng.gauss(0, 1)  # x
-            return tuple(row)
+    def far(at: datetime) -> tuple[object, ...]:
+        row = list(_fact(rng, at))
+        row[3] = 10_000 + rng.gauss(0, 1)  # x
+        return tuple(row)
 
-        await _insert(conn, [far(ref - timedelta(minutes=rng.uniform(1, 300))) for _ in range(400)])
-        async with conn.transaction():
-            await store.install(conn, step, triggers=True)
-        await _refresh(conn, step, ref)
-        await _insert(conn, [far(ref + timedelta(minutes=rng.uniform(0, 9))) for _ in range(100)])
-        later = ref + timedelta(minutes=10)
-        await _refresh(conn, step, later)
-        assert await _differences(conn, step, later) == []
-        spread = await conn.fetchval("SELECT max(sd) FROM public.by_key")
-        assert 0.5 < spread < 2  # the comparison above was about a real spread, not zero
-    finally:
-        await conn.close()
+    await _insert(conn, [far(ref - timedelta(minutes=rng.uniform(1, 300))) for _ in range(400)])
+    async with conn.transaction():
+        await store.install(conn, step, triggers=True)
+    await _refresh(conn, step, ref)
+    await _insert(conn, [far(ref + timedelta(minutes=rng.uniform(0, 9))) for _ in range(100)])
+    later = ref + timedelta(minutes=10)
+    await _refresh(conn, step, later)
+    assert await _differences(conn, step, later) == []
+    spread = await conn.fetchval("SELECT max(sd) FROM public.by_key")
+    assert 0.5 < spread < 2  # the comparison above was about a real spread, not zero
 
 
-async def test_the_windows_partial_bucket_comes_from_minute_states(database: str) -> None:
+async def test_the_windows_partial_bucket_comes_from_minute_states(
+    conn: asyncpg.Connection,
+) -> None:
     """The window's oldest (partial) bucket is published from minute states kept since its
     rows arrived, plus the raw rows of less than a minute before the first whole minute:
     a refresh with nothing new reads only those and the overlap. Updates, deletes and late
     inserts there (behind the watermark, through the invalidation log) and the edge moving
     across minutes, hours and past the changed rows keep the summary equal to its query."""
     rng = random.Random(11)
-    step = next(s for s in make_config(database, None, PROPERTY_STEPS).steps if s.name == "by_key")
-    conn = await asyncpg.connect(database)
-    try:
-        await conn.execute("SET TimeZone = 'UTC'")
-        await conn.execute(FACTS)
-        ref = datetime(2026, 3, 1, 12, 7, 30, tzinfo=UTC)
-        # 20 rows a minute over the window (6 h) and an hour before it.
-        await _insert(
-            conn, [_fact(rng, ref - timedelta(minutes=m / 20)) for m in range(0, 7 * 60 * 20)]
-        )
-        async with conn.transaction():
-            await store.install(conn, step, triggers=True)
-        assert (await _refresh(conn, step, ref)).full
-        assert await _differences(conn, step, ref) == []
-        # 12 min 15 s later, nothing new: the window starts at 06:19:45; 06:19:45-06:20:00
-        # is read raw (15 s: 5 rows), the rest of the edge hour from minute states; the
-        # overlap is read again (the 10 min up to the last reference time: 201 rows, the
-        # one at that time counted as arrived).
-        later = ref + timedelta(minutes=12, seconds=15)
-        quiet = await _refresh(conn, step, later)
-        assert not quiet.full
-        assert (quiet.rows_read, quiet.rows_arrived) == (5 + 201, 1)
-        assert await _differences(conn, step, later) == []
-        # Behind the watermark, in the edge hour and elsewhere: an update (values and a
-        # time moved across the hour), a delete, a late insert.
-        edge_hour = datetime(2026, 3, 1, 6, 30, tzinfo=UTC).replace(tzinfo=None)  # a timestamp
-        await conn.execute(
-            "UPDATE facts SET x = 7.5, cat = 'new', t = t + interval '40 minutes' "
-            "WHERE t >= $1 AND t < $2",
-            edge_hour,
-            edge_hour + timedelta(minutes=2),
-        )
-        await conn.execute(
-            "DELETE FROM facts WHERE t >= $1 AND t < $2",
-            edge_hour + timedelta(minutes=10),
-            edge_hour + timedelta(minutes=12),
-        )
-        late = (edge_hour + timedelta(minutes=20, seconds=10)).replace(tzinfo=UTC)
-        await _insert(conn, [_fact(rng, late) for _ in range(3)])
-        for step_by in (timedelta(0), timedelta(seconds=50), timedelta(minutes=9, seconds=7)):
-            later += step_by
-            done = await _refresh(conn, step, later)
-            assert not done.full
-            assert await _differences(conn, step, later) == [], later
-        # The edge moves past the changed rows, into the next hour, and on by whole minutes.
-        for step_by in (timedelta(minutes=25), timedelta(hours=1, minutes=3), timedelta(minutes=1)):
-            later += step_by
-            await _refresh(conn, step, later)
-            assert await _differences(conn, step, later) == [], later
-        assert await conn.fetchval("SELECT count(*) FROM pipectl.incremental_invalidations") == 0
-    finally:
-        await conn.close()
+    step = _by_key()
+    ref = datetime(2026, 3, 1, 12, 7, 30, tzinfo=UTC)
+    # 20 rows a minute over the window (6 h) and an hour before it.
+    await _insert(
+        conn, [_fact(rng, ref - timedelta(minutes=m / 20)) for m in range(0, 7 * 60 * 20)]
+    )
+    async with conn.transaction():
+        await store.install(conn, step, triggers=True)
+    assert (await _refresh(conn, step, ref)).full
+    assert await _differences(conn, step, ref) == []
+    # 12 min 15 s later, nothing new: the window starts at 06:19:45; 06:19:45-06:20:00
+    # is read raw (15 s: 5 rows), the rest of the edge hour from minute states; the
+    # overlap is read again (the 10 min up to the last reference time: 201 rows, the
+    # one at that time counted as arrived).
+    later = ref + timedelta(minutes=12, seconds=15)
+    quiet = await _refresh(conn, step, later)
+    assert not quiet.full
+    assert (quiet.rows_read, quiet.rows_arrived) == (5 + 201, 1)
+    assert await _differences(conn, step, later) == []
+    # Behind the watermark, in the edge hour and elsewhere: an update (values and a
+    # time moved across the hour), a delete, a late insert.
+    edge_hour = datetime(2026, 3, 1, 6, 30, tzinfo=UTC).replace(tzinfo=None)  # a timestamp
+    await conn.execute(
+        "UPDATE facts SET x = 7.5, cat = 'new', t = t + interval '40 minutes' "
+        "WHERE t >= $1 AND t < $2",
+        edge_hour,
+        edge_hour + timedelta(minutes=2),
+    )
+    await conn.execute(
+        "DELETE FROM facts WHERE t >= $1 AND t < $2",
+        edge_hour + timedelta(minutes=10),
+        edge_hour + timedelta(minutes=12),
+    )
+    late = (edge_hour + timedelta(minutes=20, seconds=10)).replace(tzinfo=UTC)
+    await _insert(conn, [_fact(rng, late) for _ in range(3)])
+    for step_by in (timedelta(0), timedelta(seconds=50), timedelta(minutes=9, seconds=7)):
+        later += step_by
+        done = await _refresh(conn, step, later)
+        assert not done.full
+        assert await _differences(conn, step, later) == [], later
+    # The edge moves past the changed rows, into the next hour, and on by whole minutes.
+    for step_by in (timedelta(minutes=25), timedelta(hours=1, minutes=3), timedelta(minutes=1)):
+        later += step_by
+        await _refresh(conn, step, later)
+        assert await _differences(conn, step, later) == [], later
+    assert await conn.fetchval("SELECT count(*) FROM pipectl.incremental_invalidations") == 0
 
 
 async def test_the_demo_reinstalls_a_summary_kept_in_an_older_state_format(

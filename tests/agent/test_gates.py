@@ -5,6 +5,7 @@ downstream steps do not run on it, and publish-anyway publishes it with the over
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -307,29 +308,43 @@ async def test_preset_gates_hold_the_summary_when_the_demo_input_breaks(
 ) -> None:
     """The demo's broken_input fault (most rules' rows gone from rule_performance) makes the
     preset's gates hold rule_effectiveness_summary; clearing it lets the next refresh pass."""
-    sim = ApesSimulator(database, None, seed=3)
-    await sim.setup()
-    await sim.backfill(2)
     step = "rule_effectiveness_summary"
+    async with _two_days_of_apes(database) as sim, running_agent(database, _preset_steps()):
+        assert (await _rerun(db, step))["outcome"] == "succeeded"
+        assert (await _rerun(db, step))["outcome"] == "succeeded"
+        rules = await db.fetchval(f"SELECT count(*) FROM public.{step}")
+        assert rules > 6
+        await _break_input_and_hold(db, sim, step, rules)
+        assert await db.fetchval(f"SELECT count(*) FROM public.{step}") == rules
+        await sim.clear("broken_input")
+        assert (await _rerun(db, step))["outcome"] == "succeeded"
+        assert await db.fetchval(f"SELECT count(*) FROM public.{step}") == rules
+
+
+@asynccontextmanager
+async def _two_days_of_apes(database: str) -> AsyncIterator[ApesSimulator]:
+    """The demo's simulator (its faults), with two days of APES history behind it."""
+    sim = ApesSimulator(database, None, seed=3)
     try:
-        async with running_agent(database, _preset_steps()):
-            assert (await _rerun(db, step))["outcome"] == "succeeded"
-            assert (await _rerun(db, step))["outcome"] == "succeeded"
-            rules = await db.fetchval(f"SELECT count(*) FROM public.{step}")
-            assert rules > 6
-            await sim.inject("broken_input", keep=3)
-            assert (await _rerun(db, step))["outcome"] == "failed"
-            held = (await _runs(db, step))[-1]
-            assert held["status"] == "held"
-            assert held["error"].startswith(
-                f"held: {step} rows {rules} → 3, below 50 % of the previous content"
-            )
-            assert await db.fetchval(f"SELECT count(*) FROM public.{step}") == rules
-            await sim.clear("broken_input")
-            assert (await _rerun(db, step))["outcome"] == "succeeded"
-            assert await db.fetchval(f"SELECT count(*) FROM public.{step}") == rules
+        await sim.setup()
+        await sim.backfill(2)
+        yield sim
     finally:
         await sim.close()
+
+
+async def _break_input_and_hold(
+    db: asyncpg.Connection, sim: ApesSimulator, step: str, rows: int
+) -> None:
+    """The demo's broken_input fault (all but 3 rules' rows set aside): the next refresh of
+    the summary is held by the preset's row-count gate."""
+    await sim.inject("broken_input", keep=3)
+    assert (await _rerun(db, step))["outcome"] == "failed"
+    held = (await _runs(db, step))[-1]
+    assert held["status"] == "held"
+    assert held["error"].startswith(
+        f"held: {step} rows {rows} → 3, below 50 % of the previous content"
+    )
 
 
 async def test_scheduled_downstream_is_skipped_while_its_upstream_is_held(
@@ -370,28 +385,19 @@ async def test_preset_gates_hold_the_incremental_summary_when_the_demo_input_bre
     rows set aside reach the incremental refresh through its invalidation triggers, the
     preset's gates hold the publication (summary and partial state as they were), and once
     the rows are back the next refresh publishes exactly what the defining query gives."""
-    sim = ApesSimulator(database, None, seed=3)
-    await sim.setup()
-    await sim.backfill(2)
     body = apes_incremental_steps_text()
     step = "rule_effectiveness_summary"
     steps = make_config(database, None, body).steps
-    async with db.transaction():
-        for summary in steps:  # as `pipectl db incremental --triggers` does
-            await incremental_store.install(db, summary, triggers=True)
     config = next(s for s in steps if s.name == step)
-    try:
+    async with _two_days_of_apes(database) as sim:
+        async with db.transaction():
+            for summary in steps:  # as `pipectl db incremental --triggers` does
+                await incremental_store.install(db, summary, triggers=True)
         async with running_agent(database, body):
             assert (await _rerun(db, step))["outcome"] == "succeeded"
             before = await db.fetch(f"SELECT * FROM public.{step} ORDER BY 1")
             assert len(before) > 6
-            await sim.inject("broken_input", keep=3)
-            assert (await _rerun(db, step))["outcome"] == "failed"
-            held = (await _runs(db, step))[-1]
-            assert held["status"] == "held"
-            assert held["error"].startswith(
-                f"held: {step} rows {len(before)} → 3, below 50 % of the previous content"
-            )
+            await _break_input_and_hold(db, sim, step, len(before))
             assert await db.fetch(f"SELECT * FROM public.{step} ORDER BY 1") == before
             await sim.clear("broken_input")
             assert (await _rerun(db, step))["outcome"] == "succeeded"
@@ -399,5 +405,3 @@ async def test_preset_gates_hold_the_incremental_summary_when_the_demo_input_bre
             async with audit_transaction(db, timedelta(minutes=1)):
                 found = await audit_step(db, config)
             assert (found.only_in_summary, found.only_in_recompute) == (0, 0), found
-    finally:
-        await sim.close()

@@ -6,7 +6,8 @@ that stopped heartbeating or whose sessions are all gone, and exports the shared
 checks, agents alive, the request queue: store.shared_state, one statement), so every agent
 exports the same picture whichever of them ran what. A heartbeat that fails removes those
 series and exports no agent alive. A heartbeat that finds this agent declared lost (it was
-cut off) abandons the work in flight and rejoins under a new id.
+cut off) abandons the work in flight and rejoins under a new id; a rejoin cut short by a
+failing statement is finished by the next heartbeat.
 
 Liveness never depends on PIDs: an agent holds a shared advisory lock on its listening
 connection for as long as it lives (store.hold_liveness), which peers see in pg_locks from
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from uuid import UUID
 
 import asyncpg
 
@@ -26,6 +28,7 @@ from pipectl import __version__, store
 from pipectl.agent.runtime import AgentRuntime, publish_plan
 from pipectl.agent.systemd import notify
 from pipectl.clock import DatabaseClock
+from pipectl.listen import Listener
 from pipectl.model import RunStatus
 from pipectl.resilience import Outage, describe, is_transient
 
@@ -44,8 +47,10 @@ class Membership:
             down="database unreachable ({error}); retrying",
             up="database reachable again after {seconds:.1f}s",
         )
-        self._liveness_conn: asyncpg.Connection | None = None
+        self._listener: Listener | None = None
         self._liveness_id = rt.identity.id
+        self._rejoining_from: UUID | None = None
+        """The id peers declared lost, while coming back under a new one is unfinished."""
 
     # ------------------------------------------------------------------ joining
 
@@ -71,20 +76,28 @@ class Membership:
             heartbeat_seconds=rt.config.agent.heartbeat.total_seconds(),
         )
 
-    async def hold_liveness(self, conn: asyncpg.Connection) -> None:
-        """Take the liveness lock on a (new) listening connection."""
-        self._liveness_conn = conn
-        self._liveness_id = self.rt.identity.id
-        await store.hold_liveness(conn, self._liveness_id)
+    async def hold_liveness(self, listener: Listener) -> None:
+        """Take the liveness lock on the listener's (new) connection, under the present id."""
+        self._listener = listener
+        async with listener.exclusive() as conn:
+            if conn is None:
+                return
+            await store.hold_liveness(conn, self.rt.identity.id)
+            self._liveness_id = self.rt.identity.id
 
     async def _move_liveness(self) -> None:
-        """After a rejoin the lock must name the new id (the old one was declared lost)."""
-        conn = self._liveness_conn
-        if conn is None or conn.is_closed():
+        """After a rejoin the lock must name the new id (the old one was declared lost). The
+        listening connection is shared with its keepalive: one statement at a time. Without
+        a connection now, the next session takes the lock under the new id."""
+        new = self.rt.identity.id
+        if self._listener is None or self._liveness_id == new:
             return
-        old, self._liveness_id = self._liveness_id, self.rt.identity.id
-        await store.hold_liveness(conn, self._liveness_id)
-        await store.release_liveness(conn, old)
+        async with self._listener.exclusive() as conn:
+            if conn is None or conn.is_closed():
+                return
+            await store.hold_liveness(conn, new)
+            old, self._liveness_id = self._liveness_id, new
+            await store.release_liveness(conn, old)
 
     # ------------------------------------------------------------------ heartbeat
 
@@ -120,7 +133,9 @@ class Membership:
         beat = await store.heartbeat(rt.pool, rt.identity.id, status)
         if isinstance(rt.clock, DatabaseClock):
             rt.clock.sync(beat.server_now, rt.clock.monotonic() - sent)
-        if not beat.alive:
+        if not beat.alive and self._rejoining_from is None:
+            self.abandon()
+        if self._rejoining_from is not None:
             await self.rejoin()
         if rt.ledger.pending and await rt.ledger.repair():
             rt.runs_changed.fire()
@@ -181,15 +196,23 @@ class Membership:
         grace = agent.heartbeat.total_seconds() * agent.lost_after
         return self.rt.clock.monotonic() - self.connected_since >= grace
 
-    async def rejoin(self) -> None:
+    def abandon(self) -> None:
         """Peers declared us lost (we were cut off): our runs and requests were handed over,
-        so abandon what we were doing and come back as a new agent."""
+        so abandon what we were doing and take a new id; `rejoin` comes back under it."""
         log.warning("this agent was declared lost by a peer; abandoning in-flight work")
         rt = self.rt
         rt.runner.cancel_reason = "abandoned: agent was declared lost by a peer"
         rt.work.cancel_dispatched()
-        old_id = rt.identity.id
+        self._rejoining_from = rt.identity.id
         rt.runner.agent_id = rt.identity.renew()
+
+    async def rejoin(self) -> None:
+        """Come back as a new agent. Every part may be done again, so a heartbeat that fails
+        half-way (a lost connection) leaves the rest to the next one, never an agent
+        registered under its new id that publishes nothing."""
+        rt = self.rt
+        old_id = self._rejoining_from
+        assert old_id is not None
         # The reaper failed what it saw; a run this agent created under its old identity
         # in the moment before (a tick, a chained run) would otherwise stay queued for good.
         closed = await store.close_unfinished_runs(
@@ -200,6 +223,7 @@ class Membership:
         await self.register()
         await self._move_liveness()
         await publish_plan(rt, rt.plan)  # a new agent row publishes nothing until it does
+        self._rejoining_from = None
 
     def _report_lost(self, lost: store.LostAgent) -> None:
         log.warning(

@@ -239,8 +239,9 @@ class Agent:
         config = rt.config
         app = f"pipectl-agent {self.identity.name} listen"[:63]
 
-        async def on_connected(conn: asyncpg.Connection) -> None:
-            await self.parts.membership.hold_liveness(conn)
+        async def on_connected(_conn: asyncpg.Connection) -> None:
+            assert self.listener is not None  # its own callback: it exists
+            await self.parts.membership.hold_liveness(self.listener)
             rt.wake_requests.set()  # whatever arrived while we were not listening
 
         return Listener(

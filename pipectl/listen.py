@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import asyncpg
 
@@ -30,8 +30,10 @@ class Listener:
     `connect` opens the connection (it raises on failure); `on_connected(conn)` runs after the
     subscriptions are in place (look for work missed while away, take per-session locks);
     `on_lost(reason)` after the connection was lost. A keepalive (`SELECT 1` every
-    `keepalive` seconds, bounded by the same time) notices a dead socket that no NOTIFY would
-    reveal. Failures are logged through one Outage: a long outage costs three lines."""
+    `keepalive` seconds, bounded by `keepalive_timeout`, the same time unless given) notices a
+    dead socket that no NOTIFY would reveal. The owner's own statements on the connection go
+    through `exclusive()`, taking turns with the keepalive. Failures are logged through one
+    Outage: a long outage costs three lines."""
 
     def __init__(
         self,
@@ -42,6 +44,7 @@ class Listener:
         on_connected: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
         on_lost: Callable[[str], None] | None = None,
         keepalive: float = 5.0,
+        keepalive_timeout: float | None = None,
         backoff: Backoff | None = None,
         clock: Clock = SYSTEM_CLOCK,
         logger: logging.Logger = log,
@@ -52,10 +55,14 @@ class Listener:
         self._on_connected = on_connected
         self._on_lost = on_lost
         self.keepalive = keepalive
+        self.keepalive_timeout = keepalive_timeout or keepalive
         self.clock = clock
         self.backoff = backoff or Backoff(0.5, 10.0, clock=clock)
         self.outage = Outage(what, logger, clock=clock)
         self.connection: asyncpg.Connection | None = None
+        # asyncpg refuses a second operation on a connection while one is in progress: the
+        # keepalive and an owner's statement on the listening connection take turns.
+        self._statements = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._lost = asyncio.Event()
         self._retry = asyncio.Event()
@@ -63,6 +70,13 @@ class Listener:
     @property
     def listening(self) -> bool:
         return self.connection is not None and not self._lost.is_set()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[asyncpg.Connection | None]:
+        """The listening connection (None between sessions), for statements of its owner's
+        (a lock held for the session's life) that must not collide with the keepalive."""
+        async with self._statements:
+            yield self.connection
 
     def stop(self) -> None:
         self._stopping.set()
@@ -124,12 +138,18 @@ class Listener:
             if await self.clock.wait(self._lost, self.keepalive):
                 break
             try:
-                await asyncio.wait_for(conn.execute("SELECT 1"), self.keepalive)
+                await self._ping(conn)
             except Exception as exc:
                 return describe(exc)
         if self._stopping.is_set():
             return "stopped"
         return "interrupted" if not conn.is_closed() else "the server closed the connection"
+
+    async def _ping(self, conn: asyncpg.Connection) -> None:
+        """SELECT 1, bounded; waiting for the owner's statement to end is not (each owner
+        bounds its own)."""
+        async with self._statements:
+            await asyncio.wait_for(conn.execute("SELECT 1"), self.keepalive_timeout)
 
     def _terminated(self, _conn: object) -> None:
         self._lost.set()

@@ -23,10 +23,18 @@ async def register_agent(
     version: str,
     heartbeat_seconds: float,
 ) -> None:
+    """One statement, so the row and its event exist together, and registering the same id
+    again (a rejoin retried after a failed heartbeat) changes nothing."""
     await db.execute(
         """
-        INSERT INTO pipectl.agents (id, name, host, pid, version, heartbeat_seconds)
-        VALUES ($1, $2, $3, $4, $5, $6)
+        WITH agent AS (
+            INSERT INTO pipectl.agents (id, name, host, pid, version, heartbeat_seconds)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id
+        )
+        INSERT INTO pipectl.events (kind, subject, message, detail)
+        SELECT 'agent.started', $2, $7, $8 FROM agent
         """,
         agent_id,
         name,
@@ -34,11 +42,6 @@ async def register_agent(
         pid,
         version,
         heartbeat_seconds,
-    )
-    await db.execute(
-        "INSERT INTO pipectl.events (kind, subject, message, detail)"
-        " VALUES ('agent.started', $1, $2, $3)",
-        name,
         f"agent {name} started on {host} (pid {pid}, version {version})",
         {"agent_id": str(agent_id)},
     )

@@ -220,3 +220,62 @@ async def test_an_agent_declared_lost_publishes_again_when_it_rejoins(
 
         assert await wait_for(republished, timeout=30) == ["mine"]
         assert await retired(db, "checks") == set()
+
+
+async def test_a_rejoin_cut_short_is_finished_by_the_next_heartbeat(
+    database: str, db: asyncpg.Connection
+) -> None:
+    """The heartbeat that finds the agent declared lost fails half-way through coming back
+    (here its listening connection is busy, so the liveness lock cannot move): the agent is
+    registered under its new id but has published nothing. The next heartbeat finishes the
+    rejoin instead of taking the new row for a whole agent (before, it never published
+    again; CI saw this once, when the keepalive ran at that moment)."""
+    clock = past_clock()
+    async with running_agent(database, FAST + body("mine"), name="a", clock=clock) as agent:
+        first = agent.agent_id
+        listener = agent.listener
+        assert listener is not None
+
+        async def listening() -> bool:
+            return listener.listening
+
+        await wait_for(listening, timeout=10)
+        assert listener.connection is not None
+        # Not through Listener.exclusive(): a statement the agent cannot wait for.
+        busy = asyncio.create_task(listener.connection.execute("SELECT pg_sleep(2)"))
+        await asyncio.sleep(0.2)
+        await db.execute("UPDATE pipectl.agents SET lost_at = now() WHERE id = $1", first)
+        await clock.advance(1.0)  # the heartbeat that finds it lost
+
+        async def registered_again() -> object:
+            return agent.agent_id != first and await db.fetchval(
+                "SELECT true FROM pipectl.agents WHERE id = $1", agent.agent_id
+            )
+
+        await wait_for(registered_again, timeout=10)
+        assert not busy.done()  # the half-way state was real: nothing published yet
+        assert (
+            await db.fetchval(
+                "SELECT published_checks FROM pipectl.agents WHERE id = $1", agent.agent_id
+            )
+            is None
+        )
+        await busy
+        second = agent.agent_id
+
+        async def republished() -> object:
+            await clock.advance(1.0)
+            return await db.fetchval(
+                "SELECT published_checks FROM pipectl.agents WHERE id = $1", second
+            )
+
+        assert await wait_for(republished, timeout=30) == ["mine"]
+        assert agent.agent_id == second  # finished, not declared lost and renewed again
+        assert (
+            await db.fetchval(
+                "SELECT count(*) FROM pipectl.events WHERE kind = 'agent.started'"
+                " AND detail->>'agent_id' = $1",
+                str(second),
+            )
+            == 1
+        )

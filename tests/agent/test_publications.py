@@ -241,9 +241,23 @@ async def test_a_rejoin_cut_short_is_finished_by_the_next_heartbeat(
 
         await wait_for(listening, timeout=10)
         assert listener.connection is not None
-        # Not through Listener.exclusive(): a statement the agent cannot wait for.
-        busy = asyncio.create_task(listener.connection.execute("SELECT pg_sleep(2)"))
-        await asyncio.sleep(0.2)
+        # Not through Listener.exclusive(): a statement the agent cannot wait for, blocked on
+        # an advisory lock the test holds until it has seen the half-way state.
+        await db.execute("SELECT pg_advisory_lock(7204)")
+        busy = asyncio.create_task(
+            listener.connection.execute("SELECT pg_advisory_lock(7204), pg_advisory_unlock(7204)")
+        )
+
+        async def blocked() -> bool:
+            return bool(
+                await db.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    " AND objid = 7204 AND objsubid = 1 AND database ="
+                    " (SELECT oid FROM pg_database WHERE datname = current_database())"
+                )
+            )
+
+        await wait_for(blocked, timeout=10)
         await db.execute("UPDATE pipectl.agents SET lost_at = now() WHERE id = $1", first)
         await clock.advance(1.0)  # the heartbeat that finds it lost
 
@@ -253,14 +267,15 @@ async def test_a_rejoin_cut_short_is_finished_by_the_next_heartbeat(
             )
 
         await wait_for(registered_again, timeout=10)
-        assert not busy.done()  # the half-way state was real: nothing published yet
+        assert not busy.done()
         assert (
             await db.fetchval(
                 "SELECT published_checks FROM pipectl.agents WHERE id = $1", agent.agent_id
             )
             is None
-        )
-        await busy
+        )  # the half-way state: registered under the new id, nothing published
+        await db.execute("SELECT pg_advisory_unlock(7204)")
+        await asyncio.wait_for(busy, 10)
         second = agent.agent_id
 
         async def republished() -> object:

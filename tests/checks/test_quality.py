@@ -339,11 +339,16 @@ async def test_a_key_covered_by_a_unique_index_is_guaranteed_without_grouping(
     assert (windowed.value, windowed.baseline["rows_checked"]) == (0, 3)
     assert windowed.baseline["guaranteed_by"] == index
 
-    # Without the index nothing is guaranteed: the probe groups again and finds the copy.
+    # Without the index nothing is guaranteed: the probe groups again and finds the copy. A
+    # unique index with a column outside the key guarantees nothing about the key either.
     await conn.execute(f"ALTER TABLE public.improvement_sessions DROP CONSTRAINT {index}")
     await conn.execute(
+        "CREATE UNIQUE INDEX sessions_wider ON public.improvement_sessions"
+        " (session_id, original_prompt)"
+    )
+    await conn.execute(
         "INSERT INTO public.improvement_sessions (session_id, user_id, original_prompt,"
-        " started_at) VALUES ('s1', 'u', 'p', $1)",
+        " started_at) VALUES ('s1', 'u', 'another prompt', $1)",
         naive_utc(NOW - timedelta(days=3)),
     )
     result = await run_shape(database, conn, "sessions_unique")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from pipectl.cli import VERBS, _verb_of, build_parser, parser_for, verb_module
+from pipectl.cli import VERBS, _verb_of, build_parser, main, parser_for, verb_module
 from tests.test_cli_ops import add_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -288,33 +289,53 @@ def test_an_unexpected_error_is_not_swallowed() -> None:
     assert "ValueError: bug" in done.stderr
 
 
-def test_the_console_imports_no_pydantic_and_no_check_kind() -> None:
-    """The console reads only [database] (a known config: pipectl.configcache) and the cache
-    floors (pipectl.cache_floors): its app loads neither pydantic, the config's models nor a
-    check kind (importing any of which registers them all)."""
+def _loaded_by_console_import(selector: str) -> list[str]:
+    """The modules that `import pipectl.console.app` loads, of those `selector` (a Python
+    expression of the module's name `m`) picks, sorted."""
     probe = (
         "import sys, json, pipectl.console.app\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic'"
-        " or m.startswith(('pipectl.checks', 'pipectl.config')))))"
+        f"print(json.dumps(sorted(m for m in sys.modules if {selector})))"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
     )
-    assert json.loads(done.stdout) == ["pipectl.configfile"]
+    return list(json.loads(done.stdout))
+
+
+def test_the_console_imports_no_pydantic_and_no_check_kind() -> None:
+    """The console reads only [database] (a known config: pipectl.configcache) and the cache
+    floors (pipectl.cache_floors): its app loads neither pydantic, the config's models nor a
+    check kind (importing any of which registers them all)."""
+    loaded = _loaded_by_console_import(
+        "m.split('.')[0] == 'pydantic' or m.startswith(('pipectl.checks', 'pipectl.config'))"
+    )
+    assert loaded == ["pipectl.configfile"]
 
 
 def test_the_console_imports_only_the_screen_it_opens_with() -> None:
     """The Overview is the first screen; the others load when first shown (their switching
     is tested in tests/console/test_screens.py)."""
+    loaded = set(_loaded_by_console_import("m.startswith('pipectl.console.screens.')"))
+    assert "pipectl.console.screens.overview" in loaded
+    later = {"checks", "cache", "timeline", "requests", "schema"}
+    assert not {f"pipectl.console.screens.{name}" for name in later} & loaded
+
+
+def test_only_the_command_leaves_its_objects_to_the_operating_system() -> None:
+    """`pipectl` (main() without arguments, then the process ends) freezes the collector so
+    the interpreter's teardown skips the objects the imports made; main(argv), the verbs run
+    in-process (by these tests too), leaves the collector alone."""
+    before = gc.get_freeze_count()
+    assert main(["--version"]) == 0
+    assert gc.get_freeze_count() == before
     probe = (
-        "import sys, json, pipectl.console.app\n"
-        "print(json.dumps(sorted(m for m in sys.modules"
-        " if m.startswith('pipectl.console.screens.'))))"
+        "import gc, sys\n"
+        "from pipectl.cli import main\n"
+        "sys.argv = ['pipectl', '--version']\n"
+        "code = main()\n"
+        "print(code, gc.get_freeze_count() > 0)"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
     )
-    loaded = set(json.loads(done.stdout))
-    assert "pipectl.console.screens.overview" in loaded
-    later = {"checks", "cache", "timeline", "requests", "schema"}
-    assert not {f"pipectl.console.screens.{name}" for name in later} & loaded
+    assert done.stdout.split()[-2:] == ["0", "True"]

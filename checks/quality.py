@@ -284,7 +284,8 @@ WHERE n.nspname = $1 AND t.relname = $2 AND i.indisunique AND i.indisvalid
   AND NOT EXISTS (
       SELECT 1 FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, position)
       LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum
-      WHERE k.position <= i.indnkeyatts AND (a.attname IS NULL OR a.attname::text <> ALL($3::text[])))
+      WHERE k.position <= i.indnkeyatts
+        AND (a.attname IS NULL OR a.attname::text <> ALL($3::text[])))
 ORDER BY i.indisprimary DESC, ic.relname
 LIMIT 1
 """

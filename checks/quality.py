@@ -47,6 +47,7 @@ from pipectl.config import (
 )
 from pipectl.durations import format_duration
 from pipectl.model import CheckResult, CheckStatus
+from pipectl.store.base import Conn
 
 
 class QualityRule(Strict):
@@ -178,8 +179,9 @@ def violation_predicate(rule: QualityRule, params: Params) -> str:
 def _unique_sql(check: QualityCheck, params: Params, now: datetime, *, per_key: bool) -> str:
     """Rows checked and rows beyond the first of each key, by the key's shape.
 
-    The whole table on a single column: `count(key) - count(DISTINCT key)`, one pass sorting
-    the keys (faster than grouping them on a uuid key, bench/FINDINGS.md). Several columns:
+    The whole table on a single column: `count(key) - count(DISTINCT key)`, sorting the keys
+    (faster than grouping them on a uuid key, bench/FINDINGS.md), in slices of the key's hash
+    that PostgreSQL's parallel workers sort side by side (`in_slices`). Several columns:
     the rows read into a CTE, then grouped (faster than count(DISTINCT) of a row, and than
     one grouped pass). With a window, a new row whose key is also held by a row outside the
     window (an old key arriving again) counts too: the distinct new keys are looked up among
@@ -190,9 +192,9 @@ def _unique_sql(check: QualityCheck, params: Params, now: datetime, *, per_key: 
     source = f"{check.table.sql} AS {_ROW}"
     if check.window is None and len(rule.columns) == 1:
         key = f"{_ROW}.{col(rule.columns[0])}"
-        return (
-            f"SELECT count(*) AS rows_checked, count({key}) - count(DISTINCT {key})"
-            f" AS violations FROM {source} WHERE {scope}"
+        select = f"count(*) AS rows_checked, count({key}) - count(DISTINCT {key}) AS violations"
+        return in_slices(
+            select, f"FROM {source} WHERE {scope}", key, ["rows_checked", "violations"]
         )
     keys = ", ".join(f"{_ROW}.{col(c)}" for c in rule.columns)
     present = " AND ".join(f"{_ROW}.{col(c)} IS NOT NULL" for c in rule.columns)
@@ -305,11 +307,7 @@ def count_query(check: QualityCheck, now: datetime) -> Query:
 async def unique_index(ctx: Context[QualityCheck]) -> str | None:
     """The unique index that guarantees the check's key, looked up when the probe runs (an
     index dropped since start-up is not trusted)."""
-    check = ctx.check
-    found = await ctx.conn.fetchval(
-        _UNIQUE_INDEX_SQL, check.table.schema, check.table.name, list(check.rule.columns)
-    )
-    return None if found is None else str(found)
+    return await _index_guaranteeing(ctx.conn, ctx.check)
 
 
 # A valid index without a predicate led by the key's first column: PostgreSQL can look each
@@ -359,31 +357,87 @@ async def probe(ctx: Context[QualityCheck]) -> Observation:
 # Rules a shared probe can answer: the row predicates, counted side by side in one scan. Not
 # unique: a scan grouped by its key with the other counts summed over the groups was measured
 # slower than the key's own probe plus one count scan (bench (a), 10M rows: 20.7 s against
-# 10.1 s + 3.7 s).
+# 10.1 s + 3.7 s). A whole-table key of one column does share (`shares_scan`): its
+# count(DISTINCT) is one more column of the scan, which runs in two slices (below).
 FUSABLE = frozenset({"not_null", "range", "accepted", "references", "json_keys"})
+
+SLICES = 2
+"""A scan that counts distinct keys runs as this many slices of the key's hash, side by side."""
+
+
+def shares_scan(check: QualityCheck) -> bool:
+    """A rule the shared scan of its table and scope can answer."""
+    rule = check.rule
+    if rule.type == "unique":
+        return check.window is None and len(rule.columns) == 1
+    return rule.type in FUSABLE
 
 
 def fusion_key(check: QualityCheck) -> tuple[str, str | None, timedelta | None, str] | None:
     """Checks with equal keys read exactly the same rows, so one probe can answer them all."""
-    if check.rule.type not in FUSABLE:
+    if not shares_scan(check):
         return None
     return (check.table.sql, check.time_column, check.window, check.timezone)
 
 
-def fused_query(checks: Sequence[QualityCheck], now: datetime) -> Query:
-    """One scan answering several row-predicate checks of one scope (equal `fusion_key`):
-    `rows_checked`, then `v0`, `v1`, ... the violations of each check in order."""
+def _shared_count(check: QualityCheck, params: Params, guaranteed: bool) -> str:
+    """The violations of one check, as a column of the shared scan."""
+    if check.rule.type != "unique":
+        return f"count(*) FILTER (WHERE {violation_predicate(check.rule, params)})"
+    if guaranteed:
+        return "0"
+    key = f"{_ROW}.{col(check.rule.columns[0])}"
+    return f"count({key}) - count(DISTINCT {key})"
+
+
+def fused_query(
+    checks: Sequence[QualityCheck], now: datetime, guaranteed: frozenset[str] = frozenset()
+) -> Query:
+    """One scan answering several checks of one scope (equal `fusion_key`): `rows_checked`,
+    then `v0`, `v1`, ... the violations of each check in order. `guaranteed` names the unique
+    checks a unique index covers (only counted).
+
+    count(DISTINCT) sorts in one process, where PostgreSQL would share a plain scan's counts
+    among its parallel workers. With one such key, the scan is split by the key's hash into
+    `SLICES` slices: every row of a key falls in the same slice, so the slices' counts add up
+    to the whole table's, and PostgreSQL runs the slices in parallel workers (a Parallel
+    Append), each sorting its share of the keys. At 1M rows on two cores: 0.42 s against
+    0.60 s for one pass (bench/FINDINGS.md). Keys of different columns stay in one pass."""
     params = Params()
     first = checks[0]
     scope = _scope(first, params, now)
-    columns = ", ".join(
-        f"count(*) FILTER (WHERE {violation_predicate(c.rule, params)}) AS v{i}"
-        for i, c in enumerate(checks)
+    counts = [_shared_count(c, params, c.name in guaranteed) for c in checks]
+    select = ", ".join(
+        ["count(*) AS rows_checked", *(f"{count} AS v{i}" for i, count in enumerate(counts))]
     )
-    sql = (
-        f"SELECT count(*) AS rows_checked, {columns} FROM {first.table.sql} AS {_ROW} WHERE {scope}"
+    source = f"FROM {first.table.sql} AS {_ROW} WHERE {scope}"
+    keys = {
+        c.rule.columns[0] for c in checks if c.rule.type == "unique" and c.name not in guaranteed
+    }
+    if len(keys) != 1:
+        return Query(f"SELECT {select} {source}", params)
+    names = ["rows_checked", *(f"v{i}" for i in range(len(checks)))]
+    return Query(in_slices(select, source, f"{_ROW}.{col(keys.pop())}", names), params)
+
+
+def in_slices(select: str, source: str, key: str, names: Sequence[str]) -> str:
+    """`SELECT {select} {source}` (counts named `names`, summed) in `SLICES` slices of the
+    hash of `key`. hash_record_extended hashes the key with its type's own hash function; a
+    row of one column is never NULL (a NULL key hashes too), so every row is in one slice."""
+    hashed = f"hash_record_extended(ROW({key}), 0)"
+    slices = " UNION ALL ".join(
+        f"SELECT {select} {source} AND mod({hashed}, {SLICES}) IN ({i}, {-i})"
+        for i in range(SLICES)
     )
-    return Query(sql, params)
+    sums = ", ".join(f"sum({name})::bigint AS {name}" for name in names)
+    return f"SELECT {sums} FROM ({slices}) AS slices"
+
+
+async def _index_guaranteeing(conn: Conn, check: QualityCheck) -> str | None:
+    found = await conn.fetchval(
+        _UNIQUE_INDEX_SQL, check.table.schema, check.table.name, list(check.rule.columns)
+    )
+    return None if found is None else str(found)
 
 
 async def fused_probe(
@@ -391,11 +445,17 @@ async def fused_probe(
 ) -> list[Observation]:
     """Observations of `checks` (sharing ctx.check's scope) from one scan, in order."""
     check = ctx.check
-    row = await fused_query(checks, ctx.now).fetchrow(
-        ctx.conn, ctx.table(check.table), zone(check.timezone)
-    )
+    indexes = {
+        c.name: index
+        for c in checks
+        if c.rule.type == "unique" and (index := await _index_guaranteeing(ctx.conn, c))
+    }
+    found = fused_query(checks, ctx.now, frozenset(indexes))
+    row = await found.fetchrow(ctx.conn, ctx.table(check.table), zone(check.timezone))
     rows = int(row["rows_checked"] or 0)
-    return [Observation(rows, int(row[f"v{i}"] or 0)) for i in range(len(checks))]
+    return [
+        Observation(rows, int(row[f"v{i}"] or 0), indexes.get(c.name)) for i, c in enumerate(checks)
+    ]
 
 
 async def run_shared(

@@ -66,9 +66,12 @@ class Query:
     async def fetchrow(
         self, conn: Conn, table: Table | None = None, tz: ZoneInfo = _UTC
     ) -> asyncpg.Record:
-        row = await conn.fetchrow(self.sql, *self.args(table, tz))
-        assert row is not None  # every probe is an aggregate: always one row
-        return row
+        # Not conn.fetchrow: it asks for one row (an Execute message with a row limit), and
+        # PostgreSQL then plans without parallel workers; a scan of 1M rows took twice as
+        # long (bench/FINDINGS.md). An aggregate returns one row whatever is asked.
+        rows = await conn.fetch(self.sql, *self.args(table, tz))
+        assert len(rows) == 1  # every probe is an aggregate: always one row
+        return rows[0]
 
     async def fetch(
         self, conn: Conn, table: Table | None = None, tz: ZoneInfo = _UTC

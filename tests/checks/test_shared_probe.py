@@ -1,6 +1,7 @@
 """Quality row checks that read the same rows share one scan (CheckEngine.run_many), with
-exactly the answers each would give alone; a shared probe that fails falls back to one probe
-each, unless it ran out of time."""
+exactly the answers each would give alone; so do whole-table unique keys of one column (one
+more column of the scan, in slices of the key's hash when there is one such key). A shared
+probe that fails falls back to one probe each, unless it ran out of time."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import random
 from datetime import timedelta
 
 import asyncpg
+import pytest
 
-from pipectl.checks import CheckEngine
+from pipectl.checks import CheckEngine, quality
 from pipectl.model import CheckResult, CheckStatus
 from tests.checks.conftest import NOW
 from tests.checks.data import add_feedback
@@ -49,6 +51,18 @@ name = "one_feedback_per_session"
 kind = "quality"
 table = "public.user_feedback"
 rule = {{ type = "unique", columns = ["session_id"] }}
+
+[[checks]]
+name = "one_feedback_per_rating"
+kind = "quality"
+table = "public.user_feedback"
+rule = {{ type = "unique", columns = ["user_rating"] }}
+
+[[checks]]
+name = "one_row_per_id"
+kind = "quality"
+table = "public.user_feedback"
+rule = {{ type = "unique", columns = ["id"] }}
 
 [[checks]]
 name = "ratings_present_ever"
@@ -103,18 +117,62 @@ async def test_a_shared_probe_answers_exactly_as_each_check_alone(
         assert answer(together[name]) == answer(alone[name]), name
     assert all(r.status != CheckStatus.ERROR for r in together.values())
     shared = {name: r.baseline.get("probe_shared_by") for name, r in together.items()}
-    # One scan for the three windowed row checks; unique keys and custom SQL run alone, and
-    # so does the one whole-table row check (nothing to share with).
+    # One scan for the three windowed row checks, one for the whole table's row check and
+    # keys of one column; windowed keys and custom SQL run alone.
     assert shared == {
         "ratings_present": 3,
         "ratings_in_range": 3,
         "applied_rules_shape": 3,
         "one_feedback_per_session_today": None,
         "one_feedback_per_rating_today": None,
-        "one_feedback_per_session": None,
-        "ratings_present_ever": None,
+        "one_feedback_per_session": 4,
+        "one_feedback_per_rating": 4,
+        "one_row_per_id": 4,
+        "ratings_present_ever": 4,
         "ratings_custom": None,
     }
+    # The primary key guarantees its key inside the shared scan as alone.
+    assert together["one_row_per_id"].baseline["guaranteed_by"] == "user_feedback_pkey"
+
+
+@pytest.mark.parametrize(
+    ("names", "sliced"),
+    [
+        # One key to count: the scan runs in slices of its hash, which add up exactly.
+        (["one_feedback_per_session", "ratings_present_ever", "one_row_per_id"], True),
+        # Two keys: a slice of one key's hash would split the other's duplicates; one pass.
+        (["one_feedback_per_session", "one_feedback_per_rating", "ratings_present_ever"], False),
+    ],
+)
+async def test_whole_table_keys_share_the_scan_in_slices_of_one_key(
+    conn: asyncpg.Connection, database: str, names: list[str], sliced: bool
+) -> None:
+    await add_history(conn)
+    checks = engine(database)
+    together = await checks.run_many(names, conn, redis=None, now=NOW)
+    for name in names:
+        alone = await engine(database).run(name, conn, redis=None, now=NOW)
+        assert answer(together[name]) == answer(alone), name
+    # The answers, counted here another way: rows beyond the first of each key.
+    expected = await conn.fetchrow(
+        "SELECT count(*) AS rows,"
+        " count(*) FILTER (WHERE session_id IS NOT NULL)"
+        "  - (SELECT count(*) FROM (SELECT DISTINCT session_id FROM public.user_feedback"
+        "     WHERE session_id IS NOT NULL) AS k) AS sessions,"
+        " count(*) FILTER (WHERE user_rating IS NULL) AS missing"
+        " FROM public.user_feedback"
+    )
+    session = together["one_feedback_per_session"]
+    assert (session.value, session.baseline["rows_checked"]) == (
+        expected["sessions"],
+        expected["rows"],
+    )
+    assert session.value > 0
+    assert together["ratings_present_ever"].value == expected["missing"]
+    guaranteed = frozenset({"one_row_per_id"} & set(names))
+    members = [checks.config.check(name) for name in names]
+    sql = quality.fused_query(members, NOW, guaranteed).sql  # type: ignore[arg-type]
+    assert ("UNION ALL" in sql) == sliced
 
 
 async def test_the_shared_scan_reads_the_table_once(

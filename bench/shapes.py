@@ -207,10 +207,12 @@ def timed_process(argv: list[str], env: dict[str, str] | None = None) -> tuple[f
 
 
 async def timed_sql(dsn: str, sql: str, *args: Any) -> float:
+    """Wall time (ms) of one query, fetched as pipectl fetches its probes: `fetch`, not
+    `fetchrow`, whose row limit keeps PostgreSQL from planning parallel workers."""
     conn = await asyncpg.connect(dsn)
     try:
         started = time.perf_counter()
-        await conn.fetchrow(sql, *args)
+        await conn.fetch(sql, *args)
         return (time.perf_counter() - started) * 1000
     finally:
         await conn.close()
@@ -464,7 +466,7 @@ async def duplicate_probe_ms(dsn: str, window: timedelta, *, per_key: bool) -> f
         async with conn.transaction(readonly=True):
             await conn.execute("SET LOCAL jit = off")
             started = time.perf_counter()
-            await conn.fetchrow(found.sql, *found.args(table))
+            await conn.fetch(found.sql, *found.args(table))
             return (time.perf_counter() - started) * 1000
     finally:
         await conn.close()

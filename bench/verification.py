@@ -293,7 +293,7 @@ async def fused_pass(dsn: str, since: datetime | None = None) -> float:
     args = [] if since is None else [since.astimezone(UTC).replace(tzinfo=None)]
     try:
         started = time.perf_counter()
-        await conn.fetchrow(
+        await conn.fetch(  # not fetchrow: its row limit rules out parallel workers
             f"SELECT count(*), count(*) FILTER (WHERE confidence_level IS NULL),"
             f" count(*) FILTER (WHERE execution_time_ms < 0 OR execution_time_ms > {EXEC_MAX}),"
             f" max(created_at) FROM {TABLE} WHERE {scope}",
@@ -309,7 +309,7 @@ async def grouped_duplicates(dsn: str) -> float:
     conn = await asyncpg.connect(dsn)
     try:
         started = time.perf_counter()
-        await conn.fetchrow(
+        await conn.fetch(  # not fetchrow: its row limit rules out parallel workers
             "SELECT coalesce(sum(n), 0) AS rows_checked,"
             " coalesce(sum(n - 1) FILTER (WHERE present), 0) AS violations"
             " FROM (SELECT count(*) AS n, (prompt_id IS NOT NULL AND rule_id IS NOT NULL)"

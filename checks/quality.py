@@ -122,6 +122,11 @@ _ROW = "checked"  # alias of the checked table inside probes
 _REF = "ref"
 _EARLIER = "earlier"  # rows outside a unique check's window
 
+SLICES = 2
+"""A scan that counts distinct keys runs as this many slices of the key's hash, side by side,
+when PostgreSQL may give it parallel workers (`slices_allowed`). Each slice scans the whole
+table: more slices than cores lose (three on two cores: 0.62 s against 0.42 s at 1M rows)."""
+
 
 def dimension(rule: QualityRule) -> str:
     """The scorecard dimension a rule counts towards."""
@@ -176,7 +181,9 @@ def violation_predicate(rule: QualityRule, params: Params) -> str:
     raise ValueError(f"rule type {rule.type!r} is not a row predicate")
 
 
-def _unique_sql(check: QualityCheck, params: Params, now: datetime, *, per_key: bool) -> str:
+def _unique_sql(
+    check: QualityCheck, params: Params, now: datetime, *, per_key: bool, slices: Slices
+) -> str:
     """Rows checked and rows beyond the first of each key, by the key's shape.
 
     The whole table on a single column: `count(key) - count(DISTINCT key)`, sorting the keys
@@ -193,9 +200,8 @@ def _unique_sql(check: QualityCheck, params: Params, now: datetime, *, per_key: 
     if check.window is None and len(rule.columns) == 1:
         key = f"{_ROW}.{col(rule.columns[0])}"
         select = f"count(*) AS rows_checked, count({key}) - count(DISTINCT {key}) AS violations"
-        return in_slices(
-            select, f"FROM {source} WHERE {scope}", key, ["rows_checked", "violations"]
-        )
+        names = ["rows_checked", "violations"]
+        return in_slices(select, f"FROM {source} WHERE {scope}", key, names, slices)
     keys = ", ".join(f"{_ROW}.{col(c)}" for c in rule.columns)
     present = " AND ".join(f"{_ROW}.{col(c)} IS NOT NULL" for c in rule.columns)
     grouped = (
@@ -246,14 +252,16 @@ def _unique_sql(check: QualityCheck, params: Params, now: datetime, *, per_key: 
     )
 
 
-def query(check: QualityCheck, now: datetime, *, per_key: bool = True) -> Query:
+def query(
+    check: QualityCheck, now: datetime, *, per_key: bool = True, slices: Slices | None = None
+) -> Query:
     """The probe; `per_key` (a windowed unique key an index can look up, the plan shown by
     default) or not is decided by `probe` from the catalog."""
     params = Params()
     rule = check.rule
     source = f"{check.table.sql} AS {_ROW}"
     if rule.type == "unique":
-        sql = _unique_sql(check, params, now, per_key=per_key)
+        sql = _unique_sql(check, params, now, per_key=per_key, slices=slices or Slices())
     elif rule.type == "custom":
         scope = _scope(check, params, now)
         custom = (rule.sql or "").strip().rstrip(";").strip()
@@ -348,6 +356,8 @@ async def probe(ctx: Context[QualityCheck]) -> Observation:
         # Not worth compiling: the lookups' estimated cost passes the JIT thresholds, and
         # compiling took 0.3-0.4 s of a 0.7 s probe at 10M rows (bench/FINDINGS.md).
         await ctx.conn.execute("SET LOCAL jit = off")
+    elif check.rule.type == "unique" and shares_scan(check):  # one column, sorted in slices
+        found = query(check, ctx.now, slices=await slicing(ctx, check.rule.columns[0]))
     else:
         found = query(check, ctx.now)
     row = await found.fetchrow(ctx.conn, ctx.table(check.table), zone(check.timezone))
@@ -360,9 +370,6 @@ async def probe(ctx: Context[QualityCheck]) -> Observation:
 # 10.1 s + 3.7 s). A whole-table key of one column does share (`shares_scan`): its
 # count(DISTINCT) is one more column of the scan, which runs in two slices (below).
 FUSABLE = frozenset({"not_null", "range", "accepted", "references", "json_keys"})
-
-SLICES = 2
-"""A scan that counts distinct keys runs as this many slices of the key's hash, side by side."""
 
 
 def shares_scan(check: QualityCheck) -> bool:
@@ -391,7 +398,10 @@ def _shared_count(check: QualityCheck, params: Params, guaranteed: bool) -> str:
 
 
 def fused_query(
-    checks: Sequence[QualityCheck], now: datetime, guaranteed: frozenset[str] = frozenset()
+    checks: Sequence[QualityCheck],
+    now: datetime,
+    guaranteed: frozenset[str] = frozenset(),
+    slices: Slices | None = None,
 ) -> Query:
     """One scan answering several checks of one scope (equal `fusion_key`): `rows_checked`,
     then `v0`, `v1`, ... the violations of each check in order. `guaranteed` names the unique
@@ -399,10 +409,10 @@ def fused_query(
 
     count(DISTINCT) sorts in one process, where PostgreSQL would share a plain scan's counts
     among its parallel workers. With one such key, the scan is split by the key's hash into
-    `SLICES` slices: every row of a key falls in the same slice, so the slices' counts add up
-    to the whole table's, and PostgreSQL runs the slices in parallel workers (a Parallel
-    Append), each sorting its share of the keys. At 1M rows on two cores: 0.42 s against
-    0.60 s for one pass (bench/FINDINGS.md). Keys of different columns stay in one pass."""
+    `slices`: every row of a key falls in the same slice, so the slices' counts add up to the
+    whole table's, and PostgreSQL runs the slices in parallel workers (a Parallel Append),
+    each sorting its share of the keys. At 1M rows on two cores: 0.42 s against 0.60 s for
+    one pass (bench/FINDINGS.md). Keys of different columns stay in one pass."""
     params = Params()
     first = checks[0]
     scope = _scope(first, params, now)
@@ -417,20 +427,65 @@ def fused_query(
     if len(keys) != 1:
         return Query(f"SELECT {select} {source}", params)
     names = ["rows_checked", *(f"v{i}" for i in range(len(checks)))]
-    return Query(in_slices(select, source, f"{_ROW}.{col(keys.pop())}", names), params)
+    key = f"{_ROW}.{col(keys.pop())}"
+    return Query(in_slices(select, source, key, names, slices or Slices()), params)
 
 
-def in_slices(select: str, source: str, key: str, names: Sequence[str]) -> str:
-    """`SELECT {select} {source}` (counts named `names`, summed) in `SLICES` slices of the
-    hash of `key`. hash_record_extended hashes the key with its type's own hash function; a
-    row of one column is never NULL (a NULL key hashes too), so every row is in one slice."""
-    hashed = f"hash_record_extended(ROW({key}), 0)"
-    slices = " UNION ALL ".join(
-        f"SELECT {select} {source} AND mod({hashed}, {SLICES}) IN ({i}, {-i})"
-        for i in range(SLICES)
+# The hash functions of common key types (pg_type.typname), called directly: 15 % faster
+# than through hash_record_extended at 1M uuid keys (bench/FINDINGS.md).
+_HASH_OF_TYPE = {
+    "uuid": "uuid_hash_extended",
+    "text": "hashtextextended",
+    "varchar": "hashtextextended",
+    "bpchar": "hashbpcharextended",
+    "int8": "hashint8extended",
+    "int4": "hashint4extended",
+    "int2": "hashint2extended",
+}
+
+
+@dataclass(frozen=True)
+class Slices:
+    """How a scan that counts distinct keys is split (`in_slices`)."""
+
+    count: int = SLICES
+    key_type: str | None = None
+    """pg_type.typname of the key, when known: its hash function may be called directly."""
+
+
+def in_slices(select: str, source: str, key: str, names: Sequence[str], slices: Slices) -> str:
+    """`SELECT {select} {source}` (counts named `names`) in `slices.count` slices of the hash
+    of `key`, summed; one slice is the plain query. Every key is hashed by its type's own
+    hash function, directly or through hash_record_extended (a row of one column is never
+    NULL: a NULL key hashes too), so every row is in exactly one slice."""
+    count = slices.count
+    if count <= 1:
+        return f"SELECT {select} {source}"
+    function = _HASH_OF_TYPE.get(slices.key_type or "")
+    hashed = (
+        f"hash_record_extended(ROW({key}), 0)"
+        if function is None
+        else f"coalesce({function}({key}, 0), 0)"
+    )
+    parts = " UNION ALL ".join(
+        f"SELECT {select} {source} AND mod({hashed}, {count}) IN ({i}, {-i})" for i in range(count)
     )
     sums = ", ".join(f"sum({name})::bigint AS {name}" for name in names)
-    return f"SELECT {sums} FROM ({slices}) AS slices"
+    return f"SELECT {sums} FROM ({parts}) AS slices"
+
+
+async def slicing(ctx: Context[QualityCheck], column: str) -> Slices:
+    """How a count of the distinct values of `column` (of ctx.check's table) is split."""
+    found = ctx.table(ctx.check.table).columns.get(column)
+    return Slices(await slices_allowed(ctx.conn), None if found is None else found.type)
+
+
+async def slices_allowed(conn: Conn) -> int:
+    """`SLICES`, or 1 where the session may not use parallel workers (the agent's probes that
+    count their own reads, or a role set so by its DBA): the slices would then run one after
+    the other, each scanning the whole table."""
+    workers = await conn.fetchval("SELECT current_setting('max_parallel_workers_per_gather')")
+    return SLICES if int(workers) > 0 else 1
 
 
 async def _index_guaranteeing(conn: Conn, check: QualityCheck) -> str | None:
@@ -450,7 +505,9 @@ async def fused_probe(
         for c in checks
         if c.rule.type == "unique" and (index := await _index_guaranteeing(ctx.conn, c))
     }
-    found = fused_query(checks, ctx.now, frozenset(indexes))
+    keys = [c.rule.columns[0] for c in checks if c.rule.type == "unique" and c.name not in indexes]
+    slices = await slicing(ctx, keys[0]) if len(set(keys)) == 1 else None
+    found = fused_query(checks, ctx.now, frozenset(indexes), slices)
     row = await found.fetchrow(ctx.conn, ctx.table(check.table), zone(check.timezone))
     rows = int(row["rows_checked"] or 0)
     return [

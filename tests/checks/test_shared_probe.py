@@ -59,6 +59,12 @@ table = "public.user_feedback"
 rule = {{ type = "unique", columns = ["user_rating"] }}
 
 [[checks]]
+name = "one_feedback_per_instant"
+kind = "quality"
+table = "public.user_feedback"
+rule = {{ type = "unique", columns = ["created_at"] }}
+
+[[checks]]
 name = "one_row_per_id"
 kind = "quality"
 table = "public.user_feedback"
@@ -125,10 +131,11 @@ async def test_a_shared_probe_answers_exactly_as_each_check_alone(
         "applied_rules_shape": 3,
         "one_feedback_per_session_today": None,
         "one_feedback_per_rating_today": None,
-        "one_feedback_per_session": 4,
-        "one_feedback_per_rating": 4,
-        "one_row_per_id": 4,
-        "ratings_present_ever": 4,
+        "one_feedback_per_session": 5,
+        "one_feedback_per_rating": 5,
+        "one_feedback_per_instant": 5,
+        "one_row_per_id": 5,
+        "ratings_present_ever": 5,
         "ratings_custom": None,
     }
     # The primary key guarantees its key inside the shared scan as alone.
@@ -138,8 +145,11 @@ async def test_a_shared_probe_answers_exactly_as_each_check_alone(
 @pytest.mark.parametrize(
     ("names", "sliced"),
     [
-        # One key to count: the scan runs in slices of its hash, which add up exactly.
+        # One key to count: the scan runs in slices of its hash, which add up exactly (a text
+        # key hashed by its type's function, NULL keys among them).
         (["one_feedback_per_session", "ratings_present_ever", "one_row_per_id"], True),
+        # A timestamptz key, hashed through hash_record_extended.
+        (["one_feedback_per_instant", "ratings_present_ever"], True),
         # Two keys: a slice of one key's hash would split the other's duplicates; one pass.
         (["one_feedback_per_session", "one_feedback_per_rating", "ratings_present_ever"], False),
     ],
@@ -162,12 +172,18 @@ async def test_whole_table_keys_share_the_scan_in_slices_of_one_key(
         " count(*) FILTER (WHERE user_rating IS NULL) AS missing"
         " FROM public.user_feedback"
     )
-    session = together["one_feedback_per_session"]
-    assert (session.value, session.baseline["rows_checked"]) == (
-        expected["sessions"],
-        expected["rows"],
-    )
-    assert session.value > 0
+    if "one_feedback_per_session" in names:
+        session = together["one_feedback_per_session"]
+        assert (session.value, session.baseline["rows_checked"]) == (
+            expected["sessions"],
+            expected["rows"],
+        )
+        assert session.value > 0
+    if "one_feedback_per_instant" in names:
+        instants = await conn.fetchval(
+            "SELECT count(created_at) - count(DISTINCT created_at) FROM public.user_feedback"
+        )
+        assert together["one_feedback_per_instant"].value == instants > 0
     assert together["ratings_present_ever"].value == expected["missing"]
     guaranteed = frozenset({"one_row_per_id"} & set(names))
     members = [checks.config.check(name) for name in names]
@@ -248,3 +264,23 @@ async def test_a_shared_probe_past_its_timeout_is_an_error_for_each_check(
         assert results[name].message == (
             "probe cancelled: the probe shared by 2 checks ran longer than its timeout (300ms)"
         )
+
+
+async def test_without_parallel_workers_the_key_is_counted_in_one_pass(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    """Slices run one after the other without parallel workers (the agent's probes that count
+    their own reads run so), each scanning the whole table: then one pass, same answers."""
+    await add_history(conn)
+    names = ["one_feedback_per_session", "ratings_present_ever"]
+    assert await quality.slices_allowed(conn) == quality.SLICES
+    sliced = await engine(database).run_many(names, conn, redis=None, now=NOW)
+    await conn.execute("SET max_parallel_workers_per_gather = 0")
+    assert await quality.slices_allowed(conn) == 1
+    one_pass = await engine(database).run_many(names, conn, redis=None, now=NOW)
+    alone = await engine(database).run("one_feedback_per_session", conn, redis=None, now=NOW)
+    for name in names:
+        assert answer(one_pass[name]) == answer(sliced[name]), name
+    assert answer(alone) == answer(sliced["one_feedback_per_session"])
+    members = [engine(database).config.check(name) for name in names]
+    assert "UNION ALL" not in quality.fused_query(members, NOW, slices=quality.Slices(1)).sql  # type: ignore[arg-type]

@@ -242,13 +242,16 @@ def old_duplicate_sql(shape: Shape) -> str:
 
 def new_duplicate_sql(shape: Shape) -> str:
     """The probe pipectl runs now (checks.quality.query), for the whole table."""
-    from pipectl.checks.quality import count_query, query
+    from pipectl.checks.quality import Slices, count_query, query
 
     config = config_model("postgresql://unused/x", checks(shape))
     check = config.check("rp_no_duplicates")
+    now = datetime.now(UTC)
     # A key a unique index covers: pipectl only counts the rows (checks.quality.probe).
-    chosen = count_query if shape.label == "unique index" else query
-    return chosen(check, datetime.now(UTC)).sql  # type: ignore[arg-type]
+    if shape.label == "unique index":
+        return count_query(check, now).sql  # type: ignore[arg-type]
+    # prompt_id is a uuid: the probe hashes its slices with uuid_hash_extended.
+    return query(check, now, slices=Slices(key_type="uuid")).sql  # type: ignore[arg-type]
 
 
 @dataclass

@@ -756,7 +756,7 @@ async def test_the_demo_reinstalls_a_summary_kept_in_an_older_state_format(
         for step in steps:
             async with conn.transaction():
                 await store.refresh(conn, step)
-            assert await store.installed_as_defined(conn, step)
+            assert await store.installed(conn, step) is store.Installed.AS_DEFINED
         await conn.execute(
             "UPDATE pipectl.incremental_steps SET signature = 'older' WHERE step = $1",
             steps[0].name,
@@ -768,7 +768,8 @@ async def test_the_demo_reinstalls_a_summary_kept_in_an_older_state_format(
         assert f"{steps[0].relation}: an incremental summary" in said
         assert "installed again" in said
         assert str(steps[1].relation) not in said
-        assert all([await store.installed_as_defined(conn, s) for s in steps])
+        for step in steps:
+            assert await store.installed(conn, step) is store.Installed.AS_DEFINED
         async with conn.transaction():
             await store.refresh(conn, steps[0])
         # Without --incremental the materialized views come back.

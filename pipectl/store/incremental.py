@@ -120,12 +120,6 @@ async def installed(conn: Conn, step: StepConfig) -> Installed:
     return Installed.AS_DEFINED if found == sql.signature(step.incremental) else Installed.OUTDATED
 
 
-async def installed_as_defined(conn: Conn, step: StepConfig) -> bool:
-    """Whether the step is installed with its present definition and state format (its
-    refresh would not ask for `pipectl db incremental` again)."""
-    return await installed(conn, step) is Installed.AS_DEFINED
-
-
 async def triggers_installed(conn: Conn, step: StepConfig) -> bool:
     """Whether the source carries the invalidation triggers for the step's time column."""
     inc = sql.config_of(step)

@@ -12,7 +12,8 @@ outside 0..1):
 - `unique index`: a key a unique index covers (`id`, the primary key).
 
 For each shape, interleaved rounds of: the one-pass floor (one hand-written SELECT answering
-all six checks, duplicates by `count(DISTINCT key)`), pipectl in-process (bench.verification's
+all six checks, duplicates by `count(DISTINCT key)`; the query alone, and once more as a `psql`
+process that connects and runs it, the floor as a user would time it), pipectl in-process (bench.verification's
 `run_pipectl`: connect, publish, validate, probe, record), `pipectl check` as a process (its
 bytecode cached, as an installed pipectl has it; once more without, for reference), Soda
 Core in-process and `soda contract verify` as a process (when soda-core is installed), and the
@@ -324,6 +325,11 @@ async def full_shape(
         ("old duplicate probe", lambda: timed_sql(dsn, old_duplicate_sql(shape))),
         ("new duplicate probe", lambda: timed_sql(dsn, new_duplicate_sql(shape))),
     ]
+    psql = shutil.which("psql")
+    if psql is not None:
+        # The floor as a user would run it: a process that connects and runs the one SELECT.
+        floor_argv = [psql, "-X", "-q", "-A", "-t", "-d", dsn, "-c", floor_sql(shape)]
+        steps.append(("floor, psql process", lambda: asyncio.to_thread(timed_process, floor_argv)))
     if soda is not None and contract is not None:
         if soda_in_process:
             steps.append(("soda in-process", lambda: asyncio.to_thread(soda.run)))
@@ -356,6 +362,18 @@ async def full_shape(
             spread(series.values["floor"]),
         )
     ]
+    if series.has("floor, psql process"):
+        process_floor = series.median("floor, psql process")
+        figures.append(
+            Figure(
+                "floor as a psql process",
+                ms(process_floor),
+                "",
+                "",
+                f"pipectl check {_ratio(series.median('pipectl check'), process_floor)} this;"
+                f" {spread(series.values['floor, psql process'])}",
+            )
+        )
     for name, target in (
         ("pipectl in-process", "<= 1.2x floor"),
         ("pipectl check", "<= 1.2x floor"),

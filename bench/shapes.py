@@ -13,10 +13,10 @@ outside 0..1):
 
 For each shape, interleaved rounds of: the one-pass floor (one hand-written SELECT answering
 all six checks, duplicates by `count(DISTINCT key)`; the query alone, and once more as a `psql`
-process that connects and runs it, the floor as a user would time it), pipectl in-process (bench.verification's
-`run_pipectl`: connect, publish, validate, probe, record), `pipectl check` as a process (its
-bytecode cached, as an installed pipectl has it; once more without, for reference), Soda
-Core in-process and `soda contract verify` as a process (when soda-core is installed), and the
+process that connects and runs it, the floor as a user would time it), pipectl in-process
+(bench.verification's `run_pipectl`: connect, publish, validate, probe, record), `pipectl
+check` as a process (its bytecode cached, as an installed pipectl has it; once more without,
+for reference), Soda Core in-process and `soda contract verify` as a process (when soda-core is installed), and the
 duplicate probe alone, the plan before this change (a CTE read twice, then GROUP BY) against
 the plan chosen now. Every ratio is against a figure of the same round.
 

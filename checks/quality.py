@@ -256,7 +256,8 @@ def query(
     check: QualityCheck, now: datetime, *, per_key: bool = True, slices: Slices | None = None
 ) -> Query:
     """The probe; `per_key` (a windowed unique key an index can look up, the plan shown by
-    default) or not is decided by `probe` from the catalog."""
+    default) or not and `slices` (a whole-table key of one column; by default two, hashed
+    through hash_record_extended) are decided by `probe` from the catalog and the session."""
     params = Params()
     rule = check.rule
     source = f"{check.table.sql} AS {_ROW}"
@@ -431,7 +432,7 @@ def fused_query(
     return Query(in_slices(select, source, key, names, slices or Slices()), params)
 
 
-# The hash functions of common key types (pg_type.typname), called directly: 15 % faster
+# The hash functions of common key types (pg_type.typname), called directly: 13 % faster
 # than through hash_record_extended at 1M uuid keys (bench/FINDINGS.md).
 _HASH_OF_TYPE = {
     "uuid": "uuid_hash_extended",

@@ -16,9 +16,9 @@ all six checks, duplicates by `count(DISTINCT key)`; the query alone, and once m
 process that connects and runs it, the floor as a user would time it), pipectl in-process
 (bench.verification's `run_pipectl`: connect, publish, validate, probe, record), `pipectl
 check` as a process (its bytecode cached, as an installed pipectl has it; once more without,
-for reference), Soda Core in-process and `soda contract verify` as a process (when soda-core is installed), and the
-duplicate probe alone, the plan before this change (a CTE read twice, then GROUP BY) against
-the plan chosen now. Every ratio is against a figure of the same round.
+for reference), Soda Core in-process and `soda contract verify` as a process (when soda-core is
+installed), and the duplicate probe alone, the plan before this change (a CTE read twice, then
+GROUP BY) against the plan chosen now. Every ratio is against a figure of the same round.
 
 Continuous (`--cycles`): each cycle appends 1 % new rows, then `pipectl check` of a config
 whose checks look at the new rows only (the composite key checked against all earlier rows)

@@ -18,6 +18,18 @@ from tests.checks.data import add_feedback
 from tests.helpers import make_config
 
 WINDOWED = 'table = "public.user_feedback"\ntime_column = "created_at"\nwindow = "24h"\n'
+# Unique keys of one column over the whole table: a text key with NULLs, an integer one, a
+# timestamptz one, and the primary key (guaranteed by its index).
+WHOLE_TABLE_KEYS = "\n".join(
+    f'[[checks]]\nname = "{name}"\nkind = "quality"\ntable = "public.user_feedback"\n'
+    f'rule = {{ type = "unique", columns = ["{column}"] }}\n'
+    for name, column in {
+        "one_feedback_per_session": "session_id",
+        "one_feedback_per_rating": "user_rating",
+        "one_feedback_per_instant": "created_at",
+        "one_row_per_id": "id",
+    }.items()
+)
 SHARED = f"""
 [[checks]]
 name = "ratings_present"
@@ -46,30 +58,7 @@ name = "one_feedback_per_rating_today"
 kind = "quality"
 {WINDOWED}rule = {{ type = "unique", columns = ["user_rating"] }}
 
-[[checks]]
-name = "one_feedback_per_session"
-kind = "quality"
-table = "public.user_feedback"
-rule = {{ type = "unique", columns = ["session_id"] }}
-
-[[checks]]
-name = "one_feedback_per_rating"
-kind = "quality"
-table = "public.user_feedback"
-rule = {{ type = "unique", columns = ["user_rating"] }}
-
-[[checks]]
-name = "one_feedback_per_instant"
-kind = "quality"
-table = "public.user_feedback"
-rule = {{ type = "unique", columns = ["created_at"] }}
-
-[[checks]]
-name = "one_row_per_id"
-kind = "quality"
-table = "public.user_feedback"
-rule = {{ type = "unique", columns = ["id"] }}
-
+{WHOLE_TABLE_KEYS}
 [[checks]]
 name = "ratings_present_ever"
 kind = "quality"

@@ -17,10 +17,11 @@ pipectl or quoted in a message.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+import asyncpg
 from pydantic import Field, model_validator
 
 from pipectl.checks.base import Context, KindSpec, number, point, zone
@@ -358,7 +359,7 @@ async def probe(ctx: Context[QualityCheck]) -> Observation:
         # compiling took 0.3-0.4 s of a 0.7 s probe at 10M rows (bench/FINDINGS.md).
         await ctx.conn.execute("SET LOCAL jit = off")
     elif check.rule.type == "unique" and shares_scan(check):  # one column, sorted in slices
-        found = query(check, ctx.now, slices=await slicing(ctx, check.rule.columns[0]))
+        found = query(check, ctx.now, slices=await slicing(ctx, [check]))
     else:
         found = query(check, ctx.now)
     row = await found.fetchrow(ctx.conn, ctx.table(check.table), zone(check.timezone))
@@ -432,8 +433,10 @@ def fused_query(
     return Query(in_slices(select, source, key, names, slices or Slices()), params)
 
 
-# The hash functions of common key types (pg_type.typname), called directly: 13 % faster
-# than through hash_record_extended at 1M uuid keys (bench/FINDINGS.md).
+# The key types whose counts are sliced, by their hash function (pg_type.typname). Only
+# these: a type without a hash function (money, bit, tsvector...) could not be sliced, and
+# hash_record_extended, which hashes any hashable type, is PostgreSQL 14+ and 13 % slower at
+# 1M uuid keys (bench/FINDINGS.md).
 _HASH_OF_TYPE = {
     "uuid": "uuid_hash_extended",
     "text": "hashtextextended",
@@ -451,23 +454,18 @@ class Slices:
 
     count: int = SLICES
     key_type: str | None = None
-    """pg_type.typname of the key, when known: its hash function may be called directly."""
+    """pg_type.typname of the key: only a type of `_HASH_OF_TYPE` is sliced."""
 
 
 def in_slices(select: str, source: str, key: str, names: Sequence[str], slices: Slices) -> str:
     """`SELECT {select} {source}` (counts named `names`) in `slices.count` slices of the hash
-    of `key`, summed; one slice is the plain query. Every key is hashed by its type's own
-    hash function, directly or through hash_record_extended (a row of one column is never
-    NULL: a NULL key hashes too), so every row is in exactly one slice."""
+    of `key`, summed; the plain query for one slice or a key type not in `_HASH_OF_TYPE`. A
+    NULL key falls in slice 0, so every row is in exactly one slice."""
     count = slices.count
-    if count <= 1:
-        return f"SELECT {select} {source}"
     function = _HASH_OF_TYPE.get(slices.key_type or "")
-    hashed = (
-        f"hash_record_extended(ROW({key}), 0)"
-        if function is None
-        else f"coalesce({function}({key}, 0), 0)"
-    )
+    if count <= 1 or function is None:
+        return f"SELECT {select} {source}"
+    hashed = f"coalesce({function}({key}, 0), 0)"
     parts = " UNION ALL ".join(
         f"SELECT {select} {source} AND mod({hashed}, {count}) IN ({i}, {-i})" for i in range(count)
     )
@@ -475,10 +473,27 @@ def in_slices(select: str, source: str, key: str, names: Sequence[str], slices: 
     return f"SELECT {sums} FROM ({parts}) AS slices"
 
 
-async def slicing(ctx: Context[QualityCheck], column: str) -> Slices:
-    """How a count of the distinct values of `column` (of ctx.check's table) is split."""
-    found = ctx.table(ctx.check.table).columns.get(column)
-    return Slices(await slices_allowed(ctx.conn), None if found is None else found.type)
+# Relations whose scans PostgreSQL can split among parallel workers: tables, partitioned
+# tables, materialized views (a view's or a foreign table's may not be, and each slice would
+# then read it whole, one after the other).
+_SLICED_KINDS = frozenset({"r", "p", "m"})
+
+
+async def slicing(ctx: Context[QualityCheck], checks: Sequence[QualityCheck]) -> Slices:
+    """How the scan of `checks` (one scope) counts the distinct values of its key, the
+    key column of `ctx.check`. One slice where the slices could not run side by side: a
+    relation that is not a table, a `references` rule (its lookup of another table keeps the
+    scan out of parallel workers), or no parallel workers for this session."""
+    table = ctx.table(ctx.check.table)
+    found = table.columns.get(ctx.check.rule.columns[0])
+    key_type = None if found is None else found.type
+    if (
+        table.kind not in _SLICED_KINDS
+        or key_type not in _HASH_OF_TYPE
+        or any(c.rule.type == "references" for c in checks)
+    ):
+        return Slices(1, key_type)
+    return Slices(await slices_allowed(ctx.conn), key_type)
 
 
 async def slices_allowed(conn: Conn) -> int:
@@ -498,18 +513,36 @@ async def _index_guaranteeing(conn: Conn, check: QualityCheck) -> str | None:
 
 async def fused_probe(
     ctx: Context[QualityCheck], checks: Sequence[QualityCheck]
-) -> list[Observation]:
-    """Observations of `checks` (sharing ctx.check's scope) from one scan, in order."""
-    check = ctx.check
+) -> list[Observation | None]:
+    """Observations of `checks` (sharing ctx.check's scope) from one scan, in order. None for
+    a key whose count of distinct values made the scan run past its timeout: the others are
+    then answered by a scan without the keys, as they would have been without them."""
     indexes = {
         c.name: index
         for c in checks
         if c.rule.type == "unique" and (index := await _index_guaranteeing(ctx.conn, c))
     }
-    keys = [c.rule.columns[0] for c in checks if c.rule.type == "unique" and c.name not in indexes]
-    slices = await slicing(ctx, keys[0]) if len(set(keys)) == 1 else None
-    found = fused_query(checks, ctx.now, frozenset(indexes), slices)
-    row = await found.fetchrow(ctx.conn, ctx.table(check.table), zone(check.timezone))
+    counted = [c for c in checks if c.rule.type == "unique" and c.name not in indexes]
+    if not counted or len(counted) == len(checks):
+        return await _scan(ctx, checks, indexes)
+    try:
+        async with ctx.conn.transaction():  # a savepoint: a cancelled scan leaves the probe's
+            return await _scan(ctx, checks, indexes)  # transaction usable for the retry
+    except asyncpg.QueryCanceledError:
+        pass
+    others = [c for c in checks if c not in counted]
+    found = dict(zip((c.name for c in others), await _scan(ctx, others, indexes), strict=True))
+    return [found.get(c.name) for c in checks]
+
+
+async def _scan(
+    ctx: Context[QualityCheck], checks: Sequence[QualityCheck], indexes: dict[str, str]
+) -> list[Observation | None]:
+    counted = [c for c in checks if c.rule.type == "unique" and c.name not in indexes]
+    keys = {c.rule.columns[0] for c in counted}
+    sliced = await slicing(replace(ctx, check=counted[0]), checks) if len(keys) == 1 else None
+    found = fused_query(checks, ctx.now, frozenset(indexes), sliced)
+    row = await found.fetchrow(ctx.conn, ctx.table(ctx.check.table), zone(ctx.check.timezone))
     rows = int(row["rows_checked"] or 0)
     return [
         Observation(rows, int(row[f"v{i}"] or 0), indexes.get(c.name)) for i, c in enumerate(checks)
@@ -523,6 +556,15 @@ async def run_shared(
     observations = await fused_probe(ctx, checks)
     return [
         evaluate(check, observation, ctx.now, ctx.source)
+        if observation is not None
+        else CheckResult(
+            check.name,
+            CheckStatus.ERROR,
+            None,
+            "probe cancelled: counting the key's distinct values made the scan it shares run"
+            f" longer than its timeout ({format_duration(ctx.timeout)})",
+            ctx.now,
+        )
         for check, observation in zip(checks, observations, strict=True)
     ]
 

@@ -5,8 +5,10 @@ probe that fails falls back to one probe each, unless it ran out of time."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -15,7 +17,7 @@ from pipectl.checks import CheckEngine, quality
 from pipectl.model import CheckResult, CheckStatus
 from tests.checks.conftest import NOW
 from tests.checks.data import add_feedback
-from tests.helpers import make_config
+from tests.helpers import make_config, wait_for
 
 WINDOWED = 'table = "public.user_feedback"\ntime_column = "created_at"\nwindow = "24h"\n'
 # Unique keys of one column over the whole table: a text key with NULLs, an integer one, a
@@ -84,6 +86,18 @@ def answer(result: CheckResult) -> tuple[object, ...]:
     return (result.status, result.value, result.message, baseline, result.samples)
 
 
+class Recording(asyncpg.Connection):  # type: ignore[misc]
+    """A connection that remembers the text of every query it fetched."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetched: list[str] = []
+
+    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> list[asyncpg.Record]:
+        self.fetched.append(query)
+        return list(await super().fetch(query, *args, **kwargs))
+
+
 async def add_history(conn: asyncpg.Connection) -> None:
     rng = random.Random(5)
     times = [NOW - timedelta(minutes=rng.randint(1, 60 * 48)) for _ in range(300)]
@@ -134,11 +148,11 @@ async def test_a_shared_probe_answers_exactly_as_each_check_alone(
 @pytest.mark.parametrize(
     ("names", "sliced"),
     [
-        # One key to count: the scan runs in slices of its hash, which add up exactly (a text
-        # key hashed by its type's function, NULL keys among them).
+        # One key to count: the scan runs in slices of its hash, which add up exactly (a
+        # varchar key, NULL keys among them; the primary key only counted).
         (["one_feedback_per_session", "ratings_present_ever", "one_row_per_id"], True),
-        # A timestamptz key, hashed through hash_record_extended.
-        (["one_feedback_per_instant", "ratings_present_ever"], True),
+        # A timestamptz key: no hash function called directly for it, so one pass.
+        (["one_feedback_per_instant", "ratings_present_ever"], False),
         # Two keys: a slice of one key's hash would split the other's duplicates; one pass.
         (["one_feedback_per_session", "one_feedback_per_rating", "ratings_present_ever"], False),
     ],
@@ -147,8 +161,11 @@ async def test_whole_table_keys_share_the_scan_in_slices_of_one_key(
     conn: asyncpg.Connection, database: str, names: list[str], sliced: bool
 ) -> None:
     await add_history(conn)
-    checks = engine(database)
-    together = await checks.run_many(names, conn, redis=None, now=NOW)
+    recording = await asyncpg.connect(database, connection_class=Recording)
+    try:
+        together = await engine(database).run_many(names, recording, redis=None, now=NOW)
+    finally:
+        await recording.close()
     for name in names:
         alone = await engine(database).run(name, conn, redis=None, now=NOW)
         assert answer(together[name]) == answer(alone), name
@@ -174,85 +191,9 @@ async def test_whole_table_keys_share_the_scan_in_slices_of_one_key(
         )
         assert together["one_feedback_per_instant"].value == instants > 0
     assert together["ratings_present_ever"].value == expected["missing"]
-    guaranteed = frozenset({"one_row_per_id"} & set(names))
-    members = [checks.config.check(name) for name in names]
-    sql = quality.fused_query(members, NOW, guaranteed).sql  # type: ignore[arg-type]
-    assert ("UNION ALL" in sql) == sliced
-
-
-async def test_the_shared_scan_reads_the_table_once(
-    conn: asyncpg.Connection, database: str
-) -> None:
-    await add_history(conn)
-    await conn.execute("SET enable_indexscan = off; SET enable_bitmapscan = off")
-    names = ["ratings_present", "ratings_in_range", "applied_rules_shape"]
-    checks = engine(database)
-    await checks.validate(conn, names)
-
-    async def scans() -> int:
-        await conn.execute("SELECT pg_stat_clear_snapshot()")
-        value: int = await conn.fetchval(
-            "SELECT seq_scan FROM pg_stat_user_tables"
-            " WHERE relid = 'public.user_feedback'::regclass"
-        )
-        return value
-
-    async def flushed_scans() -> int:
-        # Statistics reach the shared counters when the session reports them (at most every
-        # second on PostgreSQL 15+, at transaction end before): poll until they settle.
-        last, same = -1, 0
-        while same < 3:
-            await conn.execute("SELECT pg_sleep(0.4)")
-            now = await scans()
-            same = same + 1 if now == last else 0
-            last = now
-        return last
-
-    before = await flushed_scans()
-    await checks.run_many(names, conn, redis=None, now=NOW)
-    assert await flushed_scans() - before == 1
-
-
-async def test_a_failing_shared_probe_is_retried_check_by_check(
-    conn: asyncpg.Connection, database: str
-) -> None:
-    """A column renamed after validation breaks the shared probe; run one by one, only the
-    check that names it reports the error."""
-    await add_history(conn)
-    names = ["ratings_present", "applied_rules_shape"]
-    checks = engine(database)
-    await checks.validate(conn, names)
-    await conn.execute(
-        "ALTER TABLE public.user_feedback RENAME COLUMN applied_rules TO rules_applied"
-    )
-    results = await checks.run_many(names, conn, redis=None, now=NOW)
-    assert results["ratings_present"].status != CheckStatus.ERROR
-    assert results["applied_rules_shape"].status == CheckStatus.ERROR
-    assert "applied_rules" in results["applied_rules_shape"].message
-
-
-async def test_a_shared_probe_past_its_timeout_is_an_error_for_each_check(
-    conn: asyncpg.Connection, database: str
-) -> None:
-    """Blocked by another session's lock until its timeout: every check it answers reports
-    the cancellation (no retry one by one, which would wait as long again for each)."""
-    short = SHARED.replace("as_share = true\n", 'as_share = true\ntimeout = "300ms"\n')
-    short = short.replace('key = "rule_id" }\n', 'key = "rule_id" }\ntimeout = "300ms"\n')
-    checks = CheckEngine(make_config(database, None, short))
-    names = ["ratings_present", "applied_rules_shape"]
-    await checks.validate(conn, names)
-    blocker = await asyncpg.connect(database)
-    try:
-        async with blocker.transaction():
-            await blocker.execute("LOCK TABLE public.user_feedback IN ACCESS EXCLUSIVE MODE")
-            results = await checks.run_many(names, conn, redis=None, now=NOW)
-    finally:
-        await blocker.close()
-    for name in names:
-        assert results[name].status == CheckStatus.ERROR
-        assert results[name].message == (
-            "probe cancelled: the probe shared by 2 checks ran longer than its timeout (300ms)"
-        )
+    scans = [q for q in recording.fetched if "count(DISTINCT" in q]
+    assert len(scans) == 1
+    assert ("UNION ALL" in scans[0]) == sliced
 
 
 async def test_without_parallel_workers_the_key_is_counted_in_one_pass(
@@ -271,5 +212,64 @@ async def test_without_parallel_workers_the_key_is_counted_in_one_pass(
     for name in names:
         assert answer(one_pass[name]) == answer(sliced[name]), name
     assert answer(alone) == answer(sliced["one_feedback_per_session"])
-    members = [engine(database).config.check(name) for name in names]
-    assert "UNION ALL" not in quality.fused_query(members, NOW, slices=quality.Slices(1)).sql  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("own_reads", [False, True])
+async def test_the_scan_that_runs_is_sliced_only_with_parallel_workers(
+    conn: asyncpg.Connection, database: str, own_reads: bool
+) -> None:
+    """`pipectl check` slices the scan; the agent, whose probes count their own reads and so
+    run without parallel workers, counts the key in one pass."""
+    await add_history(conn)
+    recording = await asyncpg.connect(database, connection_class=Recording)
+    try:
+        checks = engine(database)
+        checks.record_own_reads = own_reads
+        names = ["one_feedback_per_session", "ratings_present_ever"]
+        results = await checks.run_many(names, recording, redis=None, now=NOW)
+    finally:
+        await recording.close()
+    assert all(r.status != CheckStatus.ERROR for r in results.values())
+    scans = [q for q in recording.fetched if "count(DISTINCT" in q]
+    assert len(scans) == 1
+    assert ("UNION ALL" in scans[0]) == (not own_reads)
+
+
+async def test_a_key_that_runs_past_the_timeout_leaves_the_other_checks_their_scan(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    """The shared scan cancelled while it counts distinct keys (here: cancelled while it
+    waits for a lock, as statement_timeout would): the key reports the cancellation, the row
+    check of the same table is answered by a scan without the key."""
+    await add_history(conn)
+    checks = engine(database)
+    names = ["one_feedback_per_session", "ratings_present_ever"]
+    await checks.validate(conn, names)
+    blocker = await asyncpg.connect(database)
+    # Watched from a connection of its own: inside the blocker's transaction, pg_stat_activity
+    # would show the snapshot of its first read until the transaction ends.
+    watcher = await asyncpg.connect(database)
+    try:
+        locked = blocker.transaction()
+        await locked.start()
+        await blocker.execute("LOCK TABLE public.user_feedback IN ACCESS EXCLUSIVE MODE")
+        running = asyncio.ensure_future(checks.run_many(names, conn, redis=None, now=NOW))
+        waiting = (
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE '%count(DISTINCT%'"
+        )
+        pid = await wait_for(lambda: watcher.fetchval(waiting), timeout=20)
+        await watcher.execute("SELECT pg_cancel_backend($1)", pid)
+        await locked.commit()
+        results = await running
+    finally:
+        await blocker.close()
+        await watcher.close()
+    key, rows = results["one_feedback_per_session"], results["ratings_present_ever"]
+    assert key.status == CheckStatus.ERROR
+    assert key.message.startswith("probe cancelled: counting the key's distinct values")
+    assert rows.status != CheckStatus.ERROR
+    missing = await conn.fetchval(
+        "SELECT count(*) FROM public.user_feedback WHERE user_rating IS NULL"
+    )
+    assert (rows.value, rows.baseline["probe_shared_by"]) == (missing, 2)

@@ -257,8 +257,8 @@ def query(
     check: QualityCheck, now: datetime, *, per_key: bool = True, slices: Slices | None = None
 ) -> Query:
     """The probe; `per_key` (a windowed unique key an index can look up, the plan shown by
-    default) or not and `slices` (a whole-table key of one column; by default two, hashed
-    through hash_record_extended) are decided by `probe` from the catalog and the session."""
+    default) or not and `slices` (a whole-table key of one column; one pass by default, as
+    its type is not known here) are decided by `probe` from the catalog and the session."""
     params = Params()
     rule = check.rule
     source = f"{check.table.sql} AS {_ROW}"

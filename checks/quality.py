@@ -200,7 +200,7 @@ def _unique_sql(
     source = f"{check.table.sql} AS {_ROW}"
     if check.window is None and len(rule.columns) == 1:
         key = f"{_ROW}.{col(rule.columns[0])}"
-        select = f"count(*) AS rows_checked, count({key}) - count(DISTINCT {key}) AS violations"
+        select = f"count(*) AS rows_checked, {_duplicates(key)} AS violations"
         names = ["rows_checked", "violations"]
         return in_slices(select, f"FROM {source} WHERE {scope}", key, names, slices)
     keys = ", ".join(f"{_ROW}.{col(c)}" for c in rule.columns)
@@ -314,10 +314,13 @@ def count_query(check: QualityCheck, now: datetime) -> Query:
     )
 
 
-async def unique_index(ctx: Context[QualityCheck]) -> str | None:
+async def unique_index(conn: Conn, check: QualityCheck) -> str | None:
     """The unique index that guarantees the check's key, looked up when the probe runs (an
     index dropped since start-up is not trusted)."""
-    return await _index_guaranteeing(ctx.conn, ctx.check)
+    found = await conn.fetchval(
+        _UNIQUE_INDEX_SQL, check.table.schema, check.table.name, list(check.rule.columns)
+    )
+    return None if found is None else str(found)
 
 
 # A valid index without a predicate led by the key's first column: PostgreSQL can look each
@@ -350,7 +353,7 @@ async def lookup_index(ctx: Context[QualityCheck]) -> bool:
 
 async def probe(ctx: Context[QualityCheck]) -> Observation:
     check = ctx.check
-    guaranteed_by = await unique_index(ctx) if check.rule.type == "unique" else None
+    guaranteed_by = await unique_index(ctx.conn, check) if check.rule.type == "unique" else None
     if guaranteed_by is not None:
         found = count_query(check, ctx.now)
     elif check.rule.type == "unique" and check.window is not None:
@@ -395,7 +398,11 @@ def _shared_count(check: QualityCheck, params: Params, guaranteed: bool) -> str:
         return f"count(*) FILTER (WHERE {violation_predicate(check.rule, params)})"
     if guaranteed:
         return "0"
-    key = f"{_ROW}.{col(check.rule.columns[0])}"
+    return _duplicates(f"{_ROW}.{col(check.rule.columns[0])}")
+
+
+def _duplicates(key: str) -> str:
+    """Rows beyond the first of each value of a one-column key (NULLs never count)."""
     return f"count({key}) - count(DISTINCT {key})"
 
 
@@ -504,23 +511,16 @@ async def slices_allowed(conn: Conn) -> int:
     return SLICES if int(workers) > 0 else 1
 
 
-async def _index_guaranteeing(conn: Conn, check: QualityCheck) -> str | None:
-    found = await conn.fetchval(
-        _UNIQUE_INDEX_SQL, check.table.schema, check.table.name, list(check.rule.columns)
-    )
-    return None if found is None else str(found)
-
-
 async def fused_probe(
     ctx: Context[QualityCheck], checks: Sequence[QualityCheck]
-) -> list[Observation | None]:
+) -> Sequence[Observation | None]:
     """Observations of `checks` (sharing ctx.check's scope) from one scan, in order. None for
     a key whose count of distinct values made the scan run past its timeout: the others are
     then answered by a scan without the keys, as they would have been without them."""
     indexes = {
         c.name: index
         for c in checks
-        if c.rule.type == "unique" and (index := await _index_guaranteeing(ctx.conn, c))
+        if c.rule.type == "unique" and (index := await unique_index(ctx.conn, c))
     }
     counted = [c for c in checks if c.rule.type == "unique" and c.name not in indexes]
     if not counted or len(counted) == len(checks):
@@ -537,7 +537,7 @@ async def fused_probe(
 
 async def _scan(
     ctx: Context[QualityCheck], checks: Sequence[QualityCheck], indexes: dict[str, str]
-) -> list[Observation | None]:
+) -> list[Observation]:
     counted = [c for c in checks if c.rule.type == "unique" and c.name not in indexes]
     keys = {c.rule.columns[0] for c in counted}
     sliced = await slicing(replace(ctx, check=counted[0]), checks) if len(keys) == 1 else None

@@ -108,7 +108,8 @@ class Installed(Enum):
 
 
 async def installed(conn: Conn, step: StepConfig) -> Installed:
-    """How the step is installed, read in one statement."""
+    """How the step is installed (whether pipectl's table of incremental steps exists, then
+    the step's signature in it)."""
     assert step.incremental is not None
     if await conn.fetchval("SELECT to_regclass('pipectl.incremental_steps')") is None:
         return Installed.NO

@@ -1,9 +1,11 @@
 """Audit a step: its published content against a full recompute of its defining query.
 
 Both directions with `EXCEPT ALL` (a row the summary has twice and the recompute once is a
-difference), floats (float4, float8, numeric) rounded to 9 significant digits on both sides,
-json compared as jsonb. One statement computes both sides, the differences, their counts and
-a few example rows, so the two sides are read in one snapshot.
+difference), floats (float4, float8, numeric) rounded to 9 significant digits on both sides
+(then a leftover row whose floats are one unit from its counterpart's in the 9th digit is
+paired with it: see `comparison_sql`), json compared as jsonb. One statement computes both
+sides, the differences, their counts and a few example rows, so the two sides are read in one
+snapshot.
 
 What "the defining query" is depends on the step's kind:
 
@@ -43,9 +45,9 @@ from pipectl.store import incremental as incremental_store
 from pipectl.store.base import Conn
 
 SIGNIFICANT_DIGITS = 9
+"""Floats are compared after rounding to this many significant digits (both sides)."""
 FLOAT_ZERO = "1e-12"
 """Float magnitudes below this compare as 0 (see `normalized`)."""
-"""Floats are compared after rounding to this many significant digits (both sides)."""
 EXAMPLES = 3
 """Example rows kept per direction."""
 AUDITABLE = ("matview", "incremental")
@@ -538,11 +540,18 @@ def comparison_sql(
 ) -> str:
     """One statement: both sides normalized, both differences, their counts, the first
     EXAMPLES rows of each difference (as jsonb objects). `summary`: the summary side's SQL
-    (the relation's content by default)."""
+    (the relation's content by default).
+
+    Rounding alone would cry wolf: two values a few ulps apart that straddle a rounding
+    boundary (0.4999999995 computed two ways) round to neighbours. So the rows `EXCEPT ALL`
+    leaves on each side are paired once more, by their exact columns (then in order of their
+    floats), and a pair whose floats are all `_near` each other is no difference."""
     source = relation.sql if summary is None else f"({summary})"
     summary_columns = ", ".join(f"{normalized(c, 's')} AS {quote_ident(c.name)}" for c in columns)
     recomputed = ", ".join(f"{normalized(c, 'q')} AS {quote_ident(c.name)}" for c in columns)
+    names = ", ".join(quote_ident(c.name) for c in columns)
     order = ", ".join(str(i + 1) for i in range(len(columns)))
+    row, rank = (quote_ident(n) for n in _fresh_names(columns, "audit_row", "audit_rank"))
     return f"""
         WITH summary AS MATERIALIZED (
             SELECT {summary_columns} FROM {source} AS s
@@ -552,11 +561,25 @@ def comparison_sql(
 {recompute}
             ) AS q
         ),
+        summary_left AS MATERIALIZED (
+            SELECT *, {_pairing(columns, row, rank)} FROM (
+                SELECT * FROM summary EXCEPT ALL SELECT * FROM recompute) AS d
+        ),
+        recompute_left AS MATERIALIZED (
+            SELECT *, {_pairing(columns, row, rank)} FROM (
+                SELECT * FROM recompute EXCEPT ALL SELECT * FROM summary) AS d
+        ),
+        near_pairs AS MATERIALIZED (
+            SELECT a.{row} AS summary_row, b.{row} AS recompute_row
+            FROM summary_left AS a JOIN recompute_left AS b ON {_paired(columns, rank)}
+        ),
         only_summary AS MATERIALIZED (
-            SELECT * FROM summary EXCEPT ALL SELECT * FROM recompute
+            SELECT {names} FROM summary_left
+            WHERE {row} NOT IN (SELECT summary_row FROM near_pairs)
         ),
         only_recompute AS MATERIALIZED (
-            SELECT * FROM recompute EXCEPT ALL SELECT * FROM summary
+            SELECT {names} FROM recompute_left
+            WHERE {row} NOT IN (SELECT recompute_row FROM near_pairs)
         )
         SELECT
             (SELECT count(*) FROM summary) AS summary_rows,
@@ -571,6 +594,58 @@ def comparison_sql(
             ) AS examples_recompute,
             now() AS audited_at
     """
+
+
+def _fresh_names(columns: Sequence[Column], *wanted: str) -> list[str]:
+    """`wanted` names the comparison adds to a side's rows, made unlike any column's name."""
+    taken = {c.name for c in columns}
+    fresh = []
+    for name in wanted:
+        while name in taken:
+            name = f"_{name}"
+        taken.add(name)
+        fresh.append(name)
+    return fresh
+
+
+def _pairing(columns: Sequence[Column], row: str, rank: str) -> str:
+    """A leftover row's identity (`row`) and its rank among the leftovers with the same exact
+    columns, in order of its floats (`rank`): rows of the two sides pair on (exact, rank)."""
+    everything = ", ".join(quote_ident(c.name) for c in columns)
+    exact = ", ".join(quote_ident(c.name) for c in columns if not c.rounded)
+    floats = ", ".join(quote_ident(c.name) for c in columns if c.rounded) or "1"
+    partition = f"PARTITION BY {exact} " if exact else ""
+    return (
+        f"row_number() OVER (ORDER BY {everything}) AS {row},"
+        f" row_number() OVER ({partition}ORDER BY {floats}) AS {rank}"
+    )
+
+
+def _paired(columns: Sequence[Column], rank: str) -> str:
+    """Two leftover rows are the same row: same exact columns, same rank, every float near."""
+    conditions = [f"a.{rank} = b.{rank}"]
+    for column in columns:
+        a, b = f"a.{quote_ident(column.name)}", f"b.{quote_ident(column.name)}"
+        if column.rounded:
+            conditions.append(f"({_near(a, b)})")
+        else:
+            conditions.append(f"{a} IS NOT DISTINCT FROM {b}")
+    return " AND ".join(conditions)
+
+
+def _near(a: str, b: str) -> str:
+    """SQL: two rounded floats (see `normalized`) are the same value: equal (or both NULL),
+    or finite and at most one unit apart in the SIGNIFICANT_DIGITS-th digit of the larger (a
+    value computed two ways rounded either side of a boundary), or both within FLOAT_ZERO of
+    0 (one rounded to 0, the other just above the threshold)."""
+    special = "('NaN', 'Infinity', '-Infinity')"
+    unit = f"10::numeric ^ (floor(log(greatest(abs({a}), abs({b})))) - {SIGNIFICANT_DIGITS - 1})"
+    # CASE, not OR: only it fixes the order, and log() must not see a 0, NULL or NaN.
+    return (
+        f"CASE WHEN {a} IS NOT DISTINCT FROM {b} THEN true"
+        f" WHEN {a} IS NULL OR {b} IS NULL OR {a} IN {special} OR {b} IN {special} THEN false"
+        f" ELSE abs({a} - {b}) <= greatest({FLOAT_ZERO}::numeric, {unit}) END"
+    )
 
 
 def example_text(row: Mapping[str, Any], columns: Sequence[str]) -> str:

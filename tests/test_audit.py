@@ -217,6 +217,29 @@ async def test_floats_are_compared_to_nine_significant_digits_and_duplicates_cou
     assert (only_summary, only_recompute) == (1, 1)
     assert examples[0]["k"] == "plain"
     assert float(examples[0]["a"]) == pytest.approx(0.123456789)
+    # Values a few ulps apart on either side of a rounding boundary (or of the zero
+    # threshold) round to neighbours: they are the same value, not a difference...
+    await db.execute(
+        "INSERT INTO public.audit_sides VALUES ('edge', 1e-12, 0.1234567885, 9.9999999995, '2'),"
+        " ('edge', 5, 7, 1, '3')"
+    )
+    straddle = (
+        "SELECT k, CASE WHEN k = 'edge' THEN a * (1 - 1e-15) ELSE a END AS a,"
+        " CASE WHEN k = 'edge' THEN b * (1 - 1e-15) ELSE b END AS b,"
+        " c, j::jsonb::json AS j FROM public.audit_sides"
+    )
+    assert (await compare(straddle))[:2] == (0, 0)
+    # ...while a real difference beside them still is one, shown as the summary has it.
+    # (b * 1.001 changes the rows whose b is neither 0, NaN, infinite, NULL nor below 1e-12.)
+    straddle_and_drift = straddle.replace("ELSE b END", "ELSE b * 1.001 END")
+    only_summary, only_recompute, examples = await compare(straddle_and_drift)
+    assert (only_summary, only_recompute) == (4, 4)
+    assert [e["k"] for e in examples] == ["huge", "plain", "twice"]
+    wrong_edge = straddle.replace("b * (1 - 1e-15)", "b * (1 - 1e-7)")
+    only_summary, only_recompute, examples = await compare(wrong_edge)
+    assert (only_summary, only_recompute) == (2, 2)
+    assert [(e["k"], float(e["b"])) for e in examples] == [("edge", 0.123456789), ("edge", 7)]
+    await db.execute("DELETE FROM public.audit_sides WHERE k = 'edge'")
     # EXCEPT ALL: a row the summary has twice and the recompute once is a difference.
     once = "SELECT DISTINCT k, a, b, c, j::jsonb AS j FROM public.audit_sides"
     assert (await compare(once))[:2] == (1, 0)

@@ -6,6 +6,7 @@ to the defining query after every refresh (both directions, EXCEPT ALL, 9 digits
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import re
@@ -19,6 +20,7 @@ import asyncpg
 import pytest
 from rich.console import Console
 
+from pipectl.audit import comparison_sql, example_text, summary_columns
 from pipectl.cli import demo
 from pipectl.config import ConfigError, StepConfig
 from pipectl.incremental import defining_query
@@ -87,45 +89,26 @@ def test_config_refuses_a_key_finer_than_the_bucket_and_a_missing_table() -> Non
 # --- against the database ------------------------------------------------------------------
 
 
-async def _columns(conn: asyncpg.Connection, relation: str) -> list[tuple[str, str]]:
-    rows = await conn.fetch(
-        "SELECT attname, format_type(atttypid, atttypmod) AS type FROM pg_attribute "
-        "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-        relation,
-    )
-    return [(r["attname"], r["type"]) for r in rows]
-
-
-def _rounded(columns: list[tuple[str, str]], source: str) -> str:
-    """`source`'s rows with floats and numerics to 9 significant digits (and float noise
-    below 1e-12 as 0), for EXCEPT ALL."""
-    out = []
-    for name, type_ in columns:
-        col = f'"{name}"'
-        if type_ in ("double precision", "numeric", "real"):
-            value = f"{col}::numeric"
-            out.append(
-                f"CASE WHEN {col} IS NULL OR abs({value}) < 1e-12 THEN 0 "
-                f"ELSE round({value}, 8 - floor(log(abs({value})))::int) END AS {col}"
-            )
-        else:
-            out.append(col)
-    return f"SELECT {', '.join(out)} FROM ({source}) AS q"
-
-
 async def _differences(
     conn: asyncpg.Connection, step: StepConfig, reference: datetime, expected: str | None = None
 ) -> list[str]:
-    """Rows of the published summary not in the defining query at `reference`, and the other
-    way round (EXCEPT ALL both directions, rounded)."""
+    """Rows of the published summary not in the defining query at `reference` (or in
+    `expected`, a query of the same columns), and the other way round, compared as
+    `pipectl audit` compares them."""
     assert step.relation is not None
-    columns = await _columns(conn, str(step.relation))
-    published = _rounded(columns, f"SELECT * FROM {step.relation.sql}")
-    recomputed = _rounded(columns, expected or defining_query(step))
-    extra = await conn.fetch(f"{published} EXCEPT ALL {recomputed}", reference)
-    missing = await conn.fetch(f"{recomputed} EXCEPT ALL {published}", reference)
-    return [f"published only: {tuple(r)}" for r in extra] + [
-        f"recomputed only: {tuple(r)}" for r in missing
+    columns = await summary_columns(conn, step.relation)
+    recompute = expected or defining_query(step)
+    found = await conn.fetchrow(comparison_sql(step.relation, recompute, columns), reference)
+    assert found is not None
+    if not found["only_in_summary"] and not found["only_in_recompute"]:
+        return []
+    names = [c.name for c in columns]
+    return [
+        f"published only ({found['only_in_summary']}): {example_text(row, names)}"
+        for row in json.loads(found["examples_summary"])
+    ] + [
+        f"recomputed only ({found['only_in_recompute']}): {example_text(row, names)}"
+        for row in json.loads(found["examples_recompute"])
     ]
 
 
@@ -179,14 +162,15 @@ async def test_published_summaries_have_the_matviews_columns_types_and_content(
         await _load_history(conn, now)
         for step in steps:
             relation = str(step.relation)
-            matview = await _columns(conn, relation)
+            assert step.relation is not None
+            matview = await summary_columns(conn, step.relation)
             # The matview's own query, at a reference time of our choosing.
             viewdef = await conn.fetchval("SELECT pg_get_viewdef($1::regclass)", relation)
             assert viewdef.count("now()") == 1
             matview_query = viewdef.rstrip().rstrip(";").replace("now()", "$1::timestamptz")
             async with conn.transaction():
                 await store.install(conn, step, triggers=True)
-            assert await _columns(conn, relation) == matview
+            assert await summary_columns(conn, step.relation) == matview
             assert (
                 await conn.fetchval(
                     "SELECT relkind FROM pg_class WHERE oid = $1::regclass", relation

@@ -53,6 +53,29 @@ def _alone(check: Any) -> Hashable | None:
 
 
 @dataclass(frozen=True)
+class Ride(Generic[C]):
+    """How a check of this kind is answered by a scan another kind shares (its `run_shared`)
+    instead of a probe of its own: a volume count is one more column of its table's scan."""
+
+    host_key: Callable[[C], Hashable | None]
+    """The engine's share key ((kind, key)) of the scans that can answer the check; None:
+    this one always probes alone."""
+    columns: Callable[[C, Any, datetime], list[str]]
+    """Aggregates over the host scan's rows (given its `checks.sql.Params` and `now`), each
+    a count: a scan split in slices sums them."""
+    finish: Callable[[Context[C], Sequence[int]], Awaitable[CheckResult]]
+    """The check's result from those counts, in the host's probe transaction."""
+
+
+@dataclass(frozen=True)
+class Riding:
+    """A check answered by a host's shared scan, and how (its kind's `Ride`)."""
+
+    check: CheckBase
+    ride: Ride[Any]
+
+
+@dataclass(frozen=True)
 class KindSpec(Generic[C]):
     """One check kind: the engine's registry maps `kind` to this."""
 
@@ -77,9 +100,14 @@ class KindSpec(Generic[C]):
     share_key: Callable[[C], Hashable | None] = _alone
     """Checks of this kind with equal keys read the same rows, so `run_shared` can answer
     them from one probe; None for a check that always probes alone."""
-    run_shared: Callable[[Context[C], Sequence[C]], Awaitable[list[CheckResult]]] | None = None
+    run_shared: (
+        Callable[[Context[C], Sequence[C], Sequence[Riding]], Awaitable[list[CheckResult]]] | None
+    ) = None
     """Results of several checks of one share key from one probe, in order (ctx.check is the
-    first of them); raises like `run`."""
+    first of them), then those of the checks of other kinds riding that probe (`Ride`);
+    raises like `run`."""
+    ride: Ride[C] | None = None
+    """How this kind's checks ride another kind's shared scan; None: they never do."""
 
     @property
     def kind(self) -> str:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import asyncpg
 
 from pipectl import store
-from pipectl.checks.base import SOURCE_BY_TRIGGER, C, Context, KindSpec
+from pipectl.checks.base import SOURCE_BY_TRIGGER, C, Context, KindSpec, Riding
 from pipectl.checks.catalog import Catalog, Need, load_catalog, problems_for
 from pipectl.checks.incremental import NotIncremental, WindowCache
 from pipectl.checks.registry import KINDS
@@ -55,6 +55,7 @@ class CheckEngine:
         """Record what each probe looked up in pipectl.own_reads (the agent sets it; its
         role may write there), so the buffer-cache check leaves pipectl's reads out."""
         self._reads_refused = False
+        self._host_keys: set[Hashable] | None = None
         self.incremental: WindowCache | None = None
         """Per-bucket partial aggregates for scheduled ticks of windowed checks (the agent
         sets it: `enable_incremental`); None reads every window whole."""
@@ -128,9 +129,15 @@ class CheckEngine:
 
     def fusion_key(self, name: str) -> Hashable | None:
         """Checks of one instant with equal keys can share one probe (run_many); None for a
-        check that probes alone."""
+        check that probes alone. A check that can ride another kind's shared scan (`Ride`)
+        has that scan's key when the config has a check that shares it."""
         check = self.config.check(name)
-        return _share_key(check)
+        key = _share_key(check)
+        if key is None and (ride := _ride_key(check)) is not None:
+            if self._host_keys is None:
+                self._host_keys = {_share_key(c) for c in self.config.checks} - {None}
+            return ride if ride in self._host_keys else None
+        return key
 
     async def run_many(
         self,
@@ -151,7 +158,11 @@ class CheckEngine:
             raise ValueError("now must be timezone-aware")
         checks = {name: self.config.check(name) for name in names}  # KeyError: unknown
         results: dict[str, CheckResult] = {}
-        for group in _shared_probe_groups(list(checks.values())):
+        incremental = trigger == "schedule"
+        # A check the window cache answers stays off the shared scan (its partial
+        # aggregates read less).
+        off_scan = {c.name for c in checks.values() if self._window_cache([c], incremental)}
+        for group in _shared_probe_groups(list(checks.values()), off_scan):
             results.update(
                 await self._run_shared(
                     group, conn, SOURCE_BY_TRIGGER[trigger], when, trigger == "schedule"
@@ -209,23 +220,29 @@ class CheckEngine:
         for check in group:
             if check.name in self._validated or not await self._validate(conn, [check]):
                 members.append(check)
-        if len(members) < 2:
+        hosts = [c for c in members if _share_key(c) is not None]
+        riders = [
+            Riding(c, ride)
+            for c in members
+            if _share_key(c) is None and (ride := _kind(c).ride) is not None
+        ]
+        if len(members) < 2 or not hosts:
             return {}  # run() reports the problems of the others
         timeout = max(self._timeout(c) for c in members)
-        context = self._context(members[0], conn, now, source, timeout)
-        run_shared = _kind(members[0]).run_shared
+        context = self._context(hosts[0], conn, now, source, timeout)
+        run_shared = _kind(hosts[0]).run_shared
         assert run_shared is not None  # _shared_probe_groups groups only kinds that share
         started = time.perf_counter()
         reads: list[store.Reads] | None = [] if self.record_own_reads else None
         try:
             async with _probe_transaction(conn, timeout, reads):
-                window_cache = self._window_cache(members, incremental)
+                window_cache = None if riders else self._window_cache(members, incremental)
                 found = None
                 if window_cache is not None:
                     with contextlib.suppress(NotIncremental):
                         found = await window_cache.run_many(context, members)
                 if found is None:
-                    found = await run_shared(context, members)
+                    found = await run_shared(context, hosts, riders)
         except asyncpg.QueryCanceledError:
             message = (
                 f"probe cancelled: the probe shared by {len(members)} checks ran longer than"
@@ -246,7 +263,7 @@ class CheckEngine:
         elapsed = round((time.perf_counter() - started) * 1000, 3)
         await self._record_reads(conn, f"check {members[0].name}", reads)
         results = {}
-        for check, result in zip(members, found, strict=True):
+        for check, result in zip([*hosts, *(r.check for r in riders)], found, strict=True):
             shared = {**result.baseline, "probe_shared_by": len(members)}
             results[check.name] = replace(result, duration_ms=elapsed, baseline=shared)
         return results
@@ -426,12 +443,25 @@ def _share_key(check: CheckBase) -> Hashable | None:
     return None if key is None else (check.kind, key)
 
 
-def _shared_probe_groups(checks: list[CheckBase]) -> list[list[CheckBase]]:
-    """Checks grouped by the rows they read; only groups of two or more share a probe."""
+def _ride_key(check: CheckBase) -> Hashable | None:
+    """The share key of the scans that can answer `check` (its kind's `Ride`), if any."""
+    ride = _kind(check).ride
+    return None if ride is None else ride.host_key(check)
+
+
+def _shared_probe_groups(
+    checks: list[CheckBase], off_scan: Collection[str] = ()
+) -> list[list[CheckBase]]:
+    """Checks grouped by the rows they read, then the checks that ride a group's scan (those
+    not named `off_scan`) after its own; only groups of two or more share a probe."""
     groups: dict[Hashable, list[CheckBase]] = {}
     for check in checks:
         if (key := _share_key(check)) is not None:
             groups.setdefault(key, []).append(check)
+    for check in checks:
+        ride = _ride_key(check)
+        if ride in groups and _share_key(check) is None and check.name not in off_scan:
+            groups[ride].append(check)
     return [members for members in groups.values() if len(members) > 1]
 
 

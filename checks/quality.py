@@ -16,15 +16,15 @@ pipectl or quoted in a message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 from pydantic import Field, model_validator
 
-from pipectl.checks.base import Context, KindSpec, number, point, zone
+from pipectl.checks.base import Context, KindSpec, Riding, number, point, zone
 from pipectl.checks.catalog import (
     COMPARABLE_TYPES,
     JSON_TYPES,
@@ -47,6 +47,7 @@ from pipectl.config import (
     TimeZone,
 )
 from pipectl.durations import format_duration
+from pipectl.identifiers import Relation
 from pipectl.model import CheckResult, CheckStatus
 from pipectl.store.base import Conn
 
@@ -392,6 +393,12 @@ def fusion_key(check: QualityCheck) -> tuple[str, str | None, timedelta | None, 
     return (check.table.sql, check.time_column, check.window, check.timezone)
 
 
+def whole_table_scan(table: Relation, timezone: str) -> Hashable:
+    """The engine's share key of the scan of all of `table`'s rows (quality rules without a
+    window): what a check of another kind that counts them can ride (`base.Ride`)."""
+    return ("quality", (table.sql, None, None, timezone))
+
+
 def _shared_count(check: QualityCheck, params: Params, guaranteed: bool) -> str:
     """The violations of one check, as a column of the shared scan."""
     if check.rule.type != "unique":
@@ -411,10 +418,12 @@ def fused_query(
     now: datetime,
     guaranteed: frozenset[str] = frozenset(),
     slices: Slices | None = None,
+    riders: Sequence[Riding] = (),
 ) -> Query:
     """One scan answering several checks of one scope (equal `fusion_key`): `rows_checked`,
-    then `v0`, `v1`, ... the violations of each check in order. `guaranteed` names the unique
-    checks a unique index covers (only counted).
+    then `v0`, `v1`, ... the violations of each check in order, then `r0_0`, `r0_1`, ... the
+    counts each of `riders` asks for. `guaranteed` names the unique checks a unique index
+    covers (only counted).
 
     count(DISTINCT) sorts in one process, where PostgreSQL would share a plain scan's counts
     among its parallel workers. With one such key, the scan is split by the key's hash into
@@ -425,19 +434,25 @@ def fused_query(
     params = Params()
     first = checks[0]
     scope = _scope(first, params, now)
-    counts = [_shared_count(c, params, c.name in guaranteed) for c in checks]
-    select = ", ".join(
-        ["count(*) AS rows_checked", *(f"{count} AS v{i}" for i, count in enumerate(counts))]
-    )
+    counts = {"rows_checked": "count(*)"}
+    for i, check in enumerate(checks):
+        counts[f"v{i}"] = _shared_count(check, params, check.name in guaranteed)
+    for i, riding in enumerate(riders):
+        for j, count in enumerate(riding.ride.columns(riding.check, params, now)):
+            counts[_rider_column(i, j)] = count
+    select = ", ".join(f"{count} AS {name}" for name, count in counts.items())
     source = f"FROM {first.table.sql} AS {_ROW} WHERE {scope}"
     keys = {
         c.rule.columns[0] for c in checks if c.rule.type == "unique" and c.name not in guaranteed
     }
     if len(keys) != 1:
         return Query(f"SELECT {select} {source}", params)
-    names = ["rows_checked", *(f"v{i}" for i in range(len(checks)))]
     key = f"{_ROW}.{col(keys.pop())}"
-    return Query(in_slices(select, source, key, names, slices or Slices()), params)
+    return Query(in_slices(select, source, key, list(counts), slices or Slices()), params)
+
+
+def _rider_column(rider: int, count: int) -> str:
+    return f"r{rider}_{count}"
 
 
 # The key types whose counts are sliced, by their hash function (pg_type.typname). Only
@@ -511,12 +526,22 @@ async def slices_allowed(conn: Conn) -> int:
     return SLICES if int(workers) > 0 else 1
 
 
+@dataclass(frozen=True)
+class Scanned:
+    """What one shared scan found: an observation per quality check (None for a key whose
+    count was given up, see `fused_probe`), and the counts each rider asked for."""
+
+    observations: list[Observation | None]
+    riders: list[list[int]]
+
+
 async def fused_probe(
-    ctx: Context[QualityCheck], checks: Sequence[QualityCheck]
-) -> Sequence[Observation | None]:
-    """Observations of `checks` (sharing ctx.check's scope) from one scan, in order. None for
-    a key whose count of distinct values made the scan run past its timeout: the others are
-    then answered by a scan without the keys, as they would have been without them."""
+    ctx: Context[QualityCheck], checks: Sequence[QualityCheck], riders: Sequence[Riding] = ()
+) -> Scanned:
+    """Observations of `checks` (sharing ctx.check's scope) and the counts of `riders` from
+    one scan. A key whose count of distinct values made the scan run past its timeout has
+    no observation: the others are then answered by a scan without the keys, as they would
+    have been without them."""
     indexes = {
         c.name: index
         for c in checks
@@ -524,37 +549,52 @@ async def fused_probe(
     }
     counted = [c for c in checks if c.rule.type == "unique" and c.name not in indexes]
     if not counted or len(counted) == len(checks):
-        return await _scan(ctx, checks, indexes)
+        return await _scan(ctx, checks, indexes, riders)
     try:
         async with ctx.conn.transaction():  # a savepoint: a cancelled scan leaves the probe's
-            return await _scan(ctx, checks, indexes)  # transaction usable for the retry
+            return await _scan(ctx, checks, indexes, riders)  # transaction usable for the retry
     except asyncpg.QueryCanceledError:
         pass
     others = [c for c in checks if c not in counted]
-    found = dict(zip((c.name for c in others), await _scan(ctx, others, indexes), strict=True))
-    return [found.get(c.name) for c in checks]
+    retried = await _scan(ctx, others, indexes, riders)
+    found = dict(zip((c.name for c in others), retried.observations, strict=True))
+    return Scanned([found.get(c.name) for c in checks], retried.riders)
 
 
 async def _scan(
-    ctx: Context[QualityCheck], checks: Sequence[QualityCheck], indexes: dict[str, str]
-) -> list[Observation]:
+    ctx: Context[QualityCheck],
+    checks: Sequence[QualityCheck],
+    indexes: dict[str, str],
+    riders: Sequence[Riding],
+) -> Scanned:
     counted = [c for c in checks if c.rule.type == "unique" and c.name not in indexes]
     keys = {c.rule.columns[0] for c in counted}
     sliced = await slicing(replace(ctx, check=counted[0]), checks) if len(keys) == 1 else None
-    found = fused_query(checks, ctx.now, frozenset(indexes), sliced)
+    found = fused_query(checks, ctx.now, frozenset(indexes), sliced, riders)
     row = await found.fetchrow(ctx.conn, ctx.table(ctx.check.table), zone(ctx.check.timezone))
     rows = int(row["rows_checked"] or 0)
-    return [
+    observations: list[Observation | None] = [
         Observation(rows, int(row[f"v{i}"] or 0), indexes.get(c.name)) for i, c in enumerate(checks)
     ]
+    return Scanned(observations, [_rider_counts(row, i) for i in range(len(riders))])
+
+
+def _rider_counts(row: asyncpg.Record, rider: int) -> list[int]:
+    """The counts `fused_query` put in `row` for its `rider`-th rider, in order."""
+    names = set(row.keys())
+    counts: list[int] = []
+    while (name := _rider_column(rider, len(counts))) in names:
+        counts.append(int(row[name] or 0))
+    return counts
 
 
 async def run_shared(
-    ctx: Context[QualityCheck], checks: Sequence[QualityCheck]
+    ctx: Context[QualityCheck], checks: Sequence[QualityCheck], riders: Sequence[Riding] = ()
 ) -> list[CheckResult]:
-    """Results of `checks` (of one `fusion_key`) from one scan, in order."""
-    observations = await fused_probe(ctx, checks)
-    return [
+    """Results of `checks` (of one `fusion_key`) from one scan, in order, then those of the
+    checks riding it (`riders`: a volume count of the same rows, ...)."""
+    scanned = await fused_probe(ctx, checks, riders)
+    results = [
         evaluate(check, observation, ctx.now, ctx.source)
         if observation is not None
         else CheckResult(
@@ -565,8 +605,12 @@ async def run_shared(
             f" longer than its timeout ({format_duration(ctx.timeout)})",
             ctx.now,
         )
-        for check, observation in zip(checks, observations, strict=True)
+        for check, observation in zip(checks, scanned.observations, strict=True)
     ]
+    host: Context[Any] = ctx
+    for riding, counts in zip(riders, scanned.riders, strict=True):
+        results.append(await riding.ride.finish(replace(host, check=riding.check), counts))
+    return results
 
 
 def rule_text(rule: QualityRule) -> str:

@@ -2,18 +2,23 @@
 
 Probe: a count over an index range of `column` plus `max(column)` to tell an empty table
 (nodata) from a quiet window (a count of 0, which may well be an anomaly), in one round trip.
+Where quality rules scan the whole table at the same instant (`pipectl check`, or ticks of the
+same schedule), the two counts are columns of that scan instead (`RIDE`): the table is read
+once, not once more through the index.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from pipectl.checks import timeseries
 from pipectl.checks.anomaly import AnomalyConfig
-from pipectl.checks.base import Context, KindSpec, zone
+from pipectl.checks.base import Context, KindSpec, Ride, zone
 from pipectl.checks.catalog import TIME_TYPES, Need
+from pipectl.checks.quality import whole_table_scan
 from pipectl.checks.sql import Params, Query, col, window_predicate
 from pipectl.checks.timeseries import Bounds, History
 from pipectl.config import (
@@ -109,9 +114,32 @@ def evaluate(
 
 
 async def run(ctx: Context[VolumeCheck]) -> CheckResult:
-    observation = await probe(ctx)
+    return await _judged(ctx, await probe(ctx))
+
+
+async def _judged(ctx: Context[VolumeCheck], observation: Observation) -> CheckResult:
     hist = History([]) if observation.empty else await load_history(ctx)
     return evaluate(ctx.check, observation, hist, ctx.now, ctx.source)
+
+
+def _host_scan(check: VolumeCheck) -> Hashable:
+    return whole_table_scan(check.table, check.timezone)
+
+
+def scan_counts(check: VolumeCheck, params: Params, now: datetime) -> list[str]:
+    """The probe's two answers as counts over every row of the table: the rows in the
+    window, and the rows with a `column` at all (none: the table is empty, as max() IS NULL
+    says in `query`)."""
+    span = window_predicate(check.column, params, now - check.window, now)
+    return [f"count(*) FILTER (WHERE {span})", f"count({col(check.column)})"]
+
+
+async def from_scan(ctx: Context[VolumeCheck], counts: Sequence[int]) -> CheckResult:
+    in_window, with_time = counts
+    return await _judged(ctx, Observation(in_window, with_time == 0))
+
+
+RIDE = Ride[VolumeCheck](host_key=_host_scan, columns=scan_counts, finish=from_scan)
 
 
 def needs(check: VolumeCheck) -> list[Need]:
@@ -132,4 +160,5 @@ KIND = KindSpec[VolumeCheck](
         or f"rows of {check.table} per {format_duration(check.window)} (by {check.column})"
     ),
     run=run,
+    ride=RIDE,
 )

@@ -16,7 +16,7 @@ import pytest
 from pydantic import Field
 
 from pipectl.checks import CheckEngine, registry
-from pipectl.checks.base import Context, KindSpec
+from pipectl.checks.base import Context, KindSpec, Riding
 from pipectl.checks.catalog import Need
 from pipectl.checks.sql import Params, Query
 from pipectl.config import (
@@ -59,7 +59,7 @@ async def run(ctx: Context[RowCountCheck]) -> CheckResult:
 
 
 async def run_shared(
-    ctx: Context[RowCountCheck], checks: Sequence[RowCountCheck]
+    ctx: Context[RowCountCheck], checks: Sequence[RowCountCheck], riders: Sequence[Riding]
 ) -> list[CheckResult]:
     """Every check of one table from one count."""
     row = await query(ctx.check).fetchrow(ctx.conn)

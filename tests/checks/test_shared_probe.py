@@ -1,7 +1,8 @@
 """Quality row checks that read the same rows share one scan (CheckEngine.run_many), with
 exactly the answers each would give alone; so do whole-table unique keys of one column (one
 more column of the scan, in slices of the key's hash when there is one such key). A shared
-probe that fails falls back to one probe each, unless it ran out of time."""
+probe that fails falls back to one probe each, unless it ran out of time. A volume check of a
+table scanned whole rides that scan: its two counts are columns of it."""
 
 from __future__ import annotations
 
@@ -68,6 +69,21 @@ table = "public.user_feedback"
 rule = {{ type = "not_null", column = "user_rating" }}
 
 [[checks]]
+name = "feedback_volume"
+kind = "volume"
+table = "public.user_feedback"
+column = "created_at"
+window = "36h"
+
+[[checks]]
+name = "feedback_volume_new_york"
+kind = "volume"
+table = "public.user_feedback"
+column = "created_at"
+window = "36h"
+timezone = "America/New_York"
+
+[[checks]]
 name = "ratings_custom"
 kind = "quality"
 table = "public.user_feedback"
@@ -126,19 +142,22 @@ async def test_a_shared_probe_answers_exactly_as_each_check_alone(
         assert answer(together[name]) == answer(alone[name]), name
     assert all(r.status != CheckStatus.ERROR for r in together.values())
     shared = {name: r.baseline.get("probe_shared_by") for name, r in together.items()}
-    # One scan for the three windowed row checks, one for the whole table's row check and
-    # keys of one column; windowed keys and custom SQL run alone.
+    # One scan for the three windowed row checks, one for the whole table's row check, keys
+    # of one column and the volume counted in that timezone; windowed keys, custom SQL and
+    # the volume of another timezone (its window's bounds read otherwise) run alone.
     assert shared == {
         "ratings_present": 3,
         "ratings_in_range": 3,
         "applied_rules_shape": 3,
         "one_feedback_per_session_today": None,
         "one_feedback_per_rating_today": None,
-        "one_feedback_per_session": 5,
-        "one_feedback_per_rating": 5,
-        "one_feedback_per_instant": 5,
-        "one_row_per_id": 5,
-        "ratings_present_ever": 5,
+        "one_feedback_per_session": 6,
+        "one_feedback_per_rating": 6,
+        "one_feedback_per_instant": 6,
+        "one_row_per_id": 6,
+        "ratings_present_ever": 6,
+        "feedback_volume": 6,
+        "feedback_volume_new_york": None,
         "ratings_custom": None,
     }
     # The primary key guarantees its key inside the shared scan as alone.
@@ -149,8 +168,17 @@ async def test_a_shared_probe_answers_exactly_as_each_check_alone(
     ("names", "sliced"),
     [
         # One key to count: the scan runs in slices of its hash, which add up exactly (a
-        # varchar key, NULL keys among them; the primary key only counted).
-        (["one_feedback_per_session", "ratings_present_ever", "one_row_per_id"], True),
+        # varchar key, NULL keys among them; the primary key only counted; the volume's
+        # counts too).
+        (
+            [
+                "one_feedback_per_session",
+                "ratings_present_ever",
+                "one_row_per_id",
+                "feedback_volume",
+            ],
+            True,
+        ),
         # A timestamptz key: no hash function called directly for it, so one pass.
         (["one_feedback_per_instant", "ratings_present_ever"], False),
         # Two keys: a slice of one key's hash would split the other's duplicates; one pass.
@@ -243,7 +271,7 @@ async def test_a_key_that_runs_past_the_timeout_leaves_the_other_checks_their_sc
     check of the same table is answered by a scan without the key."""
     await add_history(conn)
     checks = engine(database)
-    names = ["one_feedback_per_session", "ratings_present_ever"]
+    names = ["one_feedback_per_session", "ratings_present_ever", "feedback_volume"]
     await checks.validate(conn, names)
     blocker = await asyncpg.connect(database)
     # Watched from a connection of its own: inside the blocker's transaction, pg_stat_activity
@@ -272,4 +300,67 @@ async def test_a_key_that_runs_past_the_timeout_leaves_the_other_checks_their_sc
     missing = await conn.fetchval(
         "SELECT count(*) FROM public.user_feedback WHERE user_rating IS NULL"
     )
-    assert (rows.value, rows.baseline["probe_shared_by"]) == (missing, 2)
+    assert (rows.value, rows.baseline["probe_shared_by"]) == (missing, 3)
+    volume = results["feedback_volume"]  # rides the scan without the key
+    assert volume.status != CheckStatus.ERROR
+    assert volume.baseline["probe_shared_by"] == 3
+
+
+async def test_a_volume_check_rides_the_scan_of_its_table_and_probes_alone_without_one(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    """The volume's unit is the whole-table scan's (run side by side, `pipectl check` and the
+    agent put them on one connection); its answers are the ones its own probe gives, an empty
+    table included. Without a whole-table scan of its table in the config, it is alone."""
+    checks = engine(database)
+    units = checks.probe_units(["feedback_volume", "ratings_present_ever", "ratings_present"])
+    assert units == [["feedback_volume", "ratings_present_ever"], ["ratings_present"]]
+    assert checks.fusion_key("feedback_volume_new_york") is None
+    only_volume = "[[checks]]" + SHARED.split("[[checks]]")[-3]
+    assert 'name = "feedback_volume"' in only_volume
+    assert (
+        CheckEngine(make_config(database, None, only_volume)).fusion_key("feedback_volume") is None
+    )
+
+    names = ["ratings_present_ever", "feedback_volume"]
+    for fill in (False, True):  # an empty table (nodata either way), then rows
+        if fill:
+            await add_history(conn)
+        recording = await asyncpg.connect(database, connection_class=Recording)
+        try:
+            together = await engine(database).run_many(names, recording, redis=None, now=NOW)
+        finally:
+            await recording.close()
+        alone = await engine(database).run("feedback_volume", conn, redis=None, now=NOW)
+        assert answer(together["feedback_volume"]) == answer(alone)
+        assert together["feedback_volume"].baseline["probe_shared_by"] == 2
+        # One scan; no probe of its own (its count through the index, max() for emptiness).
+        assert len([q for q in recording.fetched if "rows_checked" in q]) == 1
+        assert not [q for q in recording.fetched if "AS empty" in q]
+    assert alone.status != CheckStatus.ERROR
+    in_window = await conn.fetchval(
+        "SELECT count(*) FROM public.user_feedback WHERE created_at > $1 AND created_at <= $2",
+        (NOW - timedelta(hours=36)).replace(tzinfo=None),  # a timestamp column, in UTC
+        NOW.replace(tzinfo=None),
+    )
+    assert together["feedback_volume"].value == in_window > 0
+
+
+async def test_a_volume_check_the_window_cache_answers_stays_off_the_scan(
+    conn: asyncpg.Connection, database: str
+) -> None:
+    """On the agent's schedule, a volume check its partial aggregates answer reads only new
+    rows: it does not join the whole-table scan (which would read every row for it)."""
+    await add_history(conn)
+    checks = engine(database)
+    checks.enable_incremental()
+    assert checks.incremental is not None and checks.incremental.covers(
+        checks.config.check("feedback_volume")
+    )
+    names = ["ratings_present_ever", "one_row_per_id", "feedback_volume"]
+    scheduled = await checks.run_many(names, conn, redis=None, trigger="schedule", now=NOW)
+    assert "probe_shared_by" not in scheduled["feedback_volume"].baseline
+    assert scheduled["ratings_present_ever"].baseline["probe_shared_by"] == 2
+    manual = await checks.run_many(names, conn, redis=None, trigger="manual", now=NOW)
+    assert manual["feedback_volume"].baseline["probe_shared_by"] == 3
+    assert manual["feedback_volume"].value == scheduled["feedback_volume"].value

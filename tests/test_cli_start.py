@@ -176,6 +176,35 @@ async def test_a_config_changed_after_it_was_known_is_validated_again(
     assert "Traceback" not in done.stderr
 
 
+async def test_check_loads_what_it_prints_with_while_it_probes_and_json_needs_none_of_it(
+    tmp_path: Path, database: str
+) -> None:
+    """`pipectl check` imports its output modules (rich's tables) in a thread while the
+    probes run; `--json` prints without them (rich itself may load for a note)."""
+    db = await asyncpg.connect(database)
+    try:
+        await db.execute("CREATE TABLE public.starts (n int); INSERT INTO public.starts VALUES (1)")
+    finally:
+        await db.close()
+    config = tmp_path / "pipectl.toml"
+    config.write_text(
+        f'[database]\ndsn = "{database}"\n\n[[checks]]\nname = "n_present"\nkind = "quality"\n'
+        'table = "public.starts"\nrule = { type = "not_null", column = "n" }\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    as_json = await asyncio.to_thread(
+        loaded_by, "check", "--json", "--config", str(config), env=env, modules=("rich.table",)
+    )
+    assert as_json.code == 0
+    assert as_json.modules == []
+    printed = await asyncio.to_thread(
+        loaded_by, "check", "--config", str(config), env=env, modules=("rich.table",)
+    )
+    assert printed.code == 0
+    assert "rich" in printed.heavy
+    assert printed.modules == ["rich.table"]
+
+
 def test_fault_list_loads_only_rich() -> None:
     """The faults' table is static: listing it needs neither the simulator's engine nor
     Redis, asyncpg, psutil or the config (importing a simulator module no longer imports the

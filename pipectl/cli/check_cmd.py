@@ -16,21 +16,22 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-from rich.table import Table
-from rich.text import Text
 
 from pipectl import store
 from pipectl.checks import CheckEngine, scorecard
 from pipectl.checks.validation import located
-from pipectl.cli.common import EXIT_OK, CliError, console, load, print_json
-from pipectl.config import Config, Problem
+from pipectl.cli.common import EXIT_OK, CliError, console, load, preload, print_json
+from pipectl.config import Config, LoadedConfig, Problem
 from pipectl.db import connection, create_pool
 from pipectl.model import CheckResult, CheckStatus
-from pipectl.safetext import CELL, literal, visible
 from pipectl.store.base import Conn
 
 if TYPE_CHECKING:
     import redis.asyncio
+    from rich.text import Text
+
+# What printing the report needs and probing does not: loaded while the probes run.
+_OUTPUT_MODULES = ("rich.table", "pipectl.safetext")
 
 _STYLES = {
     CheckStatus.OK: "green",
@@ -58,20 +59,21 @@ async def run_checks(args: argparse.Namespace) -> int:
     config = loaded.config
     names = _chosen(config, args.names)
     engine = CheckEngine(config, config_file=str(loaded.file))
-    async with connection(config, "pipectl check") as conn:
-        # One check whose table is missing (or whose column is wrong) is that check's error;
-        # the others still run and the report is whole.
-        broken = _problems_by_check(names, located(await engine.problems(conn, names), loaded))
-        runnable = [n for n in names if n not in broken]
-        recording = await _recordable(conn, engine, runnable)
-        found = await _run_all(engine, config, runnable, recording) if runnable else []
-        now = datetime.now(UTC)
-        by_name = {r.check: r for r in found} | {
-            name: CheckResult(name, CheckStatus.ERROR, None, message, now)
-            for name, message in broken.items()
-        }
-        results = [by_name[n] for n in names]
-        scores = await scorecard.compute(conn, config, fresh=results)
+    loading: list[Callable[[], None]] = []
+
+    def load_output() -> None:
+        # The server works for most of a check's time and this process waits: it loads
+        # what it prints with meanwhile (--json needs none of it).
+        if not args.json:
+            loading.append(preload(*_OUTPUT_MODULES))
+
+    try:
+        results, scores, unrecorded = await _checked(engine, config, names, loaded, load_output)
+    finally:
+        for loaded_output in loading:
+            loaded_output()  # before this thread prints anything (see preload)
+    if unrecorded:
+        _note_unrecorded(unrecorded)
     if args.json:
         print_json(
             {
@@ -82,6 +84,33 @@ async def run_checks(args: argparse.Namespace) -> int:
     else:
         _print_tables(config, results, scores)
     return max((r.status.exit_code for r in results), default=EXIT_OK)
+
+
+async def _checked(
+    engine: CheckEngine,
+    config: Config,
+    names: Sequence[str],
+    loaded: LoadedConfig,
+    probing: Callable[[], None],
+) -> tuple[list[CheckResult], list[scorecard.ScoreRow], list[str]]:
+    """Every check's result in order, the scorecard, and the checks not recorded;
+    `probing()` is called as the probes start."""
+    async with connection(config, "pipectl check") as conn:
+        # One check whose table is missing (or whose column is wrong) is that check's error;
+        # the others still run and the report is whole.
+        broken = _problems_by_check(names, located(await engine.problems(conn, names), loaded))
+        runnable = [n for n in names if n not in broken]
+        recording, unrecorded = await _recordable(conn, engine, runnable)
+        probing()
+        found = await _run_all(engine, config, runnable, recording) if runnable else []
+        now = datetime.now(UTC)
+        by_name = {r.check: r for r in found} | {
+            name: CheckResult(name, CheckStatus.ERROR, None, message, now)
+            for name, message in broken.items()
+        }
+        results = [by_name[n] for n in names]
+        scores = await scorecard.compute(conn, config, fresh=results)
+    return results, scores, unrecorded
 
 
 def _chosen(config: Config, asked: Sequence[str]) -> list[str]:
@@ -104,9 +133,11 @@ def _problems_by_check(names: Sequence[str], problems: Sequence[Problem]) -> dic
     return {name: "; ".join(found) for name, found in out.items()}
 
 
-async def _recordable(conn: Conn, engine: CheckEngine, names: Sequence[str]) -> set[str]:
-    """The checks among `names` whose results may be recorded: those a live agent publishes
-    with the same definition. The others are named in a note."""
+async def _recordable(
+    conn: Conn, engine: CheckEngine, names: Sequence[str]
+) -> tuple[set[str], list[str]]:
+    """The checks among `names` whose results may be recorded (those a live agent publishes
+    with the same definition), and the others, for `_note_unrecorded`."""
     asked = [d for d in engine.definitions() if d.name in names]
     try:
         same = await store.agent_published(conn, asked)
@@ -115,17 +146,20 @@ async def _recordable(conn: Conn, engine: CheckEngine, names: Sequence[str]) -> 
             "the pipectl schema is missing or older than this pipectl (pipectl db upgrade);"
             " results are shown, not recorded"
         )
-        return set()
-    others = [d.name for d in asked if d.name not in same]
-    if others:
-        _note(
-            "no live agent publishes "
-            + ", ".join(visible(n, limit=CELL) for n in others)
-            + " with this definition; "
-            + ("its result is" if len(others) == 1 else "their results are")
-            + " shown, not recorded"
-        )
-    return same
+        return set(), []
+    return same, [d.name for d in asked if d.name not in same]
+
+
+def _note_unrecorded(names: Sequence[str]) -> None:
+    from pipectl.safetext import CELL, visible
+
+    _note(
+        "no live agent publishes "
+        + ", ".join(visible(n, limit=CELL) for n in names)
+        + " with this definition; "
+        + ("its result is" if len(names) == 1 else "their results are")
+        + " shown, not recorded"
+    )
 
 
 async def _run_all(
@@ -259,6 +293,11 @@ def _number(value: float | None) -> str:
 def _print_tables(
     config: Config, results: Sequence[CheckResult], scores: Sequence[scorecard.ScoreRow]
 ) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from pipectl.safetext import CELL, literal, visible
+
     out = console()
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("check", "kind", "status", "value", "expected", "message"):

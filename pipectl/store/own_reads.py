@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from pipectl.store.base import DB, Conn
+from pipectl.store.base import DB, Conn, instants
 
 DATABASE_KEY = "database"
 """The cache check's key of the database-wide counter: every relation's own reads count."""
@@ -85,13 +85,13 @@ async def own_reads_between(db: DB, since: dict[str, datetime], until: datetime)
     rows = await db.fetch(
         """
         SELECT k.key, coalesce(sum(o.fetched), 0) AS fetched, coalesce(sum(o.hit), 0) AS hit
-        FROM unnest($1::text[], $2::timestamptz[]) AS k(key, since)
+        FROM unnest($1::text[], $2::text[]::timestamptz[]) AS k(key, since)
         LEFT JOIN pipectl.own_reads o
           ON o.at > k.since AND o.at <= $3 AND (k.key = $4 OR o.relation = k.key)
         GROUP BY k.key
         """,
         keys,
-        [since[k] for k in keys],
+        instants(since[k] for k in keys),
         until,
         DATABASE_KEY,
     )

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from pipectl.model import Sample
-from pipectl.store.base import DB
+from pipectl.store.base import DB, instants
 
 
 async def add_samples(db: DB, samples: Sequence[Sample]) -> None:
@@ -71,7 +71,7 @@ async def read_windows(
     rows = await db.fetch(
         """
         SELECT s.series, s.ts, s.value, s.labels, s.source, s.anomaly
-        FROM unnest($2::timestamptz[], $3::timestamptz[]) AS w(low, high)
+        FROM unnest($2::text[]::timestamptz[], $3::text[]::timestamptz[]) AS w(low, high)
         JOIN LATERAL (
             SELECT * FROM pipectl.samples
             WHERE series = $1 AND ts >= w.low AND ts <= w.high
@@ -81,8 +81,8 @@ async def read_windows(
         LIMIT $5
         """,
         series,
-        [low for low, _ in windows],
-        [high for _, high in windows],
+        instants(low for low, _ in windows),
+        instants(high for _, high in windows),
         baseline_only,
         limit,
     )

@@ -24,7 +24,6 @@ import asyncpg
 from pipectl import store
 from pipectl.checks.base import SOURCE_BY_TRIGGER, C, Context, KindSpec, Riding
 from pipectl.checks.catalog import Catalog, Need, load_catalog, problems_for
-from pipectl.checks.incremental import NotIncremental, WindowCache
 from pipectl.checks.registry import KINDS
 from pipectl.config import CheckBase, Config, ConfigError, Problem
 from pipectl.durations import format_duration
@@ -35,6 +34,8 @@ from pipectl.store.base import Conn
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from pipectl.checks.incremental import WindowCache
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class CheckEngine:
 
     def enable_incremental(self) -> None:
         """Scheduled ticks of the checks that allow it read only new rows (the agent's)."""
+        from pipectl.checks.incremental import WindowCache  # the agent's only (loads kinds)
+
         self.incremental = WindowCache(self.config)
 
     # --- start-up ------------------------------------------------------------------------
@@ -239,6 +242,8 @@ class CheckEngine:
                 window_cache = None if riders else self._window_cache(members, incremental)
                 found = None
                 if window_cache is not None:
+                    from pipectl.checks.incremental import NotIncremental  # loaded with it
+
                     with contextlib.suppress(NotIncremental):
                         found = await window_cache.run_many(context, members)
                 if found is None:
@@ -291,6 +296,8 @@ class CheckEngine:
                 window_cache = self._window_cache([check], incremental)
                 found = None
                 if window_cache is not None:
+                    from pipectl.checks.incremental import NotIncremental  # loaded with it
+
                     with contextlib.suppress(NotIncremental):
                         found = await window_cache.run(context)
                 result = found if found is not None else await _kind(check).run(context)

@@ -1,41 +1,78 @@
 """Check kinds by name. Adding a kind: write its module (config model, probe, evaluation and a
-`KIND`), then list it here.
+`KIND`), then list it in `BUILT_IN`.
 
-Importing this module (importing `pipectl.checks` does) also registers each kind's config model
-with `pipectl.config`, which cannot import the kinds itself, so that configs naming them parse.
+Importing this module (importing `pipectl.checks` does) declares each kind to `pipectl.config`,
+which cannot import the kinds itself, so that configs naming them parse. A kind's module is
+imported when first needed (a config names it, or the engine runs one of its checks): a config
+of freshness, volume and quality checks loads neither the audit kind nor the cache kind.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from pipectl.checks import audit, cache, freshness, metric, quality, schema, version, volume
 from pipectl.checks.base import KindSpec
 from pipectl.config import CHECK_KINDS
 
-KINDS: dict[str, KindSpec[Any]] = {}
+BUILT_IN = {
+    "freshness": "pipectl.checks.freshness",
+    "volume": "pipectl.checks.volume",
+    "metric": "pipectl.checks.metric",
+    "quality": "pipectl.checks.quality",
+    "schema": "pipectl.checks.schema",
+    "cache": "pipectl.checks.cache",
+    "version": "pipectl.checks.version",
+    "audit": "pipectl.checks.audit",
+}
+"""Each built-in kind's module (exporting `KIND`), in the order configs list them."""
+
+
+class Kinds(Mapping[str, KindSpec[Any]]):
+    """Kind name -> KindSpec; a built-in kind's module is imported on first lookup."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, KindSpec[Any]] = {}
+        self._names: dict[str, None] = {}
+
+    def __getitem__(self, kind: str) -> KindSpec[Any]:
+        if kind not in self._specs and kind in BUILT_IN and kind in self._names:
+            _load(kind)
+        return self._specs[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+KINDS = Kinds()
 
 
 def register(spec: KindSpec[Any]) -> None:
     """Make a kind known to the engine and to config parsing."""
     CHECK_KINDS.register(spec.model)
-    KINDS[spec.kind] = spec
+    KINDS._specs[spec.kind] = spec
+    KINDS._names[spec.kind] = None
 
 
 def unregister(kind: str) -> None:
     """Forget a kind (tests that register one of their own)."""
     CHECK_KINDS.unregister(kind)
-    KINDS.pop(kind, None)
+    KINDS._specs.pop(kind, None)
+    KINDS._names.pop(kind, None)
 
 
-for spec in (
-    freshness.KIND,
-    volume.KIND,
-    metric.KIND,
-    quality.KIND,
-    schema.KIND,
-    cache.KIND,
-    version.KIND,
-    audit.KIND,
-):
-    register(spec)
+def _load(kind: str) -> None:
+    register(importlib.import_module(BUILT_IN[kind]).KIND)
+
+
+def _declare(kind: str) -> None:
+    CHECK_KINDS.declare(kind, lambda: _load(kind))
+    KINDS._names[kind] = None
+
+
+for _kind in BUILT_IN:
+    _declare(_kind)

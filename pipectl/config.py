@@ -642,12 +642,21 @@ def kind_of(model: type[CheckBase]) -> str:
 
 
 class CheckKinds:
-    """The check kinds this program knows, in registration order. `pipectl.checks.registry`
-    registers the built-in kinds when it is imported (importing `pipectl.checks` does)."""
+    """The check kinds this program knows, in the order they were made known.
+    `pipectl.checks.registry` declares the built-in kinds when it is imported (importing
+    `pipectl.checks` does): a declared kind's module, with its model, is imported only when a
+    config names it, so a config of three kinds does not load the other five."""
 
     def __init__(self) -> None:
         self._models: dict[str, type[CheckBase]] = {}
+        self._declared: dict[str, typing.Callable[[], object]] = {}
+        self._order: dict[str, None] = {}
         self._adapter: TypeAdapter[list[CheckBase]] | None = None
+
+    def declare(self, kind: str, load: typing.Callable[[], object]) -> None:
+        """Know `kind` by name; `load()` registers its model when a config first needs it."""
+        self._declared[kind] = load
+        self._order[kind] = None
 
     def register(self, model: type[CheckBase]) -> None:
         kind = kind_of(model)
@@ -658,25 +667,32 @@ class CheckKinds:
                 f" {model.__qualname__}"
             )
         self._models[kind] = model
+        self._order[kind] = None
         self._adapter = None
 
     def unregister(self, kind: str) -> None:
         self._models.pop(kind, None)
+        self._declared.pop(kind, None)
+        self._order.pop(kind, None)
         self._adapter = None
 
     def names(self) -> tuple[str, ...]:
-        return tuple(self._models)
+        return tuple(self._order)
 
     def __iter__(self) -> typing.Iterator[str]:
         return iter(self.names())
 
     def model(self, kind: object) -> type[CheckBase] | None:
-        return self._models.get(kind) if isinstance(kind, str) else None
+        if not isinstance(kind, str):
+            return None
+        if kind not in self._models and kind in self._declared:
+            self._declared[kind]()
+        return self._models.get(kind)
 
     def validate(self, value: Any) -> list[CheckBase]:
         """`checks` as models of their kinds; errors located like a discriminated union's
         (checks[3].column, ...), for _pydantic_problems to place on their lines."""
-        if not self._models:
+        if not self._order:
             if isinstance(value, list) and value:
                 named = next(
                     (i.get("kind") for i in value if isinstance(i, dict) and "kind" in i), None
@@ -687,6 +703,16 @@ class CheckKinds:
                     " its entry point must import pipectl.checks before loading a config"
                 )
             return []
+        if isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    self.model(item.get("kind"))  # loads a declared kind the config names
+        # A tagged union needs two members (one model alone would report a wrong kind as a
+        # wrong literal, not as an unknown kind): load the first kinds declared if need be.
+        for kind in self._order:
+            if len(self._models) >= 2:
+                break
+            self.model(kind)
         if self._adapter is None:
             # The union of the registered models, built at run time (hence Any for mypy).
             union: Any = Union.__getitem__(tuple(self._models.values()))

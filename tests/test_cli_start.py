@@ -368,3 +368,26 @@ def test_only_the_command_leaves_its_objects_to_the_operating_system() -> None:
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert done.stdout.split()[-2:] == ["0", "True"]
+
+
+@pytest.mark.parametrize(("set_by_user", "expected"), [(None, "__all__"), ("", "")])
+def test_the_command_asks_pydantic_not_to_look_for_plugins(
+    set_by_user: str | None, expected: str
+) -> None:
+    """pydantic scans every installed distribution's entry points for plugins when it builds
+    its first model; pipectl uses none, so the command turns the scan off, unless the user
+    set PYDANTIC_DISABLE_PLUGINS (here: to enable them all)."""
+    probe = (
+        "import os, sys\n"
+        "from pipectl.cli import main\n"
+        "sys.argv = ['pipectl', '--version']\n"
+        "main()\n"
+        "print(repr(os.environ.get('PYDANTIC_DISABLE_PLUGINS')))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    if set_by_user is not None:
+        env["PYDANTIC_DISABLE_PLUGINS"] = set_by_user
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True, env=env
+    )
+    assert done.stdout.split()[-1] == repr(expected)

@@ -22,7 +22,7 @@ from pipectl.checks import CheckEngine, scorecard
 from pipectl.checks.validation import located
 from pipectl.cli.common import EXIT_OK, CliError, console, load, preload, print_json
 from pipectl.config import Config, LoadedConfig, Problem
-from pipectl.db import connection, create_pool
+from pipectl.db import create_pool
 from pipectl.model import CheckResult, CheckStatus
 from pipectl.store.base import Conn
 
@@ -95,21 +95,33 @@ async def _checked(
 ) -> tuple[list[CheckResult], list[scorecard.ScoreRow], list[str]]:
     """Every check's result in order, the scorecard, and the checks not recorded;
     `probing()` is called as the probes start."""
-    async with connection(config, "pipectl check") as conn:
-        # One check whose table is missing (or whose column is wrong) is that check's error;
-        # the others still run and the report is whole.
-        broken = _problems_by_check(names, located(await engine.problems(conn, names), loaded))
-        runnable = [n for n in names if n not in broken]
-        recording, unrecorded = await _recordable(conn, engine, runnable)
+    # One pool for all of it: the connection that read the catalog probes next.
+    pool = await create_pool(
+        config,
+        min_size=0,
+        max_size=config.agent.max_parallel_checks,
+        application_name="pipectl check",
+    )
+    try:
+        async with pool.acquire() as conn:
+            # One check whose table is missing (or whose column is wrong) is that check's
+            # error; the others still run and the report is whole.
+            problems = located(await engine.problems(conn, names), loaded)
+            broken = _problems_by_check(names, problems)
+            runnable = [n for n in names if n not in broken]
+            recording, unrecorded = await _recordable(conn, engine, runnable)
         probing()
-        found = await _run_all(engine, config, runnable, recording) if runnable else []
+        found = await _run_all(engine, config, runnable, recording, pool) if runnable else []
         now = datetime.now(UTC)
         by_name = {r.check: r for r in found} | {
             name: CheckResult(name, CheckStatus.ERROR, None, message, now)
             for name, message in broken.items()
         }
         results = [by_name[n] for n in names]
-        scores = await scorecard.compute(conn, config, fresh=results)
+        async with pool.acquire() as conn:
+            scores = await scorecard.compute(conn, config, fresh=results)
+    finally:
+        await pool.close()
     return results, scores, unrecorded
 
 
@@ -167,6 +179,7 @@ async def _run_all(
     config: Config,
     names: Sequence[str],
     recording: set[str],
+    pool: asyncpg.Pool,
 ) -> list[CheckResult]:
     client: redis.asyncio.Redis | None = None
     if config.redis.url:
@@ -192,13 +205,7 @@ async def _run_all(
             writable = False
 
     # As the agent does: checks that read the same rows share one scan, and the other probes
-    # run at the same time on connections of their own.
-    pool = await create_pool(
-        config,
-        min_size=0,
-        max_size=config.agent.max_parallel_checks,
-        application_name="pipectl check",
-    )
+    # run at the same time on connections of their own (from `pool`).
     replica: asyncpg.Pool | None = None
     try:
         if config.database.replica_dsn:
@@ -213,7 +220,6 @@ async def _run_all(
         else:
             found = await engine.run_all(names, pool, redis=client, trigger="cli", record=record)
     finally:
-        await pool.close()
         if replica is not None:
             await replica.close()
         if client is not None:

@@ -176,11 +176,9 @@ async def test_a_config_changed_after_it_was_known_is_validated_again(
     assert "Traceback" not in done.stderr
 
 
-async def test_check_loads_what_it_prints_with_while_it_probes_and_json_needs_none_of_it(
-    tmp_path: Path, database: str
-) -> None:
-    """`pipectl check` imports its output modules (rich's tables) in a thread while the
-    probes run; `--json` prints without them (rich itself may load for a note)."""
+async def test_check_loads_rich_tables_only_to_print_them(tmp_path: Path, database: str) -> None:
+    """`pipectl check` imports rich's tables when it prints them, after its probes; `--json`
+    prints without them (rich itself may load for a note)."""
     db = await asyncpg.connect(database)
     try:
         await db.execute("CREATE TABLE public.starts (n int); INSERT INTO public.starts VALUES (1)")

@@ -20,7 +20,7 @@ import asyncpg
 from pipectl import store
 from pipectl.checks import CheckEngine, scorecard
 from pipectl.checks.validation import located
-from pipectl.cli.common import EXIT_OK, CliError, console, load, preload, print_json
+from pipectl.cli.common import EXIT_OK, CliError, console, load, print_json
 from pipectl.config import Config, LoadedConfig, Problem
 from pipectl.db import create_pool
 from pipectl.model import CheckResult, CheckStatus
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     import redis.asyncio
     from rich.text import Text
 
-# What printing the report needs and probing does not: loaded while the probes run.
-_OUTPUT_MODULES = ("rich.table", "pipectl.safetext")
 
 _STYLES = {
     CheckStatus.OK: "green",
@@ -59,21 +57,7 @@ async def run_checks(args: argparse.Namespace) -> int:
     config = loaded.config
     names = _chosen(config, args.names)
     engine = CheckEngine(config, config_file=str(loaded.file))
-    loading: list[Callable[[], None]] = []
-
-    def load_output() -> None:
-        # The server works for most of a check's time and this process waits: it loads
-        # what it prints with meanwhile (--json needs none of it).
-        if not args.json:
-            loading.append(preload(*_OUTPUT_MODULES))
-
-    try:
-        results, scores, unrecorded = await _checked(engine, config, names, loaded, load_output)
-    finally:
-        for loaded_output in loading:
-            loaded_output()  # before this thread prints anything (see preload)
-    if unrecorded:
-        _note_unrecorded(unrecorded)
+    results, scores = await _checked(engine, config, names, loaded)
     if args.json:
         print_json(
             {
@@ -91,10 +75,8 @@ async def _checked(
     config: Config,
     names: Sequence[str],
     loaded: LoadedConfig,
-    probing: Callable[[], None],
-) -> tuple[list[CheckResult], list[scorecard.ScoreRow], list[str]]:
-    """Every check's result in order, the scorecard, and the checks not recorded;
-    `probing()` is called as the probes start."""
+) -> tuple[list[CheckResult], list[scorecard.ScoreRow]]:
+    """Every check's result in order, and the scorecard."""
     # One pool for all of it: the connection that read the catalog probes next.
     pool = await create_pool(
         config,
@@ -109,8 +91,7 @@ async def _checked(
             problems = located(await engine.problems(conn, names), loaded)
             broken = _problems_by_check(names, problems)
             runnable = [n for n in names if n not in broken]
-            recording, unrecorded = await _recordable(conn, engine, runnable)
-        probing()
+            recording = await _recordable(conn, engine, runnable)
         found = await _run_all(engine, config, runnable, recording, pool) if runnable else []
         now = datetime.now(UTC)
         by_name = {r.check: r for r in found} | {
@@ -122,7 +103,7 @@ async def _checked(
             scores = await scorecard.compute(conn, config, fresh=results)
     finally:
         await pool.close()
-    return results, scores, unrecorded
+    return results, scores
 
 
 def _chosen(config: Config, asked: Sequence[str]) -> list[str]:
@@ -145,11 +126,9 @@ def _problems_by_check(names: Sequence[str], problems: Sequence[Problem]) -> dic
     return {name: "; ".join(found) for name, found in out.items()}
 
 
-async def _recordable(
-    conn: Conn, engine: CheckEngine, names: Sequence[str]
-) -> tuple[set[str], list[str]]:
-    """The checks among `names` whose results may be recorded (those a live agent publishes
-    with the same definition), and the others, for `_note_unrecorded`."""
+async def _recordable(conn: Conn, engine: CheckEngine, names: Sequence[str]) -> set[str]:
+    """The checks among `names` whose results may be recorded: those a live agent publishes
+    with the same definition. The others are named in a note."""
     asked = [d for d in engine.definitions() if d.name in names]
     try:
         same = await store.agent_published(conn, asked)
@@ -158,20 +137,19 @@ async def _recordable(
             "the pipectl schema is missing or older than this pipectl (pipectl db upgrade);"
             " results are shown, not recorded"
         )
-        return set(), []
-    return same, [d.name for d in asked if d.name not in same]
+        return set()
+    others = [d.name for d in asked if d.name not in same]
+    if others:
+        from pipectl.safetext import CELL, visible
 
-
-def _note_unrecorded(names: Sequence[str]) -> None:
-    from pipectl.safetext import CELL, visible
-
-    _note(
-        "no live agent publishes "
-        + ", ".join(visible(n, limit=CELL) for n in names)
-        + " with this definition; "
-        + ("its result is" if len(names) == 1 else "their results are")
-        + " shown, not recorded"
-    )
+        _note(
+            "no live agent publishes "
+            + ", ".join(visible(n, limit=CELL) for n in others)
+            + " with this definition; "
+            + ("its result is" if len(others) == 1 else "their results are")
+            + " shown, not recorded"
+        )
+    return same
 
 
 async def _run_all(

@@ -8,7 +8,6 @@ top (asyncpg, pydantic, rich, the check kinds): each helper imports what it need
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -170,24 +169,6 @@ def run_handler(args: argparse.Namespace) -> int:
 
         result = asyncio.run(result)
     return int(result or 0)
-
-
-def preload(*modules: str) -> Callable[[], None]:
-    """Import `modules` in a thread while this one waits on the database; returns what
-    waits for them. Call it before this thread uses them: the two threads importing one
-    module at once may deadlock on its import lock. An import that fails here fails again,
-    with its error, where the module is used."""
-    import importlib
-    import threading
-
-    def load_all() -> None:
-        with contextlib.suppress(Exception):
-            for name in modules:
-                importlib.import_module(name)
-
-    loading = threading.Thread(target=load_all, name="pipectl-preload", daemon=True)
-    loading.start()
-    return loading.join
 
 
 def load(args: argparse.Namespace, *, require_file: bool = False) -> LoadedConfig:

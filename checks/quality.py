@@ -16,7 +16,8 @@ pipectl or quoted in a message.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import uuid
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -470,6 +471,17 @@ _HASH_OF_TYPE = {
 }
 
 
+# Key types sliced by value where the column has statistics: a comparison per row instead of
+# a hash (1M uuid keys: 436-447 against 446-472 ms, bench/FINDINGS.md). Each type's parser
+# checks a bound read from pg_stats before it becomes a literal of the query.
+_BY_VALUE: dict[str, Callable[[str], object]] = {
+    "uuid": uuid.UUID,
+    "int2": int,
+    "int4": int,
+    "int8": int,
+}
+
+
 @dataclass(frozen=True)
 class Slices:
     """How a scan that counts distinct keys is split (`in_slices`)."""
@@ -477,22 +489,41 @@ class Slices:
     count: int = SLICES
     key_type: str | None = None
     """pg_type.typname of the key: only a type of `_HASH_OF_TYPE` is sliced."""
+    bounds: tuple[str, ...] = ()
+    """`count - 1` values of a `_BY_VALUE` key (as their type prints them) where the slices
+    split, from the column's histogram; none: the slices split by the key's hash."""
 
 
 def in_slices(select: str, source: str, key: str, names: Sequence[str], slices: Slices) -> str:
-    """`SELECT {select} {source}` (counts named `names`) in `slices.count` slices of the hash
-    of `key`, summed; the plain query for one slice or a key type not in `_HASH_OF_TYPE`. A
-    NULL key falls in slice 0, so every row is in exactly one slice."""
+    """`SELECT {select} {source}` (counts named `names`) in `slices.count` slices of `key`,
+    summed: between its `bounds` when there are, else by its hash; the plain query for one
+    slice or a key type not in `_HASH_OF_TYPE`. A NULL key falls in slice 0, so every row is
+    in exactly one slice."""
     count = slices.count
     function = _HASH_OF_TYPE.get(slices.key_type or "")
     if count <= 1 or function is None:
         return f"SELECT {select} {source}"
-    hashed = f"coalesce({function}({key}, 0), 0)"
-    parts = " UNION ALL ".join(
-        f"SELECT {select} {source} AND mod({hashed}, {count}) IN ({i}, {-i})" for i in range(count)
-    )
+    if len(slices.bounds) == count - 1 and slices.key_type in _BY_VALUE:
+        where = _between_bounds(key, slices)
+    else:
+        hashed = f"coalesce({function}({key}, 0), 0)"
+        where = [f"mod({hashed}, {count}) IN ({i}, {-i})" for i in range(count)]
+    parts = " UNION ALL ".join(f"SELECT {select} {source} AND {w}" for w in where)
     sums = ", ".join(f"sum({name})::bigint AS {name}" for name in names)
     return f"SELECT {sums} FROM ({parts}) AS slices"
+
+
+def _between_bounds(key: str, slices: Slices) -> list[str]:
+    """Each slice's predicate: [bound i-1, bound i), NULL keys in the first."""
+    parse = _BY_VALUE[str(slices.key_type)]
+    edges = [f"'{parse(bound)}'::{slices.key_type}" for bound in slices.bounds]
+    where = []
+    for i in range(slices.count):
+        sides = ([f"{key} >= {edges[i - 1]}"] if i > 0 else []) + (
+            [f"{key} < {edges[i]}"] if i < len(edges) else []
+        )
+        where.append(" AND ".join(sides) if i else f"({sides[0]} OR {key} IS NULL)")
+    return where
 
 
 # Relations whose scans PostgreSQL can split among parallel workers: tables, partitioned
@@ -510,12 +541,44 @@ async def slicing(ctx: Context[QualityCheck], checks: Sequence[QualityCheck]) ->
     found = table.columns.get(ctx.check.rule.columns[0])
     key_type = None if found is None else found.type
     if (
-        table.kind not in _SLICED_KINDS
+        found is None
+        or table.kind not in _SLICED_KINDS
         or key_type not in _HASH_OF_TYPE
         or any(c.rule.type == "references" for c in checks)
     ):
         return Slices(1, key_type)
-    return Slices(await slices_allowed(ctx.conn), key_type)
+    row = await ctx.conn.fetchrow(
+        _SLICING_SQL, table.relation.schema, table.relation.name, found.name
+    )
+    assert row is not None
+    count = SLICES if row["workers"] > 0 else 1
+    return Slices(count, key_type, _bounds(row["histogram"], str(key_type), count))
+
+
+# Whether this session may use parallel workers, and the key's histogram (the whole
+# inheritance tree's where PostgreSQL keeps one: a partitioned table's).
+_SLICING_SQL = """
+SELECT current_setting('max_parallel_workers_per_gather')::int AS workers,
+       (SELECT histogram_bounds::text FROM pg_stats
+        WHERE schemaname = $1 AND tablename = $2 AND attname = $3
+        ORDER BY inherited DESC LIMIT 1) AS histogram
+"""
+
+
+def _bounds(histogram: str | None, key_type: str, count: int) -> tuple[str, ...]:
+    """Where `count` slices of a `_BY_VALUE` key split evenly by its histogram (equal-count
+    buckets of a sample, as of the last ANALYZE): none without one, or for another type,
+    so the slices split by hash. Stale statistics make the slices uneven, never wrong."""
+    parse = _BY_VALUE.get(key_type)
+    if parse is None or not histogram or count < 2:
+        return ()
+    values = histogram.strip("{}").split(",")
+    if len(values) < count:
+        return ()
+    try:
+        return tuple(str(parse(values[len(values) * i // count])) for i in range(1, count))
+    except ValueError:
+        return ()
 
 
 async def slices_allowed(conn: Conn) -> int:

@@ -364,3 +364,80 @@ async def test_a_volume_check_the_window_cache_answers_stays_off_the_scan(
     manual = await checks.run_many(names, conn, redis=None, trigger="manual", now=NOW)
     assert manual["feedback_volume"].baseline["probe_shared_by"] == 3
     assert manual["feedback_volume"].value == scheduled["feedback_volume"].value
+
+
+KEYED = """
+[[checks]]
+name = "one_row_per_key"
+kind = "quality"
+table = "public.keyed"
+rule = { type = "unique", columns = ["k"] }
+
+[[checks]]
+name = "n_present"
+kind = "quality"
+table = "public.keyed"
+rule = { type = "not_null", column = "n" }
+
+[[checks]]
+name = "one_row_per_n"
+kind = "quality"
+table = "public.keyed"
+rule = { type = "unique", columns = ["n"] }
+"""
+
+
+@pytest.mark.parametrize(("key", "cast"), [("k", "::uuid"), ("n", "::int4")])
+async def test_a_key_with_a_histogram_is_sliced_by_value_and_counted_exactly(
+    conn: asyncpg.Connection, database: str, key: str, cast: str
+) -> None:
+    """With statistics, a uuid or integer key is split at its histogram's median (a
+    comparison per row, not a hash); NULL keys fall in the first slice and every duplicate in
+    one slice, so the answers are exact. Without statistics, by hash, same answers."""
+    await conn.execute(
+        "CREATE TABLE public.keyed (k uuid, n int);"
+        " INSERT INTO public.keyed SELECT CASE WHEN g % 50 = 0 THEN NULL ELSE gen_random_uuid()"
+        " END, CASE WHEN g % 40 = 0 THEN NULL ELSE g % 3000 END FROM generate_series(1, 6000) g;"
+        " INSERT INTO public.keyed SELECT k, n FROM public.keyed WHERE n % 7 = 0;"
+    )
+    checks = CheckEngine(make_config(database, None, KEYED))
+    names = ["one_row_per_key" if key == "k" else "one_row_per_n", "n_present"]
+    expected = await conn.fetchval(f"SELECT count({key}) - count(DISTINCT {key}) FROM public.keyed")
+    assert expected > 0
+    for analyzed in (False, True):
+        if analyzed:
+            await conn.execute("ANALYZE public.keyed")
+        recording = await asyncpg.connect(database, connection_class=Recording)
+        try:
+            found = await checks.run_many(names, recording, redis=None, now=NOW)
+        finally:
+            await recording.close()
+        alone = await CheckEngine(make_config(database, None, KEYED)).run(
+            names[0], conn, redis=None, now=NOW
+        )
+        assert found[names[0]].value == alone.value == expected
+        missing = await conn.fetchval("SELECT count(*) FROM public.keyed WHERE n IS NULL")
+        assert found["n_present"].value == missing > 0
+        scan = next(q for q in recording.fetched if "count(DISTINCT" in q)
+        assert "UNION ALL" in scan
+        assert (">= '" in scan) == analyzed, scan
+        assert (cast in scan) == analyzed
+        assert ("extended(" in scan) != analyzed  # uuid_hash_extended, hashint4extended
+
+
+@pytest.mark.parametrize(
+    ("histogram", "key_type", "bounds"),
+    [
+        ("{1,5,9,12}", "int4", ("9",)),
+        ("{-3,0}", "int8", ("0",)),
+        ("{7}", "int4", ()),  # one value cannot split two slices
+        (None, "uuid", ()),
+        ("{1,2,3}", "text", ()),  # text: by hash (collation)
+        ("{1,x'; DROP TABLE t; --}", "int4", ()),  # not a number: by hash
+        ("{00000000-0000-0000-0000-000000000001,zz}", "uuid", ()),
+    ],
+)
+def test_histogram_bounds_become_literals_only_once_parsed(
+    histogram: str | None, key_type: str, bounds: tuple[str, ...]
+) -> None:
+    assert quality._bounds(histogram, key_type, 2) == bounds

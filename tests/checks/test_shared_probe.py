@@ -114,6 +114,18 @@ class Recording(asyncpg.Connection):  # type: ignore[misc]
         return list(await super().fetch(query, *args, **kwargs))
 
 
+async def run_recorded(
+    database: str, checks: CheckEngine, names: list[str]
+) -> tuple[dict[str, CheckResult], list[str]]:
+    """`checks.run_many(names)` on a connection of its own, and the SQL it fetched."""
+    recording = await asyncpg.connect(database, connection_class=Recording)
+    try:
+        found = await checks.run_many(names, recording, redis=None, now=NOW)
+    finally:
+        await recording.close()
+    return found, recording.fetched
+
+
 async def add_history(conn: asyncpg.Connection) -> None:
     rng = random.Random(5)
     times = [NOW - timedelta(minutes=rng.randint(1, 60 * 48)) for _ in range(300)]
@@ -189,11 +201,7 @@ async def test_whole_table_keys_share_the_scan_in_slices_of_one_key(
     conn: asyncpg.Connection, database: str, names: list[str], sliced: bool
 ) -> None:
     await add_history(conn)
-    recording = await asyncpg.connect(database, connection_class=Recording)
-    try:
-        together = await engine(database).run_many(names, recording, redis=None, now=NOW)
-    finally:
-        await recording.close()
+    together, fetched = await run_recorded(database, engine(database), names)
     for name in names:
         alone = await engine(database).run(name, conn, redis=None, now=NOW)
         assert answer(together[name]) == answer(alone), name
@@ -219,7 +227,7 @@ async def test_whole_table_keys_share_the_scan_in_slices_of_one_key(
         )
         assert together["one_feedback_per_instant"].value == instants > 0
     assert together["ratings_present_ever"].value == expected["missing"]
-    scans = [q for q in recording.fetched if "count(DISTINCT" in q]
+    scans = [q for q in fetched if "count(DISTINCT" in q]
     assert len(scans) == 1
     assert ("UNION ALL" in scans[0]) == sliced
 
@@ -249,16 +257,12 @@ async def test_the_scan_that_runs_is_sliced_only_with_parallel_workers(
     """`pipectl check` slices the scan; the agent, whose probes count their own reads and so
     run without parallel workers, counts the key in one pass."""
     await add_history(conn)
-    recording = await asyncpg.connect(database, connection_class=Recording)
-    try:
-        checks = engine(database)
-        checks.record_own_reads = own_reads
-        names = ["one_feedback_per_session", "ratings_present_ever"]
-        results = await checks.run_many(names, recording, redis=None, now=NOW)
-    finally:
-        await recording.close()
+    checks = engine(database)
+    checks.record_own_reads = own_reads
+    names = ["one_feedback_per_session", "ratings_present_ever"]
+    results, fetched = await run_recorded(database, checks, names)
     assert all(r.status != CheckStatus.ERROR for r in results.values())
-    scans = [q for q in recording.fetched if "count(DISTINCT" in q]
+    scans = [q for q in fetched if "count(DISTINCT" in q]
     assert len(scans) == 1
     assert ("UNION ALL" in scans[0]) == (not own_reads)
 
@@ -326,17 +330,13 @@ async def test_a_volume_check_rides_the_scan_of_its_table_and_probes_alone_witho
     for fill in (False, True):  # an empty table (nodata either way), then rows
         if fill:
             await add_history(conn)
-        recording = await asyncpg.connect(database, connection_class=Recording)
-        try:
-            together = await engine(database).run_many(names, recording, redis=None, now=NOW)
-        finally:
-            await recording.close()
+        together, fetched = await run_recorded(database, engine(database), names)
         alone = await engine(database).run("feedback_volume", conn, redis=None, now=NOW)
         assert answer(together["feedback_volume"]) == answer(alone)
         assert together["feedback_volume"].baseline["probe_shared_by"] == 2
         # One scan; no probe of its own (its count through the index, max() for emptiness).
-        assert len([q for q in recording.fetched if "rows_checked" in q]) == 1
-        assert not [q for q in recording.fetched if "AS empty" in q]
+        assert len([q for q in fetched if "rows_checked" in q]) == 1
+        assert not [q for q in fetched if "AS empty" in q]
     assert alone.status != CheckStatus.ERROR
     in_window = await conn.fetchval(
         "SELECT count(*) FROM public.user_feedback WHERE created_at > $1 AND created_at <= $2",
@@ -407,18 +407,14 @@ async def test_a_key_with_a_histogram_is_sliced_by_value_and_counted_exactly(
     for analyzed in (False, True):
         if analyzed:
             await conn.execute("ANALYZE public.keyed")
-        recording = await asyncpg.connect(database, connection_class=Recording)
-        try:
-            found = await checks.run_many(names, recording, redis=None, now=NOW)
-        finally:
-            await recording.close()
+        found, fetched = await run_recorded(database, checks, names)
         alone = await CheckEngine(make_config(database, None, KEYED)).run(
             names[0], conn, redis=None, now=NOW
         )
         assert found[names[0]].value == alone.value == expected
         missing = await conn.fetchval("SELECT count(*) FROM public.keyed WHERE n IS NULL")
         assert found["n_present"].value == missing > 0
-        scan = next(q for q in recording.fetched if "count(DISTINCT" in q)
+        scan = next(q for q in fetched if "count(DISTINCT" in q)
         assert "UNION ALL" in scan
         assert (">= '" in scan) == analyzed, scan
         assert (cast in scan) == analyzed

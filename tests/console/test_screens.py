@@ -304,3 +304,27 @@ async def test_the_cache_screen_over_seven_days_reads_hourly_buckets(incident: s
         assert all(p.levels for p in app_cache.points)
         assert {lv.level for p in app_cache.points for lv in p.levels} == {"L1", "L2", "L3"}
         assert sum(p.levels[0].lookups for p in app_cache.points) == 60, "one L1 sample a minute"
+
+
+async def test_the_age_tick_draws_again_only_when_the_clock_has_moved(incident: str) -> None:
+    """Every few seconds a screen draws its snapshot again for the ages it shows; with the
+    clock where it was, that would draw the same and lay the screen out again for nothing."""
+    now = [NOW]
+    app = console_app(incident)
+    app.clock = lambda: now[0]
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot, lambda: table_of(app).row_count == 4)
+        screen = app.screen
+        assert isinstance(screen, OverviewScreen)
+        drawn: list[object] = []
+        show = screen.show
+        screen.show = lambda snapshot: (drawn.append(snapshot), show(snapshot))  # type: ignore[method-assign]
+        screen._tick()
+        assert drawn == []
+        now[0] = NOW + timedelta(minutes=1)
+        screen._tick()
+        assert drawn == [screen.snapshot]
+        await settle(pilot, lambda: cell(table_of(app), "rule_effectiveness_summary", "next"))
+        assert cell(table_of(app), "rule_effectiveness_summary", "next") == "in 1m"
+        screen._tick()
+        assert len(drawn) == 1

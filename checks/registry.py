@@ -30,22 +30,22 @@ BUILT_IN = {
 
 
 class Kinds(Mapping[str, KindSpec[Any]]):
-    """Kind name -> KindSpec; a built-in kind's module is imported on first lookup."""
+    """Kind name -> KindSpec, over the kinds `CHECK_KINDS` knows; a built-in kind's module is
+    imported on first lookup."""
 
     def __init__(self) -> None:
         self._specs: dict[str, KindSpec[Any]] = {}
-        self._names: dict[str, None] = {}
 
     def __getitem__(self, kind: str) -> KindSpec[Any]:
-        if kind not in self._specs and kind in BUILT_IN and kind in self._names:
+        if kind not in self._specs and kind in BUILT_IN and kind in CHECK_KINDS.names():
             _load(kind)
         return self._specs[kind]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
+        return iter(CHECK_KINDS.names())
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(CHECK_KINDS.names())
 
 
 KINDS = Kinds()
@@ -55,14 +55,12 @@ def register(spec: KindSpec[Any]) -> None:
     """Make a kind known to the engine and to config parsing."""
     CHECK_KINDS.register(spec.model)
     KINDS._specs[spec.kind] = spec
-    KINDS._names[spec.kind] = None
 
 
 def unregister(kind: str) -> None:
     """Forget a kind (tests that register one of their own)."""
     CHECK_KINDS.unregister(kind)
     KINDS._specs.pop(kind, None)
-    KINDS._names.pop(kind, None)
 
 
 def _load(kind: str) -> None:
@@ -71,7 +69,6 @@ def _load(kind: str) -> None:
 
 def _declare(kind: str) -> None:
     CHECK_KINDS.declare(kind, lambda: _load(kind))
-    KINDS._names[kind] = None
 
 
 for _kind in BUILT_IN:

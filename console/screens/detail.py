@@ -27,6 +27,7 @@ class DetailScreen(TableScreen[T]):
         super().__init__()
         self.subject = subject
         self._placed = False
+        self._to_place = False
 
     @property
     def settled(self) -> bool:
@@ -36,13 +37,48 @@ class DetailScreen(TableScreen[T]):
         """Once, when the facts and the history are first laid out: scroll the whole history
         table into view (its cursor moves inside it, and the keys go to it), the facts above
         it as far as room allows. Later loads keep wherever the operator scrolled."""
+        self._to_place = True
         self.call_after_refresh(self._place)
 
+    def on_mount(self) -> None:
+        self.screen_layout_refresh_signal.subscribe(self, self._laid_out)
+
+    def on_screen_resume(self) -> None:
+        """Covered (a dialog) before its first data was laid out: placed now."""
+        if self._to_place:
+            self.call_after_refresh(self._place)
+
+    def _laid_out(self, screen: object) -> None:
+        del screen
+        if self._to_place:
+            self._place()
+
     def _place(self) -> None:
-        self.query_one("#detail", VerticalScroll).scroll_to_widget(
-            self.table, animate=False, immediate=True
-        )
+        """Each widget asks for its layout from its own task, when idle; the screen runs
+        after-refresh callbacks when it is idle, and which comes first is up to the event
+        loop. Placed before the facts were laid out, the view would be measured against their
+        height from before the data: so while a layout is pending this waits for the screen's
+        next layout (never re-posting itself, which would keep the screen busy and starve the
+        very widgets it waits for)."""
+        if not self._to_place or self.app.screen is not self or self._layout_pending():
+            # A covered screen (even under a dialog, where it shows) is not laid out: it is
+            # placed when shown again.
+            return
+        detail = self.query_one("#detail", VerticalScroll)
+        detail.scroll_to_widget(self.table, animate=False, immediate=True)
+        self._to_place = False
         self._placed = True
+
+    def _layout_pending(self) -> bool:
+        """Whether the screen, or a widget of the detail, holds changes its layout does not
+        show yet. (Textual keeps these flags private; its version is pinned.)"""
+        detail = self.query_one("#detail", VerticalScroll)
+        return (
+            self._layout_required
+            or bool(self._layout_widgets)
+            or detail._layout_required
+            or any(widget._layout_required for widget in detail.query("*"))
+        )
 
     def compose_body(self) -> ComposeResult:
         with VerticalScroll(id="detail"), Horizontal(id="columns"):

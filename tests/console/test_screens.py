@@ -6,6 +6,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import asyncpg
+from textual.app import ComposeResult
+from textual.screen import ModalScreen
+from textual.widgets import Static
 
 from pipectl.console.data import CacheData, ChecksData, OverviewData, TimelineData
 from pipectl.console.messages import ConnectionChanged, DatabaseChanged, Loaded
@@ -328,3 +331,74 @@ async def test_the_age_tick_draws_again_only_when_the_clock_has_moved(incident: 
         assert cell(table_of(app), "rule_effectiveness_summary", "next") == "in 1m"
         screen._tick()
         assert len(drawn) == 1
+
+
+async def _placed_view(incident: str, place_at_once: bool) -> tuple[float, bool]:
+    """Open a check's detail at 80x24 (the history table does not fit beside the facts and
+    the chart): where the view lands, and whether the whole table is in it."""
+    app = console_app(incident)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: table_of(app).row_count == 4)
+        screen = CheckScreen("request_latency_p95")
+        if place_at_once:
+            # The worst order of events: the screen's after-refresh callbacks run before
+            # any widget given the new content has asked for its layout (each widget is its
+            # own task; which runs first is up to the event loop).
+            def at_once() -> None:
+                screen._to_place = True
+                screen._place()
+
+            screen.first_shown = at_once  # type: ignore[method-assign]
+        app.push_screen(screen)
+        await settle(pilot, lambda: screen.settled)
+        await pilot.pause()
+        detail = screen.query_one("#detail")
+        table = screen.table.region
+        view = detail.content_region
+        return detail.scroll_y, view.y <= table.y and table.bottom <= view.bottom
+
+
+async def test_a_detail_places_its_view_on_the_layout_of_its_data(incident: str) -> None:
+    """A detail screen scrolls its history table into view once its first data is laid
+    out, whatever order the widgets' layouts and the screen's callbacks ran in (CI once
+    caught the view placed against the facts' height from before the data arrived)."""
+    usual, usual_whole = await _placed_view(incident, place_at_once=False)
+    raced, raced_whole = await _placed_view(incident, place_at_once=True)
+    assert usual_whole and raced_whole, "the whole history table is in view"
+    assert raced == usual > 0
+
+
+class Cover(ModalScreen[None]):
+    def compose(self) -> ComposeResult:
+        yield Static("a dialog")
+
+
+async def test_a_detail_covered_before_its_data_is_placed_when_shown_again(
+    incident: str,
+) -> None:
+    """Covered by a dialog before its first data arrived, a detail screen is not laid out:
+    it does not wait for that (retrying on every refresh, it would keep the app busy), and
+    places its view when the dialog closes."""
+    app = console_app(incident)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: table_of(app).row_count == 4)
+        screen = CheckScreen("request_latency_p95")
+        tries: list[None] = []
+        place = screen._place
+
+        def counted() -> None:
+            tries.append(None)
+            place()
+
+        screen._place = counted  # type: ignore[method-assign]
+        app.push_screen(screen)
+        app.push_screen(Cover())
+        await settle(pilot, lambda: screen.snapshot is not None and not screen._loading)
+        await pilot.pause(0.2)
+        tried = len(tries)
+        await pilot.pause(0.3)
+        assert len(tries) == tried, "nothing happens meanwhile: it does not try again"
+        assert not screen.settled
+        app.pop_screen()
+        await settle(pilot, lambda: screen.settled)
+        assert screen.query_one("#detail").scroll_y > 0

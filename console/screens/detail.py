@@ -3,10 +3,12 @@ and side panels — stacked on narrow terminals, beside each other on wide ones.
 
 from __future__ import annotations
 
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Static
 
 from pipectl.console.live import Change
@@ -26,12 +28,11 @@ class DetailScreen(TableScreen[T]):
     def __init__(self, subject: str) -> None:
         super().__init__()
         self.subject = subject
-        self._placed = False
-        self._to_place = False
+        self._to_place = False  # its first data is shown, its view not placed yet
 
     @property
     def settled(self) -> bool:
-        return super().settled and self._placed
+        return super().settled and not self._to_place
 
     def first_shown(self) -> None:
         """Once, when the facts and the history are first laid out: scroll the whole history
@@ -60,25 +61,15 @@ class DetailScreen(TableScreen[T]):
         height from before the data: so while a layout is pending this waits for the screen's
         next layout (never re-posting itself, which would keep the screen busy and starve the
         very widgets it waits for)."""
-        if not self._to_place or self.app.screen is not self or self._layout_pending():
+        if not self._to_place or self.app.screen is not self:
             # A covered screen (even under a dialog, where it shows) is not laid out: it is
             # placed when shown again.
             return
         detail = self.query_one("#detail", VerticalScroll)
+        if _layout_pending(self, detail):
+            return
         detail.scroll_to_widget(self.table, animate=False, immediate=True)
         self._to_place = False
-        self._placed = True
-
-    def _layout_pending(self) -> bool:
-        """Whether the screen, or a widget of the detail, holds changes its layout does not
-        show yet. (Textual keeps these flags private; its version is pinned.)"""
-        detail = self.query_one("#detail", VerticalScroll)
-        return (
-            self._layout_required
-            or bool(self._layout_widgets)
-            or detail._layout_required
-            or any(widget._layout_required for widget in detail.query("*"))
-        )
 
     def compose_body(self) -> ComposeResult:
         with VerticalScroll(id="detail"), Horizontal(id="columns"):
@@ -117,3 +108,14 @@ class DetailScreen(TableScreen[T]):
             if sql
             else literal(otherwise, "dim")
         )
+
+
+def _layout_pending(screen: Screen[Any], part: Widget) -> bool:
+    """Whether the screen, or a widget of `part`, holds changes its layout does not show yet.
+    (Textual keeps these flags private; its version is pinned.)"""
+    return (
+        screen._layout_required
+        or bool(screen._layout_widgets)
+        or part._layout_required
+        or any(widget._layout_required for widget in part.query("*"))
+    )

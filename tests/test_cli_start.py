@@ -368,6 +368,58 @@ def test_only_the_command_leaves_its_objects_to_the_operating_system() -> None:
     assert done.stdout.split()[-2:] == ["0", "True"]
 
 
+# Runs `pipectl --config FILE config show` as the command, and reports what the collector did
+# from the start to the config loaded (the verb's imports, validation: start-up), and after.
+START_UP_PROBE = """
+import gc, json, sys
+import pipectl.cli.common as common
+
+collections = []
+gc.callbacks.append(lambda phase, info: phase == "start" and collections.append(1))
+seen = {}
+original = common.load
+
+def load(*args, **kwargs):
+    loaded = original(*args, **kwargs)
+    seen["collected_in_start_up"] = len(collections)
+    seen["collecting_after"] = gc.isenabled()
+    seen["frozen"] = gc.get_freeze_count() > 0
+    return loaded
+
+common.load = load
+sys.argv = ["pipectl", "--config", sys.argv[1], "config", "show"]
+from pipectl.cli import main
+code = main()
+print("SEEN " + json.dumps({"code": code, **seen}))
+"""
+
+
+def test_start_up_runs_without_the_collector_and_the_verb_with_it(tmp_path: Path) -> None:
+    """The command's start-up (the verb's imports, its validated config) makes objects that
+    live to the end: collecting while they are made finds nothing to free. It runs with the
+    collector off, freezes what it made, and turns the collector on again for the verb (the
+    agent and the console collect as usual); the verbs run in-process leave it alone."""
+    config = tmp_path / "pipectl.toml"
+    config.write_text('[database]\ndsn = "postgresql://localhost/apes"\n')
+    done = subprocess.run(
+        [sys.executable, "-c", START_UP_PROBE, str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seen = json.loads(done.stdout.split("SEEN ", 1)[1])
+    assert seen == {
+        "code": 0,
+        "collected_in_start_up": 0,
+        "collecting_after": True,
+        "frozen": True,
+    }
+    frozen = gc.get_freeze_count()
+    assert main(["--config", str(config), "config", "show"]) == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
 @pytest.mark.parametrize(("set_by_user", "expected"), [(None, "__all__"), ("", "")])
 def test_the_command_asks_pydantic_not_to_look_for_plugins(
     set_by_user: str | None, expected: str

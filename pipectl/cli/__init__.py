@@ -24,7 +24,9 @@ from pipectl.cli.common import (
     EXIT_UNKNOWN,
     CliError,
     connection_lost,
+    freeze_start_up,
     run_handler,
+    start_up,
 )
 
 # Every verb in `pipectl --help` order: the module (in pipectl.cli) whose `register` adds it,
@@ -203,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # installed distribution, ~4 ms of a `pipectl check` here, more in a big environment.
         # pipectl uses none; a value the user set wins.
         os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+        freeze_start_up()
     code = _main(sys.argv[1:] if argv is None else argv)
     if argv is None:
         # The process ends next. Its teardown collects the garbage among everything the
@@ -214,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str]) -> int:
-    parser = parser_for(argv)
+    with start_up():  # the verb's module and what it imports
+        parser = parser_for(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a bad argument (argparse said which)

@@ -380,28 +380,47 @@ def test_only_the_command_leaves_its_objects_to_the_operating_system(
     assert done.stdout.split()[-2:] == ["0", "True"]
 
 
-# Runs `pipectl --config FILE config show` as the command, and reports what the collector did
-# from the start to the config loaded (the verb's imports, validation: start-up), and after.
+# Runs `pipectl --config FILE config show` as the command, and reports the collections made
+# inside its start-up blocks (the verb module's import, the config's validation), how many
+# blocks ran, and the collector once the config is loaded.
 START_UP_PROBE = """
 import gc, json, sys
+from contextlib import contextmanager
+import pipectl.cli as cli
 import pipectl.cli.common as common
 
-collections = []
-gc.callbacks.append(lambda phase, info: phase == "start" and collections.append(1))
-seen = {}
-original = common.load
+inside = []
+seen = {"blocks": 0, "collected_in_start_up": 0}
+
+def collection(phase, info):
+    if phase == "start" and inside:
+        seen["collected_in_start_up"] += 1
+
+gc.callbacks.append(collection)
+original_start_up = common.start_up
+
+@contextmanager
+def start_up():
+    seen["blocks"] += 1
+    inside.append(1)
+    try:
+        with original_start_up():
+            yield
+    finally:
+        inside.pop()
+
+cli.start_up = common.start_up = start_up
+original_load = common.load
 
 def load(*args, **kwargs):
-    loaded = original(*args, **kwargs)
-    seen["collected_in_start_up"] = len(collections)
+    loaded = original_load(*args, **kwargs)
     seen["collecting_after"] = gc.isenabled()
     seen["frozen"] = gc.get_freeze_count() > 0
     return loaded
 
 common.load = load
 sys.argv = ["pipectl", "--config", sys.argv[1], "config", "show"]
-from pipectl.cli import main
-code = main()
+code = cli.main()
 print("SEEN " + json.dumps({"code": code, **seen}))
 """
 
@@ -425,6 +444,7 @@ def test_start_up_runs_without_the_collector_and_the_verb_with_it(
     seen = json.loads(done.stdout.split("SEEN ", 1)[1])
     assert seen == {
         "code": 0,
+        "blocks": 2,
         "collected_in_start_up": 0,
         "collecting_after": True,
         "frozen": True,

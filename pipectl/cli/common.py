@@ -59,7 +59,7 @@ def start_up() -> Iterator[None]:
     """A part of the `pipectl` process's start-up that makes objects kept to the end: the
     verb's imports, its validated config. The cyclic collector is off while it runs and what
     it made is frozen after it (gc.freeze: never traversed again). Collections during start-up
-    find nothing to free and took ~20 ms of a `pipectl check` (bench/FINDINGS.md). The
+    find nothing to free and took ~10 ms of a `pipectl check`'s CPU (bench/FINDINGS.md). The
     collector is on again when the block ends, however it ends: a long-running verb (the agent,
     the console) collects as usual from there."""
     if not _freeze_start_up or not gc.isenabled():
